@@ -1,0 +1,50 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "swift-coordination",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "RedisClient", targets: ["RedisClient"]),
+        .library(name: "Coordination", targets: ["Coordination"]),
+        .library(name: "CoordinationPrimitives", targets: ["CoordinationPrimitives"]),
+        .executable(name: "coordctl", targets: ["coordctl"]),
+        .executable(name: "coordbench", targets: ["coordbench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CHiredis",
+            pkgConfig: "hiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        .target(
+            name: "RedisClient",
+            dependencies: [
+                "CHiredis",
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        .target(name: "Coordination", dependencies: ["RedisClient"]),
+        .target(name: "CoordinationPrimitives", dependencies: ["Coordination"]),
+        .executableTarget(
+            name: "coordctl",
+            dependencies: [
+                "Coordination",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "coordbench",
+            dependencies: [
+                "RedisClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "RedisClientTests", dependencies: ["RedisClient"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,519 @@
+import CHiredis
+import DequeModule
+import Foundation
+import Synchronization
+
+/// One hiredis context driven by a dedicated thread.
+///
+/// Callers enqueue encoded commands under a lock and wake the thread through an
+/// eventfd. The thread writes everything queued in one batch (automatic
+/// pipelining), reads replies with hiredis's reader and hands each one to the
+/// oldest waiting request. Nothing here runs on Swift's cooperative pool, and the
+/// pool never blocks on the socket.
+///
+/// A lost connection fails the requests it carried: with ``RedisError/Code/outcomeUnknown``
+/// when their bytes reached the socket, ``RedisError/Code/connectionLost`` when they
+/// did not. The thread then reconnects in the background with backoff, and at once
+/// when a new request arrives.
+final class ConnectionEngine: @unchecked Sendable {
+    /// How a request's reply is delivered.
+    enum Completion: Sendable {
+        case continuation(UnsafeContinuation<RedisReply, any Error>)
+        case callback(@Sendable (Result<RedisReply, any Error>) -> Void)
+
+        func resume(returning reply: RedisReply) {
+            switch self {
+            case .continuation(let continuation): continuation.resume(returning: reply)
+            case .callback(let callback): callback(.success(reply))
+            }
+        }
+
+        func resume(throwing error: any Error) {
+            switch self {
+            case .continuation(let continuation): continuation.resume(throwing: error)
+            case .callback(let callback): callback(.failure(error))
+            }
+        }
+    }
+
+    /// Extension points for pub/sub.
+    struct Hooks: Sendable {
+        /// Runs on the connection thread after AUTH and SELECT, in blocking mode; throwing fails the connect.
+        var setup: (@Sendable (BlockingHandshake) throws -> Void)? = nil
+        /// Sees every reply first; a reply for which it returns `true` is not matched to a request.
+        var push: (@Sendable (RedisReply) -> Bool)? = nil
+        /// Called on the connection thread after each successful reconnect (not after the first connect).
+        var reconnected: (@Sendable () -> Void)? = nil
+    }
+
+    private struct Pending {
+        let continuation: Completion
+        let deadline: UInt64
+        let length: Int
+    }
+
+    private struct InFlight {
+        let continuation: Completion
+        let deadline: UInt64
+        /// Offset just past this request's last byte in the output stream of the current connection.
+        let end: UInt64
+    }
+
+    private struct Shared {
+        var pendingBytes: [UInt8] = []
+        var pending = Deque<Pending>()
+        var sleeping = false
+        var closing = false
+        var finished = false
+        var terminationWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    let configuration: RedisConfiguration
+    private let hooks: Hooks
+    private let shared = Mutex(Shared())
+    private let wakeFD: Int32
+
+    // State below is touched only by the connection thread.
+    private var context: UnsafeMutablePointer<redisContext>?
+    private var inFlight = Deque<InFlight>()
+    private var output: [UInt8] = []
+    private var outputOffset = 0
+    private var bytesAppended: UInt64 = 0
+    private var bytesWritten: UInt64 = 0
+    private var earliestDeadline: UInt64 = .max
+    private var everConnected = false
+    private var backoff: ReconnectBackoff
+    private var lastConnectError: RedisError?
+    private var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
+
+    init(configuration: RedisConfiguration, hooks: Hooks = Hooks()) {
+        self.configuration = configuration
+        self.hooks = hooks
+        self.wakeFD = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        self.backoff = ReconnectBackoff(
+            initialDelay: MonotonicClock.nanoseconds(configuration.reconnectInitialDelay),
+            maxDelay: MonotonicClock.nanoseconds(configuration.reconnectMaxDelay))
+    }
+
+    deinit {
+        if let context { redisFree(context) }
+        close(wakeFD)
+    }
+
+    // MARK: - Caller side
+
+    /// Starts the thread and waits for the first connect; throws its error.
+    func start(name: String) async throws {
+        try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+            let thread = Thread { [self] in
+                do {
+                    try connect()
+                    continuation.resume()
+                } catch {
+                    shared.withLock { state in
+                        state.closing = true
+                    }
+                    finish()
+                    continuation.resume(throwing: error)
+                    return
+                }
+                runLoop()
+            }
+            thread.name = name
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+    }
+
+    /// Queues one command; its reply (or error) resumes `continuation`.
+    func enqueue(_ arguments: [[UInt8]], deadline: UInt64, continuation: Completion) {
+        let outcome: Int = shared.withLock { state in
+            if state.closing { return -1 }
+            let before = state.pendingBytes.count
+            RESPEncoder.encode(arguments, into: &state.pendingBytes)
+            state.pending.append(Pending(continuation: continuation, deadline: deadline, length: state.pendingBytes.count - before))
+            if state.sleeping {
+                state.sleeping = false
+                return 1
+            }
+            return 0
+        }
+        if outcome < 0 {
+            continuation.resume(throwing: RedisError(.connectionClosed, "the connection to \(configuration.redactedURL) has been closed"))
+        } else if outcome > 0 {
+            wake()
+        }
+    }
+
+    /// Sends one command and waits for its reply.
+    func send(_ arguments: [[UInt8]], timeout: Duration?) async throws -> RedisReply {
+        let deadline = MonotonicClock.deadline(after: timeout ?? configuration.commandTimeout)
+        return try await withUnsafeThrowingContinuation { continuation in
+            enqueue(arguments, deadline: deadline, continuation: .continuation(continuation))
+        }
+    }
+
+    /// Stops accepting requests; the thread finishes what is queued and exits.
+    func shutdown() {
+        let needsWake = shared.withLock { state -> Bool in
+            if state.closing { return false }
+            state.closing = true
+            return true
+        }
+        if needsWake { wake() }
+    }
+
+    /// Waits until the connection thread has exited.
+    func waitForTermination() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = shared.withLock { state -> Bool in
+                if state.finished { return true }
+                state.terminationWaiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    private func wake() {
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { write(wakeFD, $0.baseAddress, 8) }
+    }
+
+    // MARK: - Connection thread
+
+    private func runLoop() {
+        while true {
+            if context == nil {
+                if !runDisconnected() { break }
+                continue
+            }
+            takePending()
+            if !flushOutput() { continue }
+            if !pollAndRead() { continue }
+            checkDeadlines()
+            let exit = shared.withLock { state in
+                state.closing && state.pending.isEmpty
+            }
+            if exit && inFlight.isEmpty && outputOffset == output.count { break }
+        }
+        if let context {
+            redisFree(context)
+            self.context = nil
+        }
+        finish()
+    }
+
+    private func finish() {
+        let (waiters, leftovers) = shared.withLock { state -> ([CheckedContinuation<Void, Never>], Deque<Pending>) in
+            state.finished = true
+            state.closing = true
+            let waiters = state.terminationWaiters
+            state.terminationWaiters = []
+            let leftovers = state.pending
+            state.pending = []
+            state.pendingBytes = []
+            return (waiters, leftovers)
+        }
+        let closed = RedisError(.connectionClosed, "the connection to \(configuration.redactedURL) has been closed")
+        for request in leftovers { request.continuation.resume(throwing: closed) }
+        for request in inFlight { request.continuation.resume(throwing: closed) }
+        inFlight.removeAll()
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Handles one step while there is no connection. Returns `false` when the thread should exit.
+    private func runDisconnected() -> Bool {
+        let (hasRequests, closing) = shared.withLock { state in
+            (!state.pending.isEmpty, state.closing)
+        }
+        if closing && !hasRequests { return false }
+        let now = MonotonicClock.now()
+        if hasRequests || backoff.isDue(now: now) {
+            do {
+                try connect()
+                if everConnected { hooks.reconnected?() }
+                everConnected = true
+            } catch {
+                let failure = (error as? RedisError) ?? RedisError(.connectionRefused, "\(error)")
+                lastConnectError = failure
+                backoff.attemptFailed(now: MonotonicClock.now())
+                if hasRequests { failPending(with: failure) }
+                if closing { return false }
+            }
+            return true
+        }
+        // Sleep until the next background attempt or until a request arrives.
+        let shouldSleep = shared.withLock { state -> Bool in
+            if !state.pending.isEmpty || state.closing { return false }
+            state.sleeping = true
+            return true
+        }
+        if shouldSleep {
+            let waitNanos = backoff.nextAttempt > now ? backoff.nextAttempt - now : 0
+            var descriptor = pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)
+            _ = poll(&descriptor, 1, Int32(min(waitNanos / 1_000_000 + 1, 60_000)))
+            drainWake()
+        }
+        return true
+    }
+
+    private func failPending(with error: RedisError) {
+        let failed = shared.withLock { state -> Deque<Pending> in
+            let failed = state.pending
+            state.pending = []
+            state.pendingBytes = []
+            return failed
+        }
+        for request in failed { request.continuation.resume(throwing: error) }
+    }
+
+    /// Moves queued requests into the output buffer (all of them, or one at a time without pipelining).
+    private func takePending() {
+        let pipelining = configuration.pipelining
+        if !pipelining && (!inFlight.isEmpty || outputOffset < output.count) { return }
+        let (bytes, requests) = shared.withLock { state -> ([UInt8], [Pending]) in
+            state.sleeping = false
+            if state.pending.isEmpty { return ([], []) }
+            if pipelining {
+                let bytes = state.pendingBytes
+                let requests = Array(state.pending)
+                state.pendingBytes.removeAll(keepingCapacity: true)
+                state.pending.removeAll(keepingCapacity: true)
+                return (bytes, requests)
+            }
+            let first = state.pending.removeFirst()
+            let bytes = Array(state.pendingBytes[0..<first.length])
+            state.pendingBytes.removeFirst(first.length)
+            return (bytes, [first])
+        }
+        if requests.isEmpty { return }
+        if outputOffset == output.count {
+            output.removeAll(keepingCapacity: true)
+            outputOffset = 0
+        }
+        output.append(contentsOf: bytes)
+        var end = bytesAppended
+        for request in requests {
+            end += UInt64(request.length)
+            inFlight.append(InFlight(continuation: request.continuation, deadline: request.deadline, end: end))
+            if request.deadline < earliestDeadline { earliestDeadline = request.deadline }
+        }
+        bytesAppended = end
+    }
+
+    /// Writes as much of the output buffer as the socket takes. Returns `false` when the connection was lost.
+    private func flushOutput() -> Bool {
+        guard let context else { return false }
+        while outputOffset < output.count {
+            let written = output.withUnsafeBytes { raw in
+                write(context.pointee.fd, raw.baseAddress! + outputOffset, raw.count - outputOffset)
+            }
+            if written > 0 {
+                outputOffset += written
+                bytesWritten += UInt64(written)
+            } else {
+                let code = chiredis_errno()
+                if code == EAGAIN || code == EWOULDBLOCK { return true }
+                if code == EINTR { continue }
+                connectionLost(reason: "writing to the socket failed: \(String(cString: strerror(code)))")
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Waits for the socket, a wake-up or a deadline, then reads and dispatches replies.
+    /// Returns `false` when the connection was lost.
+    private func pollAndRead() -> Bool {
+        guard let context else { return false }
+        let canTakeMore = configuration.pipelining || (inFlight.isEmpty && outputOffset == output.count)
+        let block = shared.withLock { state -> Bool in
+            if (!state.pending.isEmpty && canTakeMore) || (state.closing && state.pending.isEmpty && inFlight.isEmpty) {
+                return false
+            }
+            state.sleeping = true
+            return true
+        }
+        var timeout: Int32 = 0
+        if block {
+            if earliestDeadline == .max {
+                timeout = 60_000
+            } else {
+                let now = MonotonicClock.now()
+                timeout = earliestDeadline <= now ? 0 : Int32(min((earliestDeadline - now) / 1_000_000 + 1, 60_000))
+            }
+        }
+        var descriptors = [
+            pollfd(fd: context.pointee.fd, events: Int16(POLLIN) | (outputOffset < output.count ? Int16(POLLOUT) : 0), revents: 0),
+            pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
+        ]
+        let ready = poll(&descriptors, 2, timeout)
+        if ready < 0 {
+            let code = chiredis_errno()
+            if code == EINTR { return true }
+            connectionLost(reason: "poll failed: \(String(cString: strerror(code)))")
+            return false
+        }
+        if descriptors[1].revents != 0 { drainWake() }
+        if descriptors[0].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+            return readReplies()
+        }
+        return true
+    }
+
+    private func drainWake() {
+        var value: UInt64 = 0
+        _ = withUnsafeMutableBytes(of: &value) { read(wakeFD, $0.baseAddress, 8) }
+    }
+
+    private func readReplies() -> Bool {
+        guard let context else { return false }
+        let fd = context.pointee.fd
+        let reader = context.pointee.reader
+        while true {
+            let count = readBuffer.withUnsafeMutableBytes { raw in
+                read(fd, raw.baseAddress, raw.count)
+            }
+            if count > 0 {
+                let fed = readBuffer.withUnsafeBytes { raw in
+                    redisReaderFeed(reader, raw.baseAddress!.assumingMemoryBound(to: CChar.self), count)
+                }
+                if fed != REDIS_OK {
+                    connectionLost(reason: "the reply could not be buffered", code: .protocolError)
+                    return false
+                }
+                if count < readBuffer.count { break }
+            } else if count == 0 {
+                connectionLost(reason: "the server closed the connection")
+                return false
+            } else {
+                let code = chiredis_errno()
+                if code == EAGAIN || code == EWOULDBLOCK { break }
+                if code == EINTR { continue }
+                connectionLost(reason: "reading from the socket failed: \(String(cString: strerror(code)))")
+                return false
+            }
+        }
+        while true {
+            var raw: UnsafeMutableRawPointer?
+            if redisReaderGetReply(reader, &raw) != REDIS_OK {
+                let detail = withUnsafeBytes(of: reader!.pointee.errstr) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+                connectionLost(reason: "the server sent invalid RESP: \(detail)", code: .protocolError)
+                return false
+            }
+            guard let raw else { break }
+            let reply = ReplyConversion.convert(raw.assumingMemoryBound(to: redisReply.self))
+            freeReplyObject(raw)
+            if let push = hooks.push, push(reply) { continue }
+            guard let request = inFlight.popFirst() else {
+                connectionLost(reason: "the server sent a reply nobody asked for: \(reply)", code: .protocolError)
+                return false
+            }
+            if case .error(let message) = reply {
+                request.continuation.resume(throwing: RedisError.fromServerReply(message))
+            } else {
+                request.continuation.resume(returning: reply)
+            }
+        }
+        if inFlight.isEmpty {
+            earliestDeadline = .max
+            if outputOffset == output.count {
+                output.removeAll(keepingCapacity: output.capacity <= 1 << 20)
+                outputOffset = 0
+                bytesAppended = 0
+                bytesWritten = 0
+            }
+        }
+        return true
+    }
+
+    private func checkDeadlines() {
+        guard earliestDeadline != .max else { return }
+        let now = MonotonicClock.now()
+        guard now >= earliestDeadline else { return }
+        var earliest: UInt64 = .max
+        for request in inFlight where request.deadline < earliest { earliest = request.deadline }
+        earliestDeadline = earliest
+        if earliest <= now {
+            connectionLost(reason: "a reply took longer than the command timeout", timedOutAt: now)
+        }
+    }
+
+    /// Fails what the connection carried and schedules an immediate reconnect.
+    private func connectionLost(reason: String, code: RedisError.Code = .outcomeUnknown, timedOutAt: UInt64? = nil) {
+        if let context { redisFree(context) }
+        context = nil
+        let endpoint = configuration.redactedURL
+        for request in inFlight {
+            let error: RedisError
+            if request.end > bytesWritten {
+                error = RedisError(.connectionLost, "the connection to \(endpoint) was lost before the request was sent, so it did not run; retrying is safe", cause: reason)
+            } else if let timedOutAt, request.deadline <= timedOutAt {
+                error = RedisError(.timeout, "no reply from \(endpoint) within the command timeout; the request may or may not have run", cause: reason)
+            } else if code == .protocolError {
+                error = RedisError(.protocolError, "protocol error on the connection to \(endpoint); the request may or may not have run", cause: reason)
+            } else {
+                error = RedisError(.outcomeUnknown, "the connection to \(endpoint) was lost after the request was sent; it may or may not have run", cause: reason)
+            }
+            request.continuation.resume(throwing: error)
+        }
+        inFlight.removeAll()
+        output.removeAll()
+        outputOffset = 0
+        bytesAppended = 0
+        bytesWritten = 0
+        earliestDeadline = .max
+        backoff.connectionLost(now: MonotonicClock.now())
+    }
+
+    /// Opens a context, authenticates, selects the database, runs the setup hook and
+    /// switches the socket to non-blocking mode.
+    private func connect() throws {
+        let handshake = try BlockingHandshake.open(configuration)
+        do {
+            try handshake.authenticate()
+            try hooks.setup?(handshake)
+            guard chiredis_set_nonblocking(handshake.context) == 0 else {
+                throw RedisError(.connectionRefused, "could not make the socket non-blocking", cause: String(cString: strerror(chiredis_errno())))
+            }
+        } catch {
+            redisFree(handshake.context)
+            throw error
+        }
+        context = handshake.context
+        lastConnectError = nil
+        backoff.connected()
+    }
+}
+
+/// Converts hiredis reply objects into ``RedisReply`` values.
+enum ReplyConversion {
+    static func convert(_ reply: UnsafePointer<redisReply>) -> RedisReply {
+        let value = reply.pointee
+        switch value.type {
+        case REDIS_REPLY_STRING:
+            return .bulkString(bytes(value.str, value.len))
+        case REDIS_REPLY_STATUS:
+            return .status(String(decoding: bytes(value.str, value.len), as: UTF8.self))
+        case REDIS_REPLY_ERROR:
+            return .error(String(decoding: bytes(value.str, value.len), as: UTF8.self))
+        case REDIS_REPLY_INTEGER:
+            return .integer(Int64(value.integer))
+        case REDIS_REPLY_ARRAY:
+            var elements: [RedisReply] = []
+            elements.reserveCapacity(value.elements)
+            for index in 0..<value.elements {
+                if let element = value.element[index] { elements.append(convert(element)) } else { elements.append(.null) }
+            }
+            return .array(elements)
+        default:
+            return .null
+        }
+    }
+
+    private static func bytes(_ pointer: UnsafeMutablePointer<CChar>?, _ length: Int) -> [UInt8] {
+        guard let pointer, length > 0 else { return [] }
+        return Array(UnsafeRawBufferPointer(start: pointer, count: length))
+    }
+}

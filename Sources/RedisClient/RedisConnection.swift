@@ -1,0 +1,85 @@
+/// Something that runs Redis commands: a ``RedisConnection`` or a ``RedisConnectionPool``.
+public protocol RedisCommandExecutor: Sendable {
+    /// Sends one command (its name and arguments as bytes) and returns the reply.
+    ///
+    /// - Parameters:
+    ///   - arguments: the command name followed by its arguments.
+    ///   - timeout: overrides the configuration's command timeout for this request.
+    /// - Throws: ``RedisError``; an error reply from the server has code ``RedisError/Code/server``.
+    func send(_ arguments: [[UInt8]], timeout: Duration?) async throws -> RedisReply
+}
+
+extension RedisCommandExecutor {
+    /// Sends one command with the configured command timeout.
+    @inlinable
+    public func send(_ arguments: [[UInt8]]) async throws -> RedisReply {
+        try await send(arguments, timeout: nil)
+    }
+
+    /// Sends one command given as strings, integers or bytes: `send("SET", key, value)`.
+    @discardableResult
+    public func send(_ command: any RedisArgumentConvertible...) async throws -> RedisReply {
+        try await send(command.map(\.redisArgument), timeout: nil)
+    }
+
+    /// Sends one command given as an array of strings, integers or bytes.
+    @discardableResult
+    public func send(command: [any RedisArgumentConvertible], timeout: Duration? = nil) async throws -> RedisReply {
+        try await send(command.map(\.redisArgument), timeout: timeout)
+    }
+}
+
+/// One connection to Redis, driven by a dedicated thread, with automatic pipelining.
+///
+/// Any number of tasks may call ``send(_:timeout:)`` at once: their commands are
+/// written in batches without waiting for earlier replies, and each caller gets
+/// its own reply. When the connection breaks, requests that were already sent
+/// fail with ``RedisError/Code/outcomeUnknown`` and the connection reconnects in
+/// the background (with backoff), so later requests succeed once the server is back.
+///
+/// ```swift
+/// let connection = try await RedisConnection.connect(url: "redis://localhost:6379/0")
+/// try await connection.send("SET", "greeting", "hello")
+/// let value = try await connection.send("GET", "greeting").string
+/// await connection.close()
+/// ```
+public final class RedisConnection: RedisCommandExecutor {
+    let engine: ConnectionEngine
+
+    /// The configuration this connection was opened with.
+    public var configuration: RedisConfiguration { engine.configuration }
+
+    init(engine: ConnectionEngine) {
+        self.engine = engine
+    }
+
+    /// Opens a connection and waits until it is authenticated and ready.
+    ///
+    /// - Throws: ``RedisError`` with ``RedisError/Code/connectionRefused``,
+    ///   ``RedisError/Code/timeout`` or ``RedisError/Code/authenticationFailed``.
+    public static func connect(_ configuration: RedisConfiguration) async throws -> RedisConnection {
+        let engine = ConnectionEngine(configuration: configuration)
+        try await engine.start(name: "redis \(configuration.endpoint)")
+        return RedisConnection(engine: engine)
+    }
+
+    /// Parses `url` (see ``RedisConfiguration/init(url:)``) and opens a connection.
+    public static func connect(url: String) async throws -> RedisConnection {
+        try await connect(RedisConfiguration(url: url))
+    }
+
+    public func send(_ arguments: [[UInt8]], timeout: Duration?) async throws -> RedisReply {
+        try await engine.send(arguments, timeout: timeout)
+    }
+
+    /// Finishes the requests already queued, then closes the socket and stops the thread.
+    /// Requests sent after `close` fail with ``RedisError/Code/connectionClosed``.
+    public func close() async {
+        engine.shutdown()
+        await engine.waitForTermination()
+    }
+
+    deinit {
+        engine.shutdown()
+    }
+}

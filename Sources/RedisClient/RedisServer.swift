@@ -1,0 +1,353 @@
+import Foundation
+import Synchronization
+
+/// A private `redis-server` for tests, demos and the load test.
+///
+/// It runs in a temporary directory, listens on a unix socket (default) or a free
+/// loopback port, takes the settings the caller asks for, and is stopped by
+/// ``stop()``, by ``withServer(_:_:)`` when its body ends, or when the process exits.
+///
+/// ```swift
+/// try await RedisServer.withServer(.init(keyspaceEvents: "KEA")) { server in
+///     let connection = try await RedisConnection.connect(server.configuration)
+///     ...
+/// }
+/// ```
+public final class RedisServer: Sendable {
+    /// An ACL user created in the server's configuration.
+    public struct ACLUser: Sendable, Hashable {
+        /// The user name.
+        public var name: String
+        /// The user's password.
+        public var password: String
+        /// ACL rules after `on >password`, such as `~* &* +@all` or `~app:* +get +set`.
+        public var rules: String
+
+        /// Creates a user; by default it may run every command on every key and channel.
+        public init(name: String, password: String, rules: String = "~* &* +@all") {
+            self.name = name
+            self.password = password
+            self.rules = rules
+        }
+    }
+
+    /// How clients reach the server.
+    public enum Transport: Sendable, Hashable {
+        /// A unix domain socket in the server's directory (TCP is turned off).
+        case unixSocket
+        /// A loopback TCP port; `nil` picks a free one.
+        case tcp(port: Int? = nil)
+    }
+
+    /// What to launch and with which settings.
+    public struct Options: Sendable {
+        /// How clients reach the server.
+        public var transport: Transport
+        /// `requirepass`: the default user's password.
+        public var password: String?
+        /// Extra ACL users.
+        public var aclUsers: [ACLUser]
+        /// `notify-keyspace-events`, such as `"KEA"`; `nil` leaves notifications off.
+        public var keyspaceEvents: String?
+        /// `appendonly`.
+        public var appendOnly: Bool
+        /// `appendfsync` (`always`, `everysec` or `no`) when ``appendOnly`` is on.
+        public var appendFsync: String?
+        /// Any other `redis.conf` directives, written last (they win).
+        public var settings: [String: String]
+        /// The `redis-server` to run; `nil` uses `$REDIS_SERVER` or searches ``searchPath``.
+        public var executable: String?
+        /// Where to look for `redis-server`; `nil` uses `$PATH`.
+        public var searchPath: String?
+        /// How long to wait for the server to answer PING.
+        public var startTimeout: Duration
+
+        /// Creates options; the defaults give a unix-socket server without persistence.
+        public init(
+            transport: Transport = .unixSocket,
+            password: String? = nil,
+            aclUsers: [ACLUser] = [],
+            keyspaceEvents: String? = nil,
+            appendOnly: Bool = false,
+            appendFsync: String? = nil,
+            settings: [String: String] = [:],
+            executable: String? = nil,
+            searchPath: String? = nil,
+            startTimeout: Duration = .seconds(10)
+        ) {
+            self.transport = transport
+            self.password = password
+            self.aclUsers = aclUsers
+            self.keyspaceEvents = keyspaceEvents
+            self.appendOnly = appendOnly
+            self.appendFsync = appendFsync
+            self.settings = settings
+            self.executable = executable
+            self.searchPath = searchPath
+            self.startTimeout = startTimeout
+        }
+    }
+
+    /// The options the server was started with.
+    public let options: Options
+    /// The temporary directory holding the configuration, socket, log and data.
+    public let directory: String
+    /// The `redis-server` executable that was launched.
+    public let executable: String
+    /// Where clients connect.
+    public let endpoint: RedisConfiguration.Endpoint
+    private let process = Mutex<pid_t>(0)
+
+    /// A configuration for connecting as the default user (with the password, if any).
+    public var configuration: RedisConfiguration {
+        RedisConfiguration(endpoint: endpoint, password: options.password)
+    }
+
+    /// A URL for connecting as the default user.
+    public var url: String {
+        let auth = options.password.map { ":\(Self.percentEncode($0))@" } ?? ""
+        switch endpoint {
+        case .tcp(let host, let port): return "redis://\(auth)\(host):\(port)"
+        case .unixSocket(let path):
+            return "unix://\(path)" + (options.password.map { "?password=\(Self.percentEncode($0))" } ?? "")
+        }
+    }
+
+    /// The process id of the running server, or 0 when it is stopped.
+    public var pid: pid_t { process.withLock { $0 } }
+
+    private init(options: Options, directory: String, executable: String, endpoint: RedisConfiguration.Endpoint) {
+        self.options = options
+        self.directory = directory
+        self.executable = executable
+        self.endpoint = endpoint
+    }
+
+    /// Launches a server and waits until it answers PING.
+    ///
+    /// - Throws: ``RedisError`` with ``RedisError/Code/serverNotFound`` when
+    ///   `redis-server` is missing, ``RedisError/Code/serverStartFailed`` (with the
+    ///   end of the server's log) when it does not start.
+    public static func start(_ options: Options = Options()) async throws -> RedisServer {
+        let executable = try locate(options)
+        let directory = try makeTemporaryDirectory()
+        let endpoint: RedisConfiguration.Endpoint
+        switch options.transport {
+        case .unixSocket: endpoint = .unixSocket(path: directory + "/redis.sock")
+        case .tcp(let port): endpoint = .tcp(host: "127.0.0.1", port: try port ?? freeLoopbackPort())
+        }
+        let server = RedisServer(options: options, directory: directory, executable: executable, endpoint: endpoint)
+        do {
+            try server.writeConfiguration()
+            try await server.launch()
+        } catch {
+            await server.stop()
+            throw error
+        }
+        return server
+    }
+
+    /// Runs `body` with a fresh server and stops the server afterwards.
+    public static func withServer<Result: Sendable>(
+        _ options: Options = Options(),
+        _ body: (RedisServer) async throws -> Result
+    ) async throws -> Result {
+        let server = try await start(options)
+        do {
+            let result = try await body(server)
+            await server.stop()
+            return result
+        } catch {
+            await server.stop()
+            throw error
+        }
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 5 s) and removes its directory.
+    public func stop() async {
+        await terminate(signal: SIGTERM)
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and keeps its directory for ``restart()``.
+    public func kill() async {
+        await terminate(signal: SIGKILL)
+    }
+
+    /// Starts the server again at the same address after ``kill()`` or a crash.
+    public func restart() async throws {
+        await terminate(signal: SIGKILL)
+        try await launch()
+    }
+
+    // MARK: - Launching
+
+    private static func locate(_ options: Options) throws -> String {
+        if let executable = options.executable {
+            guard FileManager.default.isExecutableFile(atPath: executable) else {
+                throw RedisError(.serverNotFound, "redis-server was not found at \(executable); install it (Debian: apt-get install redis-server) or pass the right path")
+            }
+            return executable
+        }
+        if options.searchPath == nil, let fromEnvironment = ProcessInfo.processInfo.environment["REDIS_SERVER"], !fromEnvironment.isEmpty {
+            guard FileManager.default.isExecutableFile(atPath: fromEnvironment) else {
+                throw RedisError(.serverNotFound, "REDIS_SERVER=\(fromEnvironment) is not an executable; fix or unset it")
+            }
+            return fromEnvironment
+        }
+        let searchPath = options.searchPath ?? ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        for directory in searchPath.split(separator: ":") {
+            let candidate = "\(directory)/redis-server"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        throw RedisError(.serverNotFound, "redis-server was not found on PATH (\(searchPath)); install it (Debian: apt-get install redis-server) or set REDIS_SERVER to its path")
+    }
+
+    private static func makeTemporaryDirectory() throws -> String {
+        var base = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
+        // A unix socket path must fit in 108 bytes.
+        if base.utf8.count > 60 { base = "/tmp" }
+        var template = Array("\(base)/coord-redis-XXXXXX".utf8CString)
+        guard let result = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw RedisError(.serverStartFailed, "could not create a temporary directory under \(base): \(String(cString: strerror(errno)))")
+        }
+        return String(cString: result)
+    }
+
+    private static func freeLoopbackPort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw RedisError(.serverStartFailed, "could not open a socket to find a free port") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { throw RedisError(.serverStartFailed, "could not bind a loopback port: \(String(cString: strerror(errno)))") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    private func writeConfiguration() throws {
+        var lines = [
+            "daemonize no",
+            "dir \(directory)",
+            "logfile \(directory)/redis.log",
+            "pidfile \(directory)/redis.pid",
+            "save \"\"",
+            "appendonly \(options.appendOnly ? "yes" : "no")",
+            "databases 16",
+        ]
+        switch endpoint {
+        case .unixSocket(let path):
+            lines += ["port 0", "unixsocket \(path)", "unixsocketperm 700"]
+        case .tcp(let host, let port):
+            lines += ["bind \(host)", "port \(port)", "protected-mode no"]
+        }
+        if let fsync = options.appendFsync { lines.append("appendfsync \(fsync)") }
+        if let events = options.keyspaceEvents { lines.append("notify-keyspace-events \"\(events)\"") }
+        if let password = options.password { lines.append("requirepass \(Self.quote(password))") }
+        for user in options.aclUsers {
+            lines.append("user \(user.name) on >\(user.password) \(user.rules)")
+        }
+        for (name, value) in options.settings.sorted(by: { $0.key < $1.key }) { lines.append("\(name) \(value)") }
+        try (lines.joined(separator: "\n") + "\n").write(toFile: directory + "/redis.conf", atomically: true, encoding: .utf8)
+    }
+
+    private func launch() async throws {
+        if case .unixSocket(let path) = endpoint { unlink(path) }
+        let arguments = [executable, directory + "/redis.conf"]
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var fileActions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fileActions)
+        defer { posix_spawn_file_actions_destroy(&fileActions) }
+        posix_spawn_file_actions_addopen(&fileActions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&fileActions, 1, directory + "/stdout.log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&fileActions, 2, directory + "/stdout.log", O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        var child: pid_t = 0
+        let status = posix_spawn(&child, executable, &fileActions, nil, &argv, environ)
+        guard status == 0 else {
+            throw RedisError(.serverStartFailed, "could not launch \(executable): \(String(cString: strerror(status)))")
+        }
+        process.withLock { $0 = child }
+        ServerRegistry.shared.add(child)
+
+        let deadline = ContinuousClock.now + options.startTimeout
+        var lastError: (any Error)?
+        while ContinuousClock.now < deadline {
+            var exitStatus: Int32 = 0
+            if waitpid(child, &exitStatus, WNOHANG) == child {
+                process.withLock { $0 = 0 }
+                ServerRegistry.shared.remove(child)
+                throw RedisError(.serverStartFailed, "redis-server exited during start-up; its log says:\n\(logTail())")
+            }
+            do {
+                var probe = configuration
+                probe.connectTimeout = .seconds(1)
+                probe.commandTimeout = .seconds(2)
+                let connection = try await RedisConnection.connect(probe)
+                _ = try await connection.send("PING")
+                await connection.close()
+                return
+            } catch let error as RedisError where error.code == .connectionRefused || error.code == .timeout {
+                lastError = error
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        await terminate(signal: SIGKILL)
+        throw RedisError(.serverStartFailed, "redis-server did not answer PING within \(options.startTimeout) (\(lastError.map { "\($0)" } ?? "no attempt")); its log says:\n\(logTail())")
+    }
+
+    private func terminate(signal: Int32) async {
+        let child = process.withLock { pid -> pid_t in
+            let current = pid
+            pid = 0
+            return current
+        }
+        guard child > 0 else { return }
+        Glibc.kill(child, signal)
+        let deadline = ContinuousClock.now + .seconds(5)
+        var exitStatus: Int32 = 0
+        while waitpid(child, &exitStatus, WNOHANG) == 0 {
+            if ContinuousClock.now > deadline {
+                Glibc.kill(child, SIGKILL)
+                waitpid(child, &exitStatus, 0)
+                break
+            }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        ServerRegistry.shared.remove(child)
+    }
+
+    private func logTail() -> String {
+        let log = (try? String(contentsOfFile: directory + "/redis.log", encoding: .utf8)) ?? ""
+        let stdout = (try? String(contentsOfFile: directory + "/stdout.log", encoding: .utf8)) ?? ""
+        return (log + stdout).split(separator: "\n").suffix(12).joined(separator: "\n")
+    }
+
+    private static func quote(_ text: String) -> String {
+        "\"" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+    }
+
+    private static func percentEncode(_ text: String) -> String {
+        text.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? text
+    }
+}
+
+/// Servers still running, killed when the process exits.
+final class ServerRegistry: Sendable {
+    static let shared: ServerRegistry = {
+        atexit {
+            for pid in ServerRegistry.shared.pids.withLock({ $0 }) { kill(pid, SIGKILL) }
+        }
+        return ServerRegistry()
+    }()
+
+    let pids = Mutex<Set<pid_t>>([])
+
+    func add(_ pid: pid_t) { _ = pids.withLock { $0.insert(pid) } }
+    func remove(_ pid: pid_t) { _ = pids.withLock { $0.remove(pid) } }
+}

@@ -1,0 +1,257 @@
+import ArgumentParser
+import Foundation
+import RedisClient
+
+/// `coordbench client`: SET/GET throughput and latency of the Redis client,
+/// next to `redis-benchmark` run against the same server in the same run.
+struct ClientBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "client",
+        abstract: "Measure the Redis client (one connection, a pool, pipelining on and off) against redis-benchmark.",
+        discussion: """
+            Runs SET and GET from --tasks concurrent tasks through one RedisConnection \
+            and through a RedisConnectionPool, with automatic pipelining on and off, then \
+            runs `redis-benchmark -c <tasks> -P 16` and `redis-benchmark -c <tasks>` for the \
+            same commands against the same server. Each figure is the median of --rounds runs.
+
+            Without --url (or $REDIS_URL) a private redis-server is started on a loopback \
+            port and stopped at the end.
+            """
+    )
+
+    @Option(help: "Redis URL of the server to measure (default: $REDIS_URL, else a private redis-server).")
+    var url: String?
+
+    @Option(help: "Concurrent tasks issuing requests.")
+    var tasks = 64
+
+    @Option(help: "Requests per run.")
+    var requests = 200_000
+
+    @Option(help: "Runs per configuration; the table shows medians.")
+    var rounds = 3
+
+    @Option(help: "Connections in the pool.")
+    var poolSize = 4
+
+    @Option(help: "Value size in bytes for SET.")
+    var valueSize = 3
+
+    @Option(help: "Pipeline depth for the redis-benchmark reference (-P).")
+    var referencePipeline = 16
+
+    func validate() throws {
+        guard tasks >= 1, requests >= tasks, rounds >= 1, poolSize >= 1, valueSize >= 0 else {
+            throw ValidationError("--tasks, --rounds and --pool-size must be at least 1 and --requests at least --tasks")
+        }
+    }
+
+    func run() async throws {
+        let environmentURL = ProcessInfo.processInfo.environment["REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 }
+        var server: RedisServer?
+        let configuration: RedisConfiguration
+        if let given = url ?? environmentURL {
+            configuration = try RedisConfiguration(url: given)
+        } else {
+            log("starting a private redis-server on a loopback port")
+            let started = try await RedisServer.start(.init(transport: .tcp()))
+            server = started
+            configuration = started.configuration
+        }
+        do {
+            try await measure(configuration)
+        } catch {
+            await server?.stop()
+            throw error
+        }
+        await server?.stop()
+    }
+
+    private func measure(_ configuration: RedisConfiguration) async throws {
+        let probe = try await RedisConnection.connect(configuration)
+        let info = try await probe.send("INFO", "server").string ?? ""
+        let version = info.split(separator: "\r\n").first { $0.hasPrefix("redis_version:") }?.dropFirst("redis_version:".count) ?? "?"
+        await probe.close()
+
+        let unpipelined = {
+            var copy = configuration
+            copy.pipelining = false
+            return copy
+        }()
+        let value = [UInt8](repeating: UInt8(ascii: "x"), count: valueSize)
+        let commands: [(name: String, arguments: [[UInt8]])] = [
+            ("SET", [Array("SET".utf8), Array("key:bench".utf8), value]),
+            ("GET", [Array("GET".utf8), Array("key:bench".utf8)]),
+        ]
+        let clients: [(label: String, make: @Sendable () async throws -> (any RedisCommandExecutor, @Sendable () async -> Void))] = [
+            ("RedisConnection, pipelined", {
+                let connection = try await RedisConnection.connect(configuration)
+                return (connection, { await connection.close() })
+            }),
+            ("RedisConnectionPool x\(poolSize), pipelined", { [poolSize] in
+                let pool = try await RedisConnectionPool.connect(configuration, size: poolSize)
+                return (pool, { await pool.close() })
+            }),
+            ("RedisConnection, no pipelining", {
+                let connection = try await RedisConnection.connect(unpipelined)
+                return (connection, { await connection.close() })
+            }),
+            ("RedisConnectionPool x\(poolSize), no pipelining", { [poolSize] in
+                let pool = try await RedisConnectionPool.connect(unpipelined, size: poolSize)
+                return (pool, { await pool.close() })
+            }),
+        ]
+
+        var rows: [Row] = []
+        for command in commands {
+            for client in clients {
+                var results: [RunResult] = []
+                for round in 1...rounds {
+                    log("\(command.name) via \(client.label): round \(round) of \(rounds)")
+                    let (executor, close) = try await client.make()
+                    results.append(try await runLoad(executor, arguments: command.arguments))
+                    await close()
+                }
+                rows.append(Row(command: command.name, client: client.label, result: RunResult.median(results)))
+            }
+            for pipeline in [referencePipeline, 1] {
+                let label = "redis-benchmark -c \(tasks)" + (pipeline > 1 ? " -P \(pipeline)" : "")
+                var results: [RunResult] = []
+                for round in 1...rounds {
+                    log("\(command.name) via \(label): round \(round) of \(rounds)")
+                    guard let result = try referenceRun(configuration, command: command.name, pipeline: pipeline) else { break }
+                    results.append(result)
+                }
+                if !results.isEmpty { rows.append(Row(command: command.name, client: label, result: RunResult.median(results))) }
+            }
+        }
+        printReport(rows, version: String(version), configuration: configuration)
+    }
+
+    /// Runs `requests` requests from `tasks` tasks and measures throughput and latency.
+    private func runLoad(_ executor: any RedisCommandExecutor, arguments: [[UInt8]]) async throws -> RunResult {
+        // Warm up the connections (and the script cache, if any).
+        for _ in 0..<100 { _ = try await executor.send(arguments) }
+        let perTask = requests / tasks
+        let clock = ContinuousClock()
+        let start = clock.now
+        let latencies = try await withThrowingTaskGroup(of: [UInt64].self) { group in
+            for _ in 0..<tasks {
+                group.addTask {
+                    var samples: [UInt64] = []
+                    samples.reserveCapacity(perTask)
+                    for _ in 0..<perTask {
+                        let begin = clock.now
+                        _ = try await executor.send(arguments)
+                        let elapsed = clock.now - begin
+                        samples.append(UInt64(elapsed.components.attoseconds / 1_000_000_000) + UInt64(elapsed.components.seconds) * 1_000_000_000)
+                    }
+                    return samples
+                }
+            }
+            var all: [UInt64] = []
+            for try await samples in group { all.append(contentsOf: samples) }
+            return all
+        }
+        let elapsed = clock.now - start
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let sorted = latencies.sorted()
+        return RunResult(
+            opsPerSecond: Double(sorted.count) / seconds,
+            p50Micros: Double(sorted[sorted.count / 2]) / 1000,
+            p99Micros: Double(sorted[min(sorted.count - 1, sorted.count * 99 / 100)]) / 1000)
+    }
+
+    /// Runs redis-benchmark for one command; `nil` when redis-benchmark is not installed.
+    private func referenceRun(_ configuration: RedisConfiguration, command: String, pipeline: Int) throws -> RunResult? {
+        guard let executable = findOnPath("redis-benchmark") else {
+            log("redis-benchmark not found on PATH (Debian: apt-get install redis-tools); skipping the reference")
+            return nil
+        }
+        var arguments: [String] = []
+        switch configuration.endpoint {
+        case .tcp(let host, let port): arguments += ["-h", host, "-p", String(port)]
+        case .unixSocket(let path): arguments += ["-s", path]
+        }
+        if let password = configuration.password { arguments += ["-a", password, "--no-auth-warning"] }
+        if let user = configuration.username { arguments += ["--user", user] }
+        if configuration.database != 0 { arguments += ["--dbnum", String(configuration.database)] }
+        arguments += ["-c", String(tasks), "-P", String(pipeline), "-n", String(requests), "-d", String(valueSize), "-t", command.lowercased(), "--csv"]
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.standardError
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+        for line in text.split(separator: "\n") where line.hasPrefix("\"\(command)\"") {
+            let fields = line.split(separator: ",").map { Double($0.replacingOccurrences(of: "\"", with: "")) }
+            guard fields.count >= 7, let rps = fields[1], let p50 = fields[4], let p99 = fields[6] else { break }
+            return RunResult(opsPerSecond: rps, p50Micros: p50 * 1000, p99Micros: p99 * 1000)
+        }
+        throw ValidationError("could not read redis-benchmark's output: \(text)")
+    }
+
+    private func printReport(_ rows: [Row], version: String, configuration: RedisConfiguration) {
+        print("")
+        print("Redis client benchmark: \(tasks) concurrent tasks, \(requests) requests per run, \(valueSize)-byte values, median of \(rounds) runs")
+        print("server: redis \(version) at \(configuration.redactedURL); machine: \(ProcessInfo.processInfo.activeProcessorCount) cores")
+        print("")
+        let header = pad("command", 8) + pad("client", 40) + lpad("ops/s", 12) + lpad("p50 µs", 10) + lpad("p99 µs", 10)
+        print(header)
+        print(String(repeating: "-", count: header.count))
+        for row in rows {
+            print(pad(row.command, 8) + pad(row.client, 40) + lpad(String(Int(row.result.opsPerSecond)), 12)
+                  + lpad(String(format: "%.0f", row.result.p50Micros), 10) + lpad(String(format: "%.0f", row.result.p99Micros), 10))
+        }
+        print("")
+        for command in Set(rows.map(\.command)).sorted(by: >) {
+            func ops(_ prefix: String) -> Double? { rows.first { $0.command == command && $0.client.hasPrefix(prefix) }?.result.opsPerSecond }
+            guard let pipelined = ops("RedisConnection, pipelined"), let plain = ops("RedisConnection, no pipelining") else { continue }
+            let pool = ops("RedisConnectionPool x\(poolSize), pipelined") ?? 0
+            var line = "\(command): one connection pipelined / no pipelining = \(String(format: "%.1f", pipelined / plain))x"
+            if let reference = ops("redis-benchmark -c \(tasks) -P") {
+                line += "; vs redis-benchmark -P \(referencePipeline): connection \(percent(pipelined / reference)), pool \(percent(pool / reference))"
+            }
+            print(line)
+        }
+    }
+
+    private func percent(_ ratio: Double) -> String { String(format: "%.0f%%", ratio * 100) }
+    private func pad(_ text: String, _ width: Int) -> String { text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count) }
+    private func lpad(_ text: String, _ width: Int) -> String { text.count >= width ? " " + text : String(repeating: " ", count: width - text.count) + text }
+}
+
+struct RunResult: Sendable {
+    var opsPerSecond: Double
+    var p50Micros: Double
+    var p99Micros: Double
+
+    /// The run with the median throughput, with its own latencies.
+    static func median(_ results: [RunResult]) -> RunResult {
+        let sorted = results.sorted { $0.opsPerSecond < $1.opsPerSecond }
+        return sorted[sorted.count / 2]
+    }
+}
+
+struct Row: Sendable {
+    var command: String
+    var client: String
+    var result: RunResult
+}
+
+func log(_ message: String) {
+    FileHandle.standardError.write(Data("coordbench: \(message)\n".utf8))
+}
+
+func findOnPath(_ name: String) -> String? {
+    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+    for directory in path.split(separator: ":") where FileManager.default.isExecutableFile(atPath: "\(directory)/\(name)") {
+        return "\(directory)/\(name)"
+    }
+    return nil
+}

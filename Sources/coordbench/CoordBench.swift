@@ -1,0 +1,11 @@
+import ArgumentParser
+
+@main
+struct CoordBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coordbench",
+        abstract: "Load generator for the Redis client and the coordination store.",
+        subcommands: [ClientBenchmark.self],
+        defaultSubcommand: ClientBenchmark.self
+    )
+}
