@@ -130,21 +130,29 @@ public final class RedisServer: Sendable {
     ///   end of the server's log) when it does not start.
     public static func start(_ options: Options = Options()) async throws -> RedisServer {
         let executable = try locate(options)
-        let directory = try makeTemporaryDirectory()
-        let endpoint: RedisConfiguration.Endpoint
-        switch options.transport {
-        case .unixSocket: endpoint = .unixSocket(path: directory + "/redis.sock")
-        case .tcp(let port): endpoint = .tcp(host: "127.0.0.1", port: try port ?? freeLoopbackPort())
+        var attempt = 1
+        while true {
+            let directory = try makeTemporaryDirectory()
+            let endpoint: RedisConfiguration.Endpoint
+            switch options.transport {
+            case .unixSocket: endpoint = .unixSocket(path: directory + "/redis.sock")
+            case .tcp(let port): endpoint = .tcp(host: "127.0.0.1", port: try port ?? freeLoopbackPort())
+            }
+            let server = RedisServer(options: options, directory: directory, executable: executable, endpoint: endpoint)
+            do {
+                try server.writeConfiguration()
+                try await server.launch()
+                return server
+            } catch let error as RedisError {
+                await server.stop()
+                // A port picked as free can be taken by another process before redis-server binds it.
+                if case .tcp(nil) = options.transport, attempt < 5, error.message.contains("Address already in use") {
+                    attempt += 1
+                    continue
+                }
+                throw error
+            }
         }
-        let server = RedisServer(options: options, directory: directory, executable: executable, endpoint: endpoint)
-        do {
-            try server.writeConfiguration()
-            try await server.launch()
-        } catch {
-            await server.stop()
-            throw error
-        }
-        return server
     }
 
     /// Runs `body` with a fresh server and stops the server afterwards.
@@ -267,8 +275,21 @@ public final class RedisServer: Sendable {
         posix_spawn_file_actions_addopen(&fileActions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&fileActions, 1, directory + "/stdout.log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_addopen(&fileActions, 2, directory + "/stdout.log", O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        // The calling thread may block signals (Dispatch's threads do); the server must
+        // start with an empty mask and default handlers, or SIGTERM would not stop it.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var emptyMask = sigset_t()
+        sigemptyset(&emptyMask)
+        posix_spawnattr_setsigmask(&attributes, &emptyMask)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for signal in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD] { sigaddset(&defaults, signal) }
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var child: pid_t = 0
-        let status = posix_spawn(&child, executable, &fileActions, nil, &argv, environ)
+        let status = posix_spawn(&child, executable, &fileActions, &attributes, &argv, environ)
         guard status == 0 else {
             throw RedisError(.serverStartFailed, "could not launch \(executable): \(String(cString: strerror(status)))")
         }

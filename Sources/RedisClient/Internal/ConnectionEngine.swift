@@ -108,6 +108,7 @@ final class ConnectionEngine: @unchecked Sendable {
             let thread = Thread { [self] in
                 do {
                     try connect()
+                    everConnected = true
                     continuation.resume()
                 } catch {
                     shared.withLock { state in

@@ -1,0 +1,168 @@
+import Foundation
+import Testing
+@testable import RedisClient
+
+@Suite struct RedisConnectionTests {
+    @Test func decodesEveryReplyType() async throws {
+        try await withConnection { _, connection in
+            #expect(try await connection.send("SET", "k", "v") == .status("OK"))
+            #expect(try await connection.send("GET", "k") == .bulkString(Array("v".utf8)))
+            #expect(try await connection.send("GET", "missing") == .null)
+            #expect(try await connection.send("INCRBY", "n", 41) == .integer(41))
+            #expect(try await connection.send("INCR", "n").int == 42)
+            #expect(try await connection.send("SET", "empty", "") == .status("OK"))
+            #expect(try await connection.send("GET", "empty") == .bulkString([]))
+            #expect(try await connection.send("LRANGE", "nolist", 0, -1) == .array([]))
+            try await connection.send("RPUSH", "list", "a", "b")
+            #expect(try await connection.send("LRANGE", "list", 0, -1) == .array([.bulkString(Array("a".utf8)), .bulkString(Array("b".utf8))]))
+            // Nested arrays, integers, nulls and nested errors, through EVAL.
+            let nested = try await connection.send("EVAL", "return {1, 'two', {3, false}, redis.error_reply('BOOM inside')}", 0)
+            #expect(nested == .array([.integer(1), .bulkString(Array("two".utf8)), .array([.integer(3), .null]), .error("BOOM inside")]))
+            // A top-level error reply throws, with the server's text.
+            let error = await redisError { try await connection.send("LPUSH", "k", "x") }
+            #expect(error?.code == .server)
+            #expect(error?.serverErrorPrefix == "WRONGTYPE")
+            let unknown = await redisError { try await connection.send("NOSUCHCOMMAND") }
+            #expect(unknown?.code == .server && unknown?.message.contains("unknown command") == true)
+            // The connection is still usable after error replies.
+            #expect(try await connection.send("PING") == .status("PONG"))
+        }
+    }
+
+    @Test func binaryValuesWithNulBytesRoundTrip() async throws {
+        try await withConnection { _, connection in
+            let key: [UInt8] = [0, 255, 13, 10, 0, 36]
+            let value: [UInt8] = (0..<256).map { UInt8($0) } + [0, 0, 13, 10, 42, 36, 0]
+            try await connection.send(command: ["SET", key, value])
+            #expect(try await connection.send(command: ["GET", key]) == .bulkString(value))
+            #expect(try await connection.send(command: ["STRLEN", key]) == .integer(Int64(value.count)))
+        }
+    }
+
+    @Test func tenMegabyteValue() async throws {
+        try await withConnection { _, connection in
+            var value = [UInt8](repeating: 0, count: 10 * 1024 * 1024)
+            for index in stride(from: 0, to: value.count, by: 4093) { value[index] = UInt8(truncatingIfNeeded: index) }
+            try await connection.send(command: ["SET", "big", value])
+            // Small requests pipelined behind the big one still get their own replies.
+            async let small = connection.send("PING")
+            let reply = try await connection.send("GET", "big")
+            #expect(try await small == .status("PONG"))
+            #expect(reply.bytes?.count == value.count)
+            #expect(reply == .bulkString(value))
+        }
+    }
+
+    @Test func thousandConcurrentRequestsEachGetTheirOwnReply() async throws {
+        try await withConnection { _, connection in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<1_000 {
+                    group.addTask {
+                        let key = "key:\(index)"
+                        try await connection.send("SET", key, "value-\(index)")
+                        let reply = try await connection.send("GET", key)
+                        #expect(reply.string == "value-\(index)")
+                        let echoed = try await connection.send("ECHO", String(repeating: "e", count: index % 50) + "\(index)")
+                        #expect(echoed.string == String(repeating: "e", count: index % 50) + "\(index)")
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(try await connection.send("DBSIZE") == .integer(1_000))
+        }
+    }
+
+    @Test func pipeliningOffStillServesConcurrentCallers() async throws {
+        try await withConnection(configure: { $0.pipelining = false }) { _, connection in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<200 {
+                    group.addTask {
+                        let reply = try await connection.send("INCR", "counter")
+                        #expect(reply.int != nil)
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(try await connection.send("GET", "counter").int == 200)
+        }
+    }
+
+    @Test func selectsTheDatabaseFromTheURL() async throws {
+        try await RedisServer.withServer { server in
+            guard case .unixSocket(let path) = server.endpoint else { return }
+            let three = try await RedisConnection.connect(url: "unix://\(path)?db=3")
+            try await three.send("SET", "where", "db3")
+            let zero = try await RedisConnection.connect(url: "unix://\(path)")
+            #expect(try await zero.send("GET", "where") == .null)
+            #expect(try await zero.send("SELECT", 3) == .status("OK"))
+            #expect(try await zero.send("GET", "where").string == "db3")
+            let error = await redisError { _ = try await RedisConnection.connect(url: "unix://\(path)?db=99") }
+            #expect(error?.code == .invalidURL)
+            #expect(error?.message.contains("database 99") == true)
+            await three.close()
+            await zero.close()
+        }
+    }
+
+    @Test func tcpConnectionWithKeepAlive() async throws {
+        try await withConnection(.init(transport: .tcp())) { server, connection in
+            guard case .tcp(_, let port) = server.endpoint else { Issue.record("not tcp"); return }
+            let viaURL = try await RedisConnection.connect(url: "redis://127.0.0.1:\(port)/2")
+            #expect(try await viaURL.send("PING") == .status("PONG"))
+            let list = try await connection.send("CLIENT", "LIST").string ?? ""
+            #expect(list.contains("db=2"))
+            await viaURL.close()
+        }
+    }
+
+    @Test func connectionRefusedNamesTheAddress() async throws {
+        let error = await redisError { _ = try await RedisConnection.connect(url: "redis://127.0.0.1:1") }
+        #expect(error?.code == .connectionRefused)
+        #expect(error?.message.contains("127.0.0.1:1") == true)
+        let missing = await redisError { _ = try await RedisConnection.connect(url: "unix:///nonexistent/redis.sock") }
+        #expect(missing?.code == .connectionRefused)
+    }
+
+    @Test func commandTimeoutFailsTheRequestAndTheConnectionRecovers() async throws {
+        try await withConnection(configure: { $0.commandTimeout = .milliseconds(200) }) { _, connection throws in
+            let clock = ContinuousClock()
+            let start = clock.now
+            let error = await redisError { try await connection.send("BLPOP", "never", 5) }
+            #expect(error?.code == .timeout)
+            #expect(clock.now - start < .seconds(2))
+            // A per-request timeout overrides the default.
+            #expect(try await connection.send(command: ["BLPOP", "never", "0.3"], timeout: .seconds(2)) == .null)
+            #expect(try await connection.send("PING") == .status("PONG"))
+        }
+    }
+
+    @Test func closeFinishesQueuedRequestsThenRefusesNewOnes() async throws {
+        try await RedisServer.withServer { server in
+            let connection = try await RedisConnection.connect(server.configuration)
+            async let first = connection.send("INCR", "n")
+            async let second = connection.send("INCR", "n")
+            let results = try await [first, second].compactMap(\.int).sorted()
+            #expect(results == [1, 2])
+            await connection.close()
+            let error = await redisError { try await connection.send("PING") }
+            #expect(error?.code == .connectionClosed)
+        }
+    }
+
+    @Test func poolSpreadsRequestsOverItsConnections() async throws {
+        try await RedisServer.withServer { server in
+            let pool = try await RedisConnectionPool.connect(server.configuration, size: 3)
+            var ids = Set<Int64>()
+            for _ in 0..<9 { ids.insert(try await pool.send("CLIENT", "ID").int ?? -1) }
+            #expect(ids.count == 3)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<300 { group.addTask { try await pool.send("INCR", "n") } }
+                try await group.waitForAll()
+            }
+            #expect(try await pool.send("GET", "n").int == 300)
+            await pool.close()
+            let error = await redisError { _ = try await RedisConnectionPool.connect(server.configuration, size: 0) }
+            #expect(error?.code == .invalidArgument)
+        }
+    }
+}

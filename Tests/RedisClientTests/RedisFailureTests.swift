@@ -1,0 +1,110 @@
+import Foundation
+import Testing
+@testable import RedisClient
+
+@Suite struct RedisFailureTests {
+    @Test func serverKilledMidPipelineFailsInFlightRequestsAsOutcomeUnknown() async throws {
+        let server = try await RedisServer.start()
+        defer { Task { await server.stop() } }
+        let connection = try await RedisConnection.connect(server.configuration)
+        let observer = try await RedisConnection.connect(server.configuration)
+        let results = Task {
+            try await withThrowingTaskGroup(of: RedisError?.self) { group in
+                // BLPOP holds the connection; the INCRs are pipelined behind it.
+                group.addTask { await redisError { try await connection.send(command: ["BLPOP", "never", 30], timeout: .seconds(60)) } }
+                for _ in 0..<500 {
+                    group.addTask { await redisError { try await connection.send("INCR", "n") } }
+                }
+                var errors: [RedisError?] = []
+                for try await error in group { errors.append(error) }
+                return errors
+            }
+        }
+        #expect(try await eventually { (try await observer.send("INFO", "clients").string ?? "").contains("blocked_clients:1") })
+        try await Task.sleep(for: .milliseconds(100))
+        await server.kill()
+        let errors = try await results.value
+        #expect(errors.count == 501)
+        #expect(errors.allSatisfy { $0 != nil }, "a request succeeded on a server that was killed before it could answer")
+        let codes = Set(errors.compactMap { $0?.code })
+        #expect(codes.isSubset(of: [.outcomeUnknown, .connectionLost]), "\(codes)")
+        #expect(codes.contains(.outcomeUnknown))
+        #expect(errors.compactMap { $0 }.first { $0.code == .outcomeUnknown }?.message.contains("may or may not have run") == true)
+
+        // While the server is down, requests fail fast instead of hanging.
+        let down = await redisError { try await connection.send("PING") }
+        #expect(down?.code == .connectionRefused)
+
+        try await server.restart()
+        #expect(try await connection.send("PING") == .status("PONG"))
+        #expect(try await connection.send("INCR", "n") == .integer(1))
+        await connection.close()
+        await observer.close()
+    }
+
+    @Test func clientKillIsSurvivedByTheNextRequest() async throws {
+        try await withConnection { server, connection in
+            let admin = try await RedisConnection.connect(server.configuration)
+            let id = try await connection.send("CLIENT", "ID").int ?? -1
+            #expect(try await admin.send("CLIENT", "KILL", "ID", id) == .integer(1))
+            // The kill may race with the next request; either it fails as lost or it succeeds on a new connection.
+            #expect(await eventually {
+                (try? await connection.send("PING")) == .status("PONG")
+            })
+            let newID = try await connection.send("CLIENT", "ID").int ?? -1
+            #expect(newID != id)
+            await admin.close()
+        }
+    }
+
+    @Test func wrongPasswordIsAuthenticationFailed() async throws {
+        try await RedisServer.withServer(.init(password: "s3cret")) { server in
+            var wrong = server.configuration
+            wrong.password = "nope"
+            let error = await redisError { _ = try await RedisConnection.connect(wrong) }
+            #expect(error?.code == .authenticationFailed)
+            #expect(error?.message.contains("rejected the password") == true)
+
+            var missing = server.configuration
+            missing.password = nil
+            let noAuth = await redisError { _ = try await RedisConnection.connect(missing) }
+            #expect(noAuth?.code == .authenticationFailed)
+            #expect(noAuth?.message.contains("requires a password") == true)
+
+            let right = try await RedisConnection.connect(url: server.url)
+            #expect(try await right.send("PING") == .status("PONG"))
+            await right.close()
+        }
+        try await RedisServer.withServer { server in
+            var extra = server.configuration
+            extra.password = "unexpected"
+            let error = await redisError { _ = try await RedisConnection.connect(extra) }
+            #expect(error?.code == .authenticationFailed)
+            #expect(error?.message.contains("none configured") == true)
+        }
+    }
+
+    @Test func aclUserAuthenticatesAndIsLimitedByItsRules() async throws {
+        let user = RedisServer.ACLUser(name: "app", password: "app-pw", rules: "~app:* &* +@all -flushdb")
+        try await RedisServer.withServer(.init(transport: .tcp(), aclUsers: [user])) { server in
+            guard case .tcp(let host, let port) = server.endpoint else { return }
+            let connection = try await RedisConnection.connect(url: "redis://app:app-pw@\(host):\(port)")
+            #expect(try await connection.send("ACL", "WHOAMI").string == "app")
+            #expect(try await connection.send("SET", "app:x", "1") == .status("OK"))
+            let denied = await redisError { try await connection.send("SET", "other:x", "1") }
+            #expect(denied?.code == .noPermission)
+            #expect(denied?.message.contains("ACL") == true)
+            let flush = await redisError { try await connection.send("FLUSHDB") }
+            #expect(flush?.code == .noPermission)
+            await connection.close()
+
+            let wrong = await redisError { _ = try await RedisConnection.connect(url: "redis://app:bad@\(host):\(port)") }
+            #expect(wrong?.code == .authenticationFailed)
+            #expect(wrong?.message.contains("user 'app'") == true)
+            let noPassword = await redisError {
+                _ = try await RedisConnection.connect(RedisConfiguration(endpoint: server.endpoint, username: "app"))
+            }
+            #expect(noPassword?.code == .authenticationFailed)
+        }
+    }
+}

@@ -1,0 +1,88 @@
+import Testing
+@testable import RedisClient
+
+@Suite struct RedisSubscriberTests {
+    @Test func deliversChannelAndPatternMessagesInOrder() async throws {
+        try await withConnection { server, publisher in
+            let subscriber = try await RedisSubscriber.connect(server.configuration)
+            let received = try await subscriber.subscribe(channels: ["news"], patterns: ["log.*"]) { subscription in
+                for index in 0..<50 { try await publisher.send("PUBLISH", "news", "n\(index)") }
+                try await publisher.send("PUBLISH", "log.error", [UInt8]([0, 1, 2]))
+                var messages: [RedisPubSubMessage] = []
+                for try await event in subscription {
+                    if case .message(let message) = event { messages.append(message) }
+                    if messages.count == 51 { break }
+                }
+                return messages
+            }
+            #expect(received.prefix(50).map { String(decoding: $0.payload, as: UTF8.self) } == (0..<50).map { "n\($0)" })
+            #expect(received.prefix(50).allSatisfy { $0.channel == "news" && $0.pattern == nil })
+            #expect(received.last == RedisPubSubMessage(channel: "log.error", pattern: "log.*", payload: [0, 1, 2]))
+            await subscriber.close()
+        }
+    }
+
+    @Test func sharedChannelIsUnsubscribedWhenTheLastSubscriptionEnds() async throws {
+        try await withConnection { server, publisher in
+            let subscriber = try await RedisSubscriber.connect(server.configuration)
+            try await subscriber.subscribe(channels: ["shared"]) { outer in
+                var outerIterator = outer.makeAsyncIterator()
+                try await subscriber.subscribe(channels: ["shared"]) { inner in
+                    try await publisher.send("PUBLISH", "shared", "one")
+                    var innerIterator = inner.makeAsyncIterator()
+                    #expect(try await innerIterator.next() == .message(RedisPubSubMessage(channel: "shared", payload: Array("one".utf8))))
+                    #expect(try await outerIterator.next() == .message(RedisPubSubMessage(channel: "shared", payload: Array("one".utf8))))
+                }
+                // The inner subscription ended; the channel stays subscribed for the outer one.
+                #expect(try await publisher.send("PUBLISH", "shared", "two") == .integer(1))
+                #expect(try await outerIterator.next() == .message(RedisPubSubMessage(channel: "shared", payload: Array("two".utf8))))
+            }
+            #expect(try await eventually {
+                try await publisher.send("PUBSUB", "NUMSUB", "shared") == .array([.bulkString(Array("shared".utf8)), .integer(0)])
+            })
+            await subscriber.close()
+        }
+    }
+
+    @Test func resubscribesAfterClientKillAndSaysMessagesMayHaveBeenMissed() async throws {
+        try await withConnection { server, publisher in
+            let subscriber = try await RedisSubscriber.connect(server.configuration)
+            try await subscriber.subscribe(channels: ["events"], patterns: ["p:*"]) { subscription in
+                var iterator = subscription.makeAsyncIterator()
+                try await publisher.send("PUBLISH", "events", "before")
+                #expect(try await iterator.next() == .message(RedisPubSubMessage(channel: "events", payload: Array("before".utf8))))
+
+                #expect(try await publisher.send("CLIENT", "KILL", "TYPE", "pubsub").int == 1)
+                #expect(try await iterator.next() == .reconnected)
+
+                #expect(try await publisher.send("PUBLISH", "events", "after") == .integer(1))
+                #expect(try await iterator.next() == .message(RedisPubSubMessage(channel: "events", payload: Array("after".utf8))))
+                #expect(try await publisher.send("PUBLISH", "p:x", "pattern-after") == .integer(1))
+                #expect(try await iterator.next() == .message(RedisPubSubMessage(channel: "p:x", pattern: "p:*", payload: Array("pattern-after".utf8))))
+            }
+            await subscriber.close()
+        }
+    }
+
+    @Test func closingTheSubscriberEndsSubscriptions() async throws {
+        try await RedisServer.withServer { server in
+            let subscriber = try await RedisSubscriber.connect(server.configuration)
+            let error = await redisError {
+                try await subscriber.subscribe(channels: ["c"]) { subscription in
+                    Task { await subscriber.close() }
+                    for try await _ in subscription {}
+                }
+            }
+            #expect(error?.code == .connectionClosed)
+        }
+    }
+
+    @Test func subscribingToNothingIsAnError() async throws {
+        try await RedisServer.withServer { server in
+            let subscriber = try await RedisSubscriber.connect(server.configuration)
+            let error = await redisError { try await subscriber.subscribe { _ in } }
+            #expect(error?.code == .invalidArgument)
+            await subscriber.close()
+        }
+    }
+}
