@@ -40,7 +40,14 @@ struct ClientBenchmark: AsyncParsableCommand {
     @Option(help: "Pipeline depth for the redis-benchmark reference (-P).")
     var referencePipeline = 16
 
+    @Option(help: "Which clients to measure, comma-separated: connection, pool, unpipelined, reference.")
+    var clients = "connection,pool,unpipelined,reference"
+
     func validate() throws {
+        let known: Set<String> = ["connection", "pool", "unpipelined", "reference"]
+        for name in clients.split(separator: ",") where !known.contains(name.trimmingCharacters(in: .whitespaces)) {
+            throw ValidationError("unknown client '\(name)' in --clients; known: connection, pool, unpipelined, reference")
+        }
         guard tasks >= 1, requests >= tasks, rounds >= 1, poolSize >= 1, valueSize >= 0 else {
             throw ValidationError("--tasks, --rounds and --pool-size must be at least 1 and --requests at least --tasks")
         }
@@ -102,9 +109,14 @@ struct ClientBenchmark: AsyncParsableCommand {
             }),
         ]
 
+        let wanted = Set(self.clients.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        let selected = clients.filter { client in
+            let kind = client.label.contains("no pipelining") ? "unpipelined" : client.label.hasPrefix("RedisConnectionPool") ? "pool" : "connection"
+            return wanted.contains(kind)
+        }
         var rows: [Row] = []
         for command in commands {
-            for client in clients {
+            for client in selected {
                 var results: [RunResult] = []
                 for round in 1...rounds {
                     log("\(command.name) via \(client.label): round \(round) of \(rounds)")
@@ -114,7 +126,7 @@ struct ClientBenchmark: AsyncParsableCommand {
                 }
                 rows.append(Row(command: command.name, client: client.label, result: RunResult.median(results)))
             }
-            for pipeline in [referencePipeline, 1] {
+            for pipeline in wanted.contains("reference") ? [referencePipeline, 1] : [] {
                 let label = "redis-benchmark -c \(tasks)" + (pipeline > 1 ? " -P \(pipeline)" : "")
                 var results: [RunResult] = []
                 for round in 1...rounds {

@@ -1,0 +1,75 @@
+# Shared by scripts/test.sh and scripts/loadtest.sh. Source it; do not run it.
+#
+# coord_install_dependencies: makes sure the system packages the project needs are
+#   present. As root it installs what is missing (one `apt-get update` first); as
+#   another user it prints the exact command to run and fails.
+# coord_private_tmpdir: creates a scratch directory for this run and exports TMPDIR,
+#   so that every private redis-server the run starts lives under it; on exit, any
+#   server left running there (a crashed test cannot stop its own) is stopped by
+#   its pid file, and the directory is removed.
+
+coord_log() { printf '%s: %s\n' "${COORD_SCRIPT:-coord}" "$*" >&2; }
+
+# Prints the Debian packages whose files are missing, one per line.
+coord_missing_packages() {
+    command -v redis-server >/dev/null 2>&1 || echo redis-server
+    command -v redis-benchmark >/dev/null 2>&1 || echo redis-tools
+    [ -f /usr/include/hiredis/hiredis.h ] || echo libhiredis-dev
+    command -v pkg-config >/dev/null 2>&1 || echo pkg-config
+    command -v etcd >/dev/null 2>&1 || echo etcd-server
+    command -v etcdctl >/dev/null 2>&1 || echo etcd-client
+}
+
+coord_install_dependencies() {
+    local missing
+    missing=$(coord_missing_packages | sort -u | tr '\n' ' ')
+    missing=${missing% }
+    if [ -z "$missing" ]; then
+        coord_log "system packages present (redis-server, libhiredis-dev, etcd)"
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        coord_log "missing packages: $missing"
+        coord_log "install them as root, then run this script again:"
+        coord_log "  sudo apt-get update && sudo apt-get install -y $missing"
+        return 1
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        coord_log "missing packages: $missing, and apt-get is not available; install the equivalents for your system"
+        return 1
+    fi
+    coord_log "installing: $missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    local still
+    still=$(coord_missing_packages | tr '\n' ' ')
+    if [ -n "${still// /}" ]; then
+        coord_log "still missing after apt-get install: $still"
+        return 1
+    fi
+    coord_log "installed: $missing"
+}
+
+coord_cleanup_tmpdir() {
+    local dir=$1 pidfile pid
+    [ -d "$dir" ] || return 0
+    for pidfile in "$dir"/coord-redis-*/redis.pid; do
+        [ -f "$pidfile" ] || continue
+        pid=$(cat "$pidfile" 2>/dev/null || true)
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            coord_log "stopping leftover redis-server (pid $pid)"
+            kill -TERM "$pid" 2>/dev/null || true
+            sleep 0.5
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    rm -rf "$dir"
+}
+
+coord_private_tmpdir() {
+    COORD_RUN_DIR=$(mktemp -d /tmp/coord-run.XXXXXX)
+    export TMPDIR="$COORD_RUN_DIR"
+    trap 'coord_cleanup_tmpdir "$COORD_RUN_DIR"' EXIT
+}

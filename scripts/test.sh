@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real servers.
+#
+# On a fresh Debian machine with only the Swift toolchain: installs what is missing
+# (redis-server, redis-tools, libhiredis-dev, pkg-config, etcd-server, etcd-client;
+# as root, after one `apt-get update`), builds, and runs `swift test`. The tests
+# start their own private redis-server processes under a scratch TMPDIR; anything
+# still running there when the tests end is stopped. Exits non-zero on failure.
+#
+# Usage: scripts/test.sh [extra swift test arguments, e.g. --filter RedisScriptTests]
+set -euo pipefail
+COORD_SCRIPT=test.sh
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+coord_install_dependencies
+command -v swift >/dev/null 2>&1 || { coord_log "swift is not on PATH; install the Swift 6 toolchain"; exit 1; }
+coord_private_tmpdir
+
+coord_log "building (debug) with tests"
+swift build --build-tests
+coord_log "running swift test"
+swift test --skip-build "$@"
