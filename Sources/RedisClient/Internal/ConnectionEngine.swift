@@ -417,7 +417,6 @@ final class ConnectionEngine: @unchecked Sendable {
                 return false
             }
             guard let raw else { break }
-            lastBusy = MonotonicClock.now()
             let reply = ReplyConversion.convert(raw.assumingMemoryBound(to: redisReply.self))
             freeReplyObject(raw)
             if let push = hooks.push, push(reply) { continue }
@@ -431,6 +430,7 @@ final class ConnectionEngine: @unchecked Sendable {
                 request.continuation.resume(returning: reply)
             }
         }
+        lastBusy = MonotonicClock.now()
         if inFlight.isEmpty {
             earliestDeadline = .max
             if outputOffset == output.count {
