@@ -123,6 +123,30 @@ import Testing
         #expect(missing?.code == .connectionRefused)
     }
 
+    @Test func connectTimeoutCoversAServerThatNeverAnswers() async throws {
+        // A loopback listener nobody reads from: TCP connects, but PING gets no reply.
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ready = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listener, $0, length) == 0 && listen(listener, 8) == 0 && getsockname(listener, $0, &length) == 0
+            }
+        }
+        #expect(ready)
+        var configuration = RedisConfiguration(endpoint: .tcp(host: "127.0.0.1", port: Int(UInt16(bigEndian: address.sin_port))))
+        configuration.connectTimeout = .milliseconds(300)
+        let clock = ContinuousClock()
+        let start = clock.now
+        let error = await redisError { _ = try await RedisConnection.connect(configuration) }
+        #expect(error?.code == .timeout)
+        #expect(error?.message.contains("PING") == true, "\(String(describing: error))")
+        #expect(clock.now - start < .seconds(3))
+    }
+
     @Test func commandTimeoutFailsTheRequestAndTheConnectionRecovers() async throws {
         try await withConnection(configure: { $0.commandTimeout = .milliseconds(200) }) { _, connection throws in
             let clock = ContinuousClock()
