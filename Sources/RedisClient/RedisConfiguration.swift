@@ -33,7 +33,8 @@ public struct RedisConfiguration: Sendable, Hashable {
     public var password: String?
     /// The logical database selected with SELECT after connecting.
     public var database: Int
-    /// How long connecting (including AUTH and SELECT) may take.
+    /// How long each step of connecting may take: the TCP or unix connect, then each
+    /// handshake command (AUTH, SELECT, CLIENT SETNAME, PING) in turn.
     public var connectTimeout: Duration = .seconds(5)
     /// How long a request may wait for its reply; `nil` waits forever.
     ///

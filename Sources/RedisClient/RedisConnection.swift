@@ -5,7 +5,10 @@ public protocol RedisCommandExecutor: Sendable {
     /// - Parameters:
     ///   - arguments: the command name followed by its arguments.
     ///   - timeout: overrides the configuration's command timeout for this request.
-    /// - Throws: ``RedisError``; an error reply from the server has code ``RedisError/Code/server``.
+    /// - Throws: ``RedisError``. An error reply from the server has code
+    ///   ``RedisError/Code/server``, except `NOPERM` (``RedisError/Code/noPermission``)
+    ///   and `NOAUTH`/`WRONGPASS` (``RedisError/Code/authenticationFailed``).
+    ///   The call is not cancellable once queued: a cancelled task still gets its reply.
     func send(_ arguments: [[UInt8]], timeout: Duration?) async throws -> RedisReply
 }
 

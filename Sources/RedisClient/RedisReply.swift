@@ -4,6 +4,10 @@
 /// ``RedisConnection/send(_:timeout:)`` throw a ``RedisError`` with code
 /// ``RedisError/Code/server``; error replies nested inside an array (for example
 /// inside the reply of `EXEC`) stay here as ``error(_:)``.
+///
+/// hiredis 0.14 parses replies nested at most 7 levels deep; a deeper reply (only
+/// possible from a script) is a ``RedisError/Code/protocolError`` that also fails
+/// the requests pipelined behind it.
 public enum RedisReply: Sendable, Hashable {
     /// A bulk string: arbitrary bytes, NUL bytes included.
     case bulkString([UInt8])

@@ -143,10 +143,11 @@ public final class RedisServer: Sendable {
                 try server.writeConfiguration()
                 try await server.launch()
                 return server
-            } catch let error as RedisError {
+            } catch {
                 await server.stop()
                 // A port picked as free can be taken by another process before redis-server binds it.
-                if case .tcp(nil) = options.transport, attempt < 5, error.message.contains("Address already in use") {
+                if case .tcp(nil) = options.transport, attempt < 5, let error = error as? RedisError,
+                   error.message.contains("Address already in use") {
                     attempt += 1
                     continue
                 }
@@ -241,9 +242,9 @@ public final class RedisServer: Sendable {
     private func writeConfiguration() throws {
         var lines = [
             "daemonize no",
-            "dir \(directory)",
-            "logfile \(directory)/redis.log",
-            "pidfile \(directory)/redis.pid",
+            "dir \(Self.quote(directory))",
+            "logfile \(Self.quote(directory + "/redis.log"))",
+            "pidfile \(Self.quote(directory + "/redis.pid"))",
             "save \"\"",
             "appendonly \(options.appendOnly ? "yes" : "no")",
             "databases 16",
@@ -258,7 +259,7 @@ public final class RedisServer: Sendable {
         if let events = options.keyspaceEvents { lines.append("notify-keyspace-events \"\(events)\"") }
         if let password = options.password { lines.append("requirepass \(Self.quote(password))") }
         for user in options.aclUsers {
-            lines.append("user \(user.name) on >\(user.password) \(user.rules)")
+            lines.append("user \(Self.quote(user.name)) on \(Self.quote(">" + user.password)) \(user.rules)")
         }
         for (name, value) in options.settings.sorted(by: { $0.key < $1.key }) { lines.append("\(name) \(value)") }
         try (lines.joined(separator: "\n") + "\n").write(toFile: directory + "/redis.conf", atomically: true, encoding: .utf8)

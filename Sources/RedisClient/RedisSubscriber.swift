@@ -30,7 +30,9 @@ public enum RedisSubscriptionEvent: Sendable, Hashable {
 /// The events of one subscription, as an AsyncSequence.
 ///
 /// Obtain one from ``RedisSubscriber/subscribe(channels:patterns:_:)``; it ends
-/// when that call's body returns or when the subscriber is closed.
+/// when that call's body returns or when the subscriber is closed, and throws when
+/// the server refuses a channel after a reconnect (for example after an ACL change).
+/// Events are buffered without bound until consumed: consume promptly.
 public struct RedisSubscription: AsyncSequence, Sendable {
     public typealias Element = RedisSubscriptionEvent
     let stream: AsyncThrowingStream<RedisSubscriptionEvent, any Error>
@@ -179,13 +181,16 @@ final class SubscriptionRegistry: Sendable {
                     state.nextID += 1
                     assigned = id
                     state.entries[id] = Entry(channels: channels, patterns: patterns, continuation: continuation)
+                    // SUBSCRIBE is sent for every name, even one already subscribed for
+                    // another subscription: it is idempotent on the server, and its reply
+                    // is what proves that this subscription is active (or refused).
                     var commands: [[[UInt8]]] = []
                     for channel in channels {
-                        if state.byChannel[channel, default: []].isEmpty { commands.append([Array("SUBSCRIBE".utf8), Array(channel.utf8)]) }
+                        commands.append([Array("SUBSCRIBE".utf8), Array(channel.utf8)])
                         state.byChannel[channel, default: []].insert(id)
                     }
                     for pattern in patterns {
-                        if state.byPattern[pattern, default: []].isEmpty { commands.append([Array("PSUBSCRIBE".utf8), Array(pattern.utf8)]) }
+                        commands.append([Array("PSUBSCRIBE".utf8), Array(pattern.utf8)])
                         state.byPattern[pattern, default: []].insert(id)
                     }
                     if commands.isEmpty {
@@ -252,24 +257,43 @@ final class SubscriptionRegistry: Sendable {
     }
 
     /// Re-subscribes to everything wanted, on a fresh connection, before it is used.
+    ///
+    /// One command per name, so that each gets exactly one reply. A name the server
+    /// now refuses (an ACL change) ends the subscriptions that wanted it with that
+    /// error, instead of failing every reconnect forever.
     func resubscribe(_ handshake: BlockingHandshake) throws {
         let (channels, patterns) = state.withLock { state in
             (Array(state.byChannel.keys), Array(state.byPattern.keys))
         }
-        var expected = 0
-        if !channels.isEmpty {
-            try handshake.sendOnly([Array("SUBSCRIBE".utf8)] + channels.map { Array($0.utf8) })
-            expected += channels.count
+        let commands = channels.map { (name: $0, isPattern: false) } + patterns.map { (name: $0, isPattern: true) }
+        for command in commands {
+            try handshake.sendOnly([Array((command.isPattern ? "PSUBSCRIBE" : "SUBSCRIBE").utf8), Array(command.name.utf8)])
         }
-        if !patterns.isEmpty {
-            try handshake.sendOnly([Array("PSUBSCRIBE".utf8)] + patterns.map { Array($0.utf8) })
-            expected += patterns.count
+        for command in commands {
+            var reply = try handshake.readReply()
+            while dispatch(reply) { reply = try handshake.readReply() }
+            if case .error(let message) = reply {
+                refuse(command.name, isPattern: command.isPattern, error: RedisError.fromServerReply(message))
+            }
         }
-        while expected > 0 {
-            let reply = try handshake.readReply()
-            if dispatch(reply) { continue }
-            if case .error(let message) = reply { throw RedisError.fromServerReply(message) }
-            expected -= 1
+    }
+
+    /// Ends the subscriptions that want `name` with `error` and forgets them.
+    private func refuse(_ name: String, isPattern: Bool, error: RedisError) {
+        state.withLock { state in
+            let ids = (isPattern ? state.byPattern[name] : state.byChannel[name]) ?? []
+            for id in ids {
+                guard let entry = state.entries.removeValue(forKey: id) else { continue }
+                entry.continuation.finish(throwing: error)
+                for channel in entry.channels {
+                    state.byChannel[channel]?.remove(id)
+                    if state.byChannel[channel]?.isEmpty == true { state.byChannel[channel] = nil }
+                }
+                for pattern in entry.patterns {
+                    state.byPattern[pattern]?.remove(id)
+                    if state.byPattern[pattern]?.isEmpty == true { state.byPattern[pattern] = nil }
+                }
+            }
         }
     }
 

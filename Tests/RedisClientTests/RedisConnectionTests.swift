@@ -72,6 +72,30 @@ import Testing
         }
     }
 
+    /// With pipelining, a request queued behind a blocking one is already on the wire
+    /// when the connection dies (outcome unknown); without it, it has not been sent and
+    /// runs after the reconnect.
+    @Test(arguments: [true, false])
+    func pipeliningDecidesWhetherQueuedRequestsAreOnTheWire(pipelining: Bool) async throws {
+        try await withConnection(configure: { $0.pipelining = pipelining }) { server, connection in
+            let admin = try await RedisConnection.connect(server.configuration)
+            let id = try await connection.send("CLIENT", "ID").int ?? -1
+            let blocked = Task { await redisError { try await connection.send(command: ["BLPOP", "never", 30], timeout: .seconds(60)) } }
+            #expect(try await eventually { (try await admin.send("INFO", "clients").string ?? "").contains("blocked_clients:1") })
+            let queued = Task { try await connection.send("INCR", "queued") }
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(try await admin.send("CLIENT", "KILL", "ID", id) == .integer(1))
+            #expect(await blocked.value?.code == .outcomeUnknown)
+            if pipelining {
+                await #expect(throws: RedisError.self) { try await queued.value }
+                #expect(try await admin.send("GET", "queued") == .null)
+            } else {
+                #expect(try await queued.value == .integer(1))
+            }
+            await admin.close()
+        }
+    }
+
     @Test func pipeliningOffStillServesConcurrentCallers() async throws {
         try await withConnection(configure: { $0.pipelining = false }) { _, connection in
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -109,6 +133,12 @@ import Testing
             guard case .tcp(_, let port) = server.endpoint else { Issue.record("not tcp"); return }
             let viaURL = try await RedisConnection.connect(url: "redis://127.0.0.1:\(port)/2")
             #expect(try await viaURL.send("PING") == .status("PONG"))
+            #expect(viaURL.engine.keepAliveEnabled() == true)
+            var withoutKeepAlive = viaURL.configuration
+            withoutKeepAlive.tcpKeepAlive = false
+            let plain = try await RedisConnection.connect(withoutKeepAlive)
+            #expect(plain.engine.keepAliveEnabled() == false)
+            await plain.close()
             let list = try await connection.send("CLIENT", "LIST").string ?? ""
             #expect(list.contains("db=2"))
             await viaURL.close()
@@ -163,11 +193,15 @@ import Testing
     @Test func closeFinishesQueuedRequestsThenRefusesNewOnes() async throws {
         try await RedisServer.withServer { server in
             let connection = try await RedisConnection.connect(server.configuration)
-            async let first = connection.send("INCR", "n")
-            async let second = connection.send("INCR", "n")
-            let results = try await [first, second].compactMap(\.int).sorted()
-            #expect(results == [1, 2])
+            // A slow request keeps the others queued while close() is called.
+            let slow = Task { try await connection.send(command: ["BLPOP", "never", "0.3"]) }
+            let queued = (0..<50).map { _ in Task { try await connection.send("INCR", "n") } }
+            try await Task.sleep(for: .milliseconds(50))
             await connection.close()
+            #expect(try await slow.value == .null)
+            var results: [Int64] = []
+            for task in queued { results.append(try await task.value.int ?? -1) }
+            #expect(results.sorted() == Array(1...50))
             let error = await redisError { try await connection.send("PING") }
             #expect(error?.code == .connectionClosed)
         }

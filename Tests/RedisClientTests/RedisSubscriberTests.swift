@@ -64,6 +64,48 @@ import Testing
         }
     }
 
+    @Test func everySubscriptionIsActiveWhenSubscribeReturns() async throws {
+        try await withConnection { server, publisher in
+            let subscriber = try await RedisSubscriber.connect(server.configuration)
+            // Many subscriptions to one channel at once: each one, as soon as it is
+            // active, publishes and must receive its own message.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<20 {
+                    group.addTask {
+                        try await subscriber.subscribe(channels: ["busy"]) { subscription in
+                            try await publisher.send("PUBLISH", "busy", "from-\(index)")
+                            for try await event in subscription {
+                                if case .message(let message) = event, message.payload == Array("from-\(index)".utf8) { return }
+                            }
+                            Issue.record("subscription \(index) ended without its message")
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            await subscriber.close()
+        }
+    }
+
+    @Test func aChannelRefusedAfterReconnectEndsItsSubscriptionWithTheError() async throws {
+        let user = RedisServer.ACLUser(name: "app", password: "pw", rules: "~* resetchannels &allowed +@all")
+        try await withConnection(.init(aclUsers: [user])) { server, admin in
+            var configuration = server.configuration
+            configuration.username = "app"
+            configuration.password = "pw"
+            let subscriber = try await RedisSubscriber.connect(configuration)
+            let error = await redisError {
+                try await subscriber.subscribe(channels: ["allowed"]) { subscription in
+                    #expect(try await admin.send("ACL", "SETUSER", "app", "resetchannels") == .status("OK"))
+                    _ = try? await admin.send("CLIENT", "KILL", "USER", "app")
+                    for try await _ in subscription {}
+                }
+            }
+            #expect(error?.code == .noPermission, "\(String(describing: error))")
+            await subscriber.close()
+        }
+    }
+
     @Test func closingTheSubscriberEndsSubscriptions() async throws {
         try await RedisServer.withServer { server in
             let subscriber = try await RedisSubscriber.connect(server.configuration)

@@ -136,7 +136,7 @@ extension BlockingHandshake {
         RESPEncoder.encode(arguments, into: &bytes)
         var offset = 0
         while offset < bytes.count {
-            let written = bytes.withUnsafeBytes { write(context.pointee.fd, $0.baseAddress! + offset, $0.count - offset) }
+            let written = bytes.withUnsafeBytes { Glibc.send(context.pointee.fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
             if written <= 0 {
                 let code = chiredis_errno()
                 if code == EINTR { continue }

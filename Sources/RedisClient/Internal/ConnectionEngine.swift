@@ -66,6 +66,8 @@ final class ConnectionEngine: @unchecked Sendable {
         var closing = false
         var finished = false
         var terminationWaiters: [CheckedContinuation<Void, Never>] = []
+        /// The socket of the current connection (-1 when disconnected), for diagnostics.
+        var socket: Int32 = -1
     }
 
     let configuration: RedisConfiguration
@@ -111,6 +113,17 @@ final class ConnectionEngine: @unchecked Sendable {
     func start(name: String) async throws {
         try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
             let thread = Thread { [self] in
+                // A write to a socket the server closed must fail with EPIPE, not kill the process.
+                var blocked = sigset_t()
+                sigemptyset(&blocked)
+                sigaddset(&blocked, SIGPIPE)
+                pthread_sigmask(SIG_BLOCK, &blocked, nil)
+                guard wakeFD >= 0 else {
+                    shared.withLock { $0.closing = true }
+                    finish()
+                    continuation.resume(throwing: RedisError(.connectionRefused, "could not create an eventfd for the connection: \(String(cString: strerror(chiredis_errno())))"))
+                    return
+                }
                 do {
                     try connect()
                     everConnected = true
@@ -181,6 +194,15 @@ final class ConnectionEngine: @unchecked Sendable {
         }
     }
 
+    /// Whether SO_KEEPALIVE is on for the current socket; `nil` when disconnected.
+    func keepAliveEnabled() -> Bool? {
+        shared.withLock { state -> Bool? in
+            guard state.socket >= 0 else { return nil }
+            let value = chiredis_keepalive_enabled(state.socket)
+            return value < 0 ? nil : value == 1
+        }
+    }
+
     private func wake() {
         var one: UInt64 = 1
         _ = withUnsafeBytes(of: &one) { write(wakeFD, $0.baseAddress, 8) }
@@ -240,6 +262,7 @@ final class ConnectionEngine: @unchecked Sendable {
                 try connect()
                 if everConnected { hooks.reconnected?() }
                 everConnected = true
+                _ = dispatchReplies()
             } catch {
                 let failure = (error as? RedisError) ?? RedisError(.connectionRefused, "\(error)")
                 lastConnectError = failure
@@ -278,7 +301,7 @@ final class ConnectionEngine: @unchecked Sendable {
     private func takePending() {
         let pipelining = configuration.pipelining
         if !pipelining && (!inFlight.isEmpty || outputOffset < output.count) { return }
-        spareBytes.removeAll(keepingCapacity: true)
+        spareBytes.removeAll(keepingCapacity: spareBytes.capacity <= 1 << 20)
         spareRequests.removeAll(keepingCapacity: true)
         shared.withLock { state in
             state.sleeping = false
@@ -314,7 +337,7 @@ final class ConnectionEngine: @unchecked Sendable {
         guard let context else { return false }
         while outputOffset < output.count {
             let written = output.withUnsafeBytes { raw in
-                write(context.pointee.fd, raw.baseAddress! + outputOffset, raw.count - outputOffset)
+                Glibc.send(context.pointee.fd, raw.baseAddress! + outputOffset, raw.count - outputOffset, Int32(MSG_NOSIGNAL))
             }
             if written > 0 {
                 outputOffset += written
@@ -381,11 +404,14 @@ final class ConnectionEngine: @unchecked Sendable {
         _ = withUnsafeMutableBytes(of: &value) { read(wakeFD, $0.baseAddress, 8) }
     }
 
+    /// Reads what the socket has (a bounded amount per pass, so that writes and
+    /// deadlines are not starved) and dispatches every complete reply. Replies that
+    /// arrived before an EOF are delivered before the connection is declared lost.
     private func readReplies() -> Bool {
         guard let context else { return false }
         let fd = context.pointee.fd
         let reader = context.pointee.reader
-        while true {
+        for _ in 0..<16 {
             let count = readBuffer.withUnsafeMutableBytes { raw in
                 read(fd, raw.baseAddress, raw.count)
             }
@@ -397,6 +423,7 @@ final class ConnectionEngine: @unchecked Sendable {
                     connectionLost(reason: "the reply could not be buffered", code: .protocolError)
                     return false
                 }
+                if !dispatchReplies() { return false }
                 if count < readBuffer.count { break }
             } else if count == 0 {
                 connectionLost(reason: "the server closed the connection")
@@ -409,14 +436,23 @@ final class ConnectionEngine: @unchecked Sendable {
                 return false
             }
         }
+        return true
+    }
+
+    /// Hands every complete reply in hiredis's reader to its request (or to the push hook).
+    private func dispatchReplies() -> Bool {
+        guard let context else { return false }
+        let reader = context.pointee.reader
+        var dispatched = false
         while true {
             var raw: UnsafeMutableRawPointer?
             if redisReaderGetReply(reader, &raw) != REDIS_OK {
                 let detail = withUnsafeBytes(of: reader!.pointee.errstr) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-                connectionLost(reason: "the server sent invalid RESP: \(detail)", code: .protocolError)
+                connectionLost(reason: "the server sent a reply this client cannot parse (hiredis 0.14 nests at most 7 levels): \(detail)", code: .protocolError)
                 return false
             }
             guard let raw else { break }
+            dispatched = true
             let reply = ReplyConversion.convert(raw.assumingMemoryBound(to: redisReply.self))
             freeReplyObject(raw)
             if let push = hooks.push, push(reply) { continue }
@@ -430,6 +466,7 @@ final class ConnectionEngine: @unchecked Sendable {
                 request.continuation.resume(returning: reply)
             }
         }
+        guard dispatched else { return true }
         lastBusy = MonotonicClock.now()
         if inFlight.isEmpty {
             earliestDeadline = .max
@@ -457,6 +494,7 @@ final class ConnectionEngine: @unchecked Sendable {
 
     /// Fails what the connection carried and schedules an immediate reconnect.
     private func connectionLost(reason: String, code: RedisError.Code = .outcomeUnknown, timedOutAt: UInt64? = nil) {
+        shared.withLock { $0.socket = -1 }
         if let context { redisFree(context) }
         context = nil
         let endpoint = configuration.redactedURL
@@ -497,6 +535,7 @@ final class ConnectionEngine: @unchecked Sendable {
             throw error
         }
         context = handshake.context
+        shared.withLock { $0.socket = handshake.context.pointee.fd }
         lastConnectError = nil
         backoff.connected()
     }
