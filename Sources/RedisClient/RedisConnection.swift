@@ -8,7 +8,8 @@ public protocol RedisCommandExecutor: Sendable {
     /// - Throws: ``RedisError``. An error reply from the server has code
     ///   ``RedisError/Code/server``, except `NOPERM` (``RedisError/Code/noPermission``)
     ///   and `NOAUTH`/`WRONGPASS` (``RedisError/Code/authenticationFailed``).
-    ///   The call is not cancellable once queued: a cancelled task still gets its reply.
+    ///   Cancelling the task withdraws a request that is still queued (it throws
+    ///   `CancellationError` and does not run); a request already written is awaited.
     func send(_ arguments: [[UInt8]], timeout: Duration?) async throws -> RedisReply
 }
 

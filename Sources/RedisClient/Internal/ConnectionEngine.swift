@@ -47,6 +47,7 @@ final class ConnectionEngine: @unchecked Sendable {
     }
 
     private struct Pending {
+        let id: UInt64
         let continuation: Completion
         let deadline: UInt64
         let length: Int
@@ -68,6 +69,8 @@ final class ConnectionEngine: @unchecked Sendable {
         var terminationWaiters: [CheckedContinuation<Void, Never>] = []
         /// The socket of the current connection (-1 when disconnected), for diagnostics.
         var socket: Int32 = -1
+        /// Request ids start at 1; 0 means "not queued".
+        var nextID: UInt64 = 1
     }
 
     let configuration: RedisConfiguration
@@ -144,13 +147,18 @@ final class ConnectionEngine: @unchecked Sendable {
         }
     }
 
-    /// Queues one command; its reply (or error) resumes `continuation`.
-    func enqueue(_ arguments: [[UInt8]], deadline: UInt64, continuation: Completion) {
+    /// Queues one command; its reply (or error) resumes `continuation`. Returns the
+    /// request's id, which ``withdraw(_:)`` accepts until the request is written.
+    @discardableResult
+    func enqueue(_ arguments: [[UInt8]], deadline: UInt64, continuation: Completion) -> UInt64 {
+        var id: UInt64 = 0
         let outcome: Int = shared.withLock { state in
             if state.closing { return -1 }
+            id = state.nextID
+            state.nextID &+= 1
             let before = state.pendingBytes.count
             RESPEncoder.encode(arguments, into: &state.pendingBytes)
-            state.pending.append(Pending(continuation: continuation, deadline: deadline, length: state.pendingBytes.count - before))
+            state.pending.append(Pending(id: id, continuation: continuation, deadline: deadline, length: state.pendingBytes.count - before))
             if state.sleeping {
                 state.sleeping = false
                 return 1
@@ -162,13 +170,58 @@ final class ConnectionEngine: @unchecked Sendable {
         } else if outcome > 0 {
             wake()
         }
+        return id
+    }
+
+    /// Removes a request that has not been handed to the socket yet and fails it with
+    /// `CancellationError`. Does nothing once the request is on its way.
+    func withdraw(_ id: UInt64) {
+        guard id != 0 else { return }
+        let withdrawn = shared.withLock { state -> Pending? in
+            var offset = 0
+            for index in state.pending.indices {
+                let request = state.pending[index]
+                if request.id == id {
+                    state.pendingBytes.removeSubrange(offset..<(offset + request.length))
+                    state.pending.remove(at: index)
+                    return request
+                }
+                offset += request.length
+            }
+            return nil
+        }
+        withdrawn?.continuation.resume(throwing: CancellationError())
     }
 
     /// Sends one command and waits for its reply.
+    ///
+    /// Cancelling the calling task withdraws the request if it is still queued (it then
+    /// throws `CancellationError` and never runs); once written, the reply is awaited.
     func send(_ arguments: [[UInt8]], timeout: Duration?) async throws -> RedisReply {
         let deadline = MonotonicClock.deadline(after: timeout ?? configuration.commandTimeout)
-        return try await withUnsafeThrowingContinuation { continuation in
-            enqueue(arguments, deadline: deadline, continuation: .continuation(continuation))
+        let id = Mutex<UInt64?>(nil)
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { continuation in
+                if Task.isCancelled {
+                    continuation.resume(throwing: CancellationError())
+                    return
+                }
+                let assigned = enqueue(arguments, deadline: deadline, continuation: .continuation(continuation))
+                let cancelledMeanwhile = id.withLock { slot -> Bool in
+                    defer { slot = assigned }
+                    return slot == .max
+                }
+                if cancelledMeanwhile { withdraw(assigned) }
+            }
+        } onCancel: {
+            // Either the id is known (withdraw it) or enqueue has not happened yet
+            // (leave a mark so that enqueue withdraws it right after).
+            let known = id.withLock { slot -> UInt64? in
+                if let value = slot { return value }
+                slot = .max
+                return nil
+            }
+            if let known { withdraw(known) }
         }
     }
 
