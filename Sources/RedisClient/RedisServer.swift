@@ -96,7 +96,7 @@ public final class RedisServer: Sendable {
     public let executable: String
     /// Where clients connect.
     public let endpoint: RedisConfiguration.Endpoint
-    private let process = Mutex<pid_t>(0)
+    private let process = Mutex<ChildProcess?>(nil)
 
     /// A configuration for connecting as the default user (with the password, if any).
     public var configuration: RedisConfiguration {
@@ -114,7 +114,7 @@ public final class RedisServer: Sendable {
     }
 
     /// The process id of the running server, or 0 when it is stopped.
-    public var pid: pid_t { process.withLock { $0 } }
+    public var pid: pid_t { process.withLock { $0?.pid ?? 0 } }
 
     private init(options: Options, directory: String, executable: String, endpoint: RedisConfiguration.Endpoint) {
         self.options = options
@@ -132,11 +132,11 @@ public final class RedisServer: Sendable {
         let executable = try locate(options)
         var attempt = 1
         while true {
-            let directory = try makeTemporaryDirectory()
+            let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-redis")
             let endpoint: RedisConfiguration.Endpoint
             switch options.transport {
             case .unixSocket: endpoint = .unixSocket(path: directory + "/redis.sock")
-            case .tcp(let port): endpoint = .tcp(host: "127.0.0.1", port: try port ?? freeLoopbackPort())
+            case .tcp(let port): endpoint = .tcp(host: "127.0.0.1", port: try port ?? ChildProcess.freeLoopbackPort())
             }
             let server = RedisServer(options: options, directory: directory, executable: executable, endpoint: endpoint)
             do {
@@ -204,39 +204,9 @@ public final class RedisServer: Sendable {
             }
             return fromEnvironment
         }
-        let searchPath = options.searchPath ?? ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
-        for directory in searchPath.split(separator: ":") {
-            let candidate = "\(directory)/redis-server"
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        }
+        if let found = ChildProcess.locate("redis-server", searchPath: options.searchPath) { return found }
+        let searchPath = options.searchPath ?? ProcessInfo.processInfo.environment["PATH"] ?? ""
         throw RedisError(.serverNotFound, "redis-server was not found on PATH (\(searchPath)); install it (Debian: apt-get install redis-server) or set REDIS_SERVER to its path")
-    }
-
-    private static func makeTemporaryDirectory() throws -> String {
-        var base = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
-        // A unix socket path must fit in 108 bytes.
-        if base.utf8.count > 60 { base = "/tmp" }
-        var template = Array("\(base)/coord-redis-XXXXXX".utf8CString)
-        guard let result = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw RedisError(.serverStartFailed, "could not create a temporary directory under \(base): \(String(cString: strerror(errno)))")
-        }
-        return String(cString: result)
-    }
-
-    private static func freeLoopbackPort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw RedisError(.serverStartFailed, "could not open a socket to find a free port") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        guard bound else { throw RedisError(.serverStartFailed, "could not bind a loopback port: \(String(cString: strerror(errno)))") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     private func writeConfiguration() throws {
@@ -267,43 +237,14 @@ public final class RedisServer: Sendable {
 
     private func launch() async throws {
         if case .unixSocket(let path) = endpoint { unlink(path) }
-        let arguments = [executable, directory + "/redis.conf"]
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var fileActions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&fileActions)
-        defer { posix_spawn_file_actions_destroy(&fileActions) }
-        posix_spawn_file_actions_addopen(&fileActions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&fileActions, 1, directory + "/stdout.log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_addopen(&fileActions, 2, directory + "/stdout.log", O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        // The calling thread may block signals (Dispatch's threads do); the server must
-        // start with an empty mask and default handlers, or SIGTERM would not stop it.
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var emptyMask = sigset_t()
-        sigemptyset(&emptyMask)
-        posix_spawnattr_setsigmask(&attributes, &emptyMask)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var child: pid_t = 0
-        let status = posix_spawn(&child, executable, &fileActions, &attributes, &argv, environ)
-        guard status == 0 else {
-            throw RedisError(.serverStartFailed, "could not launch \(executable): \(String(cString: strerror(status)))")
-        }
+        let child = try ChildProcess.spawn(executable, arguments: [directory + "/redis.conf"], logPath: directory + "/stdout.log")
         process.withLock { $0 = child }
-        ServerRegistry.shared.add(child)
 
         let deadline = ContinuousClock.now + options.startTimeout
         var lastError: (any Error)?
         while ContinuousClock.now < deadline {
-            var exitStatus: Int32 = 0
-            if waitpid(child, &exitStatus, WNOHANG) == child {
-                process.withLock { $0 = 0 }
-                ServerRegistry.shared.remove(child)
+            if child.hasExited() {
+                process.withLock { $0 = nil }
                 throw RedisError(.serverStartFailed, "redis-server exited during start-up; its log says:\n\(logTail())")
             }
             do {
@@ -324,30 +265,15 @@ public final class RedisServer: Sendable {
     }
 
     private func terminate(signal: Int32) async {
-        let child = process.withLock { pid -> pid_t in
-            let current = pid
-            pid = 0
+        let child = process.withLock { current -> ChildProcess? in
+            defer { current = nil }
             return current
         }
-        guard child > 0 else { return }
-        Glibc.kill(child, signal)
-        let deadline = ContinuousClock.now + .seconds(5)
-        var exitStatus: Int32 = 0
-        while waitpid(child, &exitStatus, WNOHANG) == 0 {
-            if ContinuousClock.now > deadline {
-                Glibc.kill(child, SIGKILL)
-                waitpid(child, &exitStatus, 0)
-                break
-            }
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-        ServerRegistry.shared.remove(child)
+        await child?.terminate(signal: signal)
     }
 
     private func logTail() -> String {
-        let log = (try? String(contentsOfFile: directory + "/redis.log", encoding: .utf8)) ?? ""
-        let stdout = (try? String(contentsOfFile: directory + "/stdout.log", encoding: .utf8)) ?? ""
-        return (log + stdout).split(separator: "\n").suffix(12).joined(separator: "\n")
+        ChildProcess.tail(of: directory + "/redis.log") + "\n" + ChildProcess.tail(of: directory + "/stdout.log", lines: 4)
     }
 
     private static func quote(_ text: String) -> String {
@@ -357,19 +283,4 @@ public final class RedisServer: Sendable {
     private static func percentEncode(_ text: String) -> String {
         text.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? text
     }
-}
-
-/// Servers still running, killed when the process exits.
-final class ServerRegistry: Sendable {
-    static let shared: ServerRegistry = {
-        atexit {
-            for pid in ServerRegistry.shared.pids.withLock({ $0 }) { kill(pid, SIGKILL) }
-        }
-        return ServerRegistry()
-    }()
-
-    let pids = Mutex<Set<pid_t>>([])
-
-    func add(_ pid: pid_t) { _ = pids.withLock { $0.insert(pid) } }
-    func remove(_ pid: pid_t) { _ = pids.withLock { $0.remove(pid) } }
 }

@@ -1,0 +1,145 @@
+import Foundation
+import Synchronization
+
+/// A server process launched for tests or benchmarks: spawned with a clean signal
+/// state, its output in a log file, stopped on request and at process exit.
+/// Used by ``RedisServer`` and by the etcd launcher of the conformance tests.
+final class ChildProcess: Sendable {
+    /// The process id; 0 once the process has been reaped.
+    var pid: pid_t { state.withLock { $0 } }
+    private let state: Mutex<pid_t>
+
+    private init(pid: pid_t) {
+        state = Mutex(pid)
+    }
+
+    /// Starts `executable` with `arguments`, stdin from /dev/null and stdout and stderr
+    /// appended to `logPath`.
+    static func spawn(_ executable: String, arguments: [String], logPath: String) throws -> ChildProcess {
+        var argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var fileActions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fileActions)
+        defer { posix_spawn_file_actions_destroy(&fileActions) }
+        posix_spawn_file_actions_addopen(&fileActions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&fileActions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_adddup2(&fileActions, 1, 2)
+        // The calling thread may block signals (Dispatch's threads do); the child must
+        // start with an empty mask and default handlers, or SIGTERM would not stop it.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var emptyMask = sigset_t()
+        sigemptyset(&emptyMask)
+        posix_spawnattr_setsigmask(&attributes, &emptyMask)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for signal in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD] { sigaddset(&defaults, signal) }
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var child: pid_t = 0
+        let status = posix_spawn(&child, executable, &fileActions, &attributes, &argv, environ)
+        guard status == 0 else {
+            throw RedisError(.serverStartFailed, "could not launch \(executable): \(String(cString: strerror(status)))")
+        }
+        ChildRegistry.shared.add(child)
+        return ChildProcess(pid: child)
+    }
+
+    /// Whether the process has exited (reaping it if so).
+    func hasExited() -> Bool {
+        state.withLock { pid in
+            guard pid > 0 else { return true }
+            var status: Int32 = 0
+            guard waitpid(pid, &status, WNOHANG) == pid else { return false }
+            ChildRegistry.shared.remove(pid)
+            pid = 0
+            return true
+        }
+    }
+
+    /// Sends `signal` to a running process without waiting (SIGSTOP, SIGCONT, ...).
+    func send(_ signal: Int32) {
+        let current = pid
+        if current > 0 { kill(current, signal) }
+    }
+
+    /// Sends `signal` and waits for the process to exit, with SIGKILL after `grace`.
+    func terminate(signal: Int32, grace: Duration = .seconds(5)) async {
+        let child = state.withLock { pid -> pid_t in
+            defer { pid = 0 }
+            return pid
+        }
+        guard child > 0 else { return }
+        kill(child, signal)
+        let deadline = ContinuousClock.now + grace
+        var exitStatus: Int32 = 0
+        while waitpid(child, &exitStatus, WNOHANG) == 0 {
+            if ContinuousClock.now > deadline {
+                kill(child, SIGKILL)
+                waitpid(child, &exitStatus, 0)
+                break
+            }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        ChildRegistry.shared.remove(child)
+    }
+
+    /// The last `lines` lines of a log file, for error messages.
+    static func tail(of path: String, lines: Int = 12) -> String {
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").suffix(lines).joined(separator: "\n")
+    }
+
+    /// A loopback TCP port that was free a moment ago.
+    static func freeLoopbackPort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw RedisError(.serverStartFailed, "could not open a socket to find a free port") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { throw RedisError(.serverStartFailed, "could not bind a loopback port: \(String(cString: strerror(errno)))") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    /// The first executable called `name` on `searchPath` (default `$PATH`).
+    static func locate(_ name: String, searchPath: String? = nil) -> String? {
+        let path = searchPath ?? ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        for directory in path.split(separator: ":") where FileManager.default.isExecutableFile(atPath: "\(directory)/\(name)") {
+            return "\(directory)/\(name)"
+        }
+        return nil
+    }
+
+    /// A new directory under `$TMPDIR` (or /tmp when that path is too long for unix sockets).
+    static func makeTemporaryDirectory(prefix: String) throws -> String {
+        var base = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
+        if base.utf8.count > 60 { base = "/tmp" }
+        var template = Array("\(base)/\(prefix)-XXXXXX".utf8CString)
+        guard let result = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw RedisError(.serverStartFailed, "could not create a temporary directory under \(base): \(String(cString: strerror(errno)))")
+        }
+        return String(cString: result)
+    }
+}
+
+/// Children still running, killed when the process exits.
+final class ChildRegistry: Sendable {
+    static let shared: ChildRegistry = {
+        atexit {
+            for pid in ChildRegistry.shared.pids.withLock({ $0 }) { kill(pid, SIGKILL) }
+        }
+        return ChildRegistry()
+    }()
+
+    let pids = Mutex<Set<pid_t>>([])
+
+    func add(_ pid: pid_t) { _ = pids.withLock { $0.insert(pid) } }
+    func remove(_ pid: pid_t) { _ = pids.withLock { $0.remove(pid) } }
+}
