@@ -45,6 +45,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "RedisClientTests", dependencies: ["RedisClient"]),
+        .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "RedisClient"]),
     ],
     swiftLanguageModes: [.v6]
 )

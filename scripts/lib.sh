@@ -4,9 +4,9 @@
 #   present. As root it installs what is missing (one `apt-get update` first); as
 #   another user it prints the exact command to run and fails.
 # coord_private_tmpdir: creates a scratch directory for this run and exports TMPDIR,
-#   so that every private redis-server the run starts lives under it; on exit, any
-#   server left running there (a crashed test cannot stop its own) is stopped by
-#   its pid file, and the directory is removed.
+#   so that every private redis-server and etcd the run starts lives under it; on
+#   exit, any server left running there (a crashed test cannot stop its own) is
+#   stopped by its pid file, and the directory is removed.
 
 coord_log() { printf '%s: %s\n' "${COORD_SCRIPT:-coord}" "$*" >&2; }
 
@@ -55,11 +55,11 @@ coord_install_dependencies() {
 coord_cleanup_tmpdir() {
     local dir=$1 pidfile pid
     [ -d "$dir" ] || return 0
-    for pidfile in "$dir"/coord-redis-*/redis.pid; do
+    for pidfile in "$dir"/coord-*/*.pid; do
         [ -f "$pidfile" ] || continue
         pid=$(cat "$pidfile" 2>/dev/null || true)
         if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-            coord_log "stopping leftover redis-server (pid $pid)"
+            coord_log "stopping leftover server (pid $pid, $(basename "$(dirname "$pidfile")"))"
             kill -TERM "$pid" 2>/dev/null || true
             sleep 0.5
             kill -KILL "$pid" 2>/dev/null || true

@@ -99,14 +99,15 @@ import Testing
     @Test func cancellingAQueuedRequestWithdrawsIt() async throws {
         try await withConnection(configure: { $0.pipelining = false }) { server, connection in
             let admin = try await RedisConnection.connect(server.configuration)
-            let blocking = Task { try await connection.send(command: ["BLPOP", "never", "0.5"]) }
+            let blocking = Task { try await connection.send(command: ["BLPOP", "list", "30"], timeout: .seconds(60)) }
             #expect(try await eventually { (try await admin.send("INFO", "clients").string ?? "").contains("blocked_clients:1") })
             let queued = Task { try await connection.send("INCR", "withdrawn") }
             let kept = Task { try await connection.send("INCR", "kept") }
             try await Task.sleep(for: .milliseconds(50))
             queued.cancel()
             await #expect(throws: CancellationError.self) { try await queued.value }
-            #expect(try await blocking.value == .null)
+            try await admin.send("RPUSH", "list", "x")
+            #expect(try await blocking.value == .array([.bulkString(Array("list".utf8)), .bulkString(Array("x".utf8))]))
             #expect(try await kept.value == .integer(1))
             #expect(try await admin.send("EXISTS", "withdrawn") == .integer(0))
             // A task cancelled before it sends never reaches the server either.

@@ -14,8 +14,9 @@ final class ChildProcess: Sendable {
     }
 
     /// Starts `executable` with `arguments`, stdin from /dev/null and stdout and stderr
-    /// appended to `logPath`.
-    static func spawn(_ executable: String, arguments: [String], logPath: String) throws -> ChildProcess {
+    /// appended to `logPath`. With `pidFile`, writes the child's pid there, so that
+    /// scripts can stop a child whose parent crashed (scripts/lib.sh does).
+    static func spawn(_ executable: String, arguments: [String], logPath: String, pidFile: String? = nil) throws -> ChildProcess {
         var argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var fileActions = posix_spawn_file_actions_t()
@@ -43,6 +44,7 @@ final class ChildProcess: Sendable {
             throw RedisError(.serverStartFailed, "could not launch \(executable): \(String(cString: strerror(status)))")
         }
         ChildRegistry.shared.add(child)
+        if let pidFile { try? "\(child)\n".write(toFile: pidFile, atomically: true, encoding: .utf8) }
         return ChildProcess(pid: child)
     }
 
