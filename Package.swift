@@ -28,7 +28,11 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
-        .target(name: "Coordination", dependencies: ["RedisClient"]),
+        .target(
+            name: "Coordination",
+            dependencies: ["RedisClient"],
+            resources: [.embedInCode("../../lua/kv.lua")]
+        ),
         .target(name: "CoordinationPrimitives", dependencies: ["Coordination"]),
         .executableTarget(
             name: "coordctl",

@@ -1,0 +1,226 @@
+import RedisClient
+
+/// An etcd-like store inside one Redis database: revisions, versions, reads at older
+/// revisions and multi-key transactions with etcd 3.4's semantics.
+///
+/// A *namespace* is one independent store; every Redis key of it carries the hash tag
+/// `{namespace}`, so that it lives in one Redis Cluster slot and every script touches
+/// one slot. Each request runs as one Lua script (`lua/kv.lua`), so it is atomic.
+///
+/// ```swift
+/// let store = try await CoordinationClient.connect(url: "redis://localhost:6379")
+/// let put = try await store.put("config/a", "1")          // put.header.revision == 2 on a new store
+/// let all = try await store.get("config/", options: .prefix(Array("config/".utf8)))
+/// ```
+public final class CoordinationClient: Sendable {
+    /// Limits checked before a request reaches Redis (etcd's defaults).
+    public struct Limits: Sendable, Hashable {
+        /// The largest value accepted (etcd: 1.5 MiB request size).
+        public var maxValueBytes = 1_572_864
+        /// The most operations in one transaction (etcd: 128).
+        public var maxTxnOps = 128
+
+        public init(maxValueBytes: Int = 1_572_864, maxTxnOps: Int = 128) {
+            self.maxValueBytes = maxValueBytes
+            self.maxTxnOps = maxTxnOps
+        }
+    }
+
+    /// The namespace (an independent store).
+    public let namespace: String
+    /// The connection (or pool) requests go through.
+    public let redis: any RedisCommandExecutor
+    /// The request limits.
+    public let limits: Limits
+    private let keys: [[UInt8]]
+    private let ownedConnection: RedisConnection?
+
+    static let kvScript = RedisScript(String(decoding: PackageResources.kv_lua, as: UTF8.self))
+
+    /// Uses an existing connection or pool.
+    public init(redis: any RedisCommandExecutor, namespace: String = "coord", limits: Limits = Limits()) {
+        self.redis = redis
+        self.namespace = namespace
+        self.limits = limits
+        self.ownedConnection = nil
+        self.keys = Self.redisKeys(namespace)
+    }
+
+    private init(connection: RedisConnection, namespace: String, limits: Limits) {
+        self.redis = connection
+        self.namespace = namespace
+        self.limits = limits
+        self.ownedConnection = connection
+        self.keys = Self.redisKeys(namespace)
+    }
+
+    /// Connects to Redis at `url` and opens the store `namespace`.
+    public static func connect(url: String, namespace: String = "coord", limits: Limits = Limits()) async throws -> CoordinationClient {
+        let connection = try await RedisConnection.connect(url: url)
+        return CoordinationClient(connection: connection, namespace: namespace, limits: limits)
+    }
+
+    /// Closes the connection this client opened (not one passed in).
+    public func close() async {
+        await ownedConnection?.close()
+    }
+
+    /// The Redis keys of a namespace, in the order kv.lua expects them.
+    static func redisKeys(_ namespace: String) -> [[UInt8]] {
+        ["rev", "compact", "kv", "keys", "hist", "hkeys", "log", "leases"].map { Array("{\(namespace)}:\($0)".utf8) }
+    }
+
+    // MARK: - Requests
+
+    /// Reads one key, or a range of keys with `options.rangeEnd`.
+    public func get(_ key: [UInt8], options: RangeOptions = RangeOptions()) async throws -> RangeResponse {
+        let (revision, result) = try await run(.range(key: key, options: options))
+        return try Self.rangeResponse(result, revision: revision)
+    }
+
+    /// Reads one key given as text.
+    public func get(_ key: String, options: RangeOptions = RangeOptions()) async throws -> RangeResponse {
+        try await get(Array(key.utf8), options: options)
+    }
+
+    /// Writes a value; creates the key or adds a version.
+    public func put(_ key: [UInt8], _ value: [UInt8], options: PutOptions = PutOptions()) async throws -> PutResponse {
+        let (revision, result) = try await run(.put(key: key, value: value, options: options))
+        return try Self.putResponse(result, revision: revision)
+    }
+
+    /// Writes a text value under a text key.
+    public func put(_ key: String, _ value: String, options: PutOptions = PutOptions()) async throws -> PutResponse {
+        try await put(Array(key.utf8), Array(value.utf8), options: options)
+    }
+
+    /// Deletes one key, or every key in `[key, rangeEnd)`.
+    public func delete(_ key: [UInt8], rangeEnd: [UInt8] = [], prevKV: Bool = false) async throws -> DeleteResponse {
+        let (revision, result) = try await run(.delete(key: key, rangeEnd: rangeEnd, prevKV: prevKV))
+        return try Self.deleteResponse(result, revision: revision)
+    }
+
+    /// Deletes one key given as text.
+    public func delete(_ key: String, prevKV: Bool = false) async throws -> DeleteResponse {
+        try await delete(Array(key.utf8), prevKV: prevKV)
+    }
+
+    /// Runs a transaction atomically.
+    public func txn(_ txn: Txn) async throws -> TxnResponse {
+        let (revision, result) = try await run(.txn(txn))
+        return try Self.txnResponse(result, revision: revision)
+    }
+
+    // MARK: - Encoding
+
+    private func run(_ operation: KVOperation) async throws -> (Int64, MessagePack) {
+        var opCount = 0
+        try validate(operation, opCount: &opCount)
+        let reply = try await redis.run(Self.kvScript, keys: keys, arguments: [Self.encode(operation).encoded()], timeout: nil)
+        guard let bytes = reply.bytes, case .array(let parts) = try MessagePack.decode(bytes), parts.count >= 2 else {
+            throw CoordinationError(.protocolError, "kv.lua returned \(reply)")
+        }
+        if case .bool(false) = parts[0] {
+            let code = parts[1].text ?? "invalidArgument"
+            throw CoordinationError(CoordinationError.Code(name: code), parts.count > 2 ? parts[2].text ?? "" : "")
+        }
+        guard let revision = parts[0].int else { throw CoordinationError(.protocolError, "kv.lua returned no revision") }
+        return (revision, parts[1])
+    }
+
+    private func validate(_ operation: KVOperation, opCount: inout Int) throws {
+        switch operation {
+        case .range(let key, _):
+            if key.isEmpty { throw CoordinationError(.emptyKey, "key is not provided: etcd keys must not be empty") }
+        case .put(let key, let value, _):
+            if key.isEmpty { throw CoordinationError(.emptyKey, "key is not provided: etcd keys must not be empty") }
+            if value.count > limits.maxValueBytes {
+                throw CoordinationError(.valueTooLarge, "value of \(value.count) bytes is above the limit of \(limits.maxValueBytes); store large values elsewhere and put a reference")
+            }
+        case .delete(let key, _, _):
+            if key.isEmpty { throw CoordinationError(.emptyKey, "key is not provided: etcd keys must not be empty") }
+        case .txn(let txn):
+            let count = max(txn.success.count, txn.failure.count, txn.compares.count)
+            if count > limits.maxTxnOps {
+                throw CoordinationError(.tooManyOps, "too many operations in txn request: \(count) > \(limits.maxTxnOps); split the transaction")
+            }
+            for compare in txn.compares where compare.key.isEmpty {
+                throw CoordinationError(.emptyKey, "key is not provided in a compare")
+            }
+            for inner in txn.success + txn.failure { try validate(inner, opCount: &opCount) }
+        }
+    }
+
+    static func encode(_ operation: KVOperation) -> MessagePack {
+        switch operation {
+        case .range(let key, let o):
+            return .array([.string("range"), .bytes(key), .bytes(o.rangeEnd), .int(o.limit), .int(o.revision),
+                           .string(o.sortOrder.rawValue), .string(o.sortTarget.rawValue), .bool(o.keysOnly), .bool(o.countOnly),
+                           .int(o.minModRevision), .int(o.maxModRevision), .int(o.minCreateRevision), .int(o.maxCreateRevision)])
+        case .put(let key, let value, let o):
+            return .array([.string("put"), .bytes(key), .bytes(value), .string(String(o.lease)), .bool(o.prevKV), .bool(o.ignoreValue), .bool(o.ignoreLease)])
+        case .delete(let key, let rangeEnd, let prevKV):
+            return .array([.string("delete"), .bytes(key), .bytes(rangeEnd), .bool(prevKV)])
+        case .txn(let txn):
+            let compares: [MessagePack] = txn.compares.map { compare in
+                let (target, operand): (String, MessagePack) = switch compare.target {
+                case .value(let value): ("value", .bytes(value))
+                case .version(let version): ("version", .int(version))
+                case .createRevision(let revision): ("create", .int(revision))
+                case .modRevision(let revision): ("mod", .int(revision))
+                case .lease(let lease): ("lease", .string(String(lease)))
+                }
+                return .array([.string(target), .string(compare.result.rawValue), .bytes(compare.key), .bytes(compare.rangeEnd), operand])
+            }
+            return .array([.string("txn"), .array(compares), .array(txn.success.map(encode)), .array(txn.failure.map(encode))])
+        }
+    }
+
+    // MARK: - Decoding
+
+    private static func keyValue(_ value: MessagePack) throws -> KeyValue {
+        guard let f = value.array, f.count == 6, let key = f[0].bytes, let create = f[1].int, let mod = f[2].int,
+              let version = f[3].int, let lease = f[4].text.flatMap({ Int64($0) }), let data = f[5].bytes else {
+            throw CoordinationError(.protocolError, "malformed key-value from kv.lua")
+        }
+        return KeyValue(key: key, value: data, createRevision: create, modRevision: mod, version: version, lease: lease)
+    }
+
+    static func rangeResponse(_ result: MessagePack, revision: Int64) throws -> RangeResponse {
+        guard let f = result.array, f.count == 4, f[0].text == "range", let kvs = f[1].array, let more = f[2].bool, let count = f[3].int else {
+            throw CoordinationError(.protocolError, "malformed range result from kv.lua")
+        }
+        return RangeResponse(header: ResponseHeader(revision: revision), kvs: try kvs.map(keyValue), more: more, count: count)
+    }
+
+    static func putResponse(_ result: MessagePack, revision: Int64) throws -> PutResponse {
+        guard let f = result.array, f.count == 2, f[0].text == "put" else {
+            throw CoordinationError(.protocolError, "malformed put result from kv.lua")
+        }
+        let previous: KeyValue? = if case .bool(false) = f[1] { nil } else { try keyValue(f[1]) }
+        return PutResponse(header: ResponseHeader(revision: revision), prevKV: previous)
+    }
+
+    static func deleteResponse(_ result: MessagePack, revision: Int64) throws -> DeleteResponse {
+        guard let f = result.array, f.count == 3, f[0].text == "delete", let deleted = f[1].int, let previous = f[2].array else {
+            throw CoordinationError(.protocolError, "malformed delete result from kv.lua")
+        }
+        return DeleteResponse(header: ResponseHeader(revision: revision), deleted: deleted, prevKVs: try previous.map(keyValue))
+    }
+
+    static func txnResponse(_ result: MessagePack, revision: Int64) throws -> TxnResponse {
+        guard let f = result.array, f.count == 3, f[0].text == "txn", let succeeded = f[1].bool, let inner = f[2].array else {
+            throw CoordinationError(.protocolError, "malformed txn result from kv.lua")
+        }
+        let responses: [OperationResponse] = try inner.map { item in
+            switch item.array?.first?.text {
+            case "range": return .range(try rangeResponse(item, revision: revision))
+            case "put": return .put(try putResponse(item, revision: revision))
+            case "delete": return .delete(try deleteResponse(item, revision: revision))
+            case "txn": return .txn(try txnResponse(item, revision: revision))
+            default: throw CoordinationError(.protocolError, "unknown operation result from kv.lua")
+            }
+        }
+        return TxnResponse(header: ResponseHeader(revision: revision), succeeded: succeeded, responses: responses)
+    }
+}

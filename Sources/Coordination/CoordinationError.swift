@@ -1,0 +1,41 @@
+/// An error of the coordination store, with etcd's meaning.
+public struct CoordinationError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The kind of failure; values are static members so that new ones can be added.
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        let name: String
+
+        /// The requested revision is above the current one.
+        public static let futureRevision = Code(name: "futureRevision")
+        /// The requested revision is below the compacted revision.
+        public static let compacted = Code(name: "compacted")
+        /// The lease does not exist or has expired.
+        public static let leaseNotFound = Code(name: "leaseNotFound")
+        /// A transaction branch writes one key twice, or deletes a key it puts.
+        public static let duplicateKey = Code(name: "duplicateKey")
+        /// The key is empty.
+        public static let emptyKey = Code(name: "emptyKey")
+        /// The value is above the size limit.
+        public static let valueTooLarge = Code(name: "valueTooLarge")
+        /// A transaction has more operations than allowed.
+        public static let tooManyOps = Code(name: "tooManyOps")
+        /// ignoreValue or ignoreLease on a key that does not exist.
+        public static let keyNotFound = Code(name: "keyNotFound")
+        /// The store returned something this client does not understand.
+        public static let protocolError = Code(name: "protocolError")
+        /// Another invalid argument.
+        public static let invalidArgument = Code(name: "invalidArgument")
+
+        public var description: String { name }
+    }
+
+    public var code: Code
+    /// What was wrong and what to do.
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "\(code): \(message)" }
+}

@@ -1,0 +1,352 @@
+-- kv.lua: executes one etcd v3 KV request (range, put, delete or txn) atomically.
+--
+-- KEYS (all carry the namespace's hash tag, e.g. "{coord}:rev"):
+--   1 rev      STRING  current revision (absent: 1, as a new etcd)
+--   2 compact  STRING  compacted revision (absent: 0)
+--   3 kv       HASH    key -> msgpack {create, mod, version, lease, value} of the live version
+--   4 keys     ZSET    live keys, score 0, for lexicographic ranges
+--   5 hist     HASH    key.."\0"..%016x(rev) -> superseded version (same shape) or tombstone {0}
+--   6 hkeys    ZSET    the members of hist, score 0, for "newest version at or below R"
+--   7 log      STREAM  one entry per revision, ID "<rev>-0", fields "e" -> msgpack
+--                      {type ("put"|"delete"), key, create, mod, version, lease, value}
+--   8 leases   HASH    lease ID (decimal) -> lease record (granted leases)
+-- ARGV:
+--   1 msgpack request, one of
+--       {"range", key, rangeEnd, limit, revision, sortOrder, sortTarget, keysOnly, countOnly,
+--        minMod, maxMod, minCreate, maxCreate}
+--       {"put", key, value, lease, prevKV, ignoreValue, ignoreLease}
+--       {"delete", key, rangeEnd, prevKV}
+--       {"txn", {compare...}, {successOp...}, {failureOp...}}
+--         compare = {target ("value"|"version"|"create"|"mod"|"lease"),
+--                    result ("="|"!="|"<"|">"), key, rangeEnd, operand}
+--     lease IDs travel as decimal strings (they do not fit a Lua number).
+-- Reply: msgpack {revision, result} or {false, errorCode, message}, where result is
+--   {"range", {kv...}, more, count}   kv = {key, create, mod, version, lease, value}
+--   {"put", prevKV or false}
+--   {"delete", deleted, {prevKV...}}
+--   {"txn", succeeded, {result...}}
+
+local K_REV, K_COMPACT, K_KV, K_KEYS, K_HIST, K_HKEYS, K_LOG, K_LEASES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local request = cmsgpack.unpack(ARGV[1])
+
+local current = tonumber(redis.call('GET', K_REV) or '1')
+local compacted = tonumber(redis.call('GET', K_COMPACT) or '0')
+local nextRevision = current + 1
+local changed = false
+local events = {}
+
+local function fail(code, message)
+  error({code = code, message = message})
+end
+
+local function hex(revision) return string.format('%016x', revision) end
+
+-- Byte-wise comparison (Lua's own uses the locale): -1, 0 or 1.
+local function compareBytes(a, b)
+  if a == b then return 0 end
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y and -1 or 1 end
+  end
+  return #a < #b and -1 or 1
+end
+
+-- Numeric comparison of non-negative decimal strings (lease IDs).
+local function compareDecimal(a, b)
+  if #a ~= #b then return #a < #b and -1 or 1 end
+  return compareBytes(a, b)
+end
+
+local function decode(packed)
+  local r = cmsgpack.unpack(packed)
+  return {create = r[1], mod = r[2], version = r[3], lease = r[4], value = r[5]}
+end
+
+local function encode(r) return cmsgpack.pack({r.create, r.mod, r.version, r.lease, r.value}) end
+
+local function live(key)
+  local packed = redis.call('HGET', K_KV, key)
+  if packed then return decode(packed) end
+  return nil
+end
+
+-- The version of `key` visible at `revision`, or nil.
+local function versionAt(key, revision)
+  local r = live(key)
+  if r and r.mod <= revision then return r end
+  local members = redis.call('ZREVRANGEBYLEX', K_HKEYS, '[' .. key .. '\0' .. hex(revision), '[' .. key .. '\0', 'LIMIT', 0, 16)
+  for _, member in ipairs(members) do
+    if #member == #key + 17 then
+      local old = cmsgpack.unpack(redis.call('HGET', K_HIST, member))
+      if old[1] == 0 then return nil end
+      return {create = old[1], mod = old[2], version = old[3], lease = old[4], value = old[5]}
+    end
+  end
+  return nil
+end
+
+-- The lexicographic bounds of [key, rangeEnd) for ZRANGEBYLEX; nil for a single key.
+local function bounds(key, rangeEnd)
+  if rangeEnd == '' then return nil end
+  if rangeEnd == '\0' then return '[' .. key, '+' end
+  return '[' .. key, '(' .. rangeEnd
+end
+
+-- Keys in [key, rangeEnd) visible at `revision` (all keys with history when reading the past).
+local function keysIn(key, rangeEnd, revision)
+  local low, high = bounds(key, rangeEnd)
+  if not low then return {key} end
+  if compareBytes(key, rangeEnd) >= 0 and rangeEnd ~= '\0' then return {} end
+  local keys = redis.call('ZRANGEBYLEX', K_KEYS, low, high)
+  if revision >= (changed and nextRevision or current) then return keys end
+  local seen, all = {}, {}
+  for _, k in ipairs(keys) do seen[k] = true; all[#all + 1] = k end
+  for _, member in ipairs(redis.call('ZRANGEBYLEX', K_HKEYS, low, high)) do
+    local k = string.sub(member, 1, #member - 17)
+    if not seen[k] and compareBytes(k, key) >= 0 and (rangeEnd == '\0' or compareBytes(k, rangeEnd) < 0) then
+      seen[k] = true; all[#all + 1] = k
+    end
+  end
+  table.sort(all, function(a, b) return compareBytes(a, b) < 0 end)
+  return all
+end
+
+local function kvReply(key, r, keysOnly)
+  return {key, r.create, r.mod, r.version, r.lease, keysOnly and '' or r.value}
+end
+
+local sortFields = {key = true, version = 'version', create = 'create', mod = 'mod', value = 'value'}
+
+local function range(op)
+  local key, rangeEnd, limit, revision = op[2], op[3], op[4], op[5]
+  local sortOrder, sortTarget, keysOnly, countOnly = op[6], op[7], op[8], op[9]
+  local minMod, maxMod, minCreate, maxCreate = op[10], op[11], op[12], op[13]
+  local head = changed and nextRevision or current
+  if revision > head then fail('futureRevision', 'required revision ' .. revision .. ' is a future revision; the current revision is ' .. head) end
+  if revision > 0 and revision < compacted then
+    fail('compacted', 'required revision ' .. revision .. ' has been compacted; the oldest available is ' .. compacted)
+  end
+  local at = revision > 0 and revision or head
+  local found = {}
+  for _, k in ipairs(keysIn(key, rangeEnd, at)) do
+    local r = (at >= head) and live(k) or versionAt(k, at)
+    if r then r.key = k; found[#found + 1] = r end
+  end
+  local count = #found
+  local kept = {}
+  for _, r in ipairs(found) do
+    if (minMod == 0 or r.mod >= minMod) and (maxMod == 0 or r.mod <= maxMod)
+      and (minCreate == 0 or r.create >= minCreate) and (maxCreate == 0 or r.create <= maxCreate) then
+      kept[#kept + 1] = r
+    end
+  end
+  if sortOrder == 'none' and sortTarget ~= 'key' then sortOrder = 'ascend' end
+  if sortOrder ~= 'none' then
+    local field = sortTarget
+    local less
+    if field == 'key' or field == 'value' then
+      less = function(a, b) return compareBytes(a[field], b[field]) < 0 end
+    else
+      less = function(a, b) return a[field] < b[field] end
+    end
+    if sortOrder == 'descend' then
+      local ascending = less
+      less = function(a, b) return ascending(b, a) end
+    end
+    table.sort(kept, less)
+  end
+  local kvs, more = {}, false
+  if not countOnly then
+    for i, r in ipairs(kept) do
+      if limit > 0 and i > limit then more = true; break end
+      kvs[#kvs + 1] = kvReply(r.key, r, keysOnly)
+    end
+  end
+  return {'range', kvs, more, count}
+end
+
+local function archive(key, r)
+  local member = key .. '\0' .. hex(r.mod)
+  redis.call('HSET', K_HIST, member, encode(r))
+  redis.call('ZADD', K_HKEYS, 0, member)
+end
+
+-- Checks a put before anything is written (a failing script is not rolled back).
+local function checkPut(op)
+  local key, lease, ignoreValue, ignoreLease = op[2], op[4], op[6], op[7]
+  if key == '' then fail('emptyKey', 'key is not provided: etcd keys must not be empty') end
+  if (ignoreValue or ignoreLease) and redis.call('HEXISTS', K_KV, key) == 0 then
+    fail('keyNotFound', 'key not found: ignoreValue and ignoreLease need an existing key')
+  end
+  if not ignoreLease and lease ~= '0' and redis.call('HEXISTS', K_LEASES, lease) == 0 then
+    fail('leaseNotFound', 'requested lease ' .. lease .. ' not found; grant it first or put without a lease')
+  end
+end
+
+local function put(op)
+  local key, value, lease, prevKV, ignoreValue, ignoreLease = op[2], op[3], op[4], op[5], op[6], op[7]
+  local old = live(key)
+  if ignoreValue then value = old.value end
+  if ignoreLease then lease = old.lease end
+  local r
+  if old then
+    archive(key, old)
+    r = {create = old.create, mod = nextRevision, version = old.version + 1, lease = lease, value = value}
+  else
+    redis.call('ZADD', K_KEYS, 0, key)
+    r = {create = nextRevision, mod = nextRevision, version = 1, lease = lease, value = value}
+  end
+  redis.call('HSET', K_KV, key, encode(r))
+  changed = true
+  events[#events + 1] = cmsgpack.pack({'put', key, r.create, r.mod, r.version, r.lease, r.value})
+  return {'put', (prevKV and old) and kvReply(key, old, false) or false}
+end
+
+local function delete(op)
+  local key, rangeEnd, prevKV = op[2], op[3], op[4]
+  local deleted, previous = 0, {}
+  for _, k in ipairs(keysIn(key, rangeEnd, nextRevision)) do
+    local old = live(k)
+    if old then
+      archive(k, old)
+      local tombstone = k .. '\0' .. hex(nextRevision)
+      redis.call('HSET', K_HIST, tombstone, cmsgpack.pack({0}))
+      redis.call('ZADD', K_HKEYS, 0, tombstone)
+      redis.call('HDEL', K_KV, k)
+      redis.call('ZREM', K_KEYS, k)
+      deleted = deleted + 1
+      if prevKV then previous[#previous + 1] = kvReply(k, old, false) end
+      events[#events + 1] = cmsgpack.pack({'delete', k, 0, nextRevision, 0, '0', ''})
+    end
+  end
+  if deleted > 0 then changed = true end
+  return {'delete', deleted, previous}
+end
+
+local function compareHolds(c)
+  local target, result, key, rangeEnd, operand = c[1], c[2], c[3], c[4], c[5]
+  local head = changed and nextRevision or current
+  local subjects = {}
+  for _, k in ipairs(keysIn(key, rangeEnd, head)) do
+    local r = live(k)
+    if r then subjects[#subjects + 1] = r end
+  end
+  if #subjects == 0 then
+    if target == 'value' then return false end
+    subjects = {{create = 0, mod = 0, version = 0, lease = '0', value = ''}}
+  end
+  for _, r in ipairs(subjects) do
+    local order
+    if target == 'value' then order = compareBytes(r.value, operand)
+    elseif target == 'lease' then order = compareDecimal(r.lease, operand)
+    else
+      local v = r[target]
+      order = (v < operand) and -1 or ((v > operand) and 1 or 0)
+    end
+    local holds = (result == '=' and order == 0) or (result == '!=' and order ~= 0)
+      or (result == '<' and order < 0) or (result == '>' and order > 0)
+    if not holds then return false end
+  end
+  return true
+end
+
+local execute
+
+-- Decides every txn's branch, nested ones included, on the state before any write
+-- (as etcd does), and checks the puts on that path.
+local function choosePath(op)
+  if op[1] == 'put' then checkPut(op) end
+  if op[1] ~= 'txn' then return end
+  local succeeded = true
+  for _, c in ipairs(op[2]) do
+    if not compareHolds(c) then succeeded = false; break end
+  end
+  op.succeeded = succeeded
+  for _, inner in ipairs(succeeded and op[3] or op[4]) do choosePath(inner) end
+end
+
+local function txn(op)
+  local results = {}
+  for _, inner in ipairs(op.succeeded and op[3] or op[4]) do results[#results + 1] = execute(inner) end
+  return {'txn', op.succeeded, results}
+end
+
+execute = function(op)
+  local kind = op[1]
+  if kind == 'range' then return range(op)
+  elseif kind == 'put' then return put(op)
+  elseif kind == 'delete' then return delete(op)
+  elseif kind == 'txn' then return txn(op)
+  end
+  fail('invalidArgument', 'unknown operation ' .. tostring(kind))
+end
+
+-- etcd's checkIntervals (v3rpc/key.go): a branch may not put one key twice, nor put a
+-- key that one of its deletes (or a nested txn's deletes) covers. Intervals are taken
+-- literally, so a from-key delete (rangeEnd "\0") covers nothing here, as in etcd.
+local function covers(dels, k)
+  for _, d in ipairs(dels) do
+    if d[2] == '' then
+      if k == d[1] then return true end
+    elseif compareBytes(k, d[1]) >= 0 and compareBytes(k, d[2]) < 0 then
+      return true
+    end
+  end
+  return false
+end
+
+local function checkIntervals(ops)
+  local dels, puts = {}, {}
+  local duplicate = 'duplicate key given in txn request: a branch writes one key twice or deletes a key it puts'
+  for _, op in ipairs(ops) do
+    if op[1] == 'delete' then dels[#dels + 1] = {op[2], op[3]} end
+  end
+  for _, op in ipairs(ops) do
+    if op[1] == 'txn' then
+      local putsThen, delsThen = checkIntervals(op[3])
+      local putsElse, delsElse = checkIntervals(op[4])
+      for k in pairs(putsThen) do
+        if puts[k] or covers(dels, k) then fail('duplicateKey', duplicate) end
+        puts[k] = true
+      end
+      for k in pairs(putsElse) do
+        if puts[k] and not putsThen[k] then fail('duplicateKey', duplicate) end
+        if covers(dels, k) then fail('duplicateKey', duplicate) end
+        puts[k] = true
+      end
+      for _, d in ipairs(delsThen) do dels[#dels + 1] = d end
+      for _, d in ipairs(delsElse) do dels[#dels + 1] = d end
+    end
+  end
+  for _, op in ipairs(ops) do
+    if op[1] == 'put' then
+      local k = op[2]
+      if puts[k] or covers(dels, k) then fail('duplicateKey', duplicate) end
+      puts[k] = true
+    end
+  end
+  return puts, dels
+end
+
+local ok, outcome = pcall(function()
+  if request[1] == 'txn' then
+    checkIntervals(request[3]); checkIntervals(request[4])
+  end
+  choosePath(request)
+  return execute(request)
+end)
+if not ok then
+  if type(outcome) == 'table' and outcome.code then
+    return cmsgpack.pack({false, outcome.code, outcome.message})
+  end
+  error(outcome)
+end
+if changed then
+  redis.call('SET', K_REV, nextRevision)
+  local fields = {}
+  for _, e in ipairs(events) do fields[#fields + 1] = 'e'; fields[#fields + 1] = e end
+  redis.call('XADD', K_LOG, nextRevision .. '-0', unpack(fields))
+  return cmsgpack.pack({nextRevision, outcome})
+end
+return cmsgpack.pack({current, outcome})
