@@ -1,0 +1,140 @@
+import Coordination
+import Foundation
+import Testing
+
+/// Runs `body` with a store in a fresh private Redis.
+func withStore<Result: Sendable>(namespace: String = "coord", _ body: (CoordinationClient, RedisConnection) async throws -> Result) async throws -> Result {
+    try await RedisServer.withServer { server in
+        let connection = try await RedisConnection.connect(server.configuration)
+        let store = CoordinationClient(redis: connection, namespace: namespace)
+        do {
+            let result = try await body(store, connection)
+            await connection.close()
+            return result
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+}
+
+func coordinationError(_ body: () async throws -> Void) async -> CoordinationError? {
+    do {
+        try await body()
+        return nil
+    } catch let error as CoordinationError {
+        return error
+    } catch {
+        return nil
+    }
+}
+
+@Suite struct KVTests {
+    @Test func everyLuaScriptIsEmbedded() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let manifest = try String(contentsOf: root.appendingPathComponent("Package.swift"), encoding: .utf8)
+        let scripts = try FileManager.default.contentsOfDirectory(atPath: root.appendingPathComponent("lua").path).filter { $0.hasSuffix(".lua") }
+        #expect(!scripts.isEmpty)
+        for script in scripts {
+            #expect(manifest.contains(".embedInCode(\"../../lua/\(script)\")"), "lua/\(script) is not embedded in Package.swift")
+        }
+    }
+
+    @Test func everyRedisKeyOfANamespaceCarriesItsHashTag() async throws {
+        try await withStore(namespace: "tagged") { store, redis throws in
+            _ = try await store.put("a", "1")
+            _ = try await store.put("a", "2")
+            _ = try await store.delete("a")
+            let keys = (try await redis.send("KEYS", "*").array ?? []).compactMap(\.string)
+            #expect(!keys.isEmpty)
+            #expect(keys.allSatisfy { $0.hasPrefix("{tagged}:") }, "\(keys)")
+        }
+    }
+
+    @Test func namespacesAreIndependentStores() async throws {
+        try await withStore { first, redis throws in
+            let second = CoordinationClient(redis: redis, namespace: "other")
+            _ = try await first.put("k", "first")
+            _ = try await first.put("k", "again")
+            #expect(try await second.get("k").kvs.isEmpty)
+            #expect(try await second.put("k", "second").header.revision == 2)
+            #expect(try await first.get("k").kvs.first?.valueString == "again")
+            #expect(try await first.get("k").header.revision == 3)
+        }
+    }
+
+    @Test func binaryKeysAndValuesWithNulBytes() async throws {
+        try await withStore { store, _ throws in
+            let key: [UInt8] = [0x61, 0, 0x62, 0xff]
+            let value: [UInt8] = [0, 1, 0, 0xfe, 13, 10]
+            _ = try await store.put(key, value)
+            _ = try await store.put([0x61, 0], [1])
+            let exact = try await store.get(key)
+            #expect(exact.kvs.map(\.value) == [value])
+            let prefixed = try await store.get([0x61, 0], options: .prefix([0x61, 0]))
+            #expect(prefixed.kvs.map(\.key) == [[0x61, 0], key])
+        }
+    }
+
+    @Test func badInputGetsClearErrorsAndChangesNothing() async throws {
+        try await withStore { store, _ throws in
+            var error = await coordinationError { _ = try await store.put("", "v") }
+            #expect(error?.code == .emptyKey)
+            error = await coordinationError { _ = try await store.put(Array("k".utf8), [UInt8](repeating: 1, count: 1_572_865)) }
+            #expect(error?.code == .valueTooLarge)
+            #expect(error?.message.contains("1572865") == true)
+            let tooMany = Txn(success: (0..<129).map { .put(key: Array("k\($0)".utf8), value: [], options: PutOptions()) })
+            error = await coordinationError { _ = try await store.txn(tooMany) }
+            #expect(error?.code == .tooManyOps)
+            error = await coordinationError { _ = try await store.put("k", "v", options: PutOptions(lease: 42)) }
+            #expect(error?.code == .leaseNotFound)
+            error = await coordinationError { _ = try await store.put("k", "v", options: PutOptions(ignoreValue: true)) }
+            #expect(error?.code == .keyNotFound)
+            error = await coordinationError { _ = try await store.get("k", options: RangeOptions(revision: 5)) }
+            #expect(error?.code == .futureRevision)
+            #expect(error?.message.contains("current revision is 1") == true)
+            // A txn that fails validation writes nothing, not even its first put.
+            let partial = Txn(success: [.put(key: Array("x".utf8), value: [1], options: PutOptions()),
+                                        .put(key: Array("y".utf8), value: [1], options: PutOptions(lease: 7))])
+            error = await coordinationError { _ = try await store.txn(partial) }
+            #expect(error?.code == .leaseNotFound)
+            #expect(try await store.get("x").kvs.isEmpty)
+            #expect(try await store.get("x").header.revision == 1)
+        }
+    }
+
+    @Test func filtersAndSortTargetsOtherThanKey() async throws {
+        try await withStore { store, _ throws in
+            _ = try await store.put("a", "3")   // rev 2
+            _ = try await store.put("b", "1")   // rev 3
+            _ = try await store.put("c", "2")   // rev 4
+            _ = try await store.put("a", "4")   // rev 5, a version 2
+            let all = RangeOptions(rangeEnd: [0])
+            var options = all
+            options.sortTarget = .value
+            #expect(try await store.get("a", options: options).kvs.map(\.keyString) == ["b", "c", "a"])
+            options.sortOrder = .descend
+            options.sortTarget = .mod
+            #expect(try await store.get("a", options: options).kvs.map(\.keyString) == ["a", "c", "b"])
+            options = all
+            options.minModRevision = 3
+            options.maxModRevision = 4
+            let filtered = try await store.get("a", options: options)
+            #expect(filtered.kvs.map(\.keyString) == ["b", "c"])
+            #expect(filtered.count == 3)
+            options = all
+            options.maxCreateRevision = 2
+            #expect(try await store.get("a", options: options).kvs.map(\.keyString) == ["a"])
+            options = all
+            options.keysOnly = true
+            #expect(try await store.get("a", options: options).kvs.allSatisfy { $0.value.isEmpty })
+        }
+    }
+
+    @Test func prefixEndFollowsEtcd() {
+        #expect(RangeOptions.prefixEnd(Array("abc".utf8)) == Array("abd".utf8))
+        #expect(RangeOptions.prefixEnd([0x61, 0xff]) == [0x62])
+        #expect(RangeOptions.prefixEnd([0xff, 0xff]) == [0])
+        #expect(RangeOptions.prefixEnd([]) == [0])
+    }
+}
