@@ -31,7 +31,7 @@ let package = Package(
         .target(
             name: "Coordination",
             dependencies: ["RedisClient"],
-            resources: [.embedInCode("../../lua/kv.lua")]
+            resources: [.embedInCode("../../lua/kv.lua"), .embedInCode("../../lua/compact.lua")]
         ),
         .target(name: "CoordinationPrimitives", dependencies: ["Coordination"]),
         .executableTarget(

@@ -123,10 +123,8 @@ local function range(op)
   local sortOrder, sortTarget, keysOnly, countOnly = op[6], op[7], op[8], op[9]
   local minMod, maxMod, minCreate, maxCreate = op[10], op[11], op[12], op[13]
   local head = changed and nextRevision or current
-  if revision > head then fail('futureRevision', 'required revision ' .. revision .. ' is a future revision; the current revision is ' .. head) end
-  if revision > 0 and revision < compacted then
-    fail('compacted', 'required revision ' .. revision .. ' has been compacted; the oldest available is ' .. compacted)
-  end
+  -- Revisions were checked by choosePath before anything was written (as etcd's
+  -- checkRequestRange does, against the revision before the txn).
   local at = revision > 0 and revision or head
   local found = {}
   for _, k in ipairs(keysIn(key, rangeEnd, at)) do
@@ -255,8 +253,16 @@ local execute
 
 -- Decides every txn's branch, nested ones included, on the state before any write
 -- (as etcd does), and checks the puts on that path.
+local function checkRangeRevision(revision)
+  if revision > current then fail('futureRevision', 'required revision ' .. revision .. ' is a future revision; the current revision is ' .. current) end
+  if revision > 0 and revision < compacted then
+    fail('compacted', 'required revision ' .. revision .. ' has been compacted; the oldest available is ' .. compacted)
+  end
+end
+
 local function choosePath(op)
   if op[1] == 'put' then checkPut(op) end
+  if op[1] == 'range' then checkRangeRevision(op[5]) end
   if op[1] ~= 'txn' then return end
   local succeeded = true
   for _, c in ipairs(op[2]) do

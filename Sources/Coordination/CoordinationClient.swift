@@ -36,6 +36,7 @@ public final class CoordinationClient: Sendable {
     private let ownedConnection: RedisConnection?
 
     static let kvScript = RedisScript(String(decoding: PackageResources.kv_lua, as: UTF8.self))
+    static let compactScript = RedisScript(String(decoding: PackageResources.compact_lua, as: UTF8.self))
 
     /// Uses an existing connection or pool.
     public init(redis: any RedisCommandExecutor, namespace: String = "coord", limits: Limits = Limits()) {
@@ -109,6 +110,31 @@ public final class CoordinationClient: Sendable {
     public func txn(_ txn: Txn) async throws -> TxnResponse {
         let (revision, result) = try await run(.txn(txn))
         return try Self.txnResponse(result, revision: revision)
+    }
+
+    /// Discards history below `revision`: reads at older revisions fail with
+    /// ``CoordinationError/Code/compacted`` from then on, while every key keeps its
+    /// newest version at or below `revision`. Runs in steps of at most `chunk`
+    /// history entries, so Redis is never blocked for long.
+    ///
+    /// - Throws: ``CoordinationError/Code/compacted`` when the store is already compacted
+    ///   at or above `revision`; ``CoordinationError/Code/futureRevision`` above the current one.
+    @discardableResult
+    public func compact(_ revision: Int64, chunk: Int = 1_000) async throws -> ResponseHeader {
+        let scriptKeys = [keys[0], keys[1], keys[2], keys[5], keys[4], keys[6]]
+        var cursor: [UInt8] = []
+        var header = ResponseHeader(revision: 0)
+        repeat {
+            let reply = try await redis.run(Self.compactScript, keys: scriptKeys,
+                                            arguments: [Array(String(revision).utf8), cursor, Array(String(max(chunk, 1)).utf8)], timeout: nil)
+            guard let parts = reply.array, parts.count >= 2 else { throw CoordinationError(.protocolError, "compact.lua returned \(reply)") }
+            if parts[0].isNull {
+                throw CoordinationError(CoordinationError.Code(name: parts[1].string ?? "invalidArgument"), parts.count > 2 ? parts[2].string ?? "" : "")
+            }
+            header.revision = parts[0].int ?? 0
+            cursor = parts[1].bytes ?? []
+        } while !cursor.isEmpty
+        return header
     }
 
     // MARK: - Encoding

@@ -7,7 +7,8 @@ import Testing
 /// create/mod revisions, values, counts, `more`, previous pairs, txn outcomes, errors).
 @Suite struct DifferentialTests {
     static let seeds = Array(1...20)
-    static let operationsPerSeed = 200
+    /// 200 in CI; set DIFF_OPS for a longer local run.
+    static let operationsPerSeed = ProcessInfo.processInfo.environment["DIFF_OPS"].flatMap { Int($0) } ?? 200
 
     @Test(arguments: seeds)
     func randomKVSequencesMatchEtcd(seed: Int) async throws {
@@ -17,9 +18,19 @@ import Testing
                 let store = CoordinationClient(redis: connection, namespace: "diff\(seed)")
                 var generator = OperationGenerator(seed: UInt64(seed))
                 for step in 0..<Self.operationsPerSeed {
+                    if generator.random(25) == 0 {
+                        // Compaction at a random revision, valid or not, in small chunks.
+                        let target = Int64(generator.random(Int(generator.revision) + 1) + 1)
+                        let expected = await EtcdTranslation.compact(target, on: etcd)
+                        let actual = await StoreTranslation.compact(target, on: store)
+                        #expect(actual == expected, "seed \(seed) step \(step): compact \(target)")
+                        if actual != expected { break }
+                    }
                     let operation = generator.next()
                     let expected = await EtcdTranslation.run(operation, on: etcd)
                     let actual = await StoreTranslation.run(operation, on: store)
+                    // DIFF_TRACE=<seed> prints every step of that seed, for debugging a mismatch.
+                    if ProcessInfo.processInfo.environment["DIFF_TRACE"] == "\(seed)" { print("step \(step): \(operation)\n  etcd \(expected)\n  ours \(actual)") }
                     #expect(actual == expected, "seed \(seed) step \(step): \(operation)")
                     if actual != expected { break }
                     generator.observe(revision: expected.revision)
@@ -33,7 +44,7 @@ import Testing
 /// Seeded random operations over a small key space, so that keys collide often.
 struct OperationGenerator {
     private var state: UInt64
-    private var revision: Int64 = 1
+    private(set) var revision: Int64 = 1
     let keys = ["a", "b", "c", "d", "a/1", "a/2", "b/1"]
 
     init(seed: UInt64) { state = seed &* 0x9E37_79B9_7F4A_7C15 }
@@ -144,6 +155,17 @@ struct Outcome: Equatable, CustomStringConvertible {
 }
 
 enum StoreTranslation {
+    static func compact(_ revision: Int64, on store: CoordinationClient) async -> Outcome {
+        do {
+            let header = try await store.compact(revision, chunk: 3)
+            return Outcome(revision: header.revision, detail: ["compact"])
+        } catch let error as CoordinationError {
+            return Outcome(revision: nil, error: Outcome.errorKind(error.code.description), detail: [])
+        } catch {
+            return Outcome(revision: nil, error: "\(error)", detail: [])
+        }
+    }
+
     static func run(_ operation: KVOperation, on store: CoordinationClient) async -> Outcome {
         do {
             switch operation {
@@ -180,6 +202,17 @@ enum StoreTranslation {
 
 enum EtcdTranslation {
     typealias JSON = [String: Any]
+
+    static func compact(_ revision: Int64, on etcd: EtcdGateway) async -> Outcome {
+        do {
+            let response = try await etcd.compact(revision)
+            return Outcome(revision: EtcdGateway.revision(response), detail: ["compact"])
+        } catch let failure as EtcdGateway.Failure {
+            return Outcome(revision: nil, error: Outcome.errorKind(failure.message), detail: [])
+        } catch {
+            return Outcome(revision: nil, error: "\(error)", detail: [])
+        }
+    }
 
     static func run(_ operation: KVOperation, on etcd: EtcdGateway) async -> Outcome {
         do {

@@ -138,3 +138,30 @@ func coordinationError(_ body: () async throws -> Void) async -> CoordinationErr
         #expect(RangeOptions.prefixEnd([]) == [0])
     }
 }
+
+@Suite struct CompactionTests {
+    @Test func compactionKeepsTheNewestVersionAtOrBelowAndFreesTheRest() async throws {
+        try await withStore { store, redis throws in
+            for round in 1...5 { _ = try await store.put("a", "a\(round)") }   // revisions 2...6
+            _ = try await store.put("gone", "x")                                 // 7
+            _ = try await store.delete("gone")                                   // 8
+            _ = try await store.put("a", "a6")                                   // 9
+            #expect(try await redis.send("HLEN", "{coord}:hist").int == 7)      // a2...a6, gone, tombstone
+            try await store.compact(8, chunk: 2)
+            // a's newest version at or below 8 (a5 at revision 6) stays readable at 8; the rest is gone.
+            #expect(try await store.get("a", options: RangeOptions(revision: 8)).kvs.first?.valueString == "a5")
+            #expect(try await redis.send("HLEN", "{coord}:hist").int == 1)
+            #expect(try await store.get("gone", options: RangeOptions(revision: 8)).kvs.isEmpty)
+            let error = await coordinationError { _ = try await store.get("a", options: RangeOptions(revision: 7)) }
+            #expect(error?.code == .compacted)
+            #expect(error?.message.contains("oldest available is 8") == true)
+            // The event log keeps revisions 8 and 9 only.
+            #expect(try await redis.send("XLEN", "{coord}:log").int == 2)
+            // Compacting again at or below 8 is an error; above the current revision too.
+            #expect(await coordinationError { try await store.compact(8) }?.code == .compacted)
+            #expect(await coordinationError { try await store.compact(10) }?.code == .futureRevision)
+            try await store.compact(9)
+            #expect(try await redis.send("HLEN", "{coord}:hist").int == 0)
+        }
+    }
+}
