@@ -44,7 +44,7 @@ let package = Package(
         .executableTarget(
             name: "coordbench",
             dependencies: [
-                "RedisClient",
+                "Coordination",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

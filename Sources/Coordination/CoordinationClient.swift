@@ -36,6 +36,14 @@ public final class CoordinationClient: Sendable {
     private let ownedConnection: RedisConnection?
 
     static let kvScript = RedisScript(String(decoding: PackageResources.kv_lua, as: UTF8.self))
+
+    /// The Lua source of the KV script (for tools that run it directly, such as the load test's ceiling).
+    public static var kvScriptSource: String { kvScript.source }
+    /// The SHA-1 under which Redis knows the KV script.
+    public static var kvScriptSHA1: String { kvScript.sha1 }
+
+    /// The script argument that encodes `operation` (for tools that run the script directly).
+    public static func encodedRequest(_ operation: KVOperation) -> [UInt8] { encode(operation).encoded() }
     static let compactScript = RedisScript(String(decoding: PackageResources.compact_lua, as: UTF8.self))
 
     /// Uses an existing connection or pool.
@@ -66,8 +74,8 @@ public final class CoordinationClient: Sendable {
         await ownedConnection?.close()
     }
 
-    /// The Redis keys of a namespace, in the order kv.lua expects them.
-    static func redisKeys(_ namespace: String) -> [[UInt8]] {
+    /// The Redis keys of a namespace, in the order the KV script expects them.
+    public static func redisKeys(_ namespace: String) -> [[UInt8]] {
         ["rev", "compact", "kv", "keys", "hist", "hkeys", "log", "leases"].map { Array("{\(namespace)}:\($0)".utf8) }
     }
 

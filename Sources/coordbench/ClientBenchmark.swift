@@ -54,24 +54,9 @@ struct ClientBenchmark: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let environmentURL = ProcessInfo.processInfo.environment["REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 }
-        var server: RedisServer?
-        let configuration: RedisConfiguration
-        if let given = url ?? environmentURL {
-            configuration = try RedisConfiguration(url: given)
-        } else {
-            log("starting a private redis-server on a loopback port")
-            let started = try await RedisServer.start(.init(transport: .tcp()))
-            server = started
-            configuration = started.configuration
-        }
-        do {
+        try await withBenchmarkServer(url: url) { configuration in
             try await measure(configuration)
-        } catch {
-            await server?.stop()
-            throw error
         }
-        await server?.stop()
     }
 
     private func measure(_ configuration: RedisConfiguration) async throws {
@@ -142,70 +127,17 @@ struct ClientBenchmark: AsyncParsableCommand {
 
     /// Runs `requests` requests from `tasks` tasks and measures throughput and latency.
     private func runLoad(_ executor: any RedisCommandExecutor, arguments: [[UInt8]]) async throws -> RunResult {
-        // Warm up the connections (and the script cache, if any).
+        // Warm up the connections.
         for _ in 0..<100 { _ = try await executor.send(arguments) }
-        let perTask = requests / tasks
-        let clock = ContinuousClock()
-        let start = clock.now
-        let latencies = try await withThrowingTaskGroup(of: [UInt64].self) { group in
-            for _ in 0..<tasks {
-                group.addTask {
-                    var samples: [UInt64] = []
-                    samples.reserveCapacity(perTask)
-                    for _ in 0..<perTask {
-                        let begin = clock.now
-                        _ = try await executor.send(arguments)
-                        let elapsed = clock.now - begin
-                        samples.append(UInt64(elapsed.components.attoseconds / 1_000_000_000) + UInt64(elapsed.components.seconds) * 1_000_000_000)
-                    }
-                    return samples
-                }
-            }
-            var all: [UInt64] = []
-            for try await samples in group { all.append(contentsOf: samples) }
-            return all
+        return try await measureLoad(tasks: tasks, requests: requests) { _, _ in
+            _ = try await executor.send(arguments)
         }
-        let elapsed = clock.now - start
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        let sorted = latencies.sorted()
-        return RunResult(
-            opsPerSecond: Double(sorted.count) / seconds,
-            p50Micros: Double(sorted[sorted.count / 2]) / 1000,
-            p99Micros: Double(sorted[min(sorted.count - 1, sorted.count * 99 / 100)]) / 1000)
     }
 
     /// Runs redis-benchmark for one command; `nil` when redis-benchmark is not installed.
     private func referenceRun(_ configuration: RedisConfiguration, command: String, pipeline: Int) throws -> RunResult? {
-        guard let executable = findOnPath("redis-benchmark") else {
-            log("redis-benchmark not found on PATH (Debian: apt-get install redis-tools); skipping the reference")
-            return nil
-        }
-        var arguments: [String] = []
-        switch configuration.endpoint {
-        case .tcp(let host, let port): arguments += ["-h", host, "-p", String(port)]
-        case .unixSocket(let path): arguments += ["-s", path]
-        }
-        if let password = configuration.password { arguments += ["-a", password, "--no-auth-warning"] }
-        if let user = configuration.username { arguments += ["--user", user] }
-        if configuration.database != 0 { arguments += ["--dbnum", String(configuration.database)] }
-        arguments += ["-c", String(tasks), "-P", String(pipeline), "-n", String(requests), "-d", String(valueSize), "-t", command.lowercased(), "--csv"]
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.standardError
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
-        for line in text.split(separator: "\n") where line.hasPrefix("\"\(command)\"") {
-            let fields = line.split(separator: ",").map { Double($0.replacingOccurrences(of: "\"", with: "")) }
-            guard fields.count >= 7, let rps = fields[1], let p50 = fields[4], let p99 = fields[6] else { break }
-            return RunResult(opsPerSecond: rps, p50Micros: p50 * 1000, p99Micros: p99 * 1000)
-        }
-        throw ValidationError("could not read redis-benchmark's output: \(text)")
+        try redisBenchmark(redisBenchmarkConnectionArguments(configuration)
+            + ["-c", String(tasks), "-P", String(pipeline), "-n", String(requests), "-d", String(valueSize), "-t", command.lowercased()], test: command)
     }
 
     private func printReport(_ rows: [Row], version: String, configuration: RedisConfiguration) {
@@ -233,37 +165,5 @@ struct ClientBenchmark: AsyncParsableCommand {
         }
     }
 
-    private func percent(_ ratio: Double) -> String { String(format: "%.0f%%", ratio * 100) }
-    private func pad(_ text: String, _ width: Int) -> String { text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count) }
-    private func lpad(_ text: String, _ width: Int) -> String { text.count >= width ? " " + text : String(repeating: " ", count: width - text.count) + text }
 }
 
-struct RunResult: Sendable {
-    var opsPerSecond: Double
-    var p50Micros: Double
-    var p99Micros: Double
-
-    /// The run with the median throughput, with its own latencies.
-    static func median(_ results: [RunResult]) -> RunResult {
-        let sorted = results.sorted { $0.opsPerSecond < $1.opsPerSecond }
-        return sorted[sorted.count / 2]
-    }
-}
-
-struct Row: Sendable {
-    var command: String
-    var client: String
-    var result: RunResult
-}
-
-func log(_ message: String) {
-    FileHandle.standardError.write(Data("coordbench: \(message)\n".utf8))
-}
-
-func findOnPath(_ name: String) -> String? {
-    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-    for directory in path.split(separator: ":") where FileManager.default.isExecutableFile(atPath: "\(directory)/\(name)") {
-        return "\(directory)/\(name)"
-    }
-    return nil
-}
