@@ -1,4 +1,6 @@
--- kv.lua: executes one etcd v3 KV request (range, put, delete or txn) atomically.
+-- kv.lua: executes one etcd v3 request (range, put, delete, txn, or a lease request)
+-- atomically. Leases that are due are revoked first, each at a revision of its own,
+-- so that the revision order stays causal even when no reaper ran in time.
 --
 -- KEYS (all carry the namespace's hash tag, e.g. "{coord}:rev"):
 --   1 rev      STRING  current revision (absent: 1, as a new etcd)
@@ -7,9 +9,15 @@
 --   4 keys     ZSET    live keys, score 0, for lexicographic ranges
 --   5 hist     HASH    key.."\0"..%016x(rev) -> superseded version (same shape) or tombstone {0}
 --   6 hkeys    ZSET    the members of hist, score 0, for "newest version at or below R"
---   7 log      STREAM  one entry per revision, ID "<rev>-0", fields "e" -> msgpack
+--   7 log      STREAM  one entry per revision, ID "<rev>-0": field "t" -> Redis server time
+--                      (ms), then fields "e" -> msgpack
 --                      {type ("put"|"delete"), key, create, mod, version, lease, value}
---   8 leases   HASH    lease ID (decimal) -> lease record (granted leases)
+--   8 leases   HASH    lease ID (decimal) -> granted TTL in seconds
+--   9 lkeys    ZSET    score 0, members %019d(lease ID).."\0"..key: the keys attached to each lease
+--  10 ldue     ZSET    lease ID -> deadline (Redis server time, milliseconds)
+--  11 leaseseq STRING  the last lease ID chosen by the store
+--  12 ttlkey   STRING  (lease requests only) "{ns}:lease:<id>", whose TTL mirrors the lease's,
+--                      so that its keyspace `expired` event can wake reapers
 -- ARGV:
 --   1 msgpack request, one of
 --       {"range", key, rangeEnd, limit, revision, sortOrder, sortTarget, keysOnly, countOnly,
@@ -17,6 +25,8 @@
 --       {"put", key, value, lease, prevKV, ignoreValue, ignoreLease}
 --       {"delete", key, rangeEnd, prevKV}
 --       {"txn", {compare...}, {successOp...}, {failureOp...}}
+--       {"grant", id ("0": the store chooses), ttl}   {"revoke", id}   {"keepalive", id}
+--       {"ttl", id, withKeys}   {"leases"}   {"reap"}
 --         compare = {target ("value"|"version"|"create"|"mod"|"lease"),
 --                    result ("="|"!="|"<"|">"), key, rangeEnd, operand}
 --     lease IDs travel as decimal strings (they do not fit a Lua number).
@@ -25,15 +35,20 @@
 --   {"put", prevKV or false}
 --   {"delete", deleted, {prevKV...}}
 --   {"txn", succeeded, {result...}}
+--   {"grant", id, ttl}   {"revoke"}   {"keepalive", id, ttl}
+--   {"ttl", id, ttl (-1: not found), grantedTTL, {key...}}   {"leases", {id...}}   {"reap", revoked}
 
 local K_REV, K_COMPACT, K_KV, K_KEYS, K_HIST, K_HKEYS, K_LOG, K_LEASES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_LKEYS, K_LDUE, K_LEASESEQ, K_TTLKEY = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local request = cmsgpack.unpack(ARGV[1])
 
 local current = tonumber(redis.call('GET', K_REV) or '1')
 local compacted = tonumber(redis.call('GET', K_COMPACT) or '0')
-local nextRevision = current + 1
+local nextRevision -- set once due leases are reaped
 local changed = false
 local events = {}
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 local function fail(code, message)
   error({code = code, message = message})
@@ -170,6 +185,52 @@ local function archive(key, r)
   redis.call('ZADD', K_HKEYS, 0, member)
 end
 
+local function leaseMember(lease, key) return string.rep('0', 19 - #lease) .. lease .. '\0' .. key end
+
+local function deleteKey(k, old, revision)
+  archive(k, old)
+  local tombstone = k .. '\0' .. hex(revision)
+  redis.call('HSET', K_HIST, tombstone, cmsgpack.pack({0}))
+  redis.call('ZADD', K_HKEYS, 0, tombstone)
+  redis.call('HDEL', K_KV, k)
+  redis.call('ZREM', K_KEYS, k)
+  if old.lease ~= '0' then redis.call('ZREM', K_LKEYS, leaseMember(old.lease, k)) end
+  return cmsgpack.pack({'delete', k, 0, revision, 0, '0', ''})
+end
+
+-- Revokes a lease now: its keys are deleted at one new revision (none if it has no keys).
+local function revokeLease(lease)
+  local prefix = string.rep('0', 19 - #lease) .. lease .. '\0'
+  local members = redis.call('ZRANGEBYLEX', K_LKEYS, '[' .. prefix, '(' .. string.rep('0', 19 - #lease) .. lease .. '\1')
+  local revision = current + 1
+  local revoked = {}
+  for _, member in ipairs(members) do
+    local k = string.sub(member, 21)
+    local old = live(k)
+    if old then revoked[#revoked + 1] = deleteKey(k, old, revision) end
+    redis.call('ZREM', K_LKEYS, member)
+  end
+  redis.call('HDEL', K_LEASES, lease)
+  redis.call('ZREM', K_LDUE, lease)
+  if #revoked > 0 then
+    local fields = {'t', now}
+    for _, e in ipairs(revoked) do fields[#fields + 1] = 'e'; fields[#fields + 1] = e end
+    redis.call('SET', K_REV, revision)
+    redis.call('XADD', K_LOG, revision .. '-0', unpack(fields))
+    current = revision
+  end
+end
+
+-- Revokes every lease whose deadline has passed, oldest first.
+local function reapDue()
+  local due = redis.call('ZRANGEBYSCORE', K_LDUE, '-inf', now)
+  for _, lease in ipairs(due) do revokeLease(lease) end
+  return #due
+end
+
+local reaped = reapDue()
+nextRevision = current + 1
+
 -- Checks a put before anything is written (a failing script is not rolled back).
 local function checkPut(op)
   local key, lease, ignoreValue, ignoreLease = op[2], op[4], op[6], op[7]
@@ -187,6 +248,8 @@ local function put(op)
   local old = live(key)
   if ignoreValue then value = old.value end
   if ignoreLease then lease = old.lease end
+  if old and old.lease ~= '0' and old.lease ~= lease then redis.call('ZREM', K_LKEYS, leaseMember(old.lease, key)) end
+  if lease ~= '0' then redis.call('ZADD', K_LKEYS, 0, leaseMember(lease, key)) end
   local r
   if old then
     archive(key, old)
@@ -207,15 +270,9 @@ local function delete(op)
   for _, k in ipairs(keysIn(key, rangeEnd, nextRevision)) do
     local old = live(k)
     if old then
-      archive(k, old)
-      local tombstone = k .. '\0' .. hex(nextRevision)
-      redis.call('HSET', K_HIST, tombstone, cmsgpack.pack({0}))
-      redis.call('ZADD', K_HKEYS, 0, tombstone)
-      redis.call('HDEL', K_KV, k)
-      redis.call('ZREM', K_KEYS, k)
+      events[#events + 1] = deleteKey(k, old, nextRevision)
       deleted = deleted + 1
       if prevKV then previous[#previous + 1] = kvReply(k, old, false) end
-      events[#events + 1] = cmsgpack.pack({'delete', k, 0, nextRevision, 0, '0', ''})
     end
   end
   if deleted > 0 then changed = true end
@@ -278,8 +335,58 @@ local function txn(op)
   return {'txn', op.succeeded, results}
 end
 
+local MIN_TTL, MAX_TTL = 2, 9000000000
+
+local function leaseRequest(op)
+  local kind, lease = op[1], op[2]
+  if kind == 'grant' then
+    local ttl = math.max(op[3], MIN_TTL)
+    if op[3] > MAX_TTL then fail('invalidArgument', 'too large lease TTL: at most ' .. MAX_TTL .. ' seconds') end
+    if lease == '0' then
+      repeat lease = tostring(redis.call('INCR', K_LEASESEQ)) until redis.call('HEXISTS', K_LEASES, lease) == 0
+    elseif redis.call('HEXISTS', K_LEASES, lease) == 1 then
+      fail('leaseExists', 'lease ' .. lease .. ' already exists; revoke it first or let the store choose an ID')
+    end
+    redis.call('HSET', K_LEASES, lease, ttl)
+    redis.call('ZADD', K_LDUE, now + ttl * 1000, lease)
+    if K_TTLKEY then redis.call('SET', K_TTLKEY, lease, 'PX', ttl * 1000) end
+    return {'grant', lease, ttl}
+  elseif kind == 'leases' then
+    return {'leases', redis.call('HKEYS', K_LEASES)}
+  elseif kind == 'reap' then
+    return {'reap', reaped}
+  end
+  local granted = redis.call('HGET', K_LEASES, lease)
+  if kind == 'ttl' then
+    if not granted then return {'ttl', lease, -1, 0, {}} end
+    local remaining = math.floor((tonumber(redis.call('ZSCORE', K_LDUE, lease)) - now) / 1000)
+    local keys = {}
+    if op[3] then
+      local prefix = string.rep('0', 19 - #lease) .. lease .. '\0'
+      for _, member in ipairs(redis.call('ZRANGEBYLEX', K_LKEYS, '[' .. prefix, '(' .. string.rep('0', 19 - #lease) .. lease .. '\1')) do
+        keys[#keys + 1] = string.sub(member, 21)
+      end
+    end
+    return {'ttl', lease, math.max(remaining, 0), tonumber(granted), keys}
+  end
+  if not granted then fail('leaseNotFound', 'requested lease ' .. lease .. ' not found: it expired, was revoked or was never granted') end
+  if kind == 'revoke' then
+    revokeLease(lease)
+    if K_TTLKEY then redis.call('DEL', K_TTLKEY) end
+    return {'revoke'}
+  end
+  -- keepalive
+  local ttl = tonumber(granted)
+  redis.call('ZADD', K_LDUE, now + ttl * 1000, lease)
+  if K_TTLKEY then redis.call('SET', K_TTLKEY, lease, 'PX', ttl * 1000) end
+  return {'keepalive', lease, ttl}
+end
+
 execute = function(op)
   local kind = op[1]
+  if kind == 'grant' or kind == 'revoke' or kind == 'keepalive' or kind == 'ttl' or kind == 'leases' or kind == 'reap' then
+    return leaseRequest(op)
+  end
   if kind == 'range' then return range(op)
   elseif kind == 'put' then return put(op)
   elseif kind == 'delete' then return delete(op)
@@ -350,7 +457,7 @@ if not ok then
 end
 if changed then
   redis.call('SET', K_REV, nextRevision)
-  local fields = {}
+  local fields = {'t', now}
   for _, e in ipairs(events) do fields[#fields + 1] = 'e'; fields[#fields + 1] = e end
   redis.call('XADD', K_LOG, nextRevision .. '-0', unpack(fields))
   return cmsgpack.pack({nextRevision, outcome})

@@ -76,7 +76,7 @@ public final class CoordinationClient: Sendable {
 
     /// The Redis keys of a namespace, in the order the KV script expects them.
     public static func redisKeys(_ namespace: String) -> [[UInt8]] {
-        ["rev", "compact", "kv", "keys", "hist", "hkeys", "log", "leases"].map { Array("{\(namespace)}:\($0)".utf8) }
+        ["rev", "compact", "kv", "keys", "hist", "hkeys", "log", "leases", "lkeys", "ldue", "leaseseq"].map { Array("{\(namespace)}:\($0)".utf8) }
     }
 
     // MARK: - Requests
@@ -120,6 +120,101 @@ public final class CoordinationClient: Sendable {
         return try Self.txnResponse(result, revision: revision)
     }
 
+    // MARK: - Leases
+
+    /// Grants a lease of `ttl` seconds (at least 2, as etcd), with the given ID or one the store chooses.
+    ///
+    /// - Throws: ``CoordinationError/Code/leaseExists`` when `id` is taken.
+    public func grantLease(ttl: Int64, id: Int64 = 0) async throws -> LeaseGrantResponse {
+        guard ttl > 0, id >= 0 else { throw CoordinationError(.invalidArgument, "a lease needs a positive TTL and a non-negative ID (0: the store chooses)") }
+        let (revision, result) = try await call(.array([.string("grant"), .string(String(id)), .int(ttl)]), lease: id == 0 ? nil : id)
+        guard let f = result.array, f.count == 3, let granted = f[1].text.flatMap({ Int64($0) }), let grantedTTL = f[2].int else {
+            throw CoordinationError(.protocolError, "malformed grant result from kv.lua")
+        }
+        if id == 0 {
+            // The store chose the ID: start the TTL key that wakes reapers on expiry.
+            _ = try await redis.send([Array("SET".utf8), Array("{\(namespace)}:lease:\(granted)".utf8), Array(String(granted).utf8), Array("PX".utf8), Array(String(grantedTTL * 1000).utf8)], timeout: nil)
+        }
+        return LeaseGrantResponse(header: ResponseHeader(revision: revision), id: granted, ttl: grantedTTL)
+    }
+
+    /// Revokes a lease: every key attached to it is deleted, at one revision.
+    ///
+    /// - Throws: ``CoordinationError/Code/leaseNotFound``.
+    @discardableResult
+    public func revokeLease(_ id: Int64) async throws -> ResponseHeader {
+        let (revision, _) = try await call(.array([.string("revoke"), .string(String(id))]), lease: id)
+        return ResponseHeader(revision: revision)
+    }
+
+    /// Refreshes a lease to its granted TTL once.
+    ///
+    /// - Throws: ``CoordinationError/Code/leaseNotFound`` when it expired or was revoked.
+    public func keepAliveOnce(_ id: Int64) async throws -> LeaseKeepAliveResponse {
+        let (revision, result) = try await call(.array([.string("keepalive"), .string(String(id))]), lease: id)
+        guard let f = result.array, f.count == 3, let ttl = f[2].int else { throw CoordinationError(.protocolError, "malformed keepalive result from kv.lua") }
+        return LeaseKeepAliveResponse(header: ResponseHeader(revision: revision), id: id, ttl: ttl)
+    }
+
+    /// Keeps a lease alive every TTL/3 for as long as the returned sequence is consumed.
+    /// It ends with ``CoordinationError/Code/leaseNotFound`` when the lease is gone.
+    public func keepAlive(_ id: Int64) -> AsyncThrowingStream<LeaseKeepAliveResponse, any Error> {
+        AsyncThrowingStream { continuation in
+            let task = Task {
+                do {
+                    while !Task.isCancelled {
+                        let response = try await self.keepAliveOnce(id)
+                        continuation.yield(response)
+                        try await Task.sleep(for: .milliseconds(max(response.ttl * 1000 / 3, 100)))
+                    }
+                    continuation.finish()
+                } catch is CancellationError {
+                    continuation.finish()
+                } catch {
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
+
+    /// The remaining and granted TTL of a lease (TTL -1 when it does not exist), and its keys.
+    public func timeToLive(_ id: Int64, keys withKeys: Bool = false) async throws -> LeaseTimeToLiveResponse {
+        let (revision, result) = try await call(.array([.string("ttl"), .string(String(id)), .bool(withKeys)]))
+        guard let f = result.array, f.count == 5, let ttl = f[2].int, let granted = f[3].int, let keys = f[4].array else {
+            throw CoordinationError(.protocolError, "malformed ttl result from kv.lua")
+        }
+        return LeaseTimeToLiveResponse(header: ResponseHeader(revision: revision), id: id, ttl: ttl, grantedTTL: granted, keys: keys.compactMap(\.bytes))
+    }
+
+    /// The IDs of all live leases.
+    public func leases() async throws -> [Int64] {
+        let (_, result) = try await call(.array([.string("leases")]))
+        return (result.array?.dropFirst().first?.array ?? []).compactMap { $0.text.flatMap { Int64($0) } }.sorted()
+    }
+
+    /// Revokes every lease whose TTL has run out; returns how many. ``run()`` calls it.
+    @discardableResult
+    public func reapExpiredLeases() async throws -> Int {
+        let (_, result) = try await call(.array([.string("reap")]))
+        return Int(result.array?.dropFirst().first?.int ?? 0)
+    }
+
+    /// The client's background work, for a ServiceGroup or a task of its own: revokes
+    /// expired leases (deleting their keys) within `interval` of expiry, even when
+    /// nobody writes. (Every request also reaps due leases first.) Returns when the
+    /// task is cancelled.
+    public func run(interval: Duration = .milliseconds(100)) async throws {
+        while !Task.isCancelled {
+            do {
+                try await reapExpiredLeases()
+            } catch let error as RedisError where error.code == .connectionRefused || error.code == .connectionLost || error.code == .outcomeUnknown {
+                // Redis is away; the next round retries.
+            }
+            try? await Task.sleep(for: interval)
+        }
+    }
+
     /// Discards history below `revision`: reads at older revisions fail with
     /// ``CoordinationError/Code/compacted`` from then on, while every key keeps its
     /// newest version at or below `revision`. Runs in steps of at most `chunk`
@@ -148,9 +243,15 @@ public final class CoordinationClient: Sendable {
     // MARK: - Encoding
 
     private func run(_ operation: KVOperation) async throws -> (Int64, MessagePack) {
-        var opCount = 0
-        try validate(operation, opCount: &opCount)
-        let reply = try await redis.run(Self.kvScript, keys: keys, arguments: [Self.encode(operation).encoded()], timeout: nil)
+        try validate(operation)
+        return try await call(Self.encode(operation))
+    }
+
+    /// Runs one encoded request through the store script; `lease` adds the lease's TTL key.
+    private func call(_ request: MessagePack, lease: Int64? = nil) async throws -> (Int64, MessagePack) {
+        var scriptKeys = keys
+        if let lease { scriptKeys.append(Array("{\(namespace)}:lease:\(lease)".utf8)) }
+        let reply = try await redis.run(Self.kvScript, keys: scriptKeys, arguments: [request.encoded()], timeout: nil)
         guard let bytes = reply.bytes, case .array(let parts) = try MessagePack.decode(bytes), parts.count >= 2 else {
             throw CoordinationError(.protocolError, "kv.lua returned \(reply)")
         }
@@ -162,7 +263,7 @@ public final class CoordinationClient: Sendable {
         return (revision, parts[1])
     }
 
-    private func validate(_ operation: KVOperation, opCount: inout Int) throws {
+    private func validate(_ operation: KVOperation) throws {
         switch operation {
         case .range(let key, _):
             if key.isEmpty { throw CoordinationError(.emptyKey, "key is not provided: etcd keys must not be empty") }
@@ -181,7 +282,7 @@ public final class CoordinationClient: Sendable {
             for compare in txn.compares where compare.key.isEmpty {
                 throw CoordinationError(.emptyKey, "key is not provided in a compare")
             }
-            for inner in txn.success + txn.failure { try validate(inner, opCount: &opCount) }
+            for inner in txn.success + txn.failure { try validate(inner) }
         }
     }
 

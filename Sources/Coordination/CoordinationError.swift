@@ -10,6 +10,8 @@ public struct CoordinationError: Error, Sendable, Hashable, CustomStringConverti
         public static let compacted = Code(name: "compacted")
         /// The lease does not exist or has expired.
         public static let leaseNotFound = Code(name: "leaseNotFound")
+        /// A lease with the requested ID already exists.
+        public static let leaseExists = Code(name: "leaseExists")
         /// A transaction branch writes one key twice, or deletes a key it puts.
         public static let duplicateKey = Code(name: "duplicateKey")
         /// The key is empty.

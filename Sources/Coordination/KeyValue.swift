@@ -86,3 +86,32 @@ public indirect enum OperationResponse: Sendable, Hashable {
     case delete(DeleteResponse)
     case txn(TxnResponse)
 }
+
+/// The answer to a lease grant.
+public struct LeaseGrantResponse: Sendable, Hashable {
+    public var header: ResponseHeader
+    /// The lease's ID (chosen by the store unless the request gave one).
+    public var id: Int64
+    /// The granted TTL in seconds (at least 2, as etcd's minimum).
+    public var ttl: Int64
+}
+
+/// The answer to a lease keep-alive.
+public struct LeaseKeepAliveResponse: Sendable, Hashable {
+    public var header: ResponseHeader
+    public var id: Int64
+    /// The TTL the lease was refreshed to, in seconds.
+    public var ttl: Int64
+}
+
+/// The answer to a lease time-to-live query.
+public struct LeaseTimeToLiveResponse: Sendable, Hashable {
+    public var header: ResponseHeader
+    public var id: Int64
+    /// Seconds left; -1 when the lease does not exist (expired, revoked or never granted).
+    public var ttl: Int64
+    /// The TTL the lease was granted with.
+    public var grantedTTL: Int64
+    /// The keys attached to the lease, when requested.
+    public var keys: [[UInt8]]
+}

@@ -5,7 +5,7 @@ import Testing
 /// The same seeded random sequence of KV requests against etcd 3.4 and against the
 /// Redis-backed store: every response must be identical (revisions, versions,
 /// create/mod revisions, values, counts, `more`, previous pairs, txn outcomes, errors).
-@Suite struct DifferentialTests {
+@Suite(.serialized) struct DifferentialTests {
     static let seeds = Array(1...20)
     /// 200 in CI; set DIFF_OPS for a longer local run.
     static let operationsPerSeed = ProcessInfo.processInfo.environment["DIFF_OPS"].flatMap { Int($0) } ?? 200
@@ -25,6 +25,16 @@ import Testing
                         let actual = await StoreTranslation.compact(target, on: store)
                         #expect(actual == expected, "seed \(seed) step \(step): compact \(target)")
                         if actual != expected { break }
+                    }
+                    if generator.random(12) == 0 {
+                        // Lease grant (with an ID, so both stores agree) or revoke.
+                        let id = Int64(generator.random(3) + 1)
+                        let grant = generator.random(2) == 0
+                        let expected = await EtcdTranslation.lease(grant: grant, id: id, on: etcd)
+                        let actual = await StoreTranslation.lease(grant: grant, id: id, on: store)
+                        #expect(actual == expected, "seed \(seed) step \(step): \(grant ? "grant" : "revoke") \(id)")
+                        if actual != expected { break }
+                        generator.observe(revision: expected.revision)
                     }
                     let operation = generator.next()
                     let expected = await EtcdTranslation.run(operation, on: etcd)
@@ -89,7 +99,8 @@ struct OperationGenerator {
             let key = key()
             return .delete(key: key, rangeEnd: random(2) == 0 ? [] : rangeEnd(for: key), prevKV: random(2) == 0)
         }
-        return .put(key: key(), value: value(), options: PutOptions(prevKV: random(2) == 0))
+        let lease: Int64 = random(4) == 0 ? Int64(random(3) + 1) : 0
+        return .put(key: key(), value: value(), options: PutOptions(lease: lease, prevKV: random(2) == 0))
     }
 
     private mutating func compare() -> Compare {
@@ -145,7 +156,7 @@ struct Outcome: Equatable, CustomStringConvertible {
     static func errorKind(_ message: String) -> String {
         for (needle, kind) in [("future revision", "futureRevision"), ("futureRevision", "futureRevision"), ("compacted", "compacted"),
                                ("duplicate key", "duplicateKey"), ("duplicateKey", "duplicateKey"), ("lease not found", "leaseNotFound"),
-                               ("leaseNotFound", "leaseNotFound"), ("key not found", "keyNotFound"), ("keyNotFound", "keyNotFound"),
+                               ("leaseNotFound", "leaseNotFound"), ("lease already exists", "leaseExists"), ("leaseExists", "leaseExists"), ("key not found", "keyNotFound"), ("keyNotFound", "keyNotFound"),
                                ("key is not provided", "emptyKey"), ("emptyKey", "emptyKey"), ("too many operations", "tooManyOps")]
             where message.contains(needle) {
             return kind
@@ -155,6 +166,20 @@ struct Outcome: Equatable, CustomStringConvertible {
 }
 
 enum StoreTranslation {
+    static func lease(grant: Bool, id: Int64, on store: CoordinationClient) async -> Outcome {
+        do {
+            if grant {
+                let response = try await store.grantLease(ttl: 600, id: id)
+                return Outcome(revision: response.header.revision, detail: ["grant \(response.id) \(response.ttl)"])
+            }
+            return Outcome(revision: try await store.revokeLease(id).revision, detail: ["revoke"])
+        } catch let error as CoordinationError {
+            return Outcome(revision: nil, error: Outcome.errorKind(error.code.description), detail: [])
+        } catch {
+            return Outcome(revision: nil, error: "\(error)", detail: [])
+        }
+    }
+
     static func compact(_ revision: Int64, on store: CoordinationClient) async -> Outcome {
         do {
             let header = try await store.compact(revision, chunk: 3)
@@ -202,6 +227,21 @@ enum StoreTranslation {
 
 enum EtcdTranslation {
     typealias JSON = [String: Any]
+
+    static func lease(grant: Bool, id: Int64, on etcd: EtcdGateway) async -> Outcome {
+        do {
+            if grant {
+                let response = try await etcd.grantLease(ttl: 600, id: id)
+                if let error = response["error"] as? String, !error.isEmpty { return Outcome(revision: nil, error: Outcome.errorKind(error), detail: []) }
+                return Outcome(revision: EtcdGateway.revision(response), detail: ["grant \(EtcdGateway.int(response["ID"])) \(EtcdGateway.int(response["TTL"]))"])
+            }
+            return Outcome(revision: EtcdGateway.revision(try await etcd.revokeLease(id)), detail: ["revoke"])
+        } catch let failure as EtcdGateway.Failure {
+            return Outcome(revision: nil, error: Outcome.errorKind(failure.message), detail: [])
+        } catch {
+            return Outcome(revision: nil, error: "\(error)", detail: [])
+        }
+    }
 
     static func compact(_ revision: Int64, on etcd: EtcdGateway) async -> Outcome {
         do {

@@ -4,7 +4,7 @@ import Testing
 /// etcd 3.4's behaviour on the points of the store contract (DESIGN.md), observed
 /// on a private etcd. The Redis-backed store must give the same answers; the
 /// differential test will run the same sequences against both.
-@Suite struct EtcdReferenceTests {
+@Suite(.serialized) struct EtcdReferenceTests {
     typealias Gateway = EtcdGateway
 
     @Test func aNewStoreReportsRevisionOne() async throws {
