@@ -1,4 +1,5 @@
 import RedisClient
+import Synchronization
 
 /// An etcd-like store inside one Redis database: revisions, versions, reads at older
 /// revisions and multi-key transactions with etcd 3.4's semantics.
@@ -34,6 +35,26 @@ public final class CoordinationClient: Sendable {
     public let limits: Limits
     private let keys: [[UInt8]]
     private let ownedConnection: RedisConnection?
+    private let hubStorage = Mutex<WatchHub?>(nil)
+
+    /// The watch hub of this client, created on first use.
+    var watchHub: WatchHub {
+        hubStorage.withLock { storage in
+            if let hub = storage { return hub }
+            let hub = WatchHub(store: self)
+            storage = hub
+            return hub
+        }
+    }
+
+    /// How to open the watch reader's own connection: like the client's.
+    var readerConfiguration: RedisConfiguration {
+        get throws {
+            if let connection = redis as? RedisConnection { return connection.configuration }
+            if let pool = redis as? RedisConnectionPool, let first = pool.connections.first { return first.configuration }
+            throw CoordinationError(.invalidArgument, "watch needs a client built on a RedisConnection or RedisConnectionPool, to open the log reader's connection")
+        }
+    }
 
     static let kvScript = RedisScript(String(decoding: PackageResources.kv_lua, as: UTF8.self))
 
@@ -69,8 +90,14 @@ public final class CoordinationClient: Sendable {
         return CoordinationClient(connection: connection, namespace: namespace, limits: limits)
     }
 
-    /// Closes the connection this client opened (not one passed in).
+    /// Stops the watch reader (active watches end) and closes the connection this
+    /// client opened (not one passed in).
     public func close() async {
+        let hub = hubStorage.withLock { storage -> WatchHub? in
+            defer { storage = nil }
+            return storage
+        }
+        await hub?.stop()
         await ownedConnection?.close()
     }
 

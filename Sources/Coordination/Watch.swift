@@ -1,0 +1,306 @@
+import RedisClient
+import Synchronization
+
+/// One change to a key, as a watch reports it.
+public struct WatchEvent: Sendable, Hashable {
+    /// What happened.
+    public enum Kind: String, Sendable, Hashable {
+        case put, delete
+    }
+
+    public var kind: Kind
+    /// The key after the change; for a delete, only the key and the deletion's mod revision.
+    public var kv: KeyValue
+    /// The pair before the change, when the watch asked for it and history still has it.
+    public var prevKV: KeyValue?
+}
+
+/// Events of one or more consecutive revisions (never part of a revision), or a
+/// compaction notice that ends the watch.
+public struct WatchResponse: Sendable, Hashable {
+    public var header: ResponseHeader
+    /// The events, in revision order.
+    public var events: [WatchEvent]
+}
+
+/// What to watch, as etcd's WatchCreateRequest.
+public struct WatchOptions: Sendable, Hashable {
+    /// End of the range, exclusive: empty for one key, `[0]` for every key from `key` on.
+    public var rangeEnd: [UInt8] = []
+    /// The first revision to report (inclusive); 0 reports changes from now on.
+    public var startRevision: Int64 = 0
+    /// Attach the previous pair to each event.
+    public var prevKV = false
+    /// Leave out puts.
+    public var noPut = false
+    /// Leave out deletes.
+    public var noDelete = false
+
+    public init(rangeEnd: [UInt8] = [], startRevision: Int64 = 0, prevKV: Bool = false, noPut: Bool = false, noDelete: Bool = false) {
+        self.rangeEnd = rangeEnd
+        self.startRevision = startRevision
+        self.prevKV = prevKV
+        self.noPut = noPut
+        self.noDelete = noDelete
+    }
+
+    /// Every key that starts with `prefix`.
+    public static func prefix(_ prefix: [UInt8], startRevision: Int64 = 0) -> WatchOptions {
+        WatchOptions(rangeEnd: RangeOptions.prefixEnd(prefix), startRevision: startRevision)
+    }
+}
+
+/// A revision of the event log.
+struct LogEntry: Sendable {
+    var revision: Int64
+    var events: [WatchEvent]
+}
+
+/// Reads the namespace's event log once for every watcher of a client.
+///
+/// The reader keeps a position (the last revision it handed out) and reads after it
+/// with a blocking `XREAD` on a connection of its own; after a lost connection it
+/// reads again from the same position, so watchers see no gap and no duplicate.
+/// A watcher that starts in the past first replays the log from its start revision
+/// while live entries are buffered for it, then switches to the live feed.
+final class WatchHub: Sendable {
+    final class Watcher: Sendable {
+        struct State {
+            var catchingUp = true
+            var buffered: [LogEntry] = []
+            var delivered: Int64
+        }
+
+        let key: [UInt8]
+        let options: WatchOptions
+        let continuation: AsyncThrowingStream<WatchResponse, any Error>.Continuation
+        let state: Mutex<State>
+
+        init(key: [UInt8], options: WatchOptions, delivered: Int64, continuation: AsyncThrowingStream<WatchResponse, any Error>.Continuation) {
+            self.key = key
+            self.options = options
+            self.continuation = continuation
+            self.state = Mutex(State(delivered: delivered))
+        }
+
+        func matches(_ key: [UInt8]) -> Bool {
+            if options.rangeEnd.isEmpty { return key == self.key }
+            if !key.lexicographicallyPrecedes(self.key) {
+                return options.rangeEnd == [0] || key.lexicographicallyPrecedes(options.rangeEnd)
+            }
+            return false
+        }
+    }
+
+    struct State {
+        var watchers: [Int: Watcher] = [:]
+        var nextID = 0
+        var position: Int64 = -1
+        var reader: Task<Void, Never>?
+    }
+
+    let store: CoordinationClient
+    let logKey: [UInt8]
+    let state = Mutex(State())
+
+    init(store: CoordinationClient) {
+        self.store = store
+        self.logKey = Array("{\(store.namespace)}:log".utf8)
+    }
+
+    /// Starts the reader on first use, at the store's current revision.
+    func ensureReader() async throws -> Int64 {
+        if let position = state.withLock({ $0.reader == nil ? nil : $0.position }) { return position }
+        let current = try await store.get(Array("\u{0}".utf8)).header.revision
+        var configuration = try store.readerConfiguration
+        configuration.commandTimeout = .seconds(10)
+        configuration.clientName = "coord-watch-\(store.namespace)"
+        let connection = try await RedisConnection.connect(configuration)
+        return state.withLock { state in
+            if state.reader == nil {
+                state.position = current
+                state.reader = Task { [self] in await readLoop(connection) }
+            } else {
+                Task { await connection.close() }
+            }
+            return state.position
+        }
+    }
+
+    /// Stops the reader and ends every watch.
+    func stop() async {
+        let (reader, watchers) = state.withLock { state -> (Task<Void, Never>?, [Watcher]) in
+            defer { state.reader = nil; state.watchers = [:] }
+            return (state.reader, Array(state.watchers.values))
+        }
+        reader?.cancel()
+        await reader?.value
+        for watcher in watchers { watcher.continuation.finish() }
+    }
+
+    func add(_ watcher: Watcher) -> Int {
+        state.withLock { state in
+            let id = state.nextID
+            state.nextID += 1
+            state.watchers[id] = watcher
+            return id
+        }
+    }
+
+    func remove(_ id: Int) {
+        _ = state.withLock { $0.watchers.removeValue(forKey: id) }
+    }
+
+    private func readLoop(_ connection: RedisConnection) async {
+        while !Task.isCancelled {
+            let position = state.withLock { $0.position }
+            do {
+                let reply = try await connection.send(
+                    [Array("XREAD".utf8), Array("COUNT".utf8), Array("512".utf8), Array("BLOCK".utf8), Array("1000".utf8),
+                     Array("STREAMS".utf8), logKey, Array("\(position)-0".utf8)], timeout: .seconds(10))
+                let entries = Self.parseXRead(reply)
+                guard let last = entries.last else { continue }
+                let watchers = state.withLock { state -> [Watcher] in
+                    state.position = last.revision
+                    return Array(state.watchers.values)
+                }
+                for watcher in watchers { await deliver(entries, to: watcher) }
+            } catch {
+                // Lost connection or timeout: read again from the same position.
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        await connection.close()
+    }
+
+    /// Hands live entries to a watcher, or buffers them while it replays history.
+    func deliver(_ entries: [LogEntry], to watcher: Watcher) async {
+        let ready = watcher.state.withLock { state -> [LogEntry] in
+            if state.catchingUp {
+                state.buffered.append(contentsOf: entries)
+                return []
+            }
+            let fresh = entries.filter { $0.revision > state.delivered }
+            if let last = fresh.last { state.delivered = last.revision }
+            return fresh
+        }
+        await send(ready, to: watcher)
+    }
+
+    /// Filters, adds previous pairs, and yields one response per batch.
+    func send(_ entries: [LogEntry], to watcher: Watcher) async {
+        guard let lastRevision = entries.last?.revision else { return }
+        var events: [WatchEvent] = []
+        for entry in entries {
+            for var event in entry.events where watcher.matches(event.kv.key) {
+                if event.kind == .put && watcher.options.noPut { continue }
+                if event.kind == .delete && watcher.options.noDelete { continue }
+                if watcher.options.prevKV {
+                    event.prevKV = try? await store.get(event.kv.key, options: RangeOptions(revision: entry.revision - 1)).kvs.first
+                }
+                events.append(event)
+            }
+        }
+        if !events.isEmpty {
+            watcher.continuation.yield(WatchResponse(header: ResponseHeader(revision: lastRevision), events: events))
+        }
+    }
+
+    static func parseXRead(_ reply: RedisReply) -> [LogEntry] {
+        guard let streams = reply.array, let stream = streams.first?.array, stream.count == 2, let items = stream[1].array else { return [] }
+        return items.compactMap(parseEntry)
+    }
+
+    static func parseEntry(_ item: RedisReply) -> LogEntry? {
+        guard let pair = item.array, pair.count == 2, let id = pair[0].string,
+              let revision = id.split(separator: "-").first.flatMap({ Int64($0) }), let fields = pair[1].array else { return nil }
+        var events: [WatchEvent] = []
+        var index = 0
+        while index + 1 < fields.count {
+            if fields[index].string == "e", let bytes = fields[index + 1].bytes,
+               let f = (try? MessagePack.decode(bytes))?.array, f.count == 7,
+               let kind = f[0].text.flatMap(WatchEvent.Kind.init(rawValue:)), let key = f[1].bytes,
+               let create = f[2].int, let mod = f[3].int, let version = f[4].int,
+               let lease = f[5].text.flatMap({ Int64($0) }), let value = f[6].bytes {
+                events.append(WatchEvent(kind: kind, kv: KeyValue(key: key, value: value, createRevision: create, modRevision: mod, version: version, lease: lease), prevKV: nil))
+            }
+            index += 2
+        }
+        return LogEntry(revision: revision, events: events)
+    }
+}
+
+extension CoordinationClient {
+    /// Watches a key or a range for changes: an AsyncSequence of responses, in revision
+    /// order, with no gaps and no duplicates, every revision's events together.
+    ///
+    /// With `options.startRevision` the watch first replays history from that revision
+    /// (inclusive). When that history has been compacted the sequence throws
+    /// ``CoordinationError/Code/compacted`` naming the oldest revision available.
+    /// The sequence ends when the consumer stops iterating.
+    public func watch(_ key: [UInt8], options: WatchOptions = WatchOptions()) -> AsyncThrowingStream<WatchResponse, any Error> {
+        let (stream, continuation) = AsyncThrowingStream.makeStream(of: WatchResponse.self)
+        let hub = watchHub
+        let task = Task {
+            do {
+                try await self.startWatch(key, options: options, hub: hub, continuation: continuation)
+            } catch {
+                continuation.finish(throwing: error)
+            }
+        }
+        continuation.onTermination = { _ in task.cancel() }
+        return stream
+    }
+
+    /// Watches a text key.
+    public func watch(_ key: String, options: WatchOptions = WatchOptions()) -> AsyncThrowingStream<WatchResponse, any Error> {
+        watch(Array(key.utf8), options: options)
+    }
+
+    private func startWatch(_ key: [UInt8], options: WatchOptions, hub: WatchHub,
+                            continuation: AsyncThrowingStream<WatchResponse, any Error>.Continuation) async throws {
+        guard !key.isEmpty else { throw CoordinationError(.emptyKey, "key is not provided: a watch needs a key") }
+        let position = try await hub.ensureReader()
+        let start = options.startRevision > 0 ? options.startRevision : position + 1
+        let watcher = WatchHub.Watcher(key: key, options: options, delivered: start - 1, continuation: continuation)
+        let id = hub.add(watcher)
+        continuation.onTermination = { _ in hub.remove(id) }
+        // Replay history from `start` while the hub buffers live entries for this watcher.
+        let compacted = Int64(try await redis.send([Array("GET".utf8), Array("{\(namespace)}:compact".utf8)], timeout: nil).int ?? 0)
+        if start < compacted {
+            hub.remove(id)
+            throw CoordinationError(.compacted, "required revision \(start) has been compacted; the oldest available is \(compacted)")
+        }
+        var cursor = start - 1
+        while true {
+            let reply = try await redis.send(
+                [Array("XRANGE".utf8), hub.logKey, Array("(\(cursor)-0".utf8), Array("+".utf8), Array("COUNT".utf8), Array("512".utf8)], timeout: nil)
+            let entries = (reply.array ?? []).compactMap(WatchHub.parseEntry)
+            if cursor == start - 1, start > 1, let first = entries.first, first.revision > start {
+                // History between start and the first entry was trimmed by compaction.
+                hub.remove(id)
+                throw CoordinationError(.compacted, "required revision \(start) has been compacted; the oldest available is \(max(compacted, first.revision))")
+            }
+            let fresh = watcher.state.withLock { state -> [LogEntry] in
+                let fresh = entries.filter { $0.revision > state.delivered }
+                if let last = fresh.last { state.delivered = last.revision }
+                return fresh
+            }
+            await hub.send(fresh, to: watcher)
+            guard let last = entries.last, entries.count == 512 else { break }
+            cursor = last.revision
+        }
+        // Switch to the live feed: drain what was buffered meanwhile, in order.
+        while true {
+            let buffered = watcher.state.withLock { state -> [LogEntry] in
+                let fresh = state.buffered.filter { $0.revision > state.delivered }
+                state.buffered = []
+                if let last = fresh.last { state.delivered = last.revision }
+                if fresh.isEmpty { state.catchingUp = false }
+                return fresh
+            }
+            if buffered.isEmpty { break }
+            await hub.send(buffered, to: watcher)
+        }
+    }
+}

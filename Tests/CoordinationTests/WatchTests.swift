@@ -1,0 +1,132 @@
+import Coordination
+import Foundation
+import Testing
+
+/// Collects events from a watch until `count` have arrived (or `timeout` passes).
+func collect(_ stream: AsyncThrowingStream<WatchResponse, any Error>, events count: Int, timeout: Duration = .seconds(10)) async throws -> [WatchResponse] {
+    try await withThrowingTaskGroup(of: [WatchResponse]?.self) { group in
+        group.addTask {
+            var responses: [WatchResponse] = []
+            var seen = 0
+            for try await response in stream {
+                responses.append(response)
+                seen += response.events.count
+                if seen >= count { break }
+            }
+            return responses
+        }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            return nil
+        }
+        let first = try await group.next()!
+        group.cancelAll()
+        return try #require(first, "watch delivered fewer than \(count) events within \(timeout)")
+    }
+}
+
+@Suite struct WatchTests {
+    @Test func eventsArriveInRevisionOrderWithEachRevisionTogether() async throws {
+        try await withStore { store, _ throws in
+            let stream = store.watch("w/", options: .prefix(Array("w/".utf8)))
+            try await Task.sleep(for: .milliseconds(200))   // the watch starts "from now"
+            _ = try await store.put("w/a", "1")                                   // 2
+            _ = try await store.put("elsewhere", "1")                             // 3, not watched
+            _ = try await store.put("w/b", "1")                                   // 4
+            _ = try await store.txn(Txn(success: [.put(key: Array("w/c".utf8), value: [1], options: PutOptions()),
+                                                  .delete(key: Array("w/a".utf8), rangeEnd: [], prevKV: false)]))   // 5
+            let responses = try await collect(stream, events: 4)
+            let events = responses.flatMap(\.events)
+            #expect(events.map(\.kind) == [.put, .put, .put, .delete])
+            #expect(events.map(\.kv.keyString) == ["w/a", "w/b", "w/c", "w/a"])
+            #expect(events.map(\.kv.modRevision) == [2, 4, 5, 5])
+            // Both events of revision 5 are in one response.
+            #expect(responses.contains { $0.events.map(\.kv.modRevision) == [5, 5] } || responses.contains { $0.events.filter { $0.kv.modRevision == 5 }.count == 2 })
+            await store.close()
+        }
+    }
+
+    @Test func aWatchFromAnOldRevisionReplaysHistoryThenGoesLive() async throws {
+        try await withStore { store, _ throws in
+            for index in 1...5 { _ = try await store.put("k", "v\(index)") }   // revisions 2...6
+            let stream = store.watch("k", options: WatchOptions(startRevision: 3, prevKV: true))
+            Task { try await Task.sleep(for: .milliseconds(200)); _ = try await store.put("k", "v6") }   // 7
+            let events = try await collect(stream, events: 5).flatMap(\.events)
+            #expect(events.map(\.kv.modRevision) == [3, 4, 5, 6, 7])
+            #expect(events.map(\.kv.valueString) == ["v2", "v3", "v4", "v5", "v6"])
+            #expect(events.map { $0.prevKV?.valueString } == ["v1", "v2", "v3", "v4", "v5"])
+            await store.close()
+        }
+    }
+
+    @Test func filtersLeaveOutPutsOrDeletes() async throws {
+        try await withStore { store, _ throws in
+            let deletes = store.watch("f", options: WatchOptions(rangeEnd: [0], noPut: true))
+            try await Task.sleep(for: .milliseconds(200))
+            _ = try await store.put("f1", "1")
+            _ = try await store.delete("f1")
+            _ = try await store.put("f2", "1")
+            _ = try await store.delete("f2")
+            let events = try await collect(deletes, events: 2).flatMap(\.events)
+            #expect(events.map(\.kind) == [.delete, .delete])
+            #expect(events.map(\.kv.keyString) == ["f1", "f2"])
+            await store.close()
+        }
+    }
+
+    @Test func aWatchFromACompactedRevisionFailsWithCompacted() async throws {
+        try await withStore { store, _ throws in
+            for index in 1...5 { _ = try await store.put("k", "v\(index)") }
+            try await store.compact(5)
+            let error = await coordinationError { for try await _ in store.watch("k", options: WatchOptions(startRevision: 3)) {} }
+            #expect(error?.code == .compacted)
+            #expect(error?.message.contains("oldest available is 5") == true)
+            await store.close()
+        }
+    }
+
+    @Test func everyWatcherSeesEveryEventOnceInOrderAcrossReaderConnectionKills() async throws {
+        try await withStore { store, redis throws in
+            let writers = 8, putsPerWriter = 50, watcherCount = 32
+            let total = writers * putsPerWriter
+            let streams = (0..<watcherCount).map { _ in store.watch("load/", options: .prefix(Array("load/".utf8), startRevision: 2)) }
+            let watchers = streams.map { stream in Task { try await collect(stream, events: total, timeout: .seconds(60)) } }
+            // Kill the log reader's connection (every normal client but the one sending the
+            // kill, which is also the writers' connection) several times during the writes.
+            let killer = Task { () -> Int in
+                var kills = 0
+                for _ in 0..<5 {
+                    try await Task.sleep(for: .milliseconds(40))
+                    kills += Int((try? await redis.send("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))?.int ?? 0)
+                }
+                return kills
+            }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for writer in 0..<writers {
+                    group.addTask {
+                        for index in 0..<putsPerWriter {
+                            try await Task.sleep(for: .milliseconds(3))
+                            while true {
+                                do { _ = try await store.put("load/\(writer)/\(index)", "v"); break }
+                                catch let error as RedisError where error.code == .outcomeUnknown || error.code == .connectionLost || error.code == .connectionRefused {
+                                    // A killed connection: the put may have run; rewrite (a new revision) only if absent.
+                                    if try await store.get("load/\(writer)/\(index)").kvs.isEmpty == false { break }
+                                }
+                            }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(try await killer.value >= 3, "the reader's connection was not killed during the writes")
+            let revision = try await store.get("load/0/0").header.revision
+            for watcher in watchers {
+                let events = try await watcher.value.flatMap(\.events)
+                let revisions = events.map(\.kv.modRevision)
+                #expect(revisions == Array(2...revision), "a watcher saw \(revisions.count) events, expected revisions 2...\(revision)")
+                #expect(Set(events.map(\.kv.keyString)).count == total)
+            }
+            await store.close()
+        }
+    }
+}
