@@ -27,7 +27,10 @@ public struct WatchResponse: Sendable, Hashable {
 public struct WatchOptions: Sendable, Hashable {
     /// End of the range, exclusive: empty for one key, `[0]` for every key from `key` on.
     public var rangeEnd: [UInt8] = []
-    /// The first revision to report (inclusive); 0 reports changes from now on.
+    /// The first revision to report (inclusive). 0 reports changes after the revision
+    /// that is current when the watch is established, which happens asynchronously
+    /// after ``CoordinationClient/watch(_:options:)`` returns: to miss nothing after a
+    /// read, watch from that read's header revision + 1.
     public var startRevision: Int64 = 0
     /// Attach the previous pair to each event.
     public var prevKV = false

@@ -28,8 +28,8 @@ func collect(_ stream: AsyncThrowingStream<WatchResponse, any Error>, events cou
 @Suite struct WatchTests {
     @Test func eventsArriveInRevisionOrderWithEachRevisionTogether() async throws {
         try await withStore { store, _ throws in
-            let stream = store.watch("w/", options: .prefix(Array("w/".utf8)))
-            try await Task.sleep(for: .milliseconds(200))   // the watch starts "from now"
+            let start = try await store.get("w/").header.revision + 1
+            let stream = store.watch("w/", options: .prefix(Array("w/".utf8), startRevision: start))
             _ = try await store.put("w/a", "1")                                   // 2
             _ = try await store.put("elsewhere", "1")                             // 3, not watched
             _ = try await store.put("w/b", "1")                                   // 4
@@ -61,8 +61,8 @@ func collect(_ stream: AsyncThrowingStream<WatchResponse, any Error>, events cou
 
     @Test func filtersLeaveOutPutsOrDeletes() async throws {
         try await withStore { store, _ throws in
-            let deletes = store.watch("f", options: WatchOptions(rangeEnd: [0], noPut: true))
-            try await Task.sleep(for: .milliseconds(200))
+            let start = try await store.get("f").header.revision + 1
+            let deletes = store.watch("f", options: WatchOptions(rangeEnd: [0], startRevision: start, noPut: true))
             _ = try await store.put("f1", "1")
             _ = try await store.delete("f1")
             _ = try await store.put("f2", "1")
@@ -91,6 +91,13 @@ func collect(_ stream: AsyncThrowingStream<WatchResponse, any Error>, events cou
             let total = writers * putsPerWriter
             let streams = (0..<watcherCount).map { _ in store.watch("load/", options: .prefix(Array("load/".utf8), startRevision: 2)) }
             let watchers = streams.map { stream in Task { try await collect(stream, events: total, timeout: .seconds(60)) } }
+            // The kills below target a running reader, not the opening of the first one.
+            let started = ContinuousClock.now
+            while !(try await redis.send("CLIENT", "LIST").string ?? "").contains("name=coord-watch-coord") {
+                #expect(ContinuousClock.now - started < .seconds(10), "the watch reader did not start")
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            try await Task.sleep(for: .milliseconds(100))
             // Kill the log reader's connection (every normal client but the one sending the
             // kill, which is also the writers' connection) several times during the writes.
             let killer = Task { () -> Int in
