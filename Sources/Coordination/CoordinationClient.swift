@@ -84,10 +84,19 @@ public final class CoordinationClient: Sendable {
         self.keys = Self.redisKeys(namespace)
     }
 
-    /// Connects to Redis at `url` and opens the store `namespace`.
-    public static func connect(url: String, namespace: String = "coord", limits: Limits = Limits()) async throws -> CoordinationClient {
+    /// Connects to Redis at `url`, opens the store `namespace` and checks the server with
+    /// ``status(allowEvictingPolicy:)``: an `allkeys-*` maxmemory-policy is refused unless
+    /// `allowEvictingPolicy`, and a missing ACL permission is reported naming the command.
+    public static func connect(url: String, namespace: String = "coord", limits: Limits = Limits(), allowEvictingPolicy: Bool = false) async throws -> CoordinationClient {
         let connection = try await RedisConnection.connect(url: url)
-        return CoordinationClient(connection: connection, namespace: namespace, limits: limits)
+        let client = CoordinationClient(connection: connection, namespace: namespace, limits: limits)
+        do {
+            _ = try await client.status(allowEvictingPolicy: allowEvictingPolicy)
+        } catch {
+            await connection.close()
+            throw error
+        }
+        return client
     }
 
     /// Stops the watch reader (active watches end) and closes the connection this

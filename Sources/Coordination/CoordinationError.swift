@@ -22,6 +22,8 @@ public struct CoordinationError: Error, Sendable, Hashable, CustomStringConverti
         public static let tooManyOps = Code(name: "tooManyOps")
         /// ignoreValue or ignoreLease on a key that does not exist.
         public static let keyNotFound = Code(name: "keyNotFound")
+        /// The Redis server is configured in a way that can break the store's guarantees.
+        public static let unsafeConfiguration = Code(name: "unsafeConfiguration")
         /// The store returned something this client does not understand.
         public static let protocolError = Code(name: "protocolError")
         /// Another invalid argument.
