@@ -1,42 +1,183 @@
-import Foundation
 import ArgumentParser
 import Coordination
+import Foundation
 
 /// coordctl: an etcdctl lookalike for the Redis-backed store.
 @main
 struct CoordCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coordctl",
-        abstract: "An etcdctl lookalike for etcd v3 semantics stored in Redis.",
+        abstract: "An etcdctl (v3.4) lookalike for etcd semantics stored in Redis.",
         discussion: """
-            The etcd commands (put, get, del, txn, watch, lease, compaction, endpoint \
-            status) arrive with the Coordination module. Today coordctl can check that \
-            a Redis server is reachable:
+            The store lives in a Redis database; --endpoints takes its URL \
+            (redis://[user:password@]host[:port][/db] or unix:///path?db=N), default $REDIS_URL \
+            or redis://127.0.0.1:6379. --namespace (default $COORD_NAMESPACE or "coord") picks \
+            one independent store inside it.
 
-              coordctl ping --endpoints redis://127.0.0.1:6379
+            Examples:
+              coordctl put greeting hello
+              coordctl get greeting -w json
+              coordctl get --prefix config/ --sort-by=MODIFY --order=DESCEND
+              coordctl lease grant 30
+              coordctl watch --prefix config/ --rev 1
+              coordctl endpoint status
             """,
-        subcommands: [Ping.self]
+        subcommands: [Put.self, Get.self, Del.self, TxnCommand.self, WatchCommand.self, LeaseCommand.self,
+                      Compaction.self, Endpoint.self, Ping.self]
     )
+}
+
+/// Options every command takes.
+struct GlobalOptions: ParsableArguments {
+    @Option(help: "Redis URL of the store (default: $REDIS_URL, else redis://127.0.0.1:6379).")
+    var endpoints: String?
+
+    @Option(help: "The store inside the Redis database (default: $COORD_NAMESPACE, else coord).")
+    var namespace: String?
+
+    @Option(name: [.customShort("w"), .customLong("write-out")], help: "Output format: simple or json.")
+    var writeOut: OutputFormat = .simple
+
+    @Flag(help: "Accept a Redis maxmemory-policy that can evict the store's keys.")
+    var allowEvictingPolicy = false
+
+    var url: String {
+        endpoints ?? ProcessInfo.processInfo.environment["REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "redis://127.0.0.1:6379"
+    }
+
+    var storeNamespace: String {
+        namespace ?? ProcessInfo.processInfo.environment["COORD_NAMESPACE"].flatMap { $0.isEmpty ? nil : $0 } ?? "coord"
+    }
+
+    /// Connects, turning errors into messages etcdctl users recognise.
+    func connect() async throws -> CoordinationClient {
+        do {
+            return try await CoordinationClient.connect(url: url, namespace: storeNamespace, allowEvictingPolicy: allowEvictingPolicy)
+        } catch {
+            throw CommandFailure(error)
+        }
+    }
+}
+
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case simple, json
+}
+
+/// An error printed as etcdctl prints them: "Error: <message>", exit code 1.
+struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
+
+    init(_ error: any Error) {
+        switch error {
+        case let error as CoordinationError: description = error.message
+        case let error as RedisError: description = error.message
+        default: description = "\(error)"
+        }
+    }
+
+    init(message: String) { description = message }
+}
+
+/// Runs `body` and prints its failure as etcdctl does ("Error: ..." on stderr, exit 1).
+func running(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let error as CleanExit {
+        throw error
+    } catch let error as ValidationError {
+        throw error
+    } catch {
+        let failure = (error as? CommandFailure) ?? CommandFailure(error)
+        FileHandle.standardError.write(Data("Error: \(failure.description)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+// MARK: - Printing
+
+enum Printer {
+    /// Writes raw bytes and a newline (values are not always UTF-8), after flushing
+    /// what `print` buffered, so that the output keeps its order when piped.
+    static func line(_ bytes: [UInt8]) {
+        fflush(nil)  // flushes every C stream, stdout included
+        FileHandle.standardOutput.write(Data(bytes + [10]))
+    }
+
+    static func kv(_ pair: KeyValue, valueOnly: Bool = false, keysOnly: Bool = false) {
+        if !valueOnly { line(pair.key) }
+        if !keysOnly { line(pair.value) }
+    }
+
+    static func json(_ object: [String: Any]) {
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+        line(Array(data))
+    }
+
+    static func header(_ header: ResponseHeader) -> [String: Any] { ["revision": header.revision] }
+
+    static func kvJSON(_ pair: KeyValue) -> [String: Any] {
+        var object: [String: Any] = ["key": Data(pair.key).base64EncodedString(), "create_revision": pair.createRevision,
+                                     "mod_revision": pair.modRevision, "version": pair.version]
+        if !pair.value.isEmpty { object["value"] = Data(pair.value).base64EncodedString() }
+        if pair.lease != 0 { object["lease"] = pair.lease }
+        return object
+    }
+
+    static func rangeJSON(_ response: RangeResponse) -> [String: Any] {
+        var object: [String: Any] = ["header": header(response.header)]
+        if !response.kvs.isEmpty { object["kvs"] = response.kvs.map(kvJSON) }
+        if response.more { object["more"] = true }
+        if response.count != 0 { object["count"] = response.count }
+        return object
+    }
+
+    static func putJSON(_ response: PutResponse) -> [String: Any] {
+        var object: [String: Any] = ["header": header(response.header)]
+        if let previous = response.prevKV { object["prev_kv"] = kvJSON(previous) }
+        return object
+    }
+
+    static func deleteJSON(_ response: DeleteResponse) -> [String: Any] {
+        var object: [String: Any] = ["header": header(response.header)]
+        if response.deleted != 0 { object["deleted"] = response.deleted }
+        if !response.prevKVs.isEmpty { object["prev_kvs"] = response.prevKVs.map(kvJSON) }
+        return object
+    }
+
+    static func txnJSON(_ response: TxnResponse) -> [String: Any] {
+        var object: [String: Any] = ["header": header(response.header)]
+        if response.succeeded { object["succeeded"] = true }
+        object["responses"] = response.responses.map { item -> [String: Any] in
+            switch item {
+            case .range(let r): return ["Response": ["response_range": rangeJSON(r)]]
+            case .put(let p): return ["Response": ["response_put": putJSON(p)]]
+            case .delete(let d): return ["Response": ["response_delete_range": deleteJSON(d)]]
+            case .txn(let t): return ["Response": ["response_txn": txnJSON(t)]]
+            }
+        }
+        return object
+    }
+
+    static func leaseID(_ id: Int64) -> String {
+        let hex = String(UInt64(bitPattern: id), radix: 16)
+        return String(repeating: "0", count: max(0, 16 - hex.count)) + hex
+    }
 }
 
 /// `coordctl ping`: connects, authenticates and reports the round trip.
 struct Ping: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Connect to Redis and report the round-trip time of PING.")
 
-    @Option(name: .long, help: "Redis URL: redis://[user:password@]host[:port][/db] or unix:///path?db=N (default: $REDIS_URL or redis://127.0.0.1:6379).")
-    var endpoints: String?
+    @OptionGroup var global: GlobalOptions
 
     func run() async throws {
-        let url = endpoints ?? ProcessInfo.processInfo.environment["REDIS_URL"] ?? "redis://127.0.0.1:6379"
-        do {
-            let connection = try await RedisConnection.connect(url: url)
+        try await running {
+            let connection = try await RedisConnection.connect(url: global.url)
             let clock = ContinuousClock()
             var reply = RedisReply.null
             let elapsed = try await clock.measure { reply = try await connection.send("PING") }
             print("\(connection.configuration.redactedURL) is healthy: \(reply) in \(elapsed)")
             await connection.close()
-        } catch let error as RedisError {
-            throw ValidationError(error.message)
         }
     }
 }
