@@ -238,17 +238,37 @@ public final class CoordinationClient: Sendable {
 
     /// The client's background work, for a ServiceGroup or a task of its own: revokes
     /// expired leases (deleting their keys) within `interval` of expiry, even when
-    /// nobody writes. (Every request also reaps due leases first.) Returns when the
-    /// task is cancelled.
+    /// nobody writes. Where the server allows CONFIG, keyspace `expired` events of the
+    /// leases' TTL keys wake it at once; the periodic sweep covers lost events. (Every
+    /// request also reaps due leases first.) Returns when the task is cancelled.
     public func run(interval: Duration = .milliseconds(100)) async throws {
+        let wake = WakeSignal()
+        var listener: Task<Void, Never>?
+        var subscriber: RedisSubscriber?
+        if let configuration = try? readerConfiguration, await KeyspaceNotifications.enable(on: redis) {
+            subscriber = try? await RedisSubscriber.connect(configuration)
+            if let subscriber {
+                let pattern = "__keyspace@\(configuration.database)__:{\(namespace)}:lease:*"
+                listener = Task {
+                    try? await subscriber.subscribe(patterns: [pattern]) { events in
+                        for try await event in events {
+                            if case .message(let message) = event, message.payload != Array("expired".utf8) { continue }
+                            wake.signal()
+                        }
+                    }
+                }
+            }
+        }
         while !Task.isCancelled {
             do {
                 try await reapExpiredLeases()
             } catch let error as RedisError where error.code == .connectionRefused || error.code == .connectionLost || error.code == .outcomeUnknown {
                 // Redis is away; the next round retries.
             }
-            try? await Task.sleep(for: interval)
+            await wake.wait(timeout: interval)
         }
+        listener?.cancel()
+        await subscriber?.close()
     }
 
     /// Discards history below `revision`: reads at older revisions fail with

@@ -100,7 +100,12 @@ final class WatchHub: Sendable {
         var nextID = 0
         var position: Int64 = -1
         var reader: Task<Void, Never>?
+        /// Whether the reader waits on keyspace notifications (else on blocking reads).
+        var notified = false
     }
+
+    /// Whether the reader is woken by keyspace notifications (false: blocking XREAD).
+    var usesNotifications: Bool { state.withLock { $0.notified } }
 
     let store: CoordinationClient
     let logKey: [UInt8]
@@ -119,12 +124,36 @@ final class WatchHub: Sendable {
         configuration.commandTimeout = .seconds(10)
         configuration.clientName = "coord-watch-\(store.namespace)"
         let connection = try await RedisConnection.connect(configuration)
+        // Keyspace notifications on the log wake the reader; where CONFIG is refused it
+        // falls back to blocking reads of the log.
+        let subscriber: RedisSubscriber? = await KeyspaceNotifications.enable(on: connection)
+            ? try? await RedisSubscriber.connect(configuration) : nil
+        let wake = WakeSignal()
+        let channel = "__keyspace@\(configuration.database)__:" + String(decoding: logKey, as: UTF8.self)
         return state.withLock { state in
             if state.reader == nil {
                 state.position = current
-                state.reader = Task { [self] in await readLoop(connection) }
+                state.notified = subscriber != nil
+                state.reader = Task { [self] in
+                    if let subscriber {
+                        let listener = Task {
+                            try? await subscriber.subscribe(channels: [channel]) { events in
+                                wake.signal()   // subscribed: re-read once, in case an entry came first
+                                for try await _ in events { wake.signal() }
+                            }
+                        }
+                        await readLoop(connection, wake: wake)
+                        listener.cancel()
+                        await subscriber.close()
+                    } else {
+                        await readLoop(connection, wake: nil)
+                    }
+                }
             } else {
-                Task { await connection.close() }
+                Task {
+                    await connection.close()
+                    await subscriber?.close()
+                }
             }
             return state.position
         }
@@ -154,15 +183,22 @@ final class WatchHub: Sendable {
         _ = state.withLock { $0.watchers.removeValue(forKey: id) }
     }
 
-    private func readLoop(_ connection: RedisConnection) async {
+    /// Reads the log after the position and hands entries out. With `wake`, reads do not
+    /// block: the reader sleeps until a notification (or a 1 s safety sweep); without
+    /// it, a blocking XREAD waits for the next entry.
+    private func readLoop(_ connection: RedisConnection, wake: WakeSignal?) async {
         while !Task.isCancelled {
             let position = state.withLock { $0.position }
             do {
-                let reply = try await connection.send(
-                    [Array("XREAD".utf8), Array("COUNT".utf8), Array("512".utf8), Array("BLOCK".utf8), Array("1000".utf8),
-                     Array("STREAMS".utf8), logKey, Array("\(position)-0".utf8)], timeout: .seconds(10))
+                var command: [[UInt8]] = [Array("XREAD".utf8), Array("COUNT".utf8), Array("512".utf8)]
+                if wake == nil { command += [Array("BLOCK".utf8), Array("1000".utf8)] }
+                command += [Array("STREAMS".utf8), logKey, Array("\(position)-0".utf8)]
+                let reply = try await connection.send(command, timeout: .seconds(10))
                 let entries = Self.parseXRead(reply)
-                guard let last = entries.last else { continue }
+                guard let last = entries.last else {
+                    await wake?.wait(timeout: .seconds(1))
+                    continue
+                }
                 let watchers = state.withLock { state -> [Watcher] in
                     state.position = last.revision
                     return Array(state.watchers.values)
