@@ -240,8 +240,10 @@ public final class CoordinationClient: Sendable {
     /// expired leases (deleting their keys) within `interval` of expiry, even when
     /// nobody writes. Where the server allows CONFIG, keyspace `expired` events of the
     /// leases' TTL keys wake it at once; the periodic sweep covers lost events. (Every
-    /// request also reaps due leases first.) Returns when the task is cancelled.
-    public func run(interval: Duration = .milliseconds(100)) async throws {
+    /// request also reaps due leases first.) With `retainRevisions`, it also compacts
+    /// history automatically, about once a second, keeping at least that many revisions.
+    /// Returns when the task is cancelled.
+    public func run(interval: Duration = .milliseconds(100), retainRevisions: Int64? = nil) async throws {
         let wake = WakeSignal()
         var listener: Task<Void, Never>?
         var subscriber: RedisSubscriber?
@@ -259,9 +261,14 @@ public final class CoordinationClient: Sendable {
                 }
             }
         }
+        var lastRetention = ContinuousClock.now
         while !Task.isCancelled {
             do {
                 try await reapExpiredLeases()
+                if let retainRevisions, ContinuousClock.now - lastRetention >= .seconds(1) {
+                    lastRetention = .now
+                    try await applyRetention(retainRevisions)
+                }
             } catch let error as RedisError where error.code == .connectionRefused || error.code == .connectionLost || error.code == .outcomeUnknown {
                 // Redis is away; the next round retries.
             }
@@ -269,6 +276,20 @@ public final class CoordinationClient: Sendable {
         }
         listener?.cancel()
         await subscriber?.close()
+    }
+
+    /// Compacts so that `revisions` revisions of history remain, if more than that exist.
+    func applyRetention(_ revisions: Int64) async throws {
+        let current = try await get(Array("\u{0}".utf8)).header.revision
+        let compacted = try await redis.send([Array("GET".utf8), Array("{\(namespace)}:compact".utf8)], timeout: nil).int ?? 0
+        let target = current - max(revisions, 1) + 1
+        if target > compacted && target > 1 {
+            do {
+                try await compact(target)
+            } catch let error as CoordinationError where error.code == .compacted {
+                // Another client compacted meanwhile.
+            }
+        }
     }
 
     /// Discards history below `revision`: reads at older revisions fail with

@@ -16,11 +16,15 @@ public struct WatchEvent: Sendable, Hashable {
 }
 
 /// Events of one or more consecutive revisions (never part of a revision), or a
-/// compaction notice that ends the watch.
+/// progress notification.
 public struct WatchResponse: Sendable, Hashable {
     public var header: ResponseHeader
     /// The events, in revision order.
     public var events: [WatchEvent]
+
+    /// A progress notification: no events, and every event up to `header.revision`
+    /// has been delivered.
+    public var isProgressNotify: Bool { events.isEmpty }
 }
 
 /// What to watch, as etcd's WatchCreateRequest.
@@ -38,13 +42,21 @@ public struct WatchOptions: Sendable, Hashable {
     public var noPut = false
     /// Leave out deletes.
     public var noDelete = false
+    /// Send a progress notification (a response without events, see
+    /// ``WatchResponse/isProgressNotify``) every `progressInterval`.
+    public var progressNotify = false
+    /// How often progress notifications come (etcd's server default is 10 minutes).
+    public var progressInterval: Duration = .seconds(600)
 
-    public init(rangeEnd: [UInt8] = [], startRevision: Int64 = 0, prevKV: Bool = false, noPut: Bool = false, noDelete: Bool = false) {
+    public init(rangeEnd: [UInt8] = [], startRevision: Int64 = 0, prevKV: Bool = false, noPut: Bool = false, noDelete: Bool = false,
+                progressNotify: Bool = false, progressInterval: Duration = .seconds(600)) {
         self.rangeEnd = rangeEnd
         self.startRevision = startRevision
         self.prevKV = prevKV
         self.noPut = noPut
         self.noDelete = noDelete
+        self.progressNotify = progressNotify
+        self.progressInterval = progressInterval
     }
 
     /// Every key that starts with `prefix`.
@@ -102,7 +114,12 @@ final class WatchHub: Sendable {
         var reader: Task<Void, Never>?
         /// Whether the reader waits on keyspace notifications (else on blocking reads).
         var notified = false
+        /// Every entry up to here has been handed to every watcher.
+        var dispatched: Int64 = -1
     }
+
+    /// The revision up to which every watcher has been given its events.
+    var dispatched: Int64 { state.withLock { $0.dispatched } }
 
     /// Whether the reader is woken by keyspace notifications (false: blocking XREAD).
     var usesNotifications: Bool { state.withLock { $0.notified } }
@@ -133,6 +150,7 @@ final class WatchHub: Sendable {
         return state.withLock { state in
             if state.reader == nil {
                 state.position = current
+                state.dispatched = current
                 state.notified = subscriber != nil
                 state.reader = Task { [self] in
                     if let subscriber {
@@ -204,6 +222,7 @@ final class WatchHub: Sendable {
                     return Array(state.watchers.values)
                 }
                 for watcher in watchers { await deliver(entries, to: watcher) }
+                state.withLock { $0.dispatched = last.revision }
             } catch {
                 // Lost connection or timeout: read again from the same position.
                 try? await Task.sleep(for: .milliseconds(20))
@@ -340,6 +359,13 @@ extension CoordinationClient {
             }
             if buffered.isEmpty { break }
             await hub.send(buffered, to: watcher)
+        }
+        // Progress: once the hub has handed out everything up to R (so this watcher
+        // has every event up to R), say so.
+        while options.progressNotify && !Task.isCancelled {
+            try await Task.sleep(for: options.progressInterval)
+            let revision = max(hub.dispatched, watcher.state.withLock { $0.delivered })
+            continuation.yield(WatchResponse(header: ResponseHeader(revision: revision), events: []))
         }
     }
 }

@@ -165,3 +165,22 @@ func coordinationError(_ body: () async throws -> Void) async -> CoordinationErr
         }
     }
 }
+
+@Suite struct RetentionTests {
+    @Test func runCompactsAutomaticallyKeepingTheRequestedHistory() async throws {
+        try await withStore { store, redis throws in
+            for index in 1...20 { _ = try await store.put("r", "v\(index)") }   // revisions 2...21
+            let background = Task { try await store.run(retainRevisions: 5) }
+            defer { background.cancel() }
+            var compacted: Int64 = 0
+            let deadline = ContinuousClock.now + .seconds(5)
+            while compacted == 0 && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+                compacted = try await redis.send("GET", "{coord}:compact").int ?? 0
+            }
+            #expect(compacted == 17)   // revisions 17...21 remain readable
+            #expect(try await store.get("r", options: RangeOptions(revision: 17)).kvs.first?.valueString == "v16")
+            #expect(await coordinationError { _ = try await store.get("r", options: RangeOptions(revision: 16)) }?.code == .compacted)
+        }
+    }
+}

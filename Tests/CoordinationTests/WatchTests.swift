@@ -74,6 +74,22 @@ func collect(_ stream: AsyncThrowingStream<WatchResponse, any Error>, events cou
         }
     }
 
+    @Test func progressNotificationsReportTheRevisionWithNoEvents() async throws {
+        try await withStore { store, _ throws in
+            let start = try await store.get("p").header.revision + 1
+            _ = try await store.put("elsewhere", "1")   // revision 2, not watched
+            var iterator = store.watch("p", options: WatchOptions(startRevision: start, progressNotify: true, progressInterval: .milliseconds(200))).makeAsyncIterator()
+            let progress = try #require(try await iterator.next())
+            #expect(progress.isProgressNotify)
+            #expect(progress.header.revision >= 2)
+            _ = try await store.put("p", "1")           // revision 3
+            var next = try #require(try await iterator.next())
+            while next.isProgressNotify { next = try #require(try await iterator.next()) }
+            #expect(next.events.map(\.kv.modRevision) == [3])
+            await store.close()
+        }
+    }
+
     @Test func aWatchFromACompactedRevisionFailsWithCompacted() async throws {
         try await withStore { store, _ throws in
             for index in 1...5 { _ = try await store.put("k", "v\(index)") }
