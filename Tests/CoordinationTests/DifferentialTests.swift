@@ -12,7 +12,7 @@ import Testing
 
     @Test(arguments: seeds)
     func randomKVSequencesMatchEtcd(seed: Int) async throws {
-        try await EtcdServer.withServer { _, etcd in
+        try await EtcdServer.withServer { server, etcd in
             try await RedisServer.withServer { redis in
                 let connection = try await RedisConnection.connect(redis.configuration)
                 let store = CoordinationClient(redis: connection, namespace: "diff\(seed)")
@@ -45,6 +45,20 @@ import Testing
                     if actual != expected { break }
                     generator.observe(revision: expected.revision)
                 }
+                // The complete watch stream, from the oldest revision history still has.
+                let compacted = try await connection.send("GET", "{diff\(seed)}:compact").int ?? 0
+                let last = try await store.get([0]).header.revision
+                if last > max(compacted, 1) {
+                    let start = max(compacted, 1)
+                    let etcdEvents = try await server.watchEvents(from: start, until: last)
+                    let stream = store.watch([0], options: WatchOptions(rangeEnd: [0], startRevision: start))
+                    let ours = try await collect(stream, events: etcdEvents.count).flatMap(\.events).map { event in
+                        "\(event.kind == .put ? "PUT" : "DELETE") " + Outcome.kv(event.kv.key, event.kv.value, event.kv.createRevision, event.kv.modRevision, event.kv.version, event.kv.lease)
+                    }
+                    #expect(etcdEvents.last?.contains(" m\(last) ") == true, "etcd's watch stream did not reach revision \(last)")
+                    #expect(ours == etcdEvents, "seed \(seed): watch streams from revision \(start) differ")
+                }
+                await store.close()
                 await connection.close()
             }
         }

@@ -114,3 +114,61 @@ struct EtcdGateway: Sendable {
         try await call("/v3/lease/revoke", ["ID": String(id)])
     }
 }
+
+extension EtcdServer {
+    /// The events etcdctl's `watch -w json` reports for every key from `revision` on,
+    /// read until one with mod revision `until` arrives (or 10 s pass).
+    func watchEvents(from revision: Int64, until: Int64) async throws -> [String] {
+        guard let etcdctl = ChildProcessLookup.locate("etcdctl") else {
+            throw EtcdGateway.Failure(code: -1, message: "etcdctl not found; install etcd-client")
+        }
+        return try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global().async {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: etcdctl)
+                process.arguments = ["--endpoints", self.clientURL, "watch", "--prefix", "", "--rev", String(revision), "-w", "json"]
+                process.environment = ["ETCDCTL_API": "3"]
+                let output = Pipe()
+                process.standardOutput = output
+                process.standardError = FileHandle.nullDevice
+                do { try process.run() } catch { continuation.resume(throwing: error); return }
+                let timer = DispatchWorkItem { process.terminate() }
+                DispatchQueue.global().asyncAfter(deadline: .now() + 10, execute: timer)
+                var buffer = Data()
+                var events: [String] = []
+                var done = false
+                while !done {
+                    let chunk = output.fileHandleForReading.availableData
+                    if chunk.isEmpty { break }
+                    buffer.append(chunk)
+                    while let newline = buffer.firstIndex(of: 10) {
+                        let line = buffer[buffer.startIndex..<newline]
+                        buffer.removeSubrange(buffer.startIndex...newline)
+                        guard let object = try? JSONSerialization.jsonObject(with: line) as? [String: Any] else { continue }
+                        for event in (object["Events"] as? [[String: Any]]) ?? [] {
+                            let kv = EtcdGateway.KeyValue(json: event["kv"] as? [String: Any] ?? [:])
+                            let type = EtcdGateway.int(event["type"]) == 1 ? "DELETE" : "PUT"
+                            events.append("\(type) \(Outcome.kv(kv.key, kv.value, kv.createRevision, kv.modRevision, kv.version, kv.lease))")
+                            if kv.modRevision >= until { done = true }
+                        }
+                    }
+                }
+                timer.cancel()
+                process.terminate()
+                process.waitUntilExit()
+                continuation.resume(returning: events)
+            }
+        }
+    }
+}
+
+/// PATH lookup for the test support (RedisClient's ChildProcess is internal there).
+enum ChildProcessLookup {
+    static func locate(_ name: String) -> String? {
+        for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
+            where FileManager.default.isExecutableFile(atPath: "\(directory)/\(name)") {
+            return "\(directory)/\(name)"
+        }
+        return nil
+    }
+}
