@@ -35,7 +35,7 @@ struct GlobalOptions: ParsableArguments {
     @Option(help: "The store inside the Redis database (default: $COORD_NAMESPACE, else coord).")
     var namespace: String?
 
-    @Option(name: [.customShort("w"), .customLong("write-out")], help: "Output format: simple or json.")
+    @Option(name: [.customShort("w"), .customLong("write-out")], help: "Output format: simple, json or fields.")
     var writeOut: OutputFormat = .simple
 
     @Flag(help: "Accept a Redis maxmemory-policy that can evict the store's keys.")
@@ -60,7 +60,7 @@ struct GlobalOptions: ParsableArguments {
 }
 
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
-    case simple, json
+    case simple, json, fields
 }
 
 /// An error printed as etcdctl prints them: "Error: <message>", exit code 1.
@@ -161,6 +161,73 @@ enum Printer {
     static func leaseID(_ id: Int64) -> String {
         let hex = String(UInt64(bitPattern: id), radix: 16)
         return String(repeating: "0", count: max(0, 16 - hex.count)) + hex
+    }
+}
+
+/// etcdctl's `-w fields` output: one `"Name" : value` line per field.
+enum Fields {
+    static func header(_ header: ResponseHeader) {
+        print("\"ClusterID\" : 0")
+        print("\"MemberID\" : 0")
+        print("\"Revision\" : \(header.revision)")
+        print("\"RaftTerm\" : 0")
+    }
+
+    static func kv(_ pair: KeyValue, prefix: String = "") {
+        print("\"\(prefix)Key\" : \(quote(pair.key))")
+        print("\"\(prefix)CreateRevision\" : \(pair.createRevision)")
+        print("\"\(prefix)ModRevision\" : \(pair.modRevision)")
+        print("\"\(prefix)Version\" : \(pair.version)")
+        print("\"\(prefix)Value\" : \(quote(pair.value))")
+        print("\"\(prefix)Lease\" : \(pair.lease)")
+    }
+
+    static func range(_ response: RangeResponse) {
+        header(response.header)
+        for pair in response.kvs { kv(pair) }
+        print("\"More\" : \(response.more)")
+        print("\"Count\" : \(response.count)")
+    }
+
+    static func put(_ response: PutResponse) {
+        header(response.header)
+        if let previous = response.prevKV { kv(previous, prefix: "Prev") }
+    }
+
+    static func delete(_ response: DeleteResponse) {
+        header(response.header)
+        print("\"Deleted\" : \(response.deleted)")
+        for pair in response.prevKVs { kv(pair, prefix: "Prev") }
+    }
+
+    static func txn(_ response: TxnResponse) {
+        header(response.header)
+        print("\"Succeeded\" : \(response.succeeded)")
+        for item in response.responses {
+            switch item {
+            case .range(let r): range(r)
+            case .put(let p): put(p)
+            case .delete(let d): delete(d)
+            case .txn(let t): txn(t)
+            }
+        }
+    }
+
+    /// Go's %q: printable ASCII as is, `"` and `\\` escaped, the rest as \n, \t, \xNN.
+    static func quote(_ bytes: [UInt8]) -> String {
+        var text = "\""
+        for byte in bytes {
+            switch byte {
+            case UInt8(ascii: "\""): text += "\\\""
+            case UInt8(ascii: "\\"): text += "\\\\"
+            case 10: text += "\\n"
+            case 9: text += "\\t"
+            case 13: text += "\\r"
+            case 0x20...0x7e: text.append(Character(UnicodeScalar(byte)))
+            default: text += String(format: "\\x%02x", byte)
+            }
+        }
+        return text + "\""
     }
 }
 

@@ -36,6 +36,7 @@ struct Put: AsyncParsableCommand {
                 print("OK")
                 if let previous = response.prevKV { Printer.kv(previous) }
             case .json: Printer.json(Printer.putJSON(response))
+            case .fields: Fields.put(response)
             }
         }
     }
@@ -92,6 +93,7 @@ struct Get: AsyncParsableCommand {
                 if countOnly { print(response.count) }
                 for pair in response.kvs { Printer.kv(pair, valueOnly: printValueOnly, keysOnly: keysOnly) }
             case .json: Printer.json(Printer.rangeJSON(response))
+            case .fields: Fields.range(response)
             }
         }
     }
@@ -116,6 +118,7 @@ struct Del: AsyncParsableCommand {
                 print(response.deleted)
                 for pair in response.prevKVs { Printer.kv(pair) }
             case .json: Printer.json(Printer.deleteJSON(response))
+            case .fields: Fields.delete(response)
             }
         }
     }
@@ -153,7 +156,7 @@ struct Endpoint: AsyncParsableCommand {
                 let status = try await store.status(allowEvictingPolicy: global.allowEvictingPolicy)
                 await store.close()
                 switch global.writeOut {
-                case .simple:
+                case .simple, .fields:
                     print("\(RedisConfigurationText.redacted(global.url)), namespace \(global.storeNamespace), revision \(status.revision), compacted at \(status.compactRevision), redis \(status.redisVersion), maxmemory-policy \(status.maxmemoryPolicy), appendonly \(status.appendOnly ? "yes" : "no")")
                 case .json:
                     Printer.json(["Endpoint": RedisConfigurationText.redacted(global.url), "Namespace": global.storeNamespace,

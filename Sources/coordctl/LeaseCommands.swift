@@ -20,6 +20,10 @@ struct LeaseCommand: AsyncParsableCommand {
                 switch global.writeOut {
                 case .simple: print("lease \(Printer.leaseID(response.id)) granted with TTL(\(response.ttl)s)")
                 case .json: Printer.json(["header": Printer.header(response.header), "ID": response.id, "TTL": response.ttl])
+                case .fields:
+                    Fields.header(response.header)
+                    print("\"ID\" : \(response.id)")
+                    print("\"TTL\" : \(response.ttl)")
                 }
             }
         }
@@ -39,6 +43,7 @@ struct LeaseCommand: AsyncParsableCommand {
                 switch global.writeOut {
                 case .simple: print("lease \(Printer.leaseID(id)) revoked")
                 case .json: Printer.json(["header": Printer.header(header)])
+                case .fields: Fields.header(header)
                 }
             }
         }
@@ -65,6 +70,12 @@ struct LeaseCommand: AsyncParsableCommand {
                     var text = "lease \(Printer.leaseID(id)) granted with TTL(\(response.grantedTTL)s), remaining(\(response.ttl)s)"
                     if keys { text += ", attached keys([\(response.keys.map { String(decoding: $0, as: UTF8.self) }.joined(separator: " "))])" }
                     print(text)
+                case .fields:
+                    Fields.header(response.header)
+                    print("\"ID\" : \(id)")
+                    print("\"TTL\" : \(response.ttl)")
+                    print("\"GrantedTTL\" : \(response.grantedTTL)")
+                    for key in response.keys { print("\"Key\" : \(Fields.quote(key))") }
                 case .json:
                     Printer.json(["header": Printer.header(response.header), "ID": id, "TTL": response.ttl, "granted-ttl": response.grantedTTL,
                                   "keys": response.keys.map { Data($0).base64EncodedString() }])
@@ -83,7 +94,7 @@ struct LeaseCommand: AsyncParsableCommand {
                 let leases = try await store.leases()
                 await store.close()
                 switch global.writeOut {
-                case .simple:
+                case .simple, .fields:
                     print("found \(leases.count) leases")
                     for id in leases { print(Printer.leaseID(id)) }
                 case .json: Printer.json(["leases": leases.map { ["ID": $0] }])
@@ -106,6 +117,10 @@ struct LeaseCommand: AsyncParsableCommand {
                     switch global.writeOut {
                     case .simple: print("lease \(Printer.leaseID(id)) keepalived with TTL(\(response.ttl))")
                     case .json: Printer.json(["header": Printer.header(response.header), "ID": id, "TTL": response.ttl])
+                    case .fields:
+                        Fields.header(response.header)
+                        print("\"ID\" : \(id)")
+                        print("\"TTL\" : \(response.ttl)")
                     }
                 }
                 if once {

@@ -59,6 +59,7 @@ struct TxnCommand: AsyncParsableCommand {
                     }
                 }
             case .json: Printer.json(Printer.txnJSON(response))
+            case .fields: Fields.txn(response)
             }
         }
     }

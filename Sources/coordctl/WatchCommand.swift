@@ -28,6 +28,13 @@ struct WatchCommand: AsyncParsableCommand {
                         if let previous = event.prevKV { Printer.kv(previous) }
                         Printer.kv(event.kv)
                     }
+                case .fields:
+                    Fields.header(response.header)
+                    for event in response.events {
+                        print("\"Type\" : \(event.kind == .put ? "PUT" : "DELETE")")
+                        if let previous = event.prevKV { Fields.kv(previous, prefix: "Prev") }
+                        Fields.kv(event.kv)
+                    }
                 case .json:
                     Printer.json(["Header": Printer.header(response.header), "Events": response.events.map { event -> [String: Any] in
                         var object: [String: Any] = ["kv": Printer.kvJSON(event.kv)]

@@ -40,6 +40,21 @@ func coordctl(_ arguments: [String], url: String, input: String = "") throws -> 
             let object = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
             #expect((object?["header"] as? [String: Any])?["revision"] as? Int == 3)
             #expect((object?["kvs"] as? [[String: Any]])?.first?["value"] as? String == Data("2".utf8).base64EncodedString())
+            #expect(try coordctl(["get", "a", "-w", "fields"], url: url).output == """
+                "ClusterID" : 0
+                "MemberID" : 0
+                "Revision" : 3
+                "RaftTerm" : 0
+                "Key" : "a"
+                "CreateRevision" : 2
+                "ModRevision" : 3
+                "Version" : 2
+                "Value" : "2"
+                "Lease" : 0
+                "More" : false
+                "Count" : 1
+
+                """)
             #expect(try coordctl(["put", "p/1", "x"], url: url).status == 0)
             #expect(try coordctl(["get", "p", "--prefix", "--keys-only"], url: url).output == "p/1\n")
 
