@@ -14,6 +14,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         .systemLibrary(
@@ -30,7 +31,7 @@ let package = Package(
         ),
         .target(
             name: "Coordination",
-            dependencies: ["RedisClient"],
+            dependencies: ["RedisClient", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
             resources: [.embedInCode("../../lua/kv.lua"), .embedInCode("../../lua/compact.lua")]
         ),
         .target(name: "CoordinationPrimitives", dependencies: ["Coordination"]),

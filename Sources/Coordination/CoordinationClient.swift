@@ -1,4 +1,5 @@
 import RedisClient
+import ServiceLifecycle
 import Synchronization
 
 /// An etcd-like store inside one Redis database: revisions, versions, reads at older
@@ -236,6 +237,12 @@ public final class CoordinationClient: Sendable {
         return Int(result.array?.dropFirst().first?.int ?? 0)
     }
 
+    /// The client's background work with default settings, as a ServiceLifecycle
+    /// `Service`: add the client to a `ServiceGroup`, or run it in a task of its own.
+    public func run() async throws {
+        try await run(interval: .milliseconds(100), retainRevisions: nil)
+    }
+
     /// The client's background work, for a ServiceGroup or a task of its own: revokes
     /// expired leases (deleting their keys) within `interval` of expiry, even when
     /// nobody writes. Where the server allows CONFIG, keyspace `expired` events of the
@@ -436,3 +443,5 @@ public final class CoordinationClient: Sendable {
         return TxnResponse(header: ResponseHeader(revision: revision), succeeded: succeeded, responses: responses)
     }
 }
+
+extension CoordinationClient: Service {}
