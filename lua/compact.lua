@@ -41,12 +41,19 @@ for _, member in ipairs(members) do
       local live = redis.call('HGET', K_KV, key)
       local liveCovers = live and cmsgpack.unpack(live)[2] <= at
       if not liveCovers then
-        for _, candidate in ipairs(redis.call('ZREVRANGEBYLEX', K_HKEYS, '[' .. key .. '\0' .. hex(at), '[' .. key .. '\0', 'LIMIT', 0, 16)) do
-          if #candidate == #key + 17 then
-            if cmsgpack.unpack(redis.call('HGET', K_HIST, candidate))[1] ~= 0 then keep = candidate end
-            break
+        -- Page past members of other keys that start with key.."\0".
+        local offset, found = 0, false
+        repeat
+          local candidates = redis.call('ZREVRANGEBYLEX', K_HKEYS, '[' .. key .. '\0' .. hex(at), '[' .. key .. '\0', 'LIMIT', offset, 64)
+          for _, candidate in ipairs(candidates) do
+            if #candidate == #key + 17 then
+              if cmsgpack.unpack(redis.call('HGET', K_HIST, candidate))[1] ~= 0 then keep = candidate end
+              found = true
+              break
+            end
           end
-        end
+          offset = offset + 64
+        until found or #candidates < 64
       end
       newestAtOrBelow[key] = keep
     end

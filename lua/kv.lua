@@ -10,7 +10,7 @@
 --   5 hist     HASH    key.."\0"..%016x(rev) -> superseded version (same shape) or tombstone {0}
 --   6 hkeys    ZSET    the members of hist, score 0, for "newest version at or below R"
 --   7 log      STREAM  one entry per revision, ID "<rev>-0": field "t" -> Redis server time
---                      (ms), then fields "e" -> msgpack
+--                      (ms), field "e" -> msgpack array of the revision's events, each
 --                      {type ("put"|"delete"), key, create, mod, version, lease, value}
 --   8 leases   HASH    lease ID (decimal) -> granted TTL in seconds
 --   9 lkeys    ZSET    score 0, members %019d(lease ID).."\0"..key: the keys attached to each lease
@@ -90,15 +90,20 @@ end
 local function versionAt(key, revision)
   local r = live(key)
   if r and r.mod <= revision then return r end
-  local members = redis.call('ZREVRANGEBYLEX', K_HKEYS, '[' .. key .. '\0' .. hex(revision), '[' .. key .. '\0', 'LIMIT', 0, 16)
-  for _, member in ipairs(members) do
-    if #member == #key + 17 then
-      local old = cmsgpack.unpack(redis.call('HGET', K_HIST, member))
-      if old[1] == 0 then return nil end
-      return {create = old[1], mod = old[2], version = old[3], lease = old[4], value = old[5]}
+  -- Members of other keys that start with key.."\0" can sort in between: page past them.
+  local offset = 0
+  while true do
+    local members = redis.call('ZREVRANGEBYLEX', K_HKEYS, '[' .. key .. '\0' .. hex(revision), '[' .. key .. '\0', 'LIMIT', offset, 64)
+    for _, member in ipairs(members) do
+      if #member == #key + 17 then
+        local old = cmsgpack.unpack(redis.call('HGET', K_HIST, member))
+        if old[1] == 0 then return nil end
+        return {create = old[1], mod = old[2], version = old[3], lease = old[4], value = old[5]}
+      end
     end
+    if #members < 64 then return nil end
+    offset = offset + 64
   end
-  return nil
 end
 
 -- The lexicographic bounds of [key, rangeEnd) for ZRANGEBYLEX; nil for a single key.
@@ -117,7 +122,12 @@ local function keysIn(key, rangeEnd, revision)
   if revision >= (changed and nextRevision or current) then return keys end
   local seen, all = {}, {}
   for _, k in ipairs(keys) do seen[k] = true; all[#all + 1] = k end
-  for _, member in ipairs(redis.call('ZRANGEBYLEX', K_HKEYS, low, high)) do
+  -- History members are key.."\0"..revision: when rangeEnd holds a NUL, members of
+  -- keys below rangeEnd can sort above it, so bound the scan before that NUL.
+  local nul = string.find(rangeEnd, '\0', 1, true)
+  local hhigh = high
+  if rangeEnd ~= '\0' and nul then hhigh = '(' .. string.sub(rangeEnd, 1, nul - 1) .. '\1' end
+  for _, member in ipairs(redis.call('ZRANGEBYLEX', K_HKEYS, low, hhigh)) do
     local k = string.sub(member, 1, #member - 17)
     if not seen[k] and compareBytes(k, key) >= 0 and (rangeEnd == '\0' or compareBytes(k, rangeEnd) < 0) then
       seen[k] = true; all[#all + 1] = k
@@ -195,7 +205,7 @@ local function deleteKey(k, old, revision)
   redis.call('HDEL', K_KV, k)
   redis.call('ZREM', K_KEYS, k)
   if old.lease ~= '0' then redis.call('ZREM', K_LKEYS, leaseMember(old.lease, k)) end
-  return cmsgpack.pack({'delete', k, 0, revision, 0, '0', ''})
+  return {'delete', k, 0, revision, 0, '0', ''}
 end
 
 -- Revokes a lease now: its keys are deleted at one new revision (none if it has no keys).
@@ -213,17 +223,16 @@ local function revokeLease(lease)
   redis.call('HDEL', K_LEASES, lease)
   redis.call('ZREM', K_LDUE, lease)
   if #revoked > 0 then
-    local fields = {'t', now}
-    for _, e in ipairs(revoked) do fields[#fields + 1] = 'e'; fields[#fields + 1] = e end
     redis.call('SET', K_REV, revision)
-    redis.call('XADD', K_LOG, revision .. '-0', unpack(fields))
+    redis.call('XADD', K_LOG, revision .. '-0', 't', now, 'e', cmsgpack.pack(revoked))
     current = revision
   end
 end
 
--- Revokes every lease whose deadline has passed, oldest first.
+-- Revokes leases whose deadline has passed, oldest first, at most 100 per script
+-- (as etcd rate-limits revocations), so that a mass expiry never stalls one request.
 local function reapDue()
-  local due = redis.call('ZRANGEBYSCORE', K_LDUE, '-inf', now)
+  local due = redis.call('ZRANGEBYSCORE', K_LDUE, '-inf', now, 'LIMIT', 0, 100)
   for _, lease in ipairs(due) do revokeLease(lease) end
   return #due
 end
@@ -260,7 +269,7 @@ local function put(op)
   end
   redis.call('HSET', K_KV, key, encode(r))
   changed = true
-  events[#events + 1] = cmsgpack.pack({'put', key, r.create, r.mod, r.version, r.lease, r.value})
+  events[#events + 1] = {'put', key, r.create, r.mod, r.version, r.lease, r.value}
   return {'put', (prevKV and old) and kvReply(key, old, false) or false}
 end
 
@@ -317,8 +326,22 @@ local function checkRangeRevision(revision)
   end
 end
 
+local pathDeletes = {}
+
 local function choosePath(op)
-  if op[1] == 'put' then checkPut(op) end
+  if op[1] == 'put' then
+    checkPut(op)
+    if op[6] or op[7] then
+      -- An earlier delete on the path (a from-key one passes checkIntervals, as in
+      -- etcd) would leave nothing for ignoreValue/ignoreLease to keep.
+      for _, d in ipairs(pathDeletes) do
+        if op[2] == d[1] or (d[2] ~= '' and compareBytes(op[2], d[1]) >= 0 and (d[2] == '\0' or compareBytes(op[2], d[2]) < 0)) then
+          fail('keyNotFound', 'key not found: an earlier delete in the txn removes the key that ignoreValue/ignoreLease would keep')
+        end
+      end
+    end
+  end
+  if op[1] == 'delete' then pathDeletes[#pathDeletes + 1] = {op[2], op[3]} end
   if op[1] == 'range' then checkRangeRevision(op[5]) end
   if op[1] ~= 'txn' then return end
   local succeeded = true
@@ -457,9 +480,7 @@ if not ok then
 end
 if changed then
   redis.call('SET', K_REV, nextRevision)
-  local fields = {'t', now}
-  for _, e in ipairs(events) do fields[#fields + 1] = 'e'; fields[#fields + 1] = e end
-  redis.call('XADD', K_LOG, nextRevision .. '-0', unpack(fields))
+  redis.call('XADD', K_LOG, nextRevision .. '-0', 't', now, 'e', cmsgpack.pack(events))
   return cmsgpack.pack({nextRevision, outcome})
 end
 return cmsgpack.pack({current, outcome})

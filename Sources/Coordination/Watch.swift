@@ -275,14 +275,15 @@ final class WatchHub: Sendable {
         var events: [WatchEvent] = []
         var index = 0
         while index + 1 < fields.count {
-            if fields[index].string == "e", let bytes = fields[index + 1].bytes,
-               let f = (try? MessagePack.decode(bytes))?.array, f.count == 7,
-               let kind = f[0].text.flatMap(WatchEvent.Kind.init(rawValue:)), let key = f[1].bytes,
-               let create = f[2].int, let mod = f[3].int, let version = f[4].int,
-               let lease = f[5].text.flatMap({ Int64($0) }), let value = f[6].bytes {
+            defer { index += 2 }
+            guard fields[index].string == "e", let bytes = fields[index + 1].bytes, let packed = (try? MessagePack.decode(bytes))?.array else { continue }
+            for item in packed {
+                guard let f = item.array, f.count == 7,
+                      let kind = f[0].text.flatMap(WatchEvent.Kind.init(rawValue:)), let key = f[1].bytes,
+                      let create = f[2].int, let mod = f[3].int, let version = f[4].int,
+                      let lease = f[5].text.flatMap({ Int64($0) }), let value = f[6].bytes else { continue }
                 events.append(WatchEvent(kind: kind, kv: KeyValue(key: key, value: value, createRevision: create, modRevision: mod, version: version, lease: lease), prevKV: nil))
             }
-            index += 2
         }
         return LogEntry(revision: revision, events: events)
     }

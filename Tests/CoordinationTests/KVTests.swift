@@ -184,3 +184,54 @@ func coordinationError(_ body: () async throws -> Void) async -> CoordinationErr
         }
     }
 }
+
+@Suite struct EdgeCaseTests {
+    @Test func deletingThousandsOfKeysIsOneRevisionWithOneLogEntry() async throws {
+        try await withStore { store, redis throws in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<5_000 { group.addTask { _ = try await store.put("many/\(index)", "v") } }
+                try await group.waitForAll()
+            }
+            let start = try await store.get("many/0").header.revision + 1
+            let stream = store.watch("many/", options: .prefix(Array("many/".utf8), startRevision: start))
+            let deleted = try await store.delete(Array("many/".utf8), rangeEnd: RangeOptions.prefixEnd(Array("many/".utf8)))
+            #expect(deleted.deleted == 5_000)
+            #expect(deleted.header.revision == 5_002)
+            #expect(try await redis.send("GET", "{coord}:rev").int == 5_002)
+            let events = try await collect(stream, events: 5_000).flatMap(\.events)
+            #expect(events.count == 5_000 && events.allSatisfy { $0.kind == .delete && $0.kv.modRevision == 5_002 })
+            await store.close()
+        }
+    }
+
+    @Test func anIgnoreValuePutAfterAFromKeyDeleteInTheTxnWritesNothing() async throws {
+        try await withStore { store, _ throws in
+            _ = try await store.put("a", "1")
+            _ = try await store.put("b", "1")
+            let txn = Txn(success: [.delete(key: Array("a".utf8), rangeEnd: [0], prevKV: false),
+                                    .put(key: Array("b".utf8), value: [], options: PutOptions(ignoreValue: true))])
+            #expect(await coordinationError { _ = try await store.txn(txn) }?.code == .keyNotFound)
+            let after = try await store.get("a", options: RangeOptions(rangeEnd: [0]))
+            #expect(after.kvs.count == 2 && after.header.revision == 3)
+        }
+    }
+
+    @Test func historyOfAKeyIsFoundPastKeysThatExtendItWithANulByte() async throws {
+        try await withStore { store, _ throws in
+            _ = try await store.put("user", "old")                       // revision 2
+            _ = try await store.put("user", "new")                       // revision 3
+            for index in 0..<40 {                                          // children "user\0<16 digits>"
+                let child = Array("user".utf8) + [0] + Array(String(format: "%016d", index).utf8)
+                _ = try await store.put(child, [1])
+                _ = try await store.put(child, [2])
+            }
+            #expect(try await store.get("user", options: RangeOptions(revision: 2)).kvs.first?.valueString == "old")
+            try await store.compact(3)
+            #expect(try await store.get("user", options: RangeOptions(revision: 3)).kvs.first?.valueString == "new")
+            // A range that ends inside the NUL-extended keys still sees the key's history.
+            _ = try await store.delete("user")
+            let past = try await store.get(Array("user".utf8), options: RangeOptions(rangeEnd: Array("user".utf8) + [0], revision: 4))
+            #expect(past.kvs.map(\.valueString) == ["new"])
+        }
+    }
+}
