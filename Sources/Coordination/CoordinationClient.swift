@@ -254,6 +254,10 @@ public final class CoordinationClient: Sendable {
         let wake = WakeSignal()
         var listener: Task<Void, Never>?
         var subscriber: RedisSubscriber?
+        defer {
+            listener?.cancel()
+            if let subscriber { Task { await subscriber.close() } }
+        }
         if let configuration = try? readerConfiguration, await KeyspaceNotifications.enable(on: redis) {
             subscriber = try? await RedisSubscriber.connect(configuration)
             if let subscriber {
@@ -268,21 +272,23 @@ public final class CoordinationClient: Sendable {
                 }
             }
         }
-        var lastRetention = ContinuousClock.now
-        while !Task.isCancelled {
-            do {
-                try await reapExpiredLeases()
-                if let retainRevisions, ContinuousClock.now - lastRetention >= .seconds(1) {
-                    lastRetention = .now
-                    try await applyRetention(retainRevisions)
+        await cancelWhenGracefulShutdown {
+            var lastRetention = ContinuousClock.now
+            while !Task.isCancelled {
+                do {
+                    try await self.reapExpiredLeases()
+                    if let retainRevisions, ContinuousClock.now - lastRetention >= .seconds(1) {
+                        lastRetention = .now
+                        try await self.applyRetention(retainRevisions)
+                    }
+                } catch is CancellationError {
+                    break
+                } catch {
+                    // Redis is away, loading, read-only or busy: the next round retries.
                 }
-            } catch let error as RedisError where error.code == .connectionRefused || error.code == .connectionLost || error.code == .outcomeUnknown {
-                // Redis is away; the next round retries.
+                await wake.wait(timeout: interval)
             }
-            await wake.wait(timeout: interval)
         }
-        listener?.cancel()
-        await subscriber?.close()
     }
 
     /// Compacts so that `revisions` revisions of history remain, if more than that exist.
@@ -290,7 +296,8 @@ public final class CoordinationClient: Sendable {
         let current = try await get(Array("\u{0}".utf8)).header.revision
         let compacted = try await redis.send([Array("GET".utf8), Array("{\(namespace)}:compact".utf8)], timeout: nil).int ?? 0
         let target = current - max(revisions, 1) + 1
-        if target > compacted && target > 1 {
+        // Compact in steps of at least a quarter of the retained history, not every second.
+        if target > 1 && target - compacted >= max(revisions / 4, 1) {
             do {
                 try await compact(target)
             } catch let error as CoordinationError where error.code == .compacted {
@@ -327,7 +334,8 @@ public final class CoordinationClient: Sendable {
     // MARK: - Encoding
 
     private func run(_ operation: KVOperation) async throws -> (Int64, MessagePack) {
-        try validate(operation)
+        var budget = limits.maxTxnOps
+        try validate(operation, budget: &budget, depth: 0)
         return try await call(Self.encode(operation))
     }
 
@@ -347,26 +355,41 @@ public final class CoordinationClient: Sendable {
         return (revision, parts[1])
     }
 
-    private func validate(_ operation: KVOperation) throws {
+    /// etcd's request checks (v3rpc/key.go): empty keys, sizes, ignore flags with a
+    /// value or lease, and the operation budget, which nested txns share.
+    private func validate(_ operation: KVOperation, budget: inout Int, depth: Int) throws {
         switch operation {
         case .range(let key, _):
             if key.isEmpty { throw CoordinationError(.emptyKey, "key is not provided: etcd keys must not be empty") }
-        case .put(let key, let value, _):
+        case .put(let key, let value, let options):
             if key.isEmpty { throw CoordinationError(.emptyKey, "key is not provided: etcd keys must not be empty") }
             if value.count > limits.maxValueBytes {
                 throw CoordinationError(.valueTooLarge, "value of \(value.count) bytes is above the limit of \(limits.maxValueBytes); store large values elsewhere and put a reference")
             }
+            if options.ignoreValue && !value.isEmpty {
+                throw CoordinationError(.invalidArgument, "value is provided: ignoreValue keeps the current value, so give none")
+            }
+            if options.ignoreLease && options.lease != 0 {
+                throw CoordinationError(.invalidArgument, "lease is provided: ignoreLease keeps the current lease, so give none")
+            }
         case .delete(let key, _, _):
             if key.isEmpty { throw CoordinationError(.emptyKey, "key is not provided: etcd keys must not be empty") }
         case .txn(let txn):
-            let count = max(txn.success.count, txn.failure.count, txn.compares.count)
-            if count > limits.maxTxnOps {
-                throw CoordinationError(.tooManyOps, "too many operations in txn request: \(count) > \(limits.maxTxnOps); split the transaction")
+            if depth >= 4 {
+                throw CoordinationError(.invalidArgument, "transactions nested deeper than 4 levels are not supported; flatten the transaction")
             }
+            let count = max(txn.success.count, txn.failure.count, txn.compares.count)
+            if count > budget {
+                throw CoordinationError(.tooManyOps, "too many operations in txn request: \(limits.maxTxnOps - budget + count) > \(limits.maxTxnOps), nested txns included; split the transaction")
+            }
+            budget -= count
             for compare in txn.compares where compare.key.isEmpty {
                 throw CoordinationError(.emptyKey, "key is not provided in a compare")
             }
-            for inner in txn.success + txn.failure { try validate(inner) }
+            for branch in [txn.success, txn.failure] {
+                var branchBudget = budget
+                for inner in branch { try validate(inner, budget: &branchBudget, depth: depth + 1) }
+            }
         }
     }
 

@@ -217,6 +217,17 @@ final class WatchHub: Sendable {
                     await wake?.wait(timeout: .seconds(1))
                     continue
                 }
+                if let first = entries.first, first.revision > position + 1, position >= 1 {
+                    // Compaction trimmed entries this reader had not read yet: the watchers
+                    // cannot be given a complete history any more.
+                    let (watchers, compacted) = state.withLock { state -> ([Watcher], Int64) in
+                        defer { state.watchers = [:] }
+                        return (Array(state.watchers.values), first.revision)
+                    }
+                    for watcher in watchers {
+                        watcher.continuation.finish(throwing: CoordinationError(.compacted, "required revision \(position + 1) has been compacted; the oldest available is \(compacted)"))
+                    }
+                }
                 let watchers = state.withLock { state -> [Watcher] in
                     state.position = last.revision
                     return Array(state.watchers.values)
@@ -300,14 +311,20 @@ extension CoordinationClient {
     public func watch(_ key: [UInt8], options: WatchOptions = WatchOptions()) -> AsyncThrowingStream<WatchResponse, any Error> {
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: WatchResponse.self)
         let hub = watchHub
+        let registration = WatchRegistration()
         let task = Task {
             do {
-                try await self.startWatch(key, options: options, hub: hub, continuation: continuation)
+                // Returns once the watch is live (or, with progress notifications, when it ends).
+                try await self.startWatch(key, options: options, hub: hub, registration: registration, continuation: continuation)
             } catch {
                 continuation.finish(throwing: error)
+                if let id = registration.end() { hub.remove(id) }
             }
         }
-        continuation.onTermination = { _ in task.cancel() }
+        continuation.onTermination = { _ in
+            task.cancel()
+            if let id = registration.end() { hub.remove(id) }
+        }
         return stream
     }
 
@@ -316,18 +333,21 @@ extension CoordinationClient {
         watch(Array(key.utf8), options: options)
     }
 
-    private func startWatch(_ key: [UInt8], options: WatchOptions, hub: WatchHub,
+    private func startWatch(_ key: [UInt8], options: WatchOptions, hub: WatchHub, registration: WatchRegistration,
                             continuation: AsyncThrowingStream<WatchResponse, any Error>.Continuation) async throws {
         guard !key.isEmpty else { throw CoordinationError(.emptyKey, "key is not provided: a watch needs a key") }
         let position = try await hub.ensureReader()
         let start = options.startRevision > 0 ? options.startRevision : position + 1
         let watcher = WatchHub.Watcher(key: key, options: options, delivered: start - 1, continuation: continuation)
         let id = hub.add(watcher)
-        continuation.onTermination = { _ in hub.remove(id) }
+        guard registration.begin(id) else {
+            // The consumer left before the watch was registered.
+            hub.remove(id)
+            return
+        }
         // Replay history from `start` while the hub buffers live entries for this watcher.
         let compacted = Int64(try await redis.send([Array("GET".utf8), Array("{\(namespace)}:compact".utf8)], timeout: nil).int ?? 0)
         if start < compacted {
-            hub.remove(id)
             throw CoordinationError(.compacted, "required revision \(start) has been compacted; the oldest available is \(compacted)")
         }
         var cursor = start - 1
@@ -335,9 +355,8 @@ extension CoordinationClient {
             let reply = try await redis.send(
                 [Array("XRANGE".utf8), hub.logKey, Array("(\(cursor)-0".utf8), Array("+".utf8), Array("COUNT".utf8), Array("512".utf8)], timeout: nil)
             let entries = (reply.array ?? []).compactMap(WatchHub.parseEntry)
-            if cursor == start - 1, start > 1, let first = entries.first, first.revision > start {
-                // History between start and the first entry was trimmed by compaction.
-                hub.remove(id)
+            if start > 1 || cursor > start - 1, let first = entries.first, first.revision > max(cursor + 1, 2) {
+                // History after the cursor was trimmed by compaction (the log has one entry per revision).
                 throw CoordinationError(.compacted, "required revision \(start) has been compacted; the oldest available is \(max(compacted, first.revision))")
             }
             let fresh = watcher.state.withLock { state -> [LogEntry] in
@@ -365,8 +384,37 @@ extension CoordinationClient {
         // has every event up to R), say so.
         while options.progressNotify && !Task.isCancelled {
             try await Task.sleep(for: options.progressInterval)
-            let revision = max(hub.dispatched, watcher.state.withLock { $0.delivered })
+            // hub.dispatched only advances after every watcher's events up to it were yielded.
+            let revision = hub.dispatched
             continuation.yield(WatchResponse(header: ResponseHeader(revision: revision), events: []))
+        }
+    }
+}
+
+/// Links a watch's consumer to its hub registration, whichever side ends first.
+final class WatchRegistration: Sendable {
+    private struct State {
+        var id: Int?
+        var ended = false
+    }
+
+    private let state = Mutex(State())
+
+    /// Records the hub id; `false` when the watch already ended (the caller removes it).
+    func begin(_ id: Int) -> Bool {
+        state.withLock { state in
+            if state.ended { return false }
+            state.id = id
+            return true
+        }
+    }
+
+    /// Marks the watch ended and returns the id to remove from the hub, once.
+    func end() -> Int? {
+        state.withLock { state in
+            state.ended = true
+            defer { state.id = nil }
+            return state.id
         }
     }
 }

@@ -88,8 +88,14 @@ func coordinationError(_ body: () async throws -> Void) async -> CoordinationErr
             #expect(error?.code == .tooManyOps)
             error = await coordinationError { _ = try await store.put("k", "v", options: PutOptions(lease: 42)) }
             #expect(error?.code == .leaseNotFound)
-            error = await coordinationError { _ = try await store.put("k", "v", options: PutOptions(ignoreValue: true)) }
+            error = await coordinationError { _ = try await store.put(Array("k".utf8), [], options: PutOptions(ignoreValue: true)) }
             #expect(error?.code == .keyNotFound)
+            error = await coordinationError { _ = try await store.put("k", "v", options: PutOptions(ignoreValue: true)) }
+            #expect(error?.code == .invalidArgument && error?.message.contains("value is provided") == true)
+            let nested = Txn(success: [.txn(Txn(success: (0..<100).map { .put(key: Array("n\($0)".utf8), value: [], options: PutOptions()) }))]
+                             + (0..<100).map { .put(key: Array("m\($0)".utf8), value: [], options: PutOptions()) })
+            error = await coordinationError { _ = try await store.txn(nested) }
+            #expect(error?.code == .tooManyOps)
             error = await coordinationError { _ = try await store.get("k", options: RangeOptions(revision: 5)) }
             #expect(error?.code == .futureRevision)
             #expect(error?.message.contains("current revision is 1") == true)

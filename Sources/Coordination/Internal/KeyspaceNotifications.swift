@@ -69,7 +69,12 @@ final class WakeSignal: Sendable {
         let timer = Task {
             try? await Task.sleep(for: timeout)
             let waiter = self.state.withLock { state -> CheckedContinuation<Void, Never>? in
-                guard state.generation == generation, let waiter = state.waiter else { return nil }
+                guard state.generation == generation else { return nil }
+                guard let waiter = state.waiter else {
+                    // The timeout came before the wait started: let it return at once.
+                    state.pending = true
+                    return nil
+                }
                 state.waiter = nil
                 return waiter
             }
