@@ -195,7 +195,15 @@ local function archive(key, r)
   redis.call('ZADD', K_HKEYS, 0, member)
 end
 
-local function leaseMember(lease, key) return string.rep('0', 19 - #lease) .. lease .. '\0' .. key end
+-- lkeys members: the lease ID zero-padded to 19 digits, NUL, the key.
+local function leasePrefix(lease) return string.rep('0', 19 - #lease) .. lease .. '\0' end
+local function leaseMember(lease, key) return leasePrefix(lease) .. key end
+
+-- The keys attached to a lease, as lkeys members.
+local function leaseMembers(lease)
+  local prefix = leasePrefix(lease)
+  return redis.call('ZRANGEBYLEX', K_LKEYS, '[' .. prefix, '(' .. string.sub(prefix, 1, -2) .. '\1')
+end
 
 local function deleteKey(k, old, revision)
   archive(k, old)
@@ -210,8 +218,7 @@ end
 
 -- Revokes a lease now: its keys are deleted at one new revision (none if it has no keys).
 local function revokeLease(lease)
-  local prefix = string.rep('0', 19 - #lease) .. lease .. '\0'
-  local members = redis.call('ZRANGEBYLEX', K_LKEYS, '[' .. prefix, '(' .. string.rep('0', 19 - #lease) .. lease .. '\1')
+  local members = leaseMembers(lease)
   local revision = current + 1
   local revoked = {}
   for _, member in ipairs(members) do
@@ -385,10 +392,7 @@ local function leaseRequest(op)
     local remaining = math.floor((tonumber(redis.call('ZSCORE', K_LDUE, lease)) - now) / 1000)
     local keys = {}
     if op[3] then
-      local prefix = string.rep('0', 19 - #lease) .. lease .. '\0'
-      for _, member in ipairs(redis.call('ZRANGEBYLEX', K_LKEYS, '[' .. prefix, '(' .. string.rep('0', 19 - #lease) .. lease .. '\1')) do
-        keys[#keys + 1] = string.sub(member, 21)
-      end
+      for _, member in ipairs(leaseMembers(lease)) do keys[#keys + 1] = string.sub(member, 21) end
     end
     return {'ttl', lease, math.max(remaining, 0), tonumber(granted), keys}
   end

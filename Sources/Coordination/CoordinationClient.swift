@@ -291,10 +291,20 @@ public final class CoordinationClient: Sendable {
         }
     }
 
+    /// The store's current revision (a read, so it also reaps due leases first).
+    func currentRevision() async throws -> Int64 {
+        try await get(Array("\u{0}".utf8)).header.revision
+    }
+
+    /// The revision history is compacted at (0: never).
+    func compactedRevision() async throws -> Int64 {
+        try await redis.send([Array("GET".utf8), Array("{\(namespace)}:compact".utf8)], timeout: nil).int ?? 0
+    }
+
     /// Compacts so that `revisions` revisions of history remain, if more than that exist.
     func applyRetention(_ revisions: Int64) async throws {
-        let current = try await get(Array("\u{0}".utf8)).header.revision
-        let compacted = try await redis.send([Array("GET".utf8), Array("{\(namespace)}:compact".utf8)], timeout: nil).int ?? 0
+        let current = try await currentRevision()
+        let compacted = try await compactedRevision()
         let target = current - max(revisions, 1) + 1
         // Compact in steps of at least a quarter of the retained history, not every second.
         if target > 1 && target - compacted >= max(revisions / 4, 1) {

@@ -34,8 +34,8 @@ extension CoordinationClient {
     ///   command when the Redis user may not run what the store needs.
     public func status(allowEvictingPolicy: Bool = false) async throws -> ServerStatus {
         // The store script itself is the first probe: NOPERM names EVALSHA or SCRIPT.
-        let revision = try await get(Array("\u{0}".utf8)).header.revision
-        let compactRevision = try await redis.send([Array("GET".utf8), Array("{\(namespace)}:compact".utf8)], timeout: nil).int ?? 0
+        let revision = try await currentRevision()
+        let compactRevision = try await compactedRevision()
         // INFO is readable by most users, unlike CONFIG.
         let info = try await redis.send([Array("INFO".utf8)], timeout: nil).string ?? ""
         var fields: [Substring: Substring] = [:]

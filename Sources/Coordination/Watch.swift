@@ -136,7 +136,7 @@ final class WatchHub: Sendable {
     /// Starts the reader on first use, at the store's current revision.
     func ensureReader() async throws -> Int64 {
         if let position = state.withLock({ $0.reader == nil ? nil : $0.position }) { return position }
-        let current = try await store.get(Array("\u{0}".utf8)).header.revision
+        let current = try await store.currentRevision()
         var configuration = try store.readerConfiguration
         configuration.commandTimeout = .seconds(10)
         configuration.clientName = "coord-watch-\(store.namespace)"
@@ -346,7 +346,7 @@ extension CoordinationClient {
             return
         }
         // Replay history from `start` while the hub buffers live entries for this watcher.
-        let compacted = Int64(try await redis.send([Array("GET".utf8), Array("{\(namespace)}:compact".utf8)], timeout: nil).int ?? 0)
+        let compacted = try await compactedRevision()
         if start < compacted {
             throw CoordinationError(.compacted, "required revision \(start) has been compacted; the oldest available is \(compacted)")
         }

@@ -182,6 +182,12 @@ enum Fields {
         print("\"\(prefix)Lease\" : \(pair.lease)")
     }
 
+    static func lease(_ header: ResponseHeader, id: Int64, ttl: Int64) {
+        self.header(header)
+        print("\"ID\" : \(id)")
+        print("\"TTL\" : \(ttl)")
+    }
+
     static func range(_ response: RangeResponse) {
         header(response.header)
         for pair in response.kvs { kv(pair) }

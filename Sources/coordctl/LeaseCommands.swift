@@ -20,10 +20,7 @@ struct LeaseCommand: AsyncParsableCommand {
                 switch global.writeOut {
                 case .simple: print("lease \(Printer.leaseID(response.id)) granted with TTL(\(response.ttl)s)")
                 case .json: Printer.json(["header": Printer.header(response.header), "ID": response.id, "TTL": response.ttl])
-                case .fields:
-                    Fields.header(response.header)
-                    print("\"ID\" : \(response.id)")
-                    print("\"TTL\" : \(response.ttl)")
+                case .fields: Fields.lease(response.header, id: response.id, ttl: response.ttl)
                 }
             }
         }
@@ -71,9 +68,7 @@ struct LeaseCommand: AsyncParsableCommand {
                     if keys { text += ", attached keys([\(response.keys.map { String(decoding: $0, as: UTF8.self) }.joined(separator: " "))])" }
                     print(text)
                 case .fields:
-                    Fields.header(response.header)
-                    print("\"ID\" : \(id)")
-                    print("\"TTL\" : \(response.ttl)")
+                    Fields.lease(response.header, id: id, ttl: response.ttl)
                     print("\"GrantedTTL\" : \(response.grantedTTL)")
                     for key in response.keys { print("\"Key\" : \(Fields.quote(key))") }
                 case .json:
@@ -117,10 +112,7 @@ struct LeaseCommand: AsyncParsableCommand {
                     switch global.writeOut {
                     case .simple: print("lease \(Printer.leaseID(id)) keepalived with TTL(\(response.ttl))")
                     case .json: Printer.json(["header": Printer.header(response.header), "ID": id, "TTL": response.ttl])
-                    case .fields:
-                        Fields.header(response.header)
-                        print("\"ID\" : \(id)")
-                        print("\"TTL\" : \(response.ttl)")
+                    case .fields: Fields.lease(response.header, id: id, ttl: response.ttl)
                     }
                 }
                 if once {
