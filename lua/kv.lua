@@ -141,8 +141,6 @@ local function kvReply(key, r, keysOnly)
   return {key, r.create, r.mod, r.version, r.lease, keysOnly and '' or r.value}
 end
 
-local sortFields = {key = true, version = 'version', create = 'create', mod = 'mod', value = 'value'}
-
 local function range(op)
   local key, rangeEnd, limit, revision = op[2], op[3], op[4], op[5]
   local sortOrder, sortTarget, keysOnly, countOnly = op[6], op[7], op[8], op[9]

@@ -365,14 +365,16 @@ public final class CoordinationClient: Sendable {
         return (revision, parts[1])
     }
 
+    static let emptyKey = CoordinationError(.emptyKey, "key is not provided: etcd keys must not be empty")
+
     /// etcd's request checks (v3rpc/key.go): empty keys, sizes, ignore flags with a
     /// value or lease, and the operation budget, which nested txns share.
     private func validate(_ operation: KVOperation, budget: inout Int, depth: Int) throws {
         switch operation {
         case .range(let key, _):
-            if key.isEmpty { throw CoordinationError(.emptyKey, "key is not provided: etcd keys must not be empty") }
+            if key.isEmpty { throw Self.emptyKey }
         case .put(let key, let value, let options):
-            if key.isEmpty { throw CoordinationError(.emptyKey, "key is not provided: etcd keys must not be empty") }
+            if key.isEmpty { throw Self.emptyKey }
             if value.count > limits.maxValueBytes {
                 throw CoordinationError(.valueTooLarge, "value of \(value.count) bytes is above the limit of \(limits.maxValueBytes); store large values elsewhere and put a reference")
             }
@@ -383,7 +385,7 @@ public final class CoordinationClient: Sendable {
                 throw CoordinationError(.invalidArgument, "lease is provided: ignoreLease keeps the current lease, so give none")
             }
         case .delete(let key, _, _):
-            if key.isEmpty { throw CoordinationError(.emptyKey, "key is not provided: etcd keys must not be empty") }
+            if key.isEmpty { throw Self.emptyKey }
         case .txn(let txn):
             if depth >= 4 {
                 throw CoordinationError(.invalidArgument, "transactions nested deeper than 4 levels are not supported; flatten the transaction")

@@ -49,7 +49,14 @@ final class WakeSignal: Sendable {
     private let state = Mutex(State())
 
     func signal() {
+        signal(generation: nil)
+    }
+
+    /// Wakes the waiter, or leaves the signal pending for the next wait. With
+    /// `generation`, only while that wait is still the current one (its timeout).
+    private func signal(generation: Int?) {
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if let generation, state.generation != generation { return nil }
             guard let waiter = state.waiter else {
                 state.pending = true
                 return nil
@@ -68,17 +75,8 @@ final class WakeSignal: Sendable {
         }
         let timer = Task {
             try? await Task.sleep(for: timeout)
-            let waiter = self.state.withLock { state -> CheckedContinuation<Void, Never>? in
-                guard state.generation == generation else { return nil }
-                guard let waiter = state.waiter else {
-                    // The timeout came before the wait started: let it return at once.
-                    state.pending = true
-                    return nil
-                }
-                state.waiter = nil
-                return waiter
-            }
-            waiter?.resume()
+            // A timeout that comes before the wait starts stays pending: the wait returns at once.
+            self.signal(generation: generation)
         }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let ready = state.withLock { state -> Bool in

@@ -88,7 +88,6 @@ final class ConnectionEngine: @unchecked Sendable {
     private var earliestDeadline: UInt64 = .max
     private var everConnected = false
     private var backoff: ReconnectBackoff
-    private var lastConnectError: RedisError?
     private var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
     /// Swapped with the shared pending buffer on each batch, so that taking a batch allocates nothing.
     private var spareBytes: [UInt8] = []
@@ -318,7 +317,6 @@ final class ConnectionEngine: @unchecked Sendable {
                 _ = dispatchReplies()
             } catch {
                 let failure = (error as? RedisError) ?? RedisError(.connectionRefused, "\(error)")
-                lastConnectError = failure
                 backoff.attemptFailed(now: MonotonicClock.now())
                 if hasRequests { failPending(with: failure) }
                 if closing { return false }
@@ -589,7 +587,6 @@ final class ConnectionEngine: @unchecked Sendable {
         }
         context = handshake.context
         shared.withLock { $0.socket = handshake.context.pointee.fd }
-        lastConnectError = nil
         backoff.connected()
     }
 }

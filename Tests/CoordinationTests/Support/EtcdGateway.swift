@@ -1,4 +1,5 @@
 import Foundation
+@testable import RedisClient
 
 /// etcd v3's JSON gateway (`POST /v3/kv/range` and friends): byte fields in base64,
 /// 64-bit integers as decimal strings, default values omitted.
@@ -119,7 +120,7 @@ extension EtcdServer {
     /// The events etcdctl's `watch -w json` reports for every key from `revision` on,
     /// read until one with mod revision `until` arrives (or 10 s pass).
     func watchEvents(from revision: Int64, until: Int64) async throws -> [String] {
-        guard let etcdctl = ChildProcessLookup.locate("etcdctl") else {
+        guard let etcdctl = ChildProcess.locate("etcdctl") else {
             throw EtcdGateway.Failure(code: -1, message: "etcdctl not found; install etcd-client")
         }
         return try await withCheckedThrowingContinuation { continuation in
@@ -159,16 +160,5 @@ extension EtcdServer {
                 continuation.resume(returning: events)
             }
         }
-    }
-}
-
-/// PATH lookup for the test support (RedisClient's ChildProcess is internal there).
-enum ChildProcessLookup {
-    static func locate(_ name: String) -> String? {
-        for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
-            where FileManager.default.isExecutableFile(atPath: "\(directory)/\(name)") {
-            return "\(directory)/\(name)"
-        }
-        return nil
     }
 }
