@@ -39,6 +39,7 @@ let package = Package(
             name: "coordctl",
             dependencies: [
                 "Coordination",
+                "CoordinationPrimitives",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -46,11 +47,20 @@ let package = Package(
             name: "coordbench",
             dependencies: [
                 "Coordination",
+                "CoordinationPrimitives",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "RedisClientTests", dependencies: ["RedisClient"]),
         .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "RedisClient"]),
+        // A worker process for the multi-process tests of the primitives (mutual
+        // exclusion across processes, holders killed or stopped, crashed guests).
+        .executableTarget(
+            name: "PrimitivesWorker",
+            dependencies: ["CoordinationPrimitives"],
+            path: "Tests/PrimitivesWorker"
+        ),
+        .testTarget(name: "CoordinationPrimitivesTests", dependencies: ["CoordinationPrimitives", "RedisClient"]),
     ],
     swiftLanguageModes: [.v6]
 )

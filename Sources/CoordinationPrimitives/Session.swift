@@ -1,0 +1,158 @@
+import Synchronization
+
+/// A lease kept alive in the background: the liveness that locks, elections and
+/// fortress visits hang their keys on (etcd's `concurrency.Session`).
+///
+/// Creating a session grants a lease (TTL 60 s unless told otherwise) or adopts an
+/// existing one, and refreshes it every TTL/3. Keys written with ``lease`` vanish
+/// when the lease does: when the session is closed (``close()`` revokes it at once)
+/// or when the process dies or stalls past the TTL (nobody refreshes it and the
+/// store reaps it). ``done()`` returns when the session has ended, for any reason;
+/// ``isExpired`` tells whether the lease was lost rather than given up.
+///
+/// Transient connection errors are retried for as long as the lease can still be
+/// alive; the session ends when the store says the lease is gone or when a whole
+/// TTL has passed without a successful refresh.
+///
+/// ```swift
+/// let session = try await Session(client: store, ttl: 10)
+/// defer { Task { try? await session.close() } }
+/// let mutex = DistributedMutex(session: session, prefix: "/locks/report")
+/// ```
+public final class Session: Sendable {
+    /// Why a session ended.
+    public enum Ending: Sendable, Hashable {
+        /// ``Session/close()`` revoked the lease.
+        case closed
+        /// ``Session/orphan()`` stopped refreshing it; the lease lives until its TTL runs out.
+        case orphaned
+        /// The lease expired or was revoked by someone else.
+        case expired
+    }
+
+    /// The store the session's lease lives in.
+    public let client: CoordinationClient
+    /// The lease ID; attach keys to it with `PutOptions(lease:)`.
+    public let lease: Int64
+    /// The lease's TTL in seconds.
+    public let ttl: Int64
+
+    private let ended = Latch()
+    private let ending = Mutex<Ending?>(nil)
+    private let keeper = Mutex<Task<Void, Never>?>(nil)
+
+    /// Grants a lease of `ttl` seconds (or adopts the live lease `lease`) and starts
+    /// refreshing it every TTL/3.
+    /// - Parameters:
+    ///   - client: The store.
+    ///   - ttl: The TTL of a new lease, in seconds (the store's minimum is 2).
+    ///   - lease: An existing lease to adopt instead of granting one, for example
+    ///     one a previous incarnation of this process left behind. Its own TTL is used.
+    /// - Throws: `CoordinationError` `leaseNotFound` when `lease` does not exist;
+    ///   `invalidArgument` for a TTL below 1.
+    public init(client: CoordinationClient, ttl: Int64 = 60, lease: Int64? = nil) async throws {
+        self.client = client
+        if let lease {
+            let live = try await client.timeToLive(lease)
+            guard live.ttl > 0 else {
+                throw CoordinationError(.leaseNotFound, "lease \(String(lease, radix: 16)) does not exist or has expired; create a new session")
+            }
+            _ = try await client.keepAliveOnce(lease)
+            self.lease = lease
+            self.ttl = live.grantedTTL
+        } else {
+            guard ttl >= 1 else { throw CoordinationError(.invalidArgument, "session TTL must be at least 1 second, got \(ttl)") }
+            let granted = try await client.grantLease(ttl: ttl)
+            self.lease = granted.id
+            self.ttl = granted.ttl
+        }
+        let task = Task { await self.keepAlive() }
+        keeper.withLock { $0 = task }
+    }
+
+    /// The lease ID in lowercase hex, as etcd names the keys of a session (`prefix/<hex>`).
+    public var leaseKeySuffix: String { String(lease, radix: 16) }
+
+    /// Whether the session has ended (closed, orphaned or expired).
+    public var isDone: Bool { ended.isOpen }
+
+    /// Whether the lease was lost (expired, or revoked by someone else).
+    public var isExpired: Bool { ending.withLock { $0 } == .expired }
+
+    /// Why the session ended; `nil` while it is live.
+    public var endedBecause: Ending? { ending.withLock { $0 } }
+
+    /// Returns when the session has ended (or the calling task is cancelled).
+    public func done() async {
+        await ended.wait()
+    }
+
+    /// Stops refreshing the lease without revoking it: its keys stay until the TTL runs
+    /// out, so another process can adopt it with `Session(client:lease:)`.
+    public func orphan() async {
+        finish(.orphaned)
+        let task = keeper.withLock { $0 }
+        task?.cancel()
+        await task?.value
+    }
+
+    /// Stops refreshing and revokes the lease, deleting every key attached to it.
+    /// - Throws: the store's error when the revoke fails (the lease then expires by its TTL).
+    public func close() async throws {
+        let wasLive = finish(.closed)
+        let task = keeper.withLock { $0 }
+        task?.cancel()
+        await task?.value
+        guard wasLive || endedBecause == .closed else { return }
+        do {
+            _ = try await client.revokeLease(lease)
+        } catch let error as CoordinationError where error.code == .leaseNotFound {
+            // Already gone: what close wanted.
+        }
+    }
+
+    @discardableResult
+    private func finish(_ reason: Ending) -> Bool {
+        let first = ending.withLock { ending -> Bool in
+            if ending != nil { return false }
+            ending = reason
+            return true
+        }
+        if first { ended.open() }
+        return first
+    }
+
+    /// Refreshes every TTL/3; retries transient errors until a whole TTL has passed.
+    private func keepAlive() async {
+        let clock = ContinuousClock()
+        let interval = Duration.milliseconds(max(ttl * 1000 / 3, 100))
+        var lastRefresh = clock.now
+        var nextRefresh = clock.now + interval
+        while !Task.isCancelled && !isDone {
+            do {
+                try await Task.sleep(until: nextRefresh, clock: clock)
+            } catch {
+                return
+            }
+            do {
+                let response = try await client.keepAliveOnce(lease)
+                guard response.ttl > 0 else {
+                    finish(.expired)
+                    return
+                }
+                lastRefresh = clock.now
+                nextRefresh = lastRefresh + interval
+            } catch let error as CoordinationError where error.code == .leaseNotFound {
+                finish(.expired)
+                return
+            } catch {
+                if Task.isCancelled { return }
+                if clock.now - lastRefresh >= .seconds(ttl) {
+                    finish(.expired)
+                    return
+                }
+                nextRefresh = clock.now + .milliseconds(min(500, max(ttl * 1000 / 6, 50)))
+            }
+        }
+    }
+}

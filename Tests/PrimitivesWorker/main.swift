@@ -1,0 +1,2 @@
+import CoordinationPrimitives
+print("placeholder")
