@@ -74,3 +74,11 @@ final class Latch: Sendable {
     var isOpen: Bool { state.withLock { $0 } }
     func open() { state.withLock { $0 = true } }
 }
+
+/// Shared mutable state for test tasks (a `Mutex` that can be captured by escaping closures).
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { mutex = Mutex(value) }
+    func withLock<R: Sendable>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&$0) } }
+    var value: Value { mutex.withLock { $0 } }
+}

@@ -1,0 +1,85 @@
+import CoordinationPrimitives
+import Testing
+
+@Suite struct SessionTests {
+    @Test func aSessionKeepsItsLeaseAlivePastTheTTL() async throws {
+        try await withStore { store, _ in
+            let session = try await Session(client: store, ttl: 2)
+            _ = try await store.put("k", "v", options: PutOptions(lease: session.lease))
+            try await Task.sleep(for: .milliseconds(3_000))
+            #expect(try await store.get("k").count == 1)
+            #expect(!session.isDone)
+            try await session.close()
+        }
+    }
+
+    @Test func closeRevokesTheLeaseAndItsKeys() async throws {
+        try await withStore { store, _ in
+            let session = try await Session(client: store, ttl: 60)
+            _ = try await store.put("k", "v", options: PutOptions(lease: session.lease))
+            try await session.close()
+            #expect(session.isDone)
+            #expect(session.endedBecause == .closed)
+            #expect(try await store.get("k").count == 0)
+            #expect(try await store.timeToLive(session.lease).ttl == -1)
+        }
+    }
+
+    @Test func doneReturnsWhenTheLeaseIsRevokedElsewhere() async throws {
+        try await withStore { store, _ in
+            let session = try await Session(client: store, ttl: 3)
+            _ = try await store.revokeLease(session.lease)
+            // The next refresh (every TTL/3 = 1 s) finds the lease gone.
+            let ended = await eventually(timeout: .seconds(3)) { session.isDone }
+            #expect(ended)
+            #expect(session.isExpired)
+            await session.done()
+        }
+    }
+
+    @Test func orphanStopsRefreshingSoTheLeaseExpires() async throws {
+        try await withStore { store, _ in
+            let session = try await Session(client: store, ttl: 2)
+            _ = try await store.put("k", "v", options: PutOptions(lease: session.lease))
+            await session.orphan()
+            #expect(session.endedBecause == .orphaned)
+            #expect(try await store.get("k").count == 1, "orphan must not revoke")
+            let gone = await eventually(timeout: .seconds(4)) { (try? await store.get("k").count) == 0 }
+            #expect(gone)
+        }
+    }
+
+    @Test func aSessionCanAdoptALiveLease() async throws {
+        try await withStore { store, _ in
+            let first = try await Session(client: store, ttl: 5)
+            await first.orphan()
+            let adopted = try await Session(client: store, lease: first.lease)
+            #expect(adopted.lease == first.lease)
+            #expect(adopted.ttl == 5)
+            try await adopted.close()
+            #expect(try await store.timeToLive(first.lease).ttl == -1)
+        }
+    }
+
+    @Test func adoptingAnUnknownLeaseFails() async throws {
+        try await withStore { store, _ in
+            do {
+                _ = try await Session(client: store, lease: 0x7777)
+                Issue.record("adopting an unknown lease succeeded")
+            } catch let error as CoordinationError {
+                #expect(error.code == .leaseNotFound)
+            }
+        }
+    }
+
+    @Test func sessionKeysAreNamedAfterTheLeaseInHex() async throws {
+        try await withStore { store, _ in
+            let session = try await Session(client: store, lease: try await store.grantLease(ttl: 10, id: 0xabc).id)
+            #expect(session.leaseKeySuffix == "abc")
+            let mutex = DistributedMutex(session: session, prefix: "locks/m")
+            try await mutex.lock()
+            #expect(mutex.key == Array("locks/m/abc".utf8))
+            try await session.close()
+        }
+    }
+}
