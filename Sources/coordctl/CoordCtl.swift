@@ -23,6 +23,7 @@ struct CoordCtl: AsyncParsableCommand {
               coordctl endpoint status
             """,
         subcommands: [Put.self, Get.self, Del.self, TxnCommand.self, WatchCommand.self, LeaseCommand.self,
+                      FortressCommand.self,
                       Compaction.self, Endpoint.self, Ping.self]
     )
 }
