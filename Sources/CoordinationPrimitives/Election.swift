@@ -160,16 +160,19 @@ public final class Election: Sendable {
 
     /// The leader's values as they change: the current leader's value first (once
     /// there is a leader), then every proclamation and every new leader's value, in
-    /// revision order — never an older value after a newer one.
+    /// revision order — never an older value after a newer one, and none skipped.
     ///
-    /// The sequence ends with `CoordinationError` `compacted` when the history it needs
-    /// was compacted away (observe again to continue from the current leader), and
-    /// finishes when the consumer stops iterating.
-    public func observe() -> AsyncThrowingStream<KeyValue, any Error> {
+    /// - Parameter startRevision: observe from this revision instead of now (the
+    ///   leader as of that revision first), for example the `modRevision` of the last
+    ///   value a restarted observer saw.
+    /// - Returns: a sequence that ends with `CoordinationError` `compacted` when the
+    ///   history it needs was compacted away (observe again, from now, to continue),
+    ///   and finishes when the consumer stops iterating.
+    public func observe(startRevision: Int64 = 0) -> AsyncThrowingStream<KeyValue, any Error> {
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: KeyValue.self)
         let task = Task {
             do {
-                try await self.observe(into: continuation)
+                try await self.observe(from: startRevision, into: continuation)
                 continuation.finish()
             } catch is CancellationError {
                 continuation.finish()
@@ -181,24 +184,30 @@ public final class Election: Sendable {
         return stream
     }
 
-    private func observe(into continuation: AsyncThrowingStream<KeyValue, any Error>.Continuation) async throws {
+    private func observe(from startRevision: Int64, into continuation: AsyncThrowingStream<KeyValue, any Error>.Continuation) async throws {
+        // The revision at which the last yielded value became the leader's value: a
+        // new leader's value counts from when it took over, not from when it was written.
         var lastRevision: Int64 = 0
-        func emit(_ kv: KeyValue) {
-            guard kv.modRevision > lastRevision else { return }
-            lastRevision = kv.modRevision
+        func emit(_ kv: KeyValue, since revision: Int64) {
+            guard revision > lastRevision else { return }
+            lastRevision = revision
             continuation.yield(kv)
         }
+        // The revision to read the leader at: 0 for now, else right after the
+        // previous leader's key was deleted (so the next leader's first value is seen).
+        var readAt = startRevision
         while !Task.isCancelled {
-            let response = try await client.get(prefix, options: firstCreated)
+            var options = firstCreated
+            options.revision = readAt
+            let response = try await client.get(prefix, options: options)
+            let seen = readAt > 0 ? readAt : response.header.revision
             var leader: KeyValue
-            var from: Int64
             if let kv = response.kvs.first {
                 leader = kv
-                from = response.header.revision + 1
             } else {
                 // No leader: the first put under the prefix is the next leader.
                 var found: KeyValue?
-                for try await update in client.watch(prefix, options: .prefix(prefix, startRevision: response.header.revision + 1)) {
+                for try await update in client.watch(prefix, options: .prefix(prefix, startRevision: seen + 1)) {
                     if let put = update.events.first(where: { $0.kind == .put }) {
                         found = put.kv
                         break
@@ -206,22 +215,22 @@ public final class Election: Sendable {
                 }
                 guard let found else { try Task.checkCancellation(); continue }
                 leader = found
-                from = found.modRevision + 1
             }
-            emit(leader)
+            emit(leader, since: max(leader.modRevision, readAt))
             // Follow this leader until its key is deleted.
-            var deleted = false
-            for try await update in client.watch(leader.key, options: WatchOptions(startRevision: from)) {
+            var deletedAt: Int64?
+            for try await update in client.watch(leader.key, options: WatchOptions(startRevision: max(seen, leader.modRevision) + 1)) {
                 for event in update.events {
                     if event.kind == .delete {
-                        deleted = true
+                        deletedAt = event.kv.modRevision
                         break
                     }
-                    emit(event.kv)
+                    emit(event.kv, since: event.kv.modRevision)
                 }
-                if deleted { break }
+                if deletedAt != nil { break }
             }
-            if !deleted { try Task.checkCancellation() }
+            guard let deletedAt else { try Task.checkCancellation(); continue }
+            readAt = deletedAt
         }
     }
 
