@@ -57,7 +57,7 @@ let package = Package(
         // exclusion across processes, holders killed or stopped, crashed guests).
         .executableTarget(
             name: "PrimitivesWorker",
-            dependencies: ["CoordinationPrimitives"],
+            dependencies: ["CoordinationPrimitives", "RedisClient"],
             path: "Tests/PrimitivesWorker"
         ),
         .testTarget(name: "CoordinationPrimitivesTests", dependencies: ["CoordinationPrimitives", "RedisClient"]),

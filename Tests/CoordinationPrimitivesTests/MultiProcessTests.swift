@@ -1,0 +1,152 @@
+import CoordinationPrimitives
+import Foundation
+import RedisClient
+import Testing
+
+/// A running PrimitivesWorker process (Tests/PrimitivesWorker).
+final class Worker: @unchecked Sendable {
+    let process = Process()
+    private let output = Pipe()
+    private let input = Pipe()
+    private var buffered = Data()
+
+    init(_ arguments: [String]) throws {
+        let candidates = [
+            Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("PrimitivesWorker"),
+            URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+                .appendingPathComponent(".build/debug/PrimitivesWorker"),
+        ]
+        guard let executable = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
+            throw RedisError(.serverNotFound, "PrimitivesWorker is not built; run swift build --build-tests first")
+        }
+        process.executableURL = executable
+        process.arguments = arguments
+        process.standardOutput = output
+        process.standardInput = input
+        try process.run()
+    }
+
+    var pid: pid_t { process.processIdentifier }
+
+    /// The next line the worker prints (blocking a thread of its own).
+    func readLine() async -> String? {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                while true {
+                    if let newline = self.buffered.firstIndex(of: UInt8(ascii: "\n")) {
+                        let line = String(decoding: self.buffered[..<newline], as: UTF8.self)
+                        self.buffered.removeSubrange(...newline)
+                        continuation.resume(returning: line)
+                        return
+                    }
+                    let chunk = self.output.fileHandleForReading.availableData
+                    if chunk.isEmpty {
+                        continuation.resume(returning: nil)
+                        return
+                    }
+                    self.buffered.append(chunk)
+                }
+            }
+        }
+    }
+
+    func send(_ line: String) {
+        input.fileHandleForWriting.write(Data((line + "\n").utf8))
+    }
+
+    func signal(_ signal: Int32) { kill(pid, signal) }
+
+    func wait() async -> Int32 {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                self.process.waitUntilExit()
+                continuation.resume(returning: self.process.terminationStatus)
+            }
+        }
+    }
+
+    deinit {
+        if process.isRunning { kill(pid, SIGKILL) }
+    }
+}
+
+@Suite(.serialized) struct MultiProcessTests {
+    @Test func eightProcessesContendingTwoThousandTimesNeverOverlapAndFenceInOrder() async throws {
+        try await withStore { store, server in
+            let processes = 8, perProcess = 250
+            let workers = try (0..<processes).map { _ in try Worker(["contend", server.url, "contended", String(perProcess), "10"]) }
+            var summaries: [String] = []
+            for worker in workers {
+                summaries.append(await worker.readLine() ?? "")
+                #expect(await worker.wait() == 0)
+            }
+            var tokens: [Int64] = []
+            for summary in summaries {
+                let fields = summary.split(separator: " ")
+                try #require(fields.count == 8, "unexpected worker output: \(summary)")
+                #expect(fields[1] == "\(perProcess)")
+                #expect(fields[3] == "0", "holders overlapped: \(summary.prefix(60))")
+                #expect(fields[5] == "0", "fenced writes rejected: \(summary.prefix(60))")
+                tokens += fields[7].split(separator: ",").map { Int64($0)! }
+            }
+            #expect(tokens.count == processes * perProcess)
+            #expect(Set(tokens).count == tokens.count, "two holders had the same fencing token")
+            // The fence accepted every write, so tokens rose strictly in the order of the
+            // holds; each process's own tokens rise too.
+            for summary in summaries {
+                let own = summary.split(separator: " ")[7].split(separator: ",").map { Int64($0)! }
+                #expect(own == own.sorted())
+            }
+        }
+    }
+
+    @Test func aHolderKilledWithSIGKILLFreesTheLockWithinTTLPlusOneSecond() async throws {
+        try await withStore { store, server in
+            let ttl: Int64 = 2
+            let holder = try Worker(["hold", server.url, "killed", String(ttl)])
+            let locked = await holder.readLine()
+            #expect(locked?.hasPrefix("locked ") == true)
+            let waiter = DistributedMutex(session: try await Session(client: store, ttl: 10), prefix: "killed")
+            let waiting = Task { try await waiter.lock() }
+            try await Task.sleep(for: .milliseconds(100))
+            let killed = ContinuousClock.now
+            holder.signal(SIGKILL)
+            _ = await holder.wait()
+            let token = try await waiting.value
+            let elapsed = ContinuousClock.now - killed
+            #expect(elapsed < .seconds(ttl) + .seconds(1), "lock freed after \(elapsed)")
+            #expect(token > Int64(locked?.split(separator: " ").last ?? "0")!)
+        }
+    }
+
+    @Test func aHolderStoppedPastItsTTLHasItsLaterWriteRejectedByTheFence() async throws {
+        try await withStore { store, server in
+            let ttl: Int64 = 2
+            let holder = try Worker(["hold", server.url, "stopped", String(ttl)])
+            let locked = try #require(await holder.readLine())
+            let staleToken = Int64(locked.split(separator: " ").last!)!
+            holder.signal(SIGSTOP)
+            // The stopped holder cannot refresh: its lease expires and the next waiter gets the lock.
+            let next = DistributedMutex(session: try await Session(client: store, ttl: 10), prefix: "stopped")
+            let token = try await next.lock()
+            #expect(token > staleToken)
+            #expect(try await fenced(store, "stopped", token))
+            holder.signal(SIGCONT)
+            holder.send("write")
+            #expect(await holder.readLine() == "write rejected")
+            #expect(await holder.wait() == 0)
+        }
+    }
+}
+
+/// The fenced resource of the worker, for the test's own writes.
+func fenced(_ store: CoordinationClient, _ prefix: String, _ token: Int64) async throws -> Bool {
+    let script = RedisScript("""
+        local highest = tonumber(redis.call('GET', KEYS[1]) or '0')
+        local token = tonumber(ARGV[1])
+        if token <= highest then return 0 end
+        redis.call('SET', KEYS[1], ARGV[1])
+        return 1
+        """)
+    return try await store.redis.run(script, keys: [Array("worker:\(prefix):fence".utf8)], arguments: [Array(String(token).utf8)]).int == 1
+}
