@@ -21,9 +21,11 @@ struct CoordCtl: AsyncParsableCommand {
               coordctl lease grant 30
               coordctl watch --prefix config/ --rev 1
               coordctl endpoint status
+              coordctl lock reports -- ./make-report.sh
+              coordctl elect scheduler node-1
             """,
         subcommands: [Put.self, Get.self, Del.self, TxnCommand.self, WatchCommand.self, LeaseCommand.self,
-                      FortressCommand.self,
+                      LockCommand.self, ElectCommand.self, FortressCommand.self,
                       Compaction.self, Endpoint.self, Ping.self]
     )
 }

@@ -3,24 +3,28 @@ import Foundation
 import RedisClient
 import Testing
 
-/// A running PrimitivesWorker process (Tests/PrimitivesWorker).
+/// A running child process built by this package: the PrimitivesWorker
+/// (Tests/PrimitivesWorker) by default, or coordctl.
 final class Worker: @unchecked Sendable {
     let process = Process()
     private let output = Pipe()
     private let input = Pipe()
     private var buffered = Data()
 
-    init(_ arguments: [String]) throws {
+    init(_ arguments: [String], executable name: String = "PrimitivesWorker", environment: [String: String] = [:]) throws {
         let candidates = [
-            Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("PrimitivesWorker"),
+            Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent(name),
             URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-                .appendingPathComponent(".build/debug/PrimitivesWorker"),
+                .appendingPathComponent(".build/debug/\(name)"),
         ]
         guard let executable = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
-            throw RedisError(.serverNotFound, "PrimitivesWorker is not built; run swift build --build-tests first")
+            throw RedisError(.serverNotFound, "\(name) is not built; run swift build --build-tests first")
         }
         process.executableURL = executable
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        }
         process.standardOutput = output
         process.standardInput = input
         try process.run()
