@@ -41,6 +41,11 @@ public struct KeyValue: Sendable, Hashable, CustomStringConvertible {
 public struct ResponseHeader: Sendable, Hashable {
     /// The store's revision after the request (unchanged for reads).
     public var revision: Int64
+
+    /// A header at `revision` (for layers that answer from a watch event).
+    public init(revision: Int64) {
+        self.revision = revision
+    }
 }
 
 /// The answer to a range (get) request.

@@ -7,7 +7,7 @@ extension CoordinationClient {
     /// Waits until every key under `prefix` created at or before `maxCreateRevision` is
     /// gone (etcd's `waitDeletes`): watches only the newest of them, then looks again.
     /// Throws ``ConcurrencyError/Code/sessionExpired`` as soon as `ownKey` disappears.
-    /// - Returns: the header of the read that found no predecessor.
+    /// - Returns: a header whose revision the caller's turn has come at.
     func waitDeletes(prefix: [UInt8], maxCreateRevision: Int64, ownKey: [UInt8]) async throws -> ResponseHeader {
         var last = RangeOptions.prefix(prefix)
         last.sortOrder = .descend
@@ -26,23 +26,34 @@ extension CoordinationClient {
             }
             if own.count == 0 { throw Self.lostKey(ownKey) }
             guard let predecessor = predecessors.kvs.first else { return response.header }
-            try await waitDelete(predecessor.key, from: response.header.revision + 1, ownKey: ownKey)
+            let deleted = try await waitDelete(predecessor.key, from: response.header.revision + 1, ownKey: ownKey)
+            // No key can be created before ours any more: when the predecessor was the
+            // only one, its delete is our turn (and our key was still there, or the
+            // ordered watch would have said so first).
+            if predecessors.count == 1 { return ResponseHeader(revision: deleted) }
         }
     }
 
-    /// Waits for a delete of `key` at or after `revision`; throws `sessionExpired` when
-    /// `ownKey` (if given) is deleted first. While waiting it reaps expired leases once
-    /// a second, so that a crashed holder's keys go even where no `run()` is running.
-    func waitDelete(_ key: [UInt8], from revision: Int64, ownKey: [UInt8]?) async throws {
-        try await withThrowingTaskGroup(of: Void.self) { group in
+    /// Waits for a delete of `key` at or after `revision` and returns its revision; with
+    /// `ownKey`, throws `sessionExpired` when that key is deleted first. One watch, over
+    /// the range spanning both keys, sees both in revision order (other keys in that
+    /// range are skipped). While waiting it reaps expired leases once a second, so that
+    /// a crashed holder's keys go even where no `run()` is running.
+    @discardableResult
+    func waitDelete(_ key: [UInt8], from revision: Int64, ownKey: [UInt8]?) async throws -> Int64 {
+        try await withThrowingTaskGroup(of: Int64.self) { group in
             group.addTask {
-                try await self.nextDelete(of: key, from: revision)
-            }
-            if let ownKey {
-                group.addTask {
-                    try await self.nextDelete(of: ownKey, from: revision)
-                    throw Self.lostKey(ownKey)
+                guard let ownKey else { return try await self.nextDelete(of: key, from: revision) }
+                let (low, high) = key.lexicographicallyPrecedes(ownKey) ? (key, ownKey) : (ownKey, key)
+                let options = WatchOptions(rangeEnd: high + [0], startRevision: revision, noPut: true)
+                for try await response in self.watch(low, options: options) {
+                    for event in response.events where event.kind == .delete {
+                        if event.kv.key == ownKey { throw Self.lostKey(ownKey) }
+                        if event.kv.key == key { return event.kv.modRevision }
+                    }
                 }
+                try Task.checkCancellation()
+                throw CoordinationError(.protocolError, "the watch on \(String(decoding: key, as: UTF8.self)) ended without an event")
             }
             group.addTask {
                 while true {
@@ -51,14 +62,15 @@ extension CoordinationClient {
                 }
             }
             defer { group.cancelAll() }
-            try await group.next()
+            return try await group.next()!
         }
     }
 
-    /// Returns at the first delete event of `key` from `revision` on.
-    func nextDelete(of key: [UInt8], from revision: Int64) async throws {
+    /// Returns the revision of the first delete event of `key` from `revision` on.
+    @discardableResult
+    func nextDelete(of key: [UInt8], from revision: Int64) async throws -> Int64 {
         for try await response in watch(key, options: WatchOptions(startRevision: revision, noPut: true)) {
-            if response.events.contains(where: { $0.kind == .delete }) { return }
+            if let delete = response.events.first(where: { $0.kind == .delete }) { return delete.kv.modRevision }
         }
         try Task.checkCancellation()
         throw CoordinationError(.protocolError, "the watch on \(String(decoding: key, as: UTF8.self)) ended without an event")
