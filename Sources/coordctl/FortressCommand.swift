@@ -25,7 +25,8 @@ struct FortressCommand: AsyncParsableCommand {
             Examples:
               coordctl fortress unlock charm
               coordctl fortress visit charm -- ./run-metrics-hook.sh
-              coordctl fortress lockdown charm && ./upgrade-charm.sh && coordctl fortress unlock charm
+              coordctl fortress lockdown charm && ./upgrade-charm.sh
+              coordctl fortress unlock charm
             """,
         subcommands: [Unlock.self, Lockdown.self, Visit.self])
 

@@ -305,7 +305,7 @@ struct FortressTests {
             try await second.unlock()
             try await assertUnlocked(fortress.guest)
             // A visit waiting at the gate follows the last operation too.
-            try await second.lockdown()
+            try await within { try await second.lockdown() }
             let guest = fortress.guest
             let visit = Task { try await guest.visit { "in" } }
             #expect(await stillBlocked(visit))
@@ -342,7 +342,7 @@ struct FortressTests {
             _ = try await within { try await running.visit.value }
             #expect(try await visitKeys().isEmpty)
 
-            try await fortress.guardRole.lockdown()
+            try await within { try await fortress.guardRole.lockdown() }
             #expect(try await store.get(guest.stateKey).kvs.first?.value == Array("locked".utf8))
         }
     }
@@ -487,17 +487,43 @@ private struct TimedOut: Error, CustomStringConvertible {
     var description: String { "timed out after \(limit)" }
 }
 
-/// Runs `operation`, failing with `TimedOut` when it takes longer than `limit`.
+/// Runs `operation`, failing with `TimedOut` when it takes longer than `limit`; on
+/// timeout it cancels the operation but does not wait for it (it may ignore
+/// cancellation: that is what the test is catching).
 private func within<T: Sendable>(_ limit: Duration = .seconds(5), _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await operation() }
-        group.addTask {
-            try? await Task.sleep(for: limit)
-            return nil
+    let outcome = Once<T>()
+    return try await withCheckedThrowingContinuation { continuation in
+        outcome.set(continuation)
+        let work = Task {
+            do { outcome.resume(with: .success(try await operation())) } catch { outcome.resume(with: .failure(error)) }
         }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else { throw TimedOut(limit: limit) }
-        return value
+        Task {
+            try? await Task.sleep(for: limit)
+            if outcome.resume(with: .failure(TimedOut(limit: limit))) { work.cancel() }
+        }
+    }
+}
+
+/// A continuation resumed by whichever of several tasks comes first.
+private final class Once<T: Sendable>: Sendable {
+    private let state = Mutex<(continuation: CheckedContinuation<T, any Error>?, result: Result<T, any Error>?)>((nil, nil))
+
+    func set(_ continuation: CheckedContinuation<T, any Error>) {
+        state.withLock { $0.continuation = continuation }
+    }
+
+    /// Resumes with `result` unless resumed before; returns whether this call did.
+    @discardableResult
+    func resume(with result: Result<T, any Error>) -> Bool {
+        let continuation = state.withLock { state -> CheckedContinuation<T, any Error>?? in
+            if state.result != nil { return nil }
+            state.result = result
+            defer { state.continuation = nil }
+            return .some(state.continuation)
+        }
+        guard let continuation else { return false }
+        continuation?.resume(with: result)
+        return true
     }
 }
 

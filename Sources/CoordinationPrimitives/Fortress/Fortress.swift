@@ -124,7 +124,11 @@ public final class Fortress: FortressGuard, FortressGuest, Sendable {
                     throw CoordinationError(.protocolError, "unexpected transaction response during a lockdown")
                 }
                 guard let visit = inside.kvs.first else { return }
-                try await client.waitDelete(visit.key, from: response.header.revision + 1, ownKey: nil)
+                do {
+                    try await client.waitDelete(visit.key, from: response.header.revision + 1, ownKey: nil)
+                } catch let error as CoordinationError where error.code == .compacted {
+                    // The history to watch from is gone: look again.
+                }
                 response = try await client.txn(Txn(success: [newestVisit]))
             }
         }
@@ -209,7 +213,11 @@ public final class Fortress: FortressGuard, FortressGuest, Sendable {
                 try Task.checkCancellation()
                 return response.header
             }
-            try await nextChange(of: stateKey, from: response.header.revision + 1)
+            do {
+                try await nextChange(of: stateKey, from: response.header.revision + 1)
+            } catch let error as CoordinationError where error.code == .compacted {
+                // The history to watch from is gone: try the gate again.
+            }
         }
     }
 
