@@ -37,8 +37,7 @@ public final class Session: Sendable {
     /// The lease's TTL in seconds.
     public let ttl: Int64
 
-    private let ended = Latch()
-    private let ending = Mutex<Ending?>(nil)
+    private let life = Life()
     private let keeper = Mutex<Task<Void, Never>?>(nil)
 
     /// Grants a lease of `ttl` seconds (or adopts the live lease `lease`) and starts
@@ -66,44 +65,52 @@ public final class Session: Sendable {
             self.lease = granted.id
             self.ttl = granted.ttl
         }
-        let task = Task { await self.keepAlive() }
+        let (client, lease, ttl, life) = (client, self.lease, self.ttl, life)
+        // The refresher does not retain the session: a session dropped without close()
+        // or orphan() stops refreshing (see deinit) and its lease expires by its TTL.
+        let task = Task { await Self.keepAlive(client: client, lease: lease, ttl: ttl, life: life) }
         keeper.withLock { $0 = task }
+    }
+
+    deinit {
+        keeper.withLock { $0 }?.cancel()
+        life.finish(.orphaned)
     }
 
     /// The lease ID in lowercase hex, as etcd names the keys of a session (`prefix/<hex>`).
     public var leaseKeySuffix: String { String(lease, radix: 16) }
 
     /// Whether the session has ended (closed, orphaned or expired).
-    public var isDone: Bool { ended.isOpen }
+    public var isDone: Bool { life.ended.isOpen }
 
     /// Whether the lease was lost (expired, or revoked by someone else).
-    public var isExpired: Bool { ending.withLock { $0 } == .expired }
+    public var isExpired: Bool { life.ending.withLock { $0 } == .expired }
 
     /// Why the session ended; `nil` while it is live.
-    public var endedBecause: Ending? { ending.withLock { $0 } }
+    public var endedBecause: Ending? { life.ending.withLock { $0 } }
 
     /// Returns when the session has ended (or the calling task is cancelled).
     public func done() async {
-        await ended.wait()
+        await life.ended.wait()
     }
 
     /// Stops refreshing the lease without revoking it: its keys stay until the TTL runs
     /// out, so another process can adopt it with `Session(client:lease:)`.
     public func orphan() async {
-        finish(.orphaned)
+        life.finish(.orphaned)
         let task = keeper.withLock { $0 }
         task?.cancel()
         await task?.value
     }
 
-    /// Stops refreshing and revokes the lease, deleting every key attached to it.
+    /// Stops refreshing and revokes the lease, deleting every key attached to it (also
+    /// after ``orphan()``, as etcd's `Close`).
     /// - Throws: the store's error when the revoke fails (the lease then expires by its TTL).
     public func close() async throws {
-        let wasLive = finish(.closed)
+        life.finish(.closed)
         let task = keeper.withLock { $0 }
         task?.cancel()
         await task?.value
-        guard wasLive || endedBecause == .closed else { return }
         do {
             _ = try await client.revokeLease(lease)
         } catch let error as CoordinationError where error.code == .leaseNotFound {
@@ -111,24 +118,13 @@ public final class Session: Sendable {
         }
     }
 
-    @discardableResult
-    private func finish(_ reason: Ending) -> Bool {
-        let first = ending.withLock { ending -> Bool in
-            if ending != nil { return false }
-            ending = reason
-            return true
-        }
-        if first { ended.open() }
-        return first
-    }
-
     /// Refreshes every TTL/3; retries transient errors until a whole TTL has passed.
-    private func keepAlive() async {
+    private static func keepAlive(client: CoordinationClient, lease: Int64, ttl: Int64, life: Life) async {
         let clock = ContinuousClock()
         let interval = Duration.milliseconds(max(ttl * 1000 / 3, 100))
         var lastRefresh = clock.now
         var nextRefresh = clock.now + interval
-        while !Task.isCancelled && !isDone {
+        while !Task.isCancelled && !life.ended.isOpen {
             do {
                 try await Task.sleep(until: nextRefresh, clock: clock)
             } catch {
@@ -137,22 +133,38 @@ public final class Session: Sendable {
             do {
                 let response = try await client.keepAliveOnce(lease)
                 guard response.ttl > 0 else {
-                    finish(.expired)
+                    life.finish(.expired)
                     return
                 }
                 lastRefresh = clock.now
                 nextRefresh = lastRefresh + interval
             } catch let error as CoordinationError where error.code == .leaseNotFound {
-                finish(.expired)
+                life.finish(.expired)
                 return
             } catch {
                 if Task.isCancelled { return }
                 if clock.now - lastRefresh >= .seconds(ttl) {
-                    finish(.expired)
+                    life.finish(.expired)
                     return
                 }
                 nextRefresh = clock.now + .milliseconds(min(500, max(ttl * 1000 / 6, 50)))
             }
         }
+    }
+}
+
+/// How a session ends, shared by the session and its refresher.
+private final class Life: Sendable {
+    let ended = Latch()
+    let ending = Mutex<Session.Ending?>(nil)
+
+    /// Records the first reason the session ended and wakes `done()` waiters.
+    func finish(_ reason: Session.Ending) {
+        let first = ending.withLock { ending -> Bool in
+            if ending != nil { return false }
+            ending = reason
+            return true
+        }
+        if first { ended.open() }
     }
 }

@@ -49,6 +49,29 @@ import Testing
         }
     }
 
+    @Test func closeAfterOrphanStillRevokesTheLease() async throws {
+        try await withStore { store, _ in
+            let session = try await Session(client: store, ttl: 30)
+            _ = try await store.put("k", "v", options: PutOptions(lease: session.lease))
+            await session.orphan()
+            try await session.close()
+            #expect(try await store.get("k").count == 0)
+            #expect(try await store.timeToLive(session.lease).ttl == -1)
+        }
+    }
+
+    @Test func aSessionDroppedWithoutCloseStopsRefreshingItsLease() async throws {
+        try await withStore { store, _ in
+            var session: Session? = try await Session(client: store, ttl: 2)
+            let lease = session!.lease
+            _ = try await store.put("k", "v", options: PutOptions(lease: lease))
+            session = nil
+            #expect(session == nil)
+            let expired = await eventually(timeout: .seconds(4)) { (try? await store.timeToLive(lease).ttl) == -1 }
+            #expect(expired, "a dropped session kept its lease alive")
+        }
+    }
+
     @Test func aSessionCanAdoptALiveLease() async throws {
         try await withStore { store, _ in
             let first = try await Session(client: store, ttl: 5)

@@ -28,9 +28,10 @@ extension CoordinationClient {
             guard let predecessor = predecessors.kvs.first else { return response.header }
             let deleted = try await waitDelete(predecessor.key, from: response.header.revision + 1, ownKey: ownKey)
             // No key can be created before ours any more: when the predecessor was the
-            // only one, its delete is our turn (and our key was still there, or the
-            // ordered watch would have said so first).
-            if predecessors.count == 1 { return ResponseHeader(revision: deleted) }
+            // only one (`more` is false: the limit of 1 left nothing out), its delete is
+            // our turn (and our key was still there, or the ordered watch would have said
+            // so first).
+            if !predecessors.more { return ResponseHeader(revision: deleted) }
         }
     }
 
