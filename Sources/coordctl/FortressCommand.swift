@@ -2,7 +2,6 @@ import ArgumentParser
 import Coordination
 import CoordinationPrimitives
 import Foundation
-import Synchronization
 
 /// `coordctl fortress`: juju's fortress (a gate that guards open and shut, guests
 /// that visit while it is open), shared through the store.
@@ -112,7 +111,7 @@ struct FortressCommand: AsyncParsableCommand {
             try await running {
                 try await withFortress(global, name: name, ttl: ttl) { fortress in
                     let command = command
-                    status = try await fortress.visit { try await runInside(command) }
+                    status = try await fortress.visit { try await runCommand(command) }
                 }
             }
             if status != 0 { throw ExitCode(status) }
@@ -121,69 +120,9 @@ struct FortressCommand: AsyncParsableCommand {
 }
 
 /// Connects, opens a session of `ttl` seconds and the fortress `name`, and runs
-/// `body`; closes all three afterwards.
+/// `body`; closes the session and the store afterwards.
 private func withFortress(_ global: GlobalOptions, name: String, ttl: Int64, _ body: (Fortress) async throws -> Void) async throws {
-    let store = try await global.connect()
-    do {
-        let session = try await Session(client: store, ttl: ttl)
-        let fortress = Fortress(session: session, prefix: name)
-        do {
-            try await body(fortress)
-            try? await session.close()
-        } catch {
-            try? await session.close()
-            throw error
-        }
-        await store.close()
-    } catch {
-        await store.close()
-        throw error
-    }
-}
-
-/// Runs `command` (looked up in PATH) with this process's standard streams and
-/// returns its exit status; cancelling terminates it (SIGTERM) and waits for it to go.
-private func runInside(_ command: [String]) async throws -> Int32 {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    process.arguments = command
-    let exit = ExitSignal()
-    process.terminationHandler = { _ in exit.fire() }
-    fflush(nil)
-    do {
-        try process.run()
-    } catch {
-        throw CommandFailure(message: "cannot run \(command[0]): \(error.localizedDescription)")
-    }
-    await withTaskCancellationHandler {
-        await exit.wait()
-    } onCancel: {
-        process.terminate()
-    }
-    return process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
-}
-
-/// Fires once when the child exits; `wait()` returns then (and ignores cancellation).
-private final class ExitSignal: Sendable {
-    private let state = Mutex<(fired: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
-
-    func fire() {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            state.fired = true
-            defer { state.waiter = nil }
-            return state.waiter
-        }
-        waiter?.resume()
-    }
-
-    func wait() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { state -> Bool in
-                if state.fired { return true }
-                state.waiter = continuation
-                return false
-            }
-            if now { continuation.resume() }
-        }
+    try await withSession(global, ttl: ttl) { session in
+        try await body(Fortress(session: session, prefix: name))
     }
 }

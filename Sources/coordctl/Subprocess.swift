@@ -15,7 +15,7 @@ func runCommand(_ command: [String], environment: [String: String] = [:]) async 
     if !environment.isEmpty {
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
     }
-    let exited = ChildExit()
+    let exited = ExitSignal()
     process.terminationHandler = { _ in exited.fire() }
     fflush(nil)
     do {
@@ -32,7 +32,7 @@ func runCommand(_ command: [String], environment: [String: String] = [:]) async 
 }
 
 /// Fires once when the child exits; `wait()` returns then (and ignores cancellation).
-final class ChildExit: Sendable {
+final class ExitSignal: Sendable {
     private let state = Mutex<(fired: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
 
     func fire() {
@@ -59,7 +59,7 @@ final class ChildExit: Sendable {
 /// Returns when this process receives SIGINT or SIGTERM (what etcdctl's lock and
 /// elect wait for before releasing), or when the task is cancelled.
 func interrupted() async {
-    let signal = ChildExit()
+    let signal = ExitSignal()
     do {
         for number in [SIGINT, SIGTERM] {
             Foundation.signal(number, SIG_IGN)

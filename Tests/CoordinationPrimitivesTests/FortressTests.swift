@@ -380,8 +380,9 @@ struct FortressTests {
                 guest.waitUntilExit()
             }
             #expect(try await eventually(timeout: .seconds(10)) { try await fortress.visitCount() == 1 })
+            // sleep 60, inside the visit (it starts just after the visit key is written)
+            #expect(await eventually { childProcesses(of: guest.processIdentifier).count == 1 })
             let command = childProcesses(of: guest.processIdentifier)
-            #expect(command.count == 1)  // sleep 60, inside the visit
             kill(guest.processIdentifier, SIGKILL)
             for child in command { kill(child, SIGKILL) }
             guest.waitUntilExit()
