@@ -128,34 +128,12 @@ public final class DistributedMutex: Sendable {
     public func withLock<T: Sendable>(_ body: @escaping @Sendable (Int64) async throws -> T) async throws -> T {
         let token = try await lock()
         let key = ownKey
-        let from = (header?.revision ?? token) + 1
-        let session = session
         let client = client
         do {
-            let value = try await withThrowingTaskGroup(of: GuardedOutcome<T>.self) { group -> T in
-                group.addTask { .finished(try await body(token)) }
-                group.addTask {
-                    try await withThrowingTaskGroup(of: Void.self) { lost in
-                        lost.addTask { await session.done() }
-                        lost.addTask { try await client.nextDelete(of: key, from: from) }
-                        defer { lost.cancelAll() }
-                        try await lost.next()
-                    }
-                    try Task.checkCancellation()
-                    return .lost
-                }
-                while let outcome = try await group.next() {
-                    switch outcome {
-                    case .finished(let value):
-                        group.cancelAll()
-                        return value
-                    case .lost:
-                        group.cancelAll()
-                        _ = try? await group.next()
-                        throw ConcurrencyError(.sessionExpired, "the session's lease was lost while holding \(String(decoding: key, as: UTF8.self)); the protected work was cancelled")
-                    }
-                }
-                throw CancellationError()
+            let value = try await session.guarded(key: key, from: (header?.revision ?? token) + 1, lost: {
+                ConcurrencyError(.sessionExpired, "the session's lease was lost while holding \(String(decoding: key, as: UTF8.self)); the protected work was cancelled")
+            }) {
+                try await body(token)
             }
             try await unlock()
             return value
@@ -199,10 +177,4 @@ public final class DistributedMutex: Sendable {
     private func reset() {
         state.withLock { $0 = State() }
     }
-}
-
-/// How a guarded body ended: it finished, or the session it depended on was lost.
-enum GuardedOutcome<T: Sendable>: Sendable {
-    case finished(T)
-    case lost
 }

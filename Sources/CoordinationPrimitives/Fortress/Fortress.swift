@@ -154,39 +154,11 @@ public final class Fortress: FortressGuard, FortressGuest, Sendable {
             throw error
         }
         // Inside: from here on the visit is not aborted, only the session can end it.
-        let session = session, client = client
-        let from = header.revision + 1
+        let prefix = prefix
         do {
-            let value = try await withThrowingTaskGroup(of: VisitOutcome<T>.self) { group -> T in
-                group.addTask { .finished(try await body()) }
-                group.addTask {
-                    do {
-                        try await withThrowingTaskGroup(of: Void.self) { lost in
-                            lost.addTask { await session.done() }
-                            lost.addTask { try await client.nextDelete(of: key, from: from) }
-                            defer { lost.cancelAll() }
-                            try await lost.next()
-                        }
-                    } catch {
-                        return .unwatched
-                    }
-                    return Task.isCancelled ? .unwatched : .lost
-                }
-                while let outcome = try await group.next() {
-                    switch outcome {
-                    case .finished(let value):
-                        group.cancelAll()
-                        return value
-                    case .unwatched:
-                        continue
-                    case .lost:
-                        group.cancelAll()
-                        _ = try? await group.next()
-                        throw ConcurrencyError(.sessionExpired, "the session's lease was lost during a visit to \(String(decoding: prefix, as: UTF8.self)); a lockdown no longer waited for it, so the visit was cancelled")
-                    }
-                }
-                throw CancellationError()
-            }
+            let value = try await session.guarded(key: key, from: header.revision + 1, lost: {
+                ConcurrencyError(.sessionExpired, "the session's lease was lost during a visit to \(String(decoding: prefix, as: UTF8.self)); a lockdown no longer waited for it, so the visit was cancelled")
+            }, body)
             await remove(key)
             return value
         } catch {
@@ -268,14 +240,4 @@ public final class Fortress: FortressGuard, FortressGuest, Sendable {
     static func sessionLost(_ session: Session) -> ConcurrencyError {
         ConcurrencyError(.sessionExpired, "the session's lease \(session.leaseKeySuffix) is gone, so no visit can hang on it; create a new session")
     }
-}
-
-/// How the parts of a running visit ended.
-private enum VisitOutcome<T: Sendable>: Sendable {
-    /// The body returned.
-    case finished(T)
-    /// The session was lost (or the visit key deleted) while the body ran.
-    case lost
-    /// The watch for a lost session stopped without a loss (cancelled or failed).
-    case unwatched
 }
