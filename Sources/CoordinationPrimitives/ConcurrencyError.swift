@@ -8,7 +8,8 @@ public struct ConcurrencyError: Error, Sendable, Hashable, CustomStringConvertib
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         let name: String
 
-        /// ``DistributedMutex/tryLock()`` found the mutex held by another session.
+        /// ``DistributedMutex/tryLock()`` found the mutex held by another session, or
+        /// ``Semaphore/tryAcquire()`` found no permit free.
         public static let locked = Code(name: "locked")
         /// The session's lease is gone (expired, revoked, or the waiter's key was deleted).
         public static let sessionExpired = Code(name: "sessionExpired")
@@ -24,6 +25,10 @@ public struct ConcurrencyError: Error, Sendable, Hashable, CustomStringConvertib
         public static let shutdown = Code(name: "shutdown")
         /// A queue or barrier argument was out of range.
         public static let invalidArgument = Code(name: "invalidArgument")
+        /// ``Barrier/hold()`` found the barrier already held (etcd's `ErrKeyExists`).
+        public static let keyExists = Code(name: "keyExists")
+        /// More participants entered a ``DoubleBarrier`` than its count (etcd's `ErrTooManyClients`).
+        public static let tooManyParticipants = Code(name: "tooManyParticipants")
 
         public var description: String { name }
     }
