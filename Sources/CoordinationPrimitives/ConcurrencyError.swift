@@ -23,7 +23,8 @@ public struct ConcurrencyError: Error, Sendable, Hashable, CustomStringConvertib
         public static let aborted = Code(name: "aborted")
         /// The fortress was shut down (juju's `ErrShutdown`).
         public static let shutdown = Code(name: "shutdown")
-        /// A queue or barrier argument was out of range.
+        /// An argument was out of range (a count or number of permits below 1, a
+        /// retry bound below 1, a key under a sequential prefix that is not a sequence number).
         public static let invalidArgument = Code(name: "invalidArgument")
         /// ``Barrier/hold()`` found the barrier already held (etcd's `ErrKeyExists`).
         public static let keyExists = Code(name: "keyExists")

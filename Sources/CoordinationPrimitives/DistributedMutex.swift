@@ -73,7 +73,9 @@ public final class DistributedMutex: Sendable {
     /// - Returns: the fencing token.
     /// - Throws: ``ConcurrencyError/Code/sessionExpired`` when the waiter's key
     ///   disappears (its lease expired or was revoked); `CancellationError` when the
-    ///   task is cancelled. Either way the waiter's key is removed.
+    ///   task is cancelled. Either way the waiter's key is removed — as etcd's, also
+    ///   when it was there before the call: mutexes of one session and prefix share
+    ///   one key, so give concurrent lockers sessions of their own.
     @discardableResult
     public func lock() async throws -> Int64 {
         let (response, owner) = try await enqueue()

@@ -12,7 +12,9 @@ import Synchronization
 ///
 /// Transient connection errors are retried for as long as the lease can still be
 /// alive; the session ends when the store says the lease is gone or when a whole
-/// TTL has passed without a successful refresh.
+/// TTL has passed without a successful refresh. Expiry is noticed at the next
+/// refresh, up to TTL/3 late: the primitives therefore also watch their own keys
+/// (a lock holder's body is cancelled as soon as its key goes).
 ///
 /// ```swift
 /// let session = try await Session(client: store, ttl: 10)
