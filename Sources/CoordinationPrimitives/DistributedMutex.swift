@@ -89,10 +89,8 @@ public final class DistributedMutex: Sendable {
             state.withLock { $0.header = header }
             return revision
         } catch {
-            // Leave the queue even though this task may be cancelled.
-            let key = ownKey
-            let client = client
-            _ = try? await Task { try await client.delete(key) }.value
+            // Leave the queue even though this task may be cancelled or the connection lost.
+            await session.abandon(ownKey)
             reset()
             throw error
         }
@@ -109,7 +107,7 @@ public final class DistributedMutex: Sendable {
             state.withLock { $0.header = response.header }
             return revision
         }
-        _ = try await client.delete(ownKey)
+        await session.abandon(ownKey)
         reset()
         throw ConcurrencyError(.locked, "mutex \(String(decoding: prefix, as: UTF8.self)) is locked by another session (create revision \(owner!))")
     }
@@ -130,7 +128,6 @@ public final class DistributedMutex: Sendable {
     public func withLock<T: Sendable>(_ body: @escaping @Sendable (Int64) async throws -> T) async throws -> T {
         let token = try await lock()
         let key = ownKey
-        let client = client
         do {
             let value = try await session.guarded(key: key, from: (header?.revision ?? token) + 1, lost: {
                 ConcurrencyError(.sessionExpired, "the session's lease was lost while holding \(String(decoding: key, as: UTF8.self)); the protected work was cancelled")
@@ -140,7 +137,7 @@ public final class DistributedMutex: Sendable {
             try await unlock()
             return value
         } catch {
-            _ = try? await Task { try await client.delete(key) }.value
+            await session.abandon(key)
             reset()
             throw error
         }
@@ -154,10 +151,17 @@ public final class DistributedMutex: Sendable {
         first.sortOrder = .ascend
         first.limit = 1
         let getOwner = KVOperation.range(key: prefix, options: first)
-        let response = try await client.txn(Txn(
+        let response: TxnResponse
+        do {
+            response = try await client.txn(Txn(
             compares: [Compare(key: key, .createRevision(0), .equal)],
             success: [.put(key: key, value: [], options: PutOptions(lease: session.lease)), getOwner],
             failure: [.range(key: key, options: RangeOptions()), getOwner]))
+        } catch let error as RedisError where error.code == .outcomeUnknown {
+            // The key may have been written: do not leave it queued.
+            await session.abandon(key)
+            throw error
+        }
         var revision = response.header.revision
         if !response.succeeded {
             guard case .range(let mine)? = response.responses.first, let kv = mine.kvs.first else {

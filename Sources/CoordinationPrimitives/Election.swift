@@ -71,10 +71,17 @@ public final class Election: Sendable {
     ///   is cancelled.
     public func campaign(_ value: [UInt8]) async throws {
         let key = prefix + bytes(session.leaseKeySuffix)
-        let response = try await client.txn(Txn(
-            compares: [Compare(key: key, .createRevision(0), .equal)],
-            success: [.put(key: key, value: value, options: PutOptions(lease: session.lease))],
-            failure: [.range(key: key, options: RangeOptions())]))
+        let response: TxnResponse
+        do {
+            response = try await client.txn(Txn(
+                compares: [Compare(key: key, .createRevision(0), .equal)],
+                success: [.put(key: key, value: value, options: PutOptions(lease: session.lease))],
+                failure: [.range(key: key, options: RangeOptions())]))
+        } catch let error as RedisError where error.code == .outcomeUnknown {
+            // The candidate key may have been written: do not leave it in the queue.
+            await session.abandon(key)
+            throw error
+        }
         var revision = response.header.revision
         var current = value
         if !response.succeeded {
@@ -88,24 +95,25 @@ public final class Election: Sendable {
             state.leaderKey = key
             state.leaderRevision = revision
             state.isLeader = true
+            state.elected = false
             state.header = nil
         }
         if current != value {
             do {
                 try await proclaim(value)
             } catch {
-                _ = try? await resign()
+                await session.abandon(key, createRevision: revision)
+                state.withLock { $0 = State() }
                 throw error
             }
         }
         do {
             _ = try await client.waitDeletes(prefix: prefix, maxCreateRevision: revision - 1, ownKey: key)
         } catch {
-            if Task.isCancelled {
-                _ = try? await Task { try await self.resign() }.value
-            } else {
-                state.withLock { $0.isLeader = false }
-            }
+            // Leave the queue (a candidate nobody knows about must not become leader);
+            // when the key is already gone this does nothing.
+            await session.abandon(key, createRevision: revision)
+            state.withLock { $0 = State() }
             throw error
         }
         state.withLock { state in
@@ -213,7 +221,7 @@ public final class Election: Sendable {
                         break
                     }
                 }
-                guard let found else { try Task.checkCancellation(); continue }
+                guard let found else { try Task.checkCancellation(); throw Self.watchEnded() }
                 leader = found
             }
             emit(leader, since: max(leader.modRevision, readAt))
@@ -229,7 +237,7 @@ public final class Election: Sendable {
                 }
                 if deletedAt != nil { break }
             }
-            guard let deletedAt else { try Task.checkCancellation(); continue }
+            guard let deletedAt else { try Task.checkCancellation(); throw Self.watchEnded() }
             readAt = deletedAt
         }
     }
@@ -240,6 +248,10 @@ public final class Election: Sendable {
         options.sortOrder = .ascend
         options.limit = 1
         return options
+    }
+
+    private static func watchEnded() -> CoordinationError {
+        CoordinationError(.protocolError, "the election's watch ended (the client was closed); observe again to continue")
     }
 
     private func notLeader() -> ConcurrencyError {

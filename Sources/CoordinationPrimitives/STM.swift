@@ -66,7 +66,7 @@ extension CoordinationClient {
             if let response = try await tx.commit() {
                 return STMResult(value: value, response: response, attempts: attempt)
             }
-            if attempt >= 2 {
+            if attempt >= 2 && attempt < maxAttempts {
                 let cap = min(50_000, 500 << min(attempt - 2, 10))
                 try await Task.sleep(for: .microseconds(Int.random(in: 0...cap)))
             }

@@ -133,12 +133,24 @@ public final class Session: Sendable {
                 return
             }
             do {
-                let response = try await client.keepAliveOnce(lease)
-                guard response.ttl > 0 else {
+                // The lease is surely alive for a TTL after the last refresh was sent: a
+                // refresh still unanswered by then (a stalled connection) means it is lost.
+                let sent = clock.now
+                let expiry = lastRefresh + .seconds(ttl)
+                let remaining = try await withThrowingTaskGroup(of: Int64?.self) { group in
+                    group.addTask { try await client.keepAliveOnce(lease).ttl }
+                    group.addTask {
+                        try await Task.sleep(until: expiry, clock: clock)
+                        return nil
+                    }
+                    defer { group.cancelAll() }
+                    return try await group.next() ?? nil
+                }
+                guard let remaining, remaining > 0 else {
                     life.finish(.expired)
                     return
                 }
-                lastRefresh = clock.now
+                lastRefresh = sent
                 nextRefresh = lastRefresh + interval
             } catch let error as CoordinationError where error.code == .leaseNotFound {
                 life.finish(.expired)

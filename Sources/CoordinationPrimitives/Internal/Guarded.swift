@@ -6,7 +6,7 @@ private enum GuardedOutcome<T: Sendable>: Sendable {
     case finished(T)
     /// The session ended or the key was deleted.
     case lost
-    /// Watching failed (for example the connection dropped): the body goes on unwatched.
+    /// The watcher was cancelled (the body finished first).
     case unwatched
 }
 
@@ -28,7 +28,9 @@ extension Session {
                         try await watchers.next()
                     }
                 } catch {
-                    return .unwatched
+                    // The key can no longer be watched (the watch failed): the session's
+                    // end still cancels the body.
+                    await self.done()
                 }
                 return Task.isCancelled ? .unwatched : .lost
             }
@@ -47,5 +49,37 @@ extension Session {
             }
             throw CancellationError()
         }
+    }
+}
+
+extension Session {
+    /// Deletes this session's `key` (only the incarnation created at `createRevision`,
+    /// when given) in a task of its own that neither the caller's cancellation nor a
+    /// passing connection loss stops: it retries with backoff until the delete is done,
+    /// or the lease is gone (and the key with it), or a TTL has passed. Waits for the
+    /// first attempt.
+    func abandon(_ key: [UInt8], createRevision: Int64? = nil) async {
+        let client = client, ttl = ttl
+        let attempt = Task {
+            let deadline = ContinuousClock.now + .seconds(ttl)
+            var delay = Duration.milliseconds(50)
+            while true {
+                do {
+                    if let createRevision {
+                        _ = try await client.txn(Txn(compares: [Compare(key: key, .createRevision(createRevision), .equal)],
+                                                     success: [.delete(key: key, rangeEnd: [], prevKV: false)]))
+                    } else {
+                        _ = try await client.delete(key)
+                    }
+                    return
+                } catch {
+                    if ContinuousClock.now >= deadline { return }
+                    if (try? await client.timeToLive(lease).ttl) == -1 { return }
+                    try? await Task.sleep(for: delay)
+                    delay = min(delay * 2, .seconds(1))
+                }
+            }
+        }
+        _ = await Task { await attempt.value }.value
     }
 }

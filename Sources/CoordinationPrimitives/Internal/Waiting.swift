@@ -48,10 +48,11 @@ extension CoordinationClient {
                 let (low, high) = key.lexicographicallyPrecedes(ownKey) ? (key, ownKey) : (ownKey, key)
                 let options = WatchOptions(rangeEnd: high + [0], startRevision: revision, noPut: true)
                 for try await response in self.watch(low, options: options) {
-                    for event in response.events where event.kind == .delete {
-                        if event.kv.key == ownKey { throw Self.lostKey(ownKey) }
-                        if event.kv.key == key { return event.kv.modRevision }
-                    }
+                    // A response holds all events of its revisions: look at all of them
+                    // before taking the turn (one request may delete both keys).
+                    let deletes = response.events.filter { $0.kind == .delete }
+                    if deletes.contains(where: { $0.kv.key == ownKey }) { throw Self.lostKey(ownKey) }
+                    if let delete = deletes.first(where: { $0.kv.key == key }) { return delete.kv.modRevision }
                 }
                 try Task.checkCancellation()
                 throw CoordinationError(.protocolError, "the watch on \(String(decoding: key, as: UTF8.self)) ended without an event")
