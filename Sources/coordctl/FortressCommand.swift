@@ -36,6 +36,7 @@ struct FortressCommand: AsyncParsableCommand {
         @Argument(help: "The fortress name (its key prefix).") var name: String
 
         func run() async throws {
+            let name = name
             try await running {
                 try await withFortress(global, name: name, ttl: 60) { fortress in
                     try await fortress.unlock()
@@ -57,6 +58,7 @@ struct FortressCommand: AsyncParsableCommand {
         @Argument(help: "The fortress name (its key prefix).") var name: String
 
         func run() async throws {
+            let name = name
             try await running {
                 try await withFortress(global, name: name, ttl: 60) { fortress in
                     try await withThrowingTaskGroup(of: Void.self) { group in
@@ -108,11 +110,12 @@ struct FortressCommand: AsyncParsableCommand {
 
         func run() async throws {
             var status: Int32 = 0
+            let command = command
             try await running {
-                try await withFortress(global, name: name, ttl: ttl) { fortress in
-                    let command = command
-                    status = try await fortress.visit { try await runCommand(command) }
-                }
+                // Interrupted, the command is terminated and the visit ends: 130, as a shell says.
+                status = try await withFortress(global, name: name, ttl: ttl) { fortress in
+                    try await fortress.visit { try await runCommand(command) }
+                } ?? 130
             }
             if status != 0 { throw ExitCode(status) }
         }
@@ -121,7 +124,9 @@ struct FortressCommand: AsyncParsableCommand {
 
 /// Connects, opens a session of `ttl` seconds and the fortress `name`, and runs
 /// `body`; closes the session and the store afterwards.
-private func withFortress(_ global: GlobalOptions, name: String, ttl: Int64, _ body: (Fortress) async throws -> Void) async throws {
+@discardableResult
+private func withFortress<T: Sendable>(_ global: GlobalOptions, name: String, ttl: Int64,
+                                       _ body: @escaping @Sendable (Fortress) async throws -> T) async throws -> T? {
     try await withSession(global, ttl: ttl) { session in
         try await body(Fortress(session: session, prefix: name))
     }

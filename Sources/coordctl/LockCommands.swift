@@ -41,17 +41,16 @@ struct LockCommand: AsyncParsableCommand {
     func run() async throws {
         var status: Int32 = 0
         let command = command.first == "--" ? Array(command.dropFirst()) : command
+        let name = name
         try await running {
-            try await withSession(global, ttl: ttl) { session in
+            let result = try await withSession(global, ttl: ttl) { session in
                 let mutex = DistributedMutex(session: session, prefix: name)
-                let name = name
-                status = try await mutex.withLock { token in
+                return try await mutex.withLock { token -> Int32 in
                     let key = String(decoding: mutex.key, as: UTF8.self)
                     if command.isEmpty {
                         print(key)
                         fflush(nil)
-                        await interrupted()
-                        return 0
+                        while true { try await Task.sleep(for: .seconds(3600)) }   // until interrupted
                     }
                     return try await runCommand(command, environment: [
                         "COORD_LOCK_KEY": key, "COORD_LOCK_REV": String(token), "COORD_FENCING_TOKEN": String(token),
@@ -59,6 +58,9 @@ struct LockCommand: AsyncParsableCommand {
                     ])
                 }
             }
+            // Interrupted: without a command that is how the lock is let go; with one,
+            // the command was terminated (130, as a shell reports it).
+            status = result ?? (command.isEmpty ? 0 : 130)
         }
         if status != 0 { throw ExitCode(status) }
     }
@@ -95,32 +97,23 @@ struct ElectCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        let (name, listen, proposal) = (name, listen, proposal ?? "")
         try await running {
             try await withSession(global, ttl: ttl) { session in
                 let election = Election(session: session, prefix: name)
                 if listen {
-                    try await withThrowingTaskGroup(of: Void.self) { group in
-                        group.addTask {
-                            for try await leader in election.observe() {
-                                Printer.kv(leader)
-                            }
-                        }
-                        group.addTask { await interrupted() }
-                        defer { group.cancelAll() }
-                        try await group.next()
-                    }
+                    for try await leader in election.observe() { Printer.kv(leader) }
                     return
                 }
-                try await election.campaign(proposal ?? "")
+                try await election.campaign(proposal)
                 Printer.kv(try await election.leader())
-                let lost = try await withThrowingTaskGroup(of: Bool.self) { group -> Bool in
-                    group.addTask { await interrupted(); return false }
-                    group.addTask { await session.done(); return true }
-                    defer { group.cancelAll() }
-                    return try await group.next() ?? false
+                await session.done()   // returns early when interrupted (cancelled)
+                if Task.isCancelled {
+                    // Interrupted: resign, so that the next candidate is elected now.
+                    try await Task { try await election.resign() }.value
+                    return
                 }
-                if lost { throw CommandFailure(message: "lost the election's lease; no longer the leader of \(name)") }
-                try await election.resign()
+                throw CommandFailure(message: "lost the election's lease; no longer the leader of \(name)")
             }
         }
     }

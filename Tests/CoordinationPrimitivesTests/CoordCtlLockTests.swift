@@ -45,6 +45,28 @@ import Testing
         }
     }
 
+    @Test func lockInterruptedWhileWaitingLeavesTheQueue() async throws {
+        try await withStore { store, server in
+            let holder = DistributedMutex(session: try await Session(client: store, ttl: 10), prefix: "jobs")
+            try await holder.lock()
+            let child = try Worker(["lock", "jobs", "--", "true"], executable: "coordctl", environment: ["REDIS_URL": server.url])
+            #expect(await eventually { (try? await store.get("jobs/", options: .prefix(Array("jobs/".utf8))).count) == 2 })
+            child.signal(SIGTERM)
+            _ = await child.wait()
+            #expect(try await store.get("jobs/", options: .prefix(Array("jobs/".utf8))).count == 1, "the interrupted waiter's key stayed queued")
+        }
+    }
+
+    @Test func lockInterruptedWhileTheCommandRunsTerminatesTheCommandAndReleases() async throws {
+        try await withStore { store, server in
+            let child = try Worker(["lock", "jobs", "--", "sh", "-c", "echo started; sleep 30"], executable: "coordctl", environment: ["REDIS_URL": server.url])
+            #expect(await child.readLine() == "started")
+            child.signal(SIGTERM)
+            #expect(await child.wait() == 130)
+            #expect(try await store.get("jobs/", options: .prefix(Array("jobs/".utf8))).count == 0)
+        }
+    }
+
     @Test func electCampaignsAndListenersSeeTheLeader() async throws {
         try await withStore { store, server in
             let environment = ["REDIS_URL": server.url]
