@@ -78,12 +78,8 @@ public final class DistributedMutex: Sendable {
     ///   one key, so give concurrent lockers sessions of their own.
     @discardableResult
     public func lock() async throws -> Int64 {
-        let (response, owner) = try await enqueue()
-        let revision = state.withLock { $0.revision }
-        if owner == nil || owner == revision {
-            state.withLock { $0.header = response.header }
-            return revision
-        }
+        let (revision, _) = try await enqueue()
+        if header != nil { return revision }
         do {
             let header = try await client.waitDeletes(prefix: prefix, maxCreateRevision: revision - 1, ownKey: ownKey)
             state.withLock { $0.header = header }
@@ -101,15 +97,11 @@ public final class DistributedMutex: Sendable {
     /// - Throws: ``ConcurrencyError/Code/locked`` when another session holds it.
     @discardableResult
     public func tryLock() async throws -> Int64 {
-        let (response, owner) = try await enqueue()
-        let revision = state.withLock { $0.revision }
-        if owner == nil || owner == revision {
-            state.withLock { $0.header = response.header }
-            return revision
-        }
+        let (revision, owner) = try await enqueue()
+        if header != nil { return revision }
         await session.abandon(ownKey)
         reset()
-        throw ConcurrencyError(.locked, "mutex \(String(decoding: prefix, as: UTF8.self)) is locked by another session (create revision \(owner!))")
+        throw ConcurrencyError(.locked, "mutex \(String(decoding: prefix, as: UTF8.self)) is locked by another session (create revision \(owner ?? 0))")
     }
 
     /// Releases the lock (or leaves the queue) by deleting this session's key.
@@ -143,8 +135,9 @@ public final class DistributedMutex: Sendable {
         }
     }
 
-    /// Puts this session in the queue; returns the response and the owner's create revision.
-    private func enqueue() async throws -> (TxnResponse, Int64?) {
+    /// Puts this session in the queue and returns its key's create revision and the
+    /// holder's; when the key is first in line, the lock is held and ``header`` is set.
+    private func enqueue() async throws -> (revision: Int64, owner: Int64?) {
         let key = ownKey
         var first = RangeOptions.prefix(prefix)
         first.sortTarget = .create
@@ -172,12 +165,13 @@ public final class DistributedMutex: Sendable {
         guard case .range(let owners)? = response.responses.last else {
             throw CoordinationError(.protocolError, "unexpected transaction response while locking")
         }
+        let owner = owners.kvs.first?.createRevision
         state.withLock { state in
             state.key = key
             state.revision = revision
-            state.header = nil
+            state.header = owner == nil || owner == revision ? response.header : nil
         }
-        return (response, owners.kvs.first?.createRevision)
+        return (revision, owner)
     }
 
     private func reset() {

@@ -166,15 +166,17 @@ struct PrimitivesBenchmark: AsyncParsableCommand {
         print("p50/p99: per operation (lock+unlock, put, commit incl. retries, visit); handoff workloads: the handoff latency.")
     }
 
-    /// Runs one task per worker until `duration` has passed; returns ops/s and latency percentiles.
-    private func timed(_ duration: Duration, _ body: @escaping @Sendable (Int, ContinuousClock.Instant, (Duration) -> Void) async throws -> Void) async throws -> Measurement {
+    /// Runs `tasks` tasks (one per worker by default) until `deadline` (or `duration`
+    /// from now); returns ops/s and latency percentiles of what they `record`.
+    private func timed(_ duration: Duration, tasks: Int? = nil, until deadline: ContinuousClock.Instant? = nil,
+                       _ body: @escaping @Sendable (Int, ContinuousClock.Instant, (Duration) -> Void) async throws -> Void) async throws -> Measurement {
         let start = ContinuousClock.now
-        let deadline = start + duration
+        let deadline = deadline ?? start + duration
         let samples = try await withThrowingTaskGroup(of: [Duration].self) { group in
-            for worker in 0..<workers {
+            for task in 0..<(tasks ?? workers) {
                 group.addTask {
                     var samples: [Duration] = []
-                    try await body(worker, deadline) { samples.append($0) }
+                    try await body(task, deadline) { samples.append($0) }
                     return samples
                 }
             }
@@ -185,26 +187,28 @@ struct PrimitivesBenchmark: AsyncParsableCommand {
         return Measurement(rate: Double(samples.count) / secondsOf(ContinuousClock.now - start), p50: percentile(samples, 50), p99: percentile(samples, 99))
     }
 
-    private func contended(_ sessions: [Session], _ duration: Duration) async throws -> Measurement {
+    /// Every worker takes a turn (`acquire`), hands it on (`release`) and queues again,
+    /// for `duration`: turns per second, the handoff latency (one worker's release
+    /// call to the next one's acquire returning) and the wait (an acquire call to its return).
+    private func handoffs(_ duration: Duration, acquire: @escaping @Sendable (Int) async throws -> Void,
+                          release: @escaping @Sendable (Int) async throws -> Void) async throws -> Measurement {
         let released = Shared<ContinuousClock.Instant?>(nil)
         let handoffs = Shared<[Duration]>([])
         let waits = Shared<[Duration]>([])
-        let start = ContinuousClock.now
-        let deadline = start + duration
+        let deadline = ContinuousClock.now + duration
         try await withThrowingTaskGroup(of: Void.self) { group in
             for worker in 0..<workers {
-                let mutex = DistributedMutex(session: sessions[worker], prefix: "bench/contended")
                 group.addTask {
                     while ContinuousClock.now < deadline {
                         let asked = ContinuousClock.now
-                        try await mutex.lock()
+                        try await acquire(worker)
                         let now = ContinuousClock.now
                         if now < deadline {
                             waits.withLock { $0.append(now - asked) }
                             if let last = released.withLock({ $0 }) { handoffs.withLock { $0.append(now - last) } }
                         }
                         released.withLock { $0 = ContinuousClock.now }
-                        try await mutex.unlock()
+                        try await release(worker)
                     }
                 }
             }
@@ -216,28 +220,15 @@ struct PrimitivesBenchmark: AsyncParsableCommand {
                            extra: "wait p50 \(percentile(waited, 50).map(format) ?? "-")")
     }
 
+    private func contended(_ sessions: [Session], _ duration: Duration) async throws -> Measurement {
+        let mutexes = sessions.map { DistributedMutex(session: $0, prefix: "bench/contended") }
+        return try await handoffs(duration, acquire: { try await mutexes[$0].lock() }, release: { try await mutexes[$0].unlock() })
+    }
+
     private func elections(_ sessions: [Session], _ duration: Duration) async throws -> Measurement {
-        let resigned = Shared<ContinuousClock.Instant?>(nil)
-        let handoffs = Shared<[Duration]>([])
-        let start = ContinuousClock.now
-        let deadline = start + duration
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for worker in 0..<workers {
-                let election = Election(session: sessions[worker], prefix: "bench/election")
-                group.addTask {
-                    while ContinuousClock.now < deadline {
-                        try await election.campaign("worker-\(worker)")
-                        let now = ContinuousClock.now
-                        if now < deadline, let last = resigned.withLock({ $0 }) { handoffs.withLock { $0.append(now - last) } }
-                        resigned.withLock { $0 = ContinuousClock.now }
-                        try await election.resign()
-                    }
-                }
-            }
-            try await group.waitForAll()
-        }
-        let all = handoffs.withLock { $0 }
-        return Measurement(rate: Double(all.count) / secondsOf(duration), p50: percentile(all, 50), p99: percentile(all, 99))
+        let elections = sessions.map { Election(session: $0, prefix: "bench/election") }
+        return try await handoffs(duration, acquire: { try await elections[$0].campaign("worker-\($0)") },
+                                  release: { try await elections[$0].resign() })
     }
 
     private func bank(_ store: CoordinationClient, _ duration: Duration) async throws -> Measurement {
@@ -296,7 +287,14 @@ struct PrimitivesBenchmark: AsyncParsableCommand {
                 return nil
             }
             group.addTask {
-                try await self.timedGuests(guests, prefix: prefix, deadline: deadline)
+                let fortresses = guests.map { Fortress(session: $0, prefix: prefix) }
+                return try await self.timed(duration, tasks: fortresses.count, until: deadline) { guest, deadline, record in
+                    while ContinuousClock.now < deadline {
+                        let begin = ContinuousClock.now
+                        try await fortresses[guest].visit {}
+                        record(ContinuousClock.now - begin)
+                    }
+                }
             }
             var measured: Measurement?
             for try await value in group { if let value { measured = value } }
@@ -306,28 +304,6 @@ struct PrimitivesBenchmark: AsyncParsableCommand {
         let locked = lockdowns.withLock { $0 }
         result.extra = "lockdown p50 \(percentile(locked, 50).map(format) ?? "-") (\(locked.count) lockdowns)"
         return result
-    }
-
-    private func timedGuests(_ guests: [Session], prefix: String, deadline: ContinuousClock.Instant) async throws -> Measurement {
-        let start = ContinuousClock.now
-        let samples = try await withThrowingTaskGroup(of: [Duration].self) { group in
-            for session in guests {
-                let fortress = Fortress(session: session, prefix: prefix)
-                group.addTask {
-                    var samples: [Duration] = []
-                    while ContinuousClock.now < deadline {
-                        let begin = ContinuousClock.now
-                        try await fortress.visit {}
-                        samples.append(ContinuousClock.now - begin)
-                    }
-                    return samples
-                }
-            }
-            var all: [Duration] = []
-            for try await part in group { all += part }
-            return all
-        }
-        return Measurement(rate: Double(samples.count) / secondsOf(ContinuousClock.now - start), p50: percentile(samples, 50), p99: percentile(samples, 99))
     }
 }
 

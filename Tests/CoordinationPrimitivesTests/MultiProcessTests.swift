@@ -134,23 +134,12 @@ final class Worker: @unchecked Sendable {
             let next = DistributedMutex(session: try await Session(client: store, ttl: 10), prefix: "stopped")
             let token = try await next.lock()
             #expect(token > staleToken)
-            #expect(try await fenced(store, "stopped", token))
+            let writer = try Worker(["fence", server.url, "stopped", String(token)])
+            #expect(await writer.readLine() == "write accepted")
             holder.signal(SIGCONT)
             holder.send("write")
             #expect(await holder.readLine() == "write rejected")
             #expect(await holder.wait() == 0)
         }
     }
-}
-
-/// The fenced resource of the worker, for the test's own writes.
-func fenced(_ store: CoordinationClient, _ prefix: String, _ token: Int64) async throws -> Bool {
-    let script = RedisScript("""
-        local highest = tonumber(redis.call('GET', KEYS[1]) or '0')
-        local token = tonumber(ARGV[1])
-        if token <= highest then return 0 end
-        redis.call('SET', KEYS[1], ARGV[1])
-        return 1
-        """)
-    return try await store.redis.run(script, keys: [Array("worker:\(prefix):fence".utf8)], arguments: [Array(String(token).utf8)]).int == 1
 }

@@ -10,6 +10,8 @@
 //       Locks, prints `locked <token>`, then waits for a line on stdin and tries a
 //       fenced write with its token: prints `write accepted` or `write rejected`.
 //       (Tests stop it with SIGSTOP or kill it with SIGKILL while it holds.)
+//   PrimitivesWorker fence <url> <prefix> <token>
+//       One fenced write with <token>: prints `write accepted` or `write rejected`.
 import CoordinationPrimitives
 import Foundation
 import RedisClient
@@ -33,7 +35,7 @@ func say(_ line: String) {
 
 let arguments = CommandLine.arguments
 guard arguments.count >= 4 else {
-    FileHandle.standardError.write(Data("usage: PrimitivesWorker contend <url> <prefix> <count> <ttl> | hold <url> <prefix> <ttl>\n".utf8))
+    FileHandle.standardError.write(Data("usage: PrimitivesWorker contend <url> <prefix> <count> <ttl> | hold <url> <prefix> <ttl> | fence <url> <prefix> <token>\n".utf8))
     exit(2)
 }
 let store = try await CoordinationClient.connect(url: arguments[2])
@@ -63,6 +65,8 @@ case "hold":
     say("locked \(token)")
     _ = readLine()
     say(try await fenced(store, prefix, token) ? "write accepted" : "write rejected")
+case "fence":
+    say(try await fenced(store, prefix, Int64(arguments[4])!) ? "write accepted" : "write rejected")
 default:
     FileHandle.standardError.write(Data("unknown command \(arguments[1])\n".utf8))
     exit(2)

@@ -56,8 +56,8 @@ extension Session {
     /// Deletes this session's `key` (only the incarnation created at `createRevision`,
     /// when given) in a task of its own that neither the caller's cancellation nor a
     /// passing connection loss stops: it retries with backoff until the delete is done,
-    /// or the lease is gone (and the key with it), or a TTL has passed. Waits for the
-    /// first attempt.
+    /// or the lease is gone (and the key with it), or a TTL has passed. Returns when
+    /// it has finished (awaiting an unstructured task does not cancel it).
     func abandon(_ key: [UInt8], createRevision: Int64? = nil) async {
         let client = client, ttl = ttl
         let attempt = Task {
@@ -80,6 +80,6 @@ extension Session {
                 }
             }
         }
-        _ = await Task { await attempt.value }.value
+        await attempt.value
     }
 }
