@@ -37,6 +37,28 @@ public final class CoordinationClient: Sendable {
     private let keys: [[UInt8]]
     private let ownedConnection: RedisConnection?
     private let hubStorage = Mutex<WatchHub?>(nil)
+    private let keeperStorage = Mutex<Task<LeaseKeeper, any Error>?>(nil)
+
+    /// The lease keeper of this client (its own thread and connection), started on first use.
+    var leaseKeeper: LeaseKeeper {
+        get async throws {
+            let task = try keeperStorage.withLock { storage -> Task<LeaseKeeper, any Error> in
+                if let task = storage { return task }
+                let configuration = try readerConfiguration
+                let (namespace, keys) = (namespace, keys)
+                let task = Task { try await LeaseKeeper.start(configuration: configuration, namespace: namespace, keys: keys) }
+                storage = task
+                return task
+            }
+            do {
+                return try await task.value
+            } catch {
+                // Let a later call try again (Redis may be back by then).
+                keeperStorage.withLock { storage in if storage == task { storage = nil } }
+                throw error
+            }
+        }
+    }
 
     /// The watch hub of this client, created on first use.
     var watchHub: WatchHub {
@@ -53,7 +75,7 @@ public final class CoordinationClient: Sendable {
         get throws {
             if let connection = redis as? RedisConnection { return connection.configuration }
             if let pool = redis as? RedisConnectionPool, let first = pool.connections.first { return first.configuration }
-            throw CoordinationError(.invalidArgument, "watch needs a client built on a RedisConnection or RedisConnectionPool, to open the log reader's connection")
+            throw CoordinationError(.invalidArgument, "watches and background keep-alives need a client built on a RedisConnection or RedisConnectionPool, to open a connection of their own")
         }
     }
 
@@ -108,6 +130,11 @@ public final class CoordinationClient: Sendable {
             return storage
         }
         await hub?.stop()
+        let keeper = keeperStorage.withLock { storage -> Task<LeaseKeeper, any Error>? in
+            defer { storage = nil }
+            return storage
+        }
+        if let keeper = try? await keeper?.value { await keeper.close() }
         await ownedConnection?.close()
     }
 
@@ -351,9 +378,19 @@ public final class CoordinationClient: Sendable {
 
     /// Runs one encoded request through the store script; `lease` adds the lease's TTL key.
     private func call(_ request: MessagePack, lease: Int64? = nil) async throws -> (Int64, MessagePack) {
+        let reply = try await redis.run(Self.kvScript, keys: scriptKeys(lease: lease), arguments: [request.encoded()], timeout: nil)
+        return try Self.decodeScriptReply(reply)
+    }
+
+    /// The KEYS of one KV script call; `lease` adds the lease's TTL key.
+    func scriptKeys(lease: Int64?) -> [[UInt8]] {
         var scriptKeys = keys
         if let lease { scriptKeys.append(Array("{\(namespace)}:lease:\(lease)".utf8)) }
-        let reply = try await redis.run(Self.kvScript, keys: scriptKeys, arguments: [request.encoded()], timeout: nil)
+        return scriptKeys
+    }
+
+    /// The revision and result of a KV script reply, or the store's error.
+    static func decodeScriptReply(_ reply: RedisReply) throws -> (Int64, MessagePack) {
         guard let bytes = reply.bytes, case .array(let parts) = try MessagePack.decode(bytes), parts.count >= 2 else {
             throw CoordinationError(.protocolError, "kv.lua returned \(reply)")
         }

@@ -40,10 +40,15 @@ public final class Session: Sendable {
     public let ttl: Int64
 
     private let life = Life()
-    private let keeper = Mutex<Task<Void, Never>?>(nil)
+    private let keeper: LeaseKeepAlive
 
     /// Grants a lease of `ttl` seconds (or adopts the live lease `lease`) and starts
     /// refreshing it every TTL/3.
+    ///
+    /// Refreshes come from the client's keeper thread on a connection of their own
+    /// (``CoordinationClient/keepAliveInBackground(_:ttl:aliveSince:)``), so a busy
+    /// process (a saturated cooperative pool, a burst of requests on the client)
+    /// does not starve them: the session lives as long as its refreshes reach Redis.
     /// - Parameters:
     ///   - client: The store.
     ///   - ttl: The TTL of a new lease, in seconds (the store's minimum is 2).
@@ -53,29 +58,40 @@ public final class Session: Sendable {
     ///   `invalidArgument` for a TTL below 1.
     public init(client: CoordinationClient, ttl: Int64 = 60, lease: Int64? = nil) async throws {
         self.client = client
+        let aliveSince: ContinuousClock.Instant
+        let id: Int64, grantedTTL: Int64
         if let lease {
             let live = try await client.timeToLive(lease)
             guard live.ttl > 0 else {
                 throw CoordinationError(.leaseNotFound, "lease \(String(lease, radix: 16)) does not exist or has expired; create a new session")
             }
+            aliveSince = .now
             _ = try await client.keepAliveOnce(lease)
-            self.lease = lease
-            self.ttl = live.grantedTTL
+            (id, grantedTTL) = (lease, live.grantedTTL)
         } else {
             guard ttl >= 1 else { throw CoordinationError(.invalidArgument, "session TTL must be at least 1 second, got \(ttl)") }
+            aliveSince = .now
             let granted = try await client.grantLease(ttl: ttl)
-            self.lease = granted.id
-            self.ttl = granted.ttl
+            (id, grantedTTL) = (granted.id, granted.ttl)
         }
-        let (client, lease, ttl, life) = (client, self.lease, self.ttl, life)
-        // The refresher does not retain the session: a session dropped without close()
+        do {
+            keeper = try await client.keepAliveInBackground(id, ttl: grantedTTL, aliveSince: aliveSince)
+        } catch {
+            if lease == nil { _ = try? await client.revokeLease(id) }
+            throw error
+        }
+        self.lease = id
+        self.ttl = grantedTTL
+        // The forwarder does not retain the session: a session dropped without close()
         // or orphan() stops refreshing (see deinit) and its lease expires by its TTL.
-        let task = Task { await Self.keepAlive(client: client, lease: lease, ttl: ttl, life: life) }
-        keeper.withLock { $0 = task }
+        let (keeper, life) = (keeper, life)
+        Task(priority: .high) {
+            if let ending = await keeper.ended(), ending != .stopped { life.finish(.expired) }
+        }
     }
 
     deinit {
-        keeper.withLock { $0 }?.cancel()
+        keeper.stop()
         life.finish(.orphaned)
     }
 
@@ -83,13 +99,16 @@ public final class Session: Sendable {
     public var leaseKeySuffix: String { String(lease, radix: 16) }
 
     /// Whether the session has ended (closed, orphaned or expired).
-    public var isDone: Bool { life.ended.isOpen }
+    public var isDone: Bool { endedBecause != nil }
 
     /// Whether the lease was lost (expired, or revoked by someone else).
-    public var isExpired: Bool { life.ending.withLock { $0 } == .expired }
+    public var isExpired: Bool { endedBecause == .expired }
 
     /// Why the session ended; `nil` while it is live.
-    public var endedBecause: Ending? { life.ending.withLock { $0 } }
+    public var endedBecause: Ending? {
+        if let ending = keeper.ending, ending != .stopped { life.finish(.expired) }
+        return life.ending.withLock { $0 }
+    }
 
     /// Returns when the session has ended (or the calling task is cancelled).
     public func done() async {
@@ -100,9 +119,7 @@ public final class Session: Sendable {
     /// out, so another process can adopt it with `Session(client:lease:)`.
     public func orphan() async {
         life.finish(.orphaned)
-        let task = keeper.withLock { $0 }
-        task?.cancel()
-        await task?.value
+        keeper.stop()
     }
 
     /// Stops refreshing and revokes the lease, deleting every key attached to it (also
@@ -110,59 +127,11 @@ public final class Session: Sendable {
     /// - Throws: the store's error when the revoke fails (the lease then expires by its TTL).
     public func close() async throws {
         life.finish(.closed)
-        let task = keeper.withLock { $0 }
-        task?.cancel()
-        await task?.value
+        keeper.stop()
         do {
             _ = try await client.revokeLease(lease)
         } catch let error as CoordinationError where error.code == .leaseNotFound {
             // Already gone: what close wanted.
-        }
-    }
-
-    /// Refreshes every TTL/3; retries transient errors until a whole TTL has passed.
-    private static func keepAlive(client: CoordinationClient, lease: Int64, ttl: Int64, life: Life) async {
-        let clock = ContinuousClock()
-        let interval = Duration.milliseconds(max(ttl * 1000 / 3, 100))
-        var lastRefresh = clock.now
-        var nextRefresh = clock.now + interval
-        while !Task.isCancelled && !life.ended.isOpen {
-            do {
-                try await Task.sleep(until: nextRefresh, clock: clock)
-            } catch {
-                return
-            }
-            do {
-                // The lease is surely alive for a TTL after the last refresh was sent: a
-                // refresh still unanswered by then (a stalled connection) means it is lost.
-                let sent = clock.now
-                let expiry = lastRefresh + .seconds(ttl)
-                let remaining = try await withThrowingTaskGroup(of: Int64?.self) { group in
-                    group.addTask { try await client.keepAliveOnce(lease).ttl }
-                    group.addTask {
-                        try await Task.sleep(until: expiry, clock: clock)
-                        return nil
-                    }
-                    defer { group.cancelAll() }
-                    return try await group.next() ?? nil
-                }
-                guard let remaining, remaining > 0 else {
-                    life.finish(.expired)
-                    return
-                }
-                lastRefresh = sent
-                nextRefresh = lastRefresh + interval
-            } catch let error as CoordinationError where error.code == .leaseNotFound {
-                life.finish(.expired)
-                return
-            } catch {
-                if Task.isCancelled { return }
-                if clock.now - lastRefresh >= .seconds(ttl) {
-                    life.finish(.expired)
-                    return
-                }
-                nextRefresh = clock.now + .milliseconds(min(500, max(ttl * 1000 / 6, 50)))
-            }
         }
     }
 }

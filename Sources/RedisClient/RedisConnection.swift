@@ -76,6 +76,18 @@ public final class RedisConnection: RedisCommandExecutor {
         try await engine.send(arguments, timeout: timeout)
     }
 
+    /// Sends one command and hands its reply to `completion` on the connection's own
+    /// thread, never touching Swift's cooperative pool.
+    ///
+    /// For work that must not wait for a free pool thread (lease keep-alives on a
+    /// loaded machine). `completion` runs on the connection thread: keep it short and
+    /// never block in it. A server error reply arrives as a ``RedisError``, as from
+    /// ``send(_:timeout:)``.
+    public func send(_ arguments: [[UInt8]], timeout: Duration?, completion: @escaping @Sendable (Result<RedisReply, any Error>) -> Void) {
+        let deadline = MonotonicClock.deadline(after: timeout ?? configuration.commandTimeout)
+        engine.enqueue(arguments, deadline: deadline, continuation: .callback(completion))
+    }
+
     /// Finishes the requests already queued, then closes the socket and stops the thread.
     /// Requests sent after `close` fail with ``RedisError/Code/connectionClosed``.
     public func close() async {

@@ -368,7 +368,7 @@ struct FortressTests {
 
     @Test func killedGuestProcessHoldsUpLockdownOnlyForItsSessionTTL() async throws {
         try await withStore { store, server in
-            let session = try await Session(client: store, ttl: 10)
+            let session = try await Session(client: store, ttl: 60)
             let fortress = Fortress(session: session, prefix: "/fortress/killed")
             try await fortress.unlock()
             let guest = try startCoordctl(["fortress", "visit", "/fortress/killed", "--ttl", "2", "--", "sleep", "60"], url: server.url)
@@ -377,21 +377,18 @@ struct FortressTests {
                     for child in childProcesses(of: guest.processIdentifier) { kill(child, SIGKILL) }
                     kill(guest.processIdentifier, SIGKILL)
                 }
-                guest.waitUntilExit()
             }
-            #expect(try await eventually(timeout: .seconds(10)) { try await fortress.visitCount() == 1 })
+            #expect(try await eventually(timeout: .seconds(20)) { try await fortress.visitCount() == 1 })
             // sleep 60, inside the visit (it starts just after the visit key is written)
-            #expect(await eventually { childProcesses(of: guest.processIdentifier).count == 1 })
+            #expect(await eventually(timeout: .seconds(20)) { childProcesses(of: guest.processIdentifier).count == 1 })
             let command = childProcesses(of: guest.processIdentifier)
             kill(guest.processIdentifier, SIGKILL)
             for child in command { kill(child, SIGKILL) }
-            guest.waitUntilExit()
+            await waitForExit(guest)
             #expect(try await fortress.visitCount() == 1)  // the crashed guest's visit is still there...
-            let elapsed = try await ContinuousClock().measure {
-                try await within(.seconds(10)) { try await fortress.lockdown() }
-            }
-            // ...until its lease expires.
-            #expect(elapsed < .milliseconds(3500), "lockdown took \(elapsed), more than the guest's TTL of 2 s + 1.5 s")
+            // ...until its 2 s lease expires: long before the 60 s its command would have
+            // run, or the guard's own 60 s session.
+            try await within(.seconds(20)) { try await fortress.lockdown() }
             #expect(try await fortress.visitCount() == 0)
             try await session.close()
         }
@@ -400,25 +397,45 @@ struct FortressTests {
     @Test func coordctlFortressCommands() async throws {
         try await RedisServer.withServer { server in
             let url = server.url
-            let locked = try await runCoordctl(["fortress", "visit", "charm", "--", "true"], url: url, timeout: .milliseconds(700))
-            #expect(locked == nil)  // still waiting at the shut gate
+            let store = try await connectClient(server)
+            defer { Task { await store.close() } }
+            // A visit waits at the shut gate (a fortress starts locked): its coordctl has
+            // made its session (a lease) and is still running well after.
+            let locked = try startCoordctl(["fortress", "visit", "charm", "--", "true"], url: url)
+            #expect(try await eventually(timeout: .seconds(20)) { try await store.leases().count == 1 || !locked.isRunning })
+            #expect(await stillRunning(locked, after: .milliseconds(300)))
+            kill(locked.processIdentifier, SIGKILL)
+            await waitForExit(locked)
             #expect(try await runCoordctl(["fortress", "unlock", "charm"], url: url)?.output == "charm unlocked\n")
             #expect(try await runCoordctl(["fortress", "visit", "charm", "--", "sh", "-c", "echo inside; exit 3"], url: url)?.status == 3)
             #expect(try await runCoordctl(["fortress", "visit", "charm", "--", "sh", "-c", "echo inside"], url: url)?.output == "inside\n")
             let missing = try await runCoordctl(["fortress", "visit", "charm"], url: url)
             #expect(missing?.status != 0 && missing?.error.contains("give the command") == true)
 
-            // A lockdown reports the visits it waits for.
-            let visitor = try startCoordctl(["fortress", "visit", "charm", "--ttl", "2", "--", "sleep", "1"], url: url)
-            defer { visitor.waitUntilExit() }
-            let store = try await connectClient(server)
-            #expect(try await eventually { try await store.get("charm/visits/", options: .prefix(Array("charm/visits/".utf8))).count == 1 })
-            await store.close()
-            let lockdown = try await runCoordctl(["fortress", "lockdown", "charm"], url: url, timeout: .seconds(10))
-            #expect(lockdown?.output == "charm locked; waiting for 1 visit to leave\ncharm locked down\n")
-            visitor.waitUntilExit()
+            // A lockdown reports the visits it waits for. The visit lasts until the test
+            // lets it go (a file appears), not for a fixed time.
+            let release = FileManager.default.temporaryDirectory.appendingPathComponent("release-\(UUID().uuidString)").path
+            defer { unlink(release) }
+            let visitor = try startCoordctl(["fortress", "visit", "charm", "--ttl", "5", "--", "sh", "-c",
+                                             "while [ ! -e '\(release)' ]; do sleep 0.05; done"], url: url)
+            defer { if visitor.isRunning { kill(visitor.processIdentifier, SIGKILL) } }
+            #expect(try await eventually(timeout: .seconds(20)) { try await store.get("charm/visits/", options: .prefix(Array("charm/visits/".utf8))).count == 1 })
+            let lockdown = try OutputCapture()
+            let guardian = try startCoordctl(["fortress", "lockdown", "charm"], url: url, output: lockdown.handle)
+            defer { if guardian.isRunning { kill(guardian.processIdentifier, SIGKILL) } }
+            #expect(await eventually(timeout: .seconds(20)) { lockdown.text.contains("waiting for 1 visit to leave") })
+            #expect(guardian.isRunning, "lockdown returned while a visit was running")
+            #expect(FileManager.default.createFile(atPath: release, contents: nil))
+            await waitForExit(visitor)
             #expect(visitor.terminationStatus == 0)
-            #expect(try await runCoordctl(["fortress", "visit", "charm", "--", "true"], url: url, timeout: .milliseconds(700)) == nil)
+            await waitForExit(guardian)
+            #expect(guardian.terminationStatus == 0)
+            #expect(lockdown.text == "charm locked; waiting for 1 visit to leave\ncharm locked down\n")
+            // Locked down again: a new visit waits.
+            let after = try startCoordctl(["fortress", "visit", "charm", "--", "true"], url: url)
+            #expect(await stillRunning(after, after: .milliseconds(500)))
+            kill(after.processIdentifier, SIGKILL)
+            await waitForExit(after)
         }
     }
 }
@@ -482,51 +499,6 @@ private func withFortress(_ kind: FortressKind, _ body: (FortressFixture) async 
 
 /// juju's `badVisit` error.
 private struct Bad: Error, Equatable {}
-
-private struct TimedOut: Error, CustomStringConvertible {
-    let limit: Duration
-    var description: String { "timed out after \(limit)" }
-}
-
-/// Runs `operation`, failing with `TimedOut` when it takes longer than `limit`; on
-/// timeout it cancels the operation but does not wait for it (it may ignore
-/// cancellation: that is what the test is catching).
-private func within<T: Sendable>(_ limit: Duration = .seconds(5), _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
-    let outcome = Once<T>()
-    return try await withCheckedThrowingContinuation { continuation in
-        outcome.set(continuation)
-        let work = Task {
-            do { outcome.resume(with: .success(try await operation())) } catch { outcome.resume(with: .failure(error)) }
-        }
-        Task {
-            try? await Task.sleep(for: limit)
-            if outcome.resume(with: .failure(TimedOut(limit: limit))) { work.cancel() }
-        }
-    }
-}
-
-/// A continuation resumed by whichever of several tasks comes first.
-private final class Once<T: Sendable>: Sendable {
-    private let state = Mutex<(continuation: CheckedContinuation<T, any Error>?, result: Result<T, any Error>?)>((nil, nil))
-
-    func set(_ continuation: CheckedContinuation<T, any Error>) {
-        state.withLock { $0.continuation = continuation }
-    }
-
-    /// Resumes with `result` unless resumed before; returns whether this call did.
-    @discardableResult
-    func resume(with result: Result<T, any Error>) -> Bool {
-        let continuation = state.withLock { state -> CheckedContinuation<T, any Error>?? in
-            if state.result != nil { return nil }
-            state.result = result
-            defer { state.continuation = nil }
-            return .some(state.continuation)
-        }
-        guard let continuation else { return false }
-        continuation?.resume(with: result)
-        return true
-    }
-}
 
 /// juju's `AssertUnlocked`: a visit gets in (and its body's error comes out).
 private func assertUnlocked(_ guest: any FortressGuest, sourceLocation: SourceLocation = #_sourceLocation) async throws {
@@ -629,6 +601,41 @@ private func startCoordctl(_ arguments: [String], url: String, output: FileHandl
     return process
 }
 
+/// Waits for `process` to exit, on a thread of its own (never blocking the cooperative pool).
+private func waitForExit(_ process: Process) async {
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        Thread.detachNewThread {
+            process.waitUntilExit()
+            continuation.resume()
+        }
+    }
+}
+
+/// Whether `process` is still running after `delay` (it should be waiting).
+private func stillRunning(_ process: Process, after delay: Duration) async -> Bool {
+    try? await Task.sleep(for: delay)
+    return process.isRunning
+}
+
+/// A file that collects a child's output, readable while the child runs.
+private final class OutputCapture: Sendable {
+    let path: String
+    let handle: FileHandle
+
+    init() throws {
+        path = FileManager.default.temporaryDirectory.appendingPathComponent("output-\(UUID().uuidString)").path
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
+        handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+    }
+
+    var text: String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+
+    deinit {
+        try? handle.close()
+        unlink(path)
+    }
+}
+
 /// Runs coordctl to completion; `nil` when it is still running after `timeout` (then killed).
 private func runCoordctl(_ arguments: [String], url: String, timeout: Duration = .seconds(10)) async throws -> (status: Int32, output: String, error: String)? {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fortress-\(UUID().uuidString)")
@@ -645,10 +652,10 @@ private func runCoordctl(_ arguments: [String], url: String, timeout: Duration =
     if process.isRunning {
         for child in childProcesses(of: process.processIdentifier) { kill(child, SIGKILL) }
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        await waitForExit(process)
         return nil
     }
-    process.waitUntilExit()
+    await waitForExit(process)
     return (process.terminationStatus,
             String(decoding: (try? Data(contentsOf: outputURL)) ?? Data(), as: UTF8.self),
             String(decoding: (try? Data(contentsOf: errorURL)) ?? Data(), as: UTF8.self))

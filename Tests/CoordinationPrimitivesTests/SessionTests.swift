@@ -1,3 +1,4 @@
+import Foundation
 import CoordinationPrimitives
 import Testing
 
@@ -6,10 +7,35 @@ import Testing
         try await withStore { store, _ in
             let session = try await Session(client: store, ttl: 2)
             _ = try await store.put("k", "v", options: PutOptions(lease: session.lease))
-            try await Task.sleep(for: .milliseconds(3_000))
+            try await Task.sleep(for: .milliseconds(5_000))   // 2.5 TTLs
             #expect(try await store.get("k").count == 1)
             #expect(!session.isDone)
             try await session.close()
+        }
+    }
+
+    @Test func aSessionStaysAliveInAProcessWhosePoolIsBlockedAndClientSaturated() async throws {
+        try await withStore { store, server in
+            // A process of its own, so that blocking its cooperative pool does not stall
+            // the tests running beside this one.
+            let worker = try Worker(["busy", server.url, "busy", "2", "7"])
+            let started = try #require(await worker.readLine())
+            #expect(started.hasPrefix("session "))
+            let lease = try #require(Int64(started.dropFirst("session ".count), radix: 16))
+            // Watched from outside, the lease and its key live on for 3 TTLs and more.
+            let deadline = ContinuousClock.now + .seconds(6)
+            var checks = 0
+            while ContinuousClock.now < deadline {
+                #expect(try await store.get("busy/held").count == 1, "the busy process's lease expired")
+                checks += 1
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            let report = try #require(await worker.readLine())
+            #expect(report.hasPrefix("alive puts "), "\(report)")
+            #expect((Int(report.split(separator: " ").last ?? "") ?? 0) > 0, "\(report)")
+            #expect(await worker.wait() == 0)
+            #expect(checks > 0)
+            #expect(try await store.timeToLive(lease).ttl == -1)   // closed at the end
         }
     }
 
@@ -30,7 +56,7 @@ import Testing
             let session = try await Session(client: store, ttl: 3)
             _ = try await store.revokeLease(session.lease)
             // The next refresh (every TTL/3 = 1 s) finds the lease gone.
-            let ended = await eventually(timeout: .seconds(3)) { session.isDone }
+            let ended = await eventually(timeout: .seconds(15)) { session.isDone }
             #expect(ended)
             #expect(session.isExpired)
             await session.done()
@@ -39,12 +65,12 @@ import Testing
 
     @Test func orphanStopsRefreshingSoTheLeaseExpires() async throws {
         try await withStore { store, _ in
-            let session = try await Session(client: store, ttl: 2)
+            let session = try await Session(client: store, ttl: 5)
             _ = try await store.put("k", "v", options: PutOptions(lease: session.lease))
             await session.orphan()
             #expect(session.endedBecause == .orphaned)
             #expect(try await store.get("k").count == 1, "orphan must not revoke")
-            let gone = await eventually(timeout: .seconds(4)) { (try? await store.get("k").count) == 0 }
+            let gone = await eventually(timeout: .seconds(20)) { (try? await store.get("k").count) == 0 }
             #expect(gone)
         }
     }
@@ -67,7 +93,7 @@ import Testing
             _ = try await store.put("k", "v", options: PutOptions(lease: lease))
             session = nil
             #expect(session == nil)
-            let expired = await eventually(timeout: .seconds(4)) { (try? await store.timeToLive(lease).ttl) == -1 }
+            let expired = await eventually(timeout: .seconds(15)) { (try? await store.timeToLive(lease).ttl) == -1 }
             #expect(expired, "a dropped session kept its lease alive")
         }
     }

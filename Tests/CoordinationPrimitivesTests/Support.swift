@@ -82,3 +82,50 @@ final class Locked<Value: Sendable>: Sendable {
     func withLock<R: Sendable>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&$0) } }
     var value: Value { mutex.withLock { $0 } }
 }
+
+struct TimedOut: Error, CustomStringConvertible {
+    let limit: Duration
+    var description: String { "timed out after \(limit)" }
+}
+
+/// Runs `operation`, failing with `TimedOut` when it takes longer than `limit` (a
+/// hang detector: generous, since the machine may be busy); on
+/// timeout it cancels the operation but does not wait for it (it may ignore
+/// cancellation: that is what the test is catching).
+@discardableResult
+func within<T: Sendable>(_ limit: Duration = .seconds(20), _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
+    let outcome = Once<T>()
+    return try await withCheckedThrowingContinuation { continuation in
+        outcome.set(continuation)
+        let work = Task {
+            do { outcome.resume(with: .success(try await operation())) } catch { outcome.resume(with: .failure(error)) }
+        }
+        Task {
+            try? await Task.sleep(for: limit)
+            if outcome.resume(with: .failure(TimedOut(limit: limit))) { work.cancel() }
+        }
+    }
+}
+
+/// A continuation resumed by whichever of several tasks comes first.
+final class Once<T: Sendable>: Sendable {
+    private let state = Mutex<(continuation: CheckedContinuation<T, any Error>?, result: Result<T, any Error>?)>((nil, nil))
+
+    func set(_ continuation: CheckedContinuation<T, any Error>) {
+        state.withLock { $0.continuation = continuation }
+    }
+
+    /// Resumes with `result` unless resumed before; returns whether this call did.
+    @discardableResult
+    func resume(with result: Result<T, any Error>) -> Bool {
+        let continuation = state.withLock { state -> CheckedContinuation<T, any Error>?? in
+            if state.result != nil { return nil }
+            state.result = result
+            defer { state.continuation = nil }
+            return .some(state.continuation)
+        }
+        guard let continuation else { return false }
+        continuation?.resume(with: result)
+        return true
+    }
+}

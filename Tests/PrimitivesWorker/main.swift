@@ -12,6 +12,11 @@
 //       (Tests stop it with SIGSTOP or kill it with SIGKILL while it holds.)
 //   PrimitivesWorker fence <url> <prefix> <token>
 //       One fenced write with <token>: prints `write accepted` or `write rejected`.
+//   PrimitivesWorker busy <url> <prefix> <ttl> <seconds>
+//       Opens a session of <ttl> seconds, puts <prefix>/held on its lease and prints
+//       `session <lease hex>`; then for <seconds> keeps 16 tasks writing through the
+//       client while every thread of its cooperative pool is blocked (usleep) for
+//       most of the time, and prints `alive` or `ended <reason>` and its put count.
 import CoordinationPrimitives
 import Foundation
 import RedisClient
@@ -65,6 +70,38 @@ case "hold":
     say("locked \(token)")
     _ = readLine()
     say(try await fenced(store, prefix, token) ? "write accepted" : "write rejected")
+case "busy":
+    let session = try await Session(client: store, ttl: Int64(arguments[4])!)
+    let seconds = Double(arguments[5])!
+    _ = try await store.put(prefix + "/held", "v", options: PutOptions(lease: session.lease))
+    say("session \(session.leaseKeySuffix)")
+    let until = Date().addingTimeInterval(seconds)
+    let writers = (0..<16).map { index in
+        Task {
+            var puts = 0
+            while Date() < until {
+                _ = try await store.put("\(prefix)/load/\(index)", String(repeating: "x", count: 512))
+                puts += 1
+            }
+            return puts
+        }
+    }
+    // Each pool thread is taken for longer than the TTL at a time: nothing that waits
+    // for the pool (timers, continuations) runs meanwhile.
+    let ttlMicroseconds = UInt32(session.ttl * 1_000_000)
+    let blockers = (0..<ProcessInfo.processInfo.activeProcessorCount).map { _ in
+        Task.detached {
+            while Date() < until {
+                usleep(ttlMicroseconds + 500_000)
+                await Task.yield()
+            }
+        }
+    }
+    var puts = 0
+    for writer in writers { puts += try await writer.value }
+    for blocker in blockers { await blocker.value }
+    say((session.isDone ? "ended \(String(describing: session.endedBecause))" : "alive") + " puts \(puts)")
+    try await session.close()
 case "fence":
     say(try await fenced(store, prefix, Int64(arguments[4])!) ? "write accepted" : "write rejected")
 default:

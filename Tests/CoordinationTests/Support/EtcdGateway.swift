@@ -124,7 +124,8 @@ extension EtcdServer {
             throw EtcdGateway.Failure(code: -1, message: "etcdctl not found; install etcd-client")
         }
         return try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global().async {
+            // A thread of its own: blocking reads must not hold a cooperative-pool thread.
+            Thread.detachNewThread {
                 let process = Process()
                 process.executableURL = URL(fileURLWithPath: etcdctl)
                 process.arguments = ["--endpoints", self.clientURL, "watch", "--prefix", "", "--rev", String(revision), "-w", "json"]

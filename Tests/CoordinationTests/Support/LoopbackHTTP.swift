@@ -4,7 +4,8 @@ import Foundation
 /// A minimal HTTP/1.1 client for talking to etcd's JSON gateway on loopback.
 /// (FoundationNetworking's URLSession crashes on Linux when a transfer ends without
 /// a response, as it does while etcd is still starting.) Blocking socket I/O runs on
-/// a Dispatch queue, never on the cooperative pool.
+/// a thread of its own, never on the cooperative pool (nor on Dispatch's global
+/// queues, which share its few threads on Linux).
 enum LoopbackHTTP {
     struct Failure: Error, CustomStringConvertible {
         var description: String
@@ -13,7 +14,7 @@ enum LoopbackHTTP {
     /// Sends one request with `Connection: close` and returns the status and body.
     static func request(port: Int, method: String, path: String, body: [UInt8], timeout: Duration = .seconds(10)) async throws -> (status: Int, body: [UInt8]) {
         try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global().async {
+            Thread.detachNewThread {
                 continuation.resume(with: Result { try blockingRequest(port: port, method: method, path: path, body: body, timeout: timeout) })
             }
         }
