@@ -8,6 +8,8 @@ let package = Package(
         .library(name: "RedisClient", targets: ["RedisClient"]),
         .library(name: "Coordination", targets: ["Coordination"]),
         .library(name: "CoordinationPrimitives", targets: ["CoordinationPrimitives"]),
+        .library(name: "EtcdAPI", targets: ["EtcdAPI"]),
+        .executable(name: "coordproxy", targets: ["coordproxy"]),
         .executable(name: "coordctl", targets: ["coordctl"]),
         .executable(name: "coordbench", targets: ["coordbench"]),
     ],
@@ -15,6 +17,12 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
     ],
     targets: [
         .systemLibrary(
@@ -35,6 +43,37 @@ let package = Package(
             resources: [.embedInCode("../../lua/kv.lua"), .embedInCode("../../lua/compact.lua")]
         ),
         .target(name: "CoordinationPrimitives", dependencies: ["Coordination"]),
+        // etcd's v3 gRPC API served from the store: our own .proto files (Protos/) and
+        // the committed generated code (Generated/, from scripts/generate-protos.sh).
+        .target(
+            name: "EtcdAPI",
+            dependencies: [
+                "RedisClient",
+                "Coordination",
+                "CoordinationPrimitives",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            exclude: ["Protos"]
+        ),
+        .executableTarget(
+            name: "coordproxy",
+            dependencies: [
+                "EtcdAPI",
+                "Coordination",
+                "RedisClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(
             name: "coordctl",
             dependencies: [
@@ -61,6 +100,7 @@ let package = Package(
             path: "Tests/PrimitivesWorker"
         ),
         .testTarget(name: "CoordinationPrimitivesTests", dependencies: ["CoordinationPrimitives", "RedisClient"]),
+        .testTarget(name: "EtcdAPITests", dependencies: ["EtcdAPI", "Coordination", "RedisClient"], exclude: ["GoClient", "Python"]),
     ],
     swiftLanguageModes: [.v6]
 )

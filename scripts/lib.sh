@@ -18,6 +18,19 @@ coord_missing_packages() {
     command -v pkg-config >/dev/null 2>&1 || echo pkg-config
     command -v etcd >/dev/null 2>&1 || echo etcd-server
     command -v etcdctl >/dev/null 2>&1 || echo etcd-client
+    command -v go >/dev/null 2>&1 || echo golang-go
+    [ -d /usr/share/gocode/src/go.etcd.io/etcd/clientv3/concurrency ] || echo golang-etcd-server-dev
+}
+
+# coord_build_go_clientcheck <output>: builds the clientv3 checks of the etcd API
+#   tests (Tests/EtcdAPITests/GoClient) with Debian's Go and etcd sources, in GOPATH
+#   mode, and exports COORD_GO_CLIENTCHECK.
+coord_build_go_clientcheck() {
+    local output=$1
+    mkdir -p "$(dirname "$output")"
+    GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="${GOCACHE:-$(pwd)/.build/gocache}" \
+        go build -o "$output" Tests/EtcdAPITests/GoClient/main.go
+    export COORD_GO_CLIENTCHECK=$output
 }
 
 coord_install_dependencies() {
@@ -25,7 +38,7 @@ coord_install_dependencies() {
     missing=$(coord_missing_packages | sort -u | tr '\n' ' ')
     missing=${missing% }
     if [ -z "$missing" ]; then
-        coord_log "system packages present (redis-server, libhiredis-dev, etcd)"
+        coord_log "system packages present (redis-server, libhiredis-dev, etcd, go, etcd Go sources)"
         return 0
     fi
     if [ "$(id -u)" -ne 0 ]; then

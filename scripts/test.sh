@@ -2,8 +2,9 @@
 # Runs the whole test suite against real servers.
 #
 # On a fresh Debian machine with only the Swift toolchain: installs what is missing
-# (redis-server, redis-tools, libhiredis-dev, pkg-config, etcd-server, etcd-client;
-# as root, after one `apt-get update`), builds, and runs `swift test`. The tests
+# (redis-server, redis-tools, libhiredis-dev, pkg-config, etcd-server, etcd-client,
+# golang-go, golang-etcd-server-dev; as root, after one `apt-get update`), builds the
+# package and the Go clientv3 checks, and runs `swift test`. The tests
 # start their own private redis-server processes under a scratch TMPDIR; anything
 # still running there when the tests end is stopped. Exits non-zero on failure.
 #
@@ -19,5 +20,7 @@ coord_private_tmpdir
 
 coord_log "building (debug) with tests"
 swift build --build-tests
+coord_log "building the Go clientv3 checks (Tests/EtcdAPITests/GoClient)"
+coord_build_go_clientcheck "$(pwd)/.build/go/clientcheck"
 coord_log "running swift test"
 swift test --skip-build "$@"

@@ -319,7 +319,7 @@ public final class CoordinationClient: Sendable {
     }
 
     /// The store's current revision (a read, so it also reaps due leases first).
-    func currentRevision() async throws -> Int64 {
+    public func currentRevision() async throws -> Int64 {
         try await get(Array("\u{0}".utf8)).header.revision
     }
 

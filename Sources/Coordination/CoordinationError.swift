@@ -36,9 +36,14 @@ public struct CoordinationError: Error, Sendable, Hashable, CustomStringConverti
     /// What was wrong and what to do.
     public var message: String
 
-    public init(_ code: Code, _ message: String) {
+    /// For ``Code/compacted``: the oldest revision still available (etcd's
+    /// `compact_revision`, what a watcher resumes from after re-listing); else nil.
+    public var compactRevision: Int64?
+
+    public init(_ code: Code, _ message: String, compactRevision: Int64? = nil) {
         self.code = code
         self.message = message
+        self.compactRevision = compactRevision
     }
 
     public var description: String { "\(code): \(message)" }

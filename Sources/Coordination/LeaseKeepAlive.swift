@@ -108,6 +108,14 @@ public final class LeaseKeepAlive: Sendable {
 }
 
 extension CoordinationClient {
+    /// Opens the lease keeper's connection and thread now (they open on first use
+    /// otherwise), so that a lease granted next is refreshed without waiting for them:
+    /// call it before granting a short lease that must not lapse.
+    /// - Throws: ``CoordinationError`` when the connection cannot be opened.
+    public func prepareBackgroundKeepAlive() async throws {
+        _ = try await leaseKeeper
+    }
+
     /// Refreshes `lease` every TTL/3 from the client's keeper thread, on a connection of
     /// its own, until the returned handle is stopped or the lease is lost.
     ///

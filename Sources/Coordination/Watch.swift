@@ -225,7 +225,7 @@ final class WatchHub: Sendable {
                         return (Array(state.watchers.values), first.revision)
                     }
                     for watcher in watchers {
-                        watcher.continuation.finish(throwing: CoordinationError(.compacted, "required revision \(position + 1) has been compacted; the oldest available is \(compacted)"))
+                        watcher.continuation.finish(throwing: CoordinationError(.compacted, "required revision \(position + 1) has been compacted; the oldest available is \(compacted)", compactRevision: compacted))
                     }
                 }
                 let watchers = state.withLock { state -> [Watcher] in
@@ -348,7 +348,7 @@ extension CoordinationClient {
         // Replay history from `start` while the hub buffers live entries for this watcher.
         let compacted = try await compactedRevision()
         if start < compacted {
-            throw CoordinationError(.compacted, "required revision \(start) has been compacted; the oldest available is \(compacted)")
+            throw CoordinationError(.compacted, "required revision \(start) has been compacted; the oldest available is \(compacted)", compactRevision: compacted)
         }
         var cursor = start - 1
         while true {
@@ -357,7 +357,7 @@ extension CoordinationClient {
             let entries = (reply.array ?? []).compactMap(WatchHub.parseEntry)
             if start > 1 || cursor > start - 1, let first = entries.first, first.revision > max(cursor + 1, 2) {
                 // History after the cursor was trimmed by compaction (the log has one entry per revision).
-                throw CoordinationError(.compacted, "required revision \(start) has been compacted; the oldest available is \(max(compacted, first.revision))")
+                throw CoordinationError(.compacted, "required revision \(start) has been compacted; the oldest available is \(max(compacted, first.revision))", compactRevision: max(compacted, first.revision))
             }
             let fresh = watcher.state.withLock { state -> [LogEntry] in
                 let fresh = entries.filter { $0.revision > state.delivered }

@@ -58,6 +58,9 @@ public final class Session: Sendable {
     ///   `invalidArgument` for a TTL below 1.
     public init(client: CoordinationClient, ttl: Int64 = 60, lease: Int64? = nil) async throws {
         self.client = client
+        // The keeper's connection opens first, so that no time passes between the grant
+        // and the first refresh but the grant's own reply.
+        try await client.prepareBackgroundKeepAlive()
         let aliveSince: ContinuousClock.Instant
         let id: Int64, grantedTTL: Int64
         if let lease {

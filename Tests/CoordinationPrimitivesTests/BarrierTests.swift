@@ -143,7 +143,7 @@ import Testing
     @Test func doubleBarrierLeaveGoesOnWhenAParticipantsSessionExpires() async throws {
         try await withStore { store, server in
             try await withClients(store, server, count: 3) { clients in
-                let sacrificial = try await Session(client: clients[0], ttl: 2)
+                let sacrificial = try await Session(client: clients[0], ttl: 3)
                 try await withSessions(on: clients, count: 9) { sessions in
                     try await failover(sessions: [sacrificial] + sessions, store: store) {
                         await sacrificial.orphan()
@@ -220,6 +220,8 @@ import Testing
             let session = try await Session(client: store, ttl: 10)
             let barrier = try DoubleBarrier(session: session, key: "db", count: 2)
             let entering = Task { try await barrier.enter() }
+            // In line first (its key written), so that the close ends a waiter.
+            #expect(await eventually(timeout: .seconds(20)) { (try? await recipeKeys(under: "db/", in: store).count) == 1 })
             #expect(await stillBlocked(entering))
             try await session.close()
             #expect(await completes(entering))

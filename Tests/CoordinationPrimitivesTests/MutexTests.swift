@@ -188,11 +188,11 @@ import Testing
 
     @Test func aHolderWhoseSessionExpiresReleasesTheLock() async throws {
         try await withStore { store, _ in
-            let holderSession = try await Session(client: store, ttl: 2)
+            let holderSession = try await Session(client: store, ttl: 3)
             try await DistributedMutex(session: holderSession, prefix: "m").lock()
             await holderSession.orphan()   // as if the process hung
             let next = DistributedMutex(session: try await Session(client: store, ttl: 60), prefix: "m")
-            // The holder's 2 s lease runs out and takes its key along: the next one gets in.
+            // The holder's 3 s lease runs out and takes its key along: the next one gets in.
             try await within { try await next.lock() }
             #expect(try await store.timeToLive(holderSession.lease).ttl == -1)
         }

@@ -152,6 +152,8 @@ import Testing
                 let session = try await Session(client: store, ttl: 10)
                 let reader = RWMutex(session: session, prefix: "rw")
                 let reading = Task { try await reader.rlock() }
+                // In line first (its key written), so that the close ends a waiter.
+                #expect(await eventually(timeout: .seconds(20)) { (try? await recipeKeys(under: "rw/read/", in: store).count) == 1 })
                 #expect(await stillBlocked(reading))
                 try await session.close()
                 #expect(await completes(reading))
@@ -164,7 +166,7 @@ import Testing
     @Test func rwMutexLockOfACrashedHolderFreesWhenItsLeaseExpires() async throws {
         try await withStore { store, _ in
             try await withSessions(on: [store], count: 1) { sessions in
-                let crashed = try await Session(client: store, ttl: 2)
+                let crashed = try await Session(client: store, ttl: 3)
                 try await RWMutex(session: crashed, prefix: "rw").lock()
                 let reading = Task { try await RWMutex(session: sessions[0], prefix: "rw").rlock() }
                 #expect(await stillBlocked(reading))

@@ -65,7 +65,7 @@ func recipeKeys(under prefix: String, in store: CoordinationClient) async throws
 
 /// Whether `task` finishes (returns or throws) within `limit`; cancels it when not, so
 /// that a broken primitive fails the test quickly instead of hanging it.
-func completes<T: Sendable>(_ task: Task<T, any Error>, within limit: Duration = .seconds(5)) async -> Bool {
+func completes<T: Sendable>(_ task: Task<T, any Error>, within limit: Duration = .seconds(15)) async -> Bool {
     let done = Latch()
     let watcher = Task {
         _ = await task.result

@@ -137,7 +137,7 @@ import Testing
         try await withStore { store, server in
             try await withClients(store, server, count: 1) { clients in
                 try await withSessions(on: [store], count: 1) { sessions in
-                    let crashed = try await Session(client: clients[0], ttl: 2)
+                    let crashed = try await Session(client: clients[0], ttl: 3)
                     try await Semaphore(session: crashed, prefix: "sem", permits: 1).acquire()
                     let waiter = try Semaphore(session: sessions[0], prefix: "sem", permits: 1)
                     let waiting = Task { try await waiter.acquire() }
@@ -174,6 +174,8 @@ import Testing
                 let session = try await Session(client: store, ttl: 10)
                 let waiter = try Semaphore(session: session, prefix: "sem", permits: 1)
                 let waiting = Task { try await waiter.acquire() }
+                // In line first (its ticket written), so that the close ends a waiter.
+                #expect(await eventually(timeout: .seconds(20)) { (try? await recipeKeys(under: "sem/", in: store).count) == 2 })
                 #expect(await stillBlocked(waiting))
                 try await session.close()
                 #expect(await completes(waiting))

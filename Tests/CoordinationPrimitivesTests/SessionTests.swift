@@ -5,9 +5,9 @@ import Testing
 @Suite struct SessionTests {
     @Test func aSessionKeepsItsLeaseAlivePastTheTTL() async throws {
         try await withStore { store, _ in
-            let session = try await Session(client: store, ttl: 2)
+            let session = try await Session(client: store, ttl: 3)
             _ = try await store.put("k", "v", options: PutOptions(lease: session.lease))
-            try await Task.sleep(for: .milliseconds(5_000))   // 2.5 TTLs
+            try await Task.sleep(for: .milliseconds(7_500))   // 2.5 TTLs
             #expect(try await store.get("k").count == 1)
             #expect(!session.isDone)
             try await session.close()
@@ -18,12 +18,12 @@ import Testing
         try await withStore { store, server in
             // A process of its own, so that blocking its cooperative pool does not stall
             // the tests running beside this one.
-            let worker = try Worker(["busy", server.url, "busy", "2", "7"])
+            let worker = try Worker(["busy", server.url, "busy", "3", "10"])
             let started = try #require(await worker.readLine())
             #expect(started.hasPrefix("session "))
             let lease = try #require(Int64(started.dropFirst("session ".count), radix: 16))
             // Watched from outside, the lease and its key live on for 3 TTLs and more.
-            let deadline = ContinuousClock.now + .seconds(6)
+            let deadline = ContinuousClock.now + .seconds(8)
             var checks = 0
             while ContinuousClock.now < deadline {
                 #expect(try await store.get("busy/held").count == 1, "the busy process's lease expired")
@@ -88,7 +88,7 @@ import Testing
 
     @Test func aSessionDroppedWithoutCloseStopsRefreshingItsLease() async throws {
         try await withStore { store, _ in
-            var session: Session? = try await Session(client: store, ttl: 2)
+            var session: Session? = try await Session(client: store, ttl: 3)
             let lease = session!.lease
             _ = try await store.put("k", "v", options: PutOptions(lease: lease))
             session = nil

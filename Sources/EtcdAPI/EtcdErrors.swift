@@ -1,0 +1,79 @@
+import Coordination
+import CoordinationPrimitives
+import GRPCCore
+import RedisClient
+
+/// How every service answers a failure: one table from the store's, the primitives'
+/// and Redis's errors to etcd's gRPC status codes and message strings (etcd's
+/// `rpctypes/error.go`). Clients map errors by message, e.g. clientv3 turns
+/// "etcdserver: mvcc: required revision has been compacted" into `ErrCompacted`, so
+/// the strings are etcd's exactly; our own explanation goes to the log.
+public enum EtcdErrors {
+    /// etcd's gRPC error for `error`.
+    public static func rpcError(for error: any Error) -> RPCError {
+        if let error = error as? RPCError { return error }
+        if let error = error as? CoordinationError { return rpcError(for: error) }
+        if let error = error as? ConcurrencyError { return rpcError(for: error) }
+        if let error = error as? RedisError { return rpcError(for: error) }
+        if error is CancellationError { return RPCError(code: .cancelled, message: "context canceled") }
+        return RPCError(code: .unknown, message: "coordproxy: \(error)")
+    }
+
+    static func rpcError(for error: CoordinationError) -> RPCError {
+        switch error.code {
+        case .emptyKey: return RPCError(code: .invalidArgument, message: "etcdserver: key is not provided")
+        case .keyNotFound: return RPCError(code: .invalidArgument, message: "etcdserver: key not found")
+        case .tooManyOps: return RPCError(code: .invalidArgument, message: "etcdserver: too many operations in txn request")
+        case .duplicateKey: return RPCError(code: .invalidArgument, message: "etcdserver: duplicate key given in txn request")
+        case .compacted: return compacted
+        case .futureRevision: return RPCError(code: .outOfRange, message: "etcdserver: mvcc: required revision is a future revision")
+        case .leaseNotFound: return leaseNotFound
+        case .leaseExists: return RPCError(code: .failedPrecondition, message: "etcdserver: lease already exists")
+        case .valueTooLarge: return requestTooLarge
+        case .invalidArgument:
+            if error.message.hasPrefix("value is provided") { return RPCError(code: .invalidArgument, message: "etcdserver: value is provided") }
+            if error.message.hasPrefix("lease is provided") { return RPCError(code: .invalidArgument, message: "etcdserver: lease is provided") }
+            if error.message.hasPrefix("too large lease TTL") { return RPCError(code: .outOfRange, message: "etcdserver: too large lease TTL") }
+            return RPCError(code: .invalidArgument, message: "etcdserver: \(error.message)")
+        case .unsafeConfiguration: return RPCError(code: .unavailable, message: "etcdserver: not capable")
+        default: return RPCError(code: .unknown, message: "coordproxy: \(error)")
+        }
+    }
+
+    static func rpcError(for error: ConcurrencyError) -> RPCError {
+        // etcd's lock and election servers return the concurrency package's errors as
+        // they are, which gRPC sends with code Unknown.
+        switch error.code {
+        case .notLeader: return RPCError(code: .unknown, message: "election: not leader")
+        case .noLeader: return RPCError(code: .unknown, message: "election: no leader")
+        case .sessionExpired: return RPCError(code: .unknown, message: "etcdserver: requested lease not found")
+        default: return RPCError(code: .unknown, message: "coordproxy: \(error)")
+        }
+    }
+
+    static func rpcError(for error: RedisError) -> RPCError {
+        switch error.code {
+        case .outcomeUnknown:
+            return RPCError(code: .unavailable, message: "etcdserver: request timed out, possibly due to connection lost")
+        case .timeout:
+            return RPCError(code: .unavailable, message: "etcdserver: request timed out")
+        case .connectionLost, .connectionRefused, .connectionClosed:
+            return RPCError(code: .unavailable, message: "etcdserver: no leader")
+        case .noPermission, .authenticationFailed:
+            return RPCError(code: .unavailable, message: "etcdserver: not capable")
+        default:
+            return RPCError(code: .unavailable, message: "etcdserver: unhealthy cluster")
+        }
+    }
+
+    /// A request above the 1.5 MiB limit.
+    public static let requestTooLarge = RPCError(code: .invalidArgument, message: "etcdserver: request is too large")
+    /// A revision at or below the compacted one.
+    public static let compacted = RPCError(code: .outOfRange, message: "etcdserver: mvcc: required revision has been compacted")
+    /// An unknown or expired lease.
+    public static let leaseNotFound = RPCError(code: .notFound, message: "etcdserver: requested lease not found")
+    /// etcd's answer to Authenticate when auth is not enabled.
+    public static let authNotEnabled = RPCError(code: .failedPrecondition, message: "etcdserver: authentication is not enabled")
+    /// The election request named no leader.
+    public static let missingLeaderKey = RPCError(code: .unknown, message: "\"leader\" field must be provided")
+}

@@ -1,0 +1,227 @@
+import Coordination
+import Foundation
+import GRPCCore
+import Logging
+import Synchronization
+import SwiftProtobuf
+
+/// etcd's `Watch` service (v3rpc `watch.go`): one bidirectional stream carries any
+/// number of watchers, created, cancelled and asked for progress by the client.
+///
+/// Every watcher of every stream reads the client's one log reader (the store's
+/// watch hub), so events arrive in revision order with no gap and no duplicate.
+/// Answers are etcd's: a create is answered `created` with the current revision
+/// before any event; a start revision below the compacted one gets a response with
+/// `compact_revision` and `canceled`; a cancel is answered `canceled`; a progress
+/// request is answered with the current revision and watch ID -1.
+public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
+    let store: CoordinationClient
+    let member: EtcdMember
+    let logger: Logger
+    /// Responses above this size are split when the watcher asked for fragments.
+    let maxResponseBytes: Int
+
+    public init(store: CoordinationClient, member: EtcdMember, logger: Logger, maxResponseBytes: Int = 1_572_864) {
+        self.store = store
+        self.member = member
+        self.logger = logger
+        self.maxResponseBytes = maxResponseBytes
+    }
+
+    /// The watchers of one stream, by watch ID.
+    private final class Watchers: Sendable {
+        private struct State {
+            var tasks: [Int64: Task<Void, Never>] = [:]
+            var nextID: Int64 = 0
+        }
+        private let state = Mutex(State())
+
+        /// Reserves `requested` (0: the next free ID); nil when it is taken.
+        func reserve(_ requested: Int64) -> Int64? {
+            state.withLock { state in
+                if requested != 0 {
+                    if state.tasks[requested] != nil { return nil }
+                    state.tasks[requested] = Task {}
+                    return requested
+                }
+                while state.tasks[state.nextID] != nil { state.nextID += 1 }
+                let id = state.nextID
+                state.nextID += 1
+                state.tasks[id] = Task {}
+                return id
+            }
+        }
+
+        func start(_ id: Int64, _ task: Task<Void, Never>) {
+            state.withLock { $0.tasks[id] = task }
+        }
+
+        /// Removes a watcher; returns whether it existed (and cancels it).
+        @discardableResult
+        func cancel(_ id: Int64) -> Bool {
+            let task = state.withLock { $0.tasks.removeValue(forKey: id) }
+            task?.cancel()
+            return task != nil
+        }
+
+        func forget(_ id: Int64) {
+            state.withLock { _ = $0.tasks.removeValue(forKey: id) }
+        }
+
+        func cancelAll() {
+            let tasks = state.withLock { state -> [Task<Void, Never>] in
+                defer { state.tasks = [:] }
+                return Array(state.tasks.values)
+            }
+            for task in tasks { task.cancel() }
+        }
+    }
+
+    public func watch(
+        request: RPCAsyncSequence<Etcdserverpb_WatchRequest, any Error>,
+        response: RPCWriter<Etcdserverpb_WatchResponse>,
+        context: ServerContext
+    ) async throws {
+        let (outgoing, send) = AsyncStream.makeStream(of: Etcdserverpb_WatchResponse.self)
+        let watchers = Watchers()
+        defer {
+            watchers.cancelAll()
+            send.finish()
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            // One writer, so that responses keep the order in which they were queued.
+            group.addTask {
+                for await message in outgoing { try await response.write(message) }
+            }
+            group.addTask {
+                for try await message in request {
+                    try await handle(message, watchers: watchers, send: send)
+                }
+                // The client closed its side; its watchers go on until it cancels the call.
+                while !Task.isCancelled { try await Task.sleep(for: .seconds(3600)) }
+            }
+            defer { group.cancelAll() }
+            try await group.next()
+        }
+    }
+
+    private func handle(_ message: Etcdserverpb_WatchRequest, watchers: Watchers, send: AsyncStream<Etcdserverpb_WatchResponse>.Continuation) async throws {
+        switch message.requestUnion {
+        case .createRequest(let create):
+            try await self.create(create, watchers: watchers, send: send)
+        case .cancelRequest(let cancel):
+            if watchers.cancel(cancel.watchID) {
+                var answer = Etcdserverpb_WatchResponse()
+                answer.header = member.header(try await revision())
+                answer.watchID = cancel.watchID
+                answer.canceled = true
+                send.yield(answer)
+            }
+        case .progressRequest:
+            var answer = Etcdserverpb_WatchResponse()
+            answer.header = member.header(try await revision())
+            answer.watchID = -1
+            send.yield(answer)
+        case nil:
+            break
+        }
+    }
+
+    private func create(_ create: Etcdserverpb_WatchCreateRequest, watchers: Watchers, send: AsyncStream<Etcdserverpb_WatchResponse>.Continuation) async throws {
+        let current = try await revision()
+        var created = Etcdserverpb_WatchResponse()
+        created.header = member.header(current)
+        created.created = true
+        if !create.rangeEnd.isEmpty && create.rangeEnd != Data([0]) && !(create.key.lexicographicallyPrecedes(create.rangeEnd)) {
+            created.watchID = -1
+            created.canceled = true
+            created.cancelReason = "mvcc: watcher range is empty"
+            send.yield(created)
+            return
+        }
+        guard let id = watchers.reserve(create.watchID) else {
+            created.watchID = -1
+            created.canceled = true
+            created.cancelReason = "mvcc: duplicate watch ID provided on the WatchStream"
+            send.yield(created)
+            return
+        }
+        created.watchID = id
+        send.yield(created)
+
+        let options = WatchOptions(
+            rangeEnd: create.rangeEnd.bytes,
+            startRevision: create.startRevision == 0 ? current + 1 : create.startRevision,
+            prevKV: create.prevKv,
+            noPut: create.filters.contains(.noput),
+            noDelete: create.filters.contains(.nodelete),
+            progressNotify: create.progressNotify)
+        let key = create.key.bytes
+        let fragment = create.fragment
+        let (store, member, logger, limit) = (store, member, logger, maxResponseBytes)
+        let task = Task {
+            do {
+                for try await events in store.watch(key, options: options) {
+                    var answer = Etcdserverpb_WatchResponse()
+                    answer.header = member.header(events.header.revision)
+                    answer.watchID = id
+                    answer.events = events.events.map(WireConversion.event)
+                    for part in fragment ? Self.fragments(of: answer, limit: limit) : [answer] { send.yield(part) }
+                }
+            } catch is CancellationError {
+                return
+            } catch let error as CoordinationError where error.code == .compacted {
+                // etcd: a response with the compact revision, canceled, header revision 0.
+                var answer = Etcdserverpb_WatchResponse()
+                answer.header = member.header(0)
+                answer.watchID = id
+                answer.compactRevision = error.compactRevision ?? 0
+                answer.canceled = true
+                send.yield(answer)
+            } catch {
+                if Task.isCancelled { return }
+                logger.warning("watch ended", metadata: ["watch_id": "\(id)", "error": "\(error)"])
+                var answer = Etcdserverpb_WatchResponse()
+                answer.header = member.header(0)
+                answer.watchID = id
+                answer.canceled = true
+                answer.cancelReason = EtcdErrors.rpcError(for: error).message
+                send.yield(answer)
+            }
+            watchers.forget(id)
+        }
+        watchers.start(id, task)
+    }
+
+    private func revision() async throws -> Int64 {
+        do {
+            return try await store.currentRevision()
+        } catch {
+            throw EtcdAPIServer.refuse("Watch", error, logger: logger)
+        }
+    }
+
+    /// etcd's `sendFragments`: events split so that each response stays under `limit`;
+    /// every part but the last is marked `fragment`.
+    static func fragments(of response: Etcdserverpb_WatchResponse, limit: Int) -> [Etcdserverpb_WatchResponse] {
+        guard response.events.count > 1, ((try? response.serializedBytes() as [UInt8])?.count ?? 0) > limit else { return [response] }
+        var parts: [Etcdserverpb_WatchResponse] = []
+        var current = response
+        current.events = []
+        var size = 0
+        for event in response.events {
+            let eventSize = (try? event.serializedBytes() as [UInt8])?.count ?? 0
+            if !current.events.isEmpty && size + eventSize > limit {
+                current.fragment = true
+                parts.append(current)
+                current.events = []
+                size = 0
+            }
+            current.events.append(event)
+            size += eventSize
+        }
+        current.fragment = false
+        parts.append(current)
+        return parts
+    }
+}

@@ -1,0 +1,186 @@
+import ArgumentParser
+import Coordination
+import EtcdAPI
+import Foundation
+import Logging
+import RedisClient
+import ServiceLifecycle
+
+/// The coordination proxy: etcd's v3 API served from a Redis.
+@main
+struct CoordProxy: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coordproxy",
+        abstract: "Serve etcd's v3 API (gRPC) from a Redis, so that every etcd client works unchanged.",
+        discussion: """
+            coordproxy keeps etcd's semantics (revisions, leases, multi-key transactions, \
+            watches that never skip an event, locks and elections) in a Redis database: \
+            every guarantee lives in Redis, in Lua scripts and a revision log, so several \
+            coordproxy processes may front one Redis and clients may use any of them.
+
+            The store is the namespace --namespace (default "coord"): Redis keys \
+            {coord}:*. Point etcdctl, Go's clientv3 or any etcd v3 client at a listen URL.
+
+            Every flag can also be set in the environment, as etcd's: COORDPROXY_<FLAG> \
+            with dashes as underscores (COORDPROXY_LISTEN_CLIENT_URLS); the Redis URL also \
+            from REDIS_URL.
+
+            Examples:
+              coordproxy --redis-url redis://127.0.0.1:6379 --listen-client-urls http://127.0.0.1:2379
+              coordproxy --dev                       # a private redis-server, for trying it out
+              ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:2379 put greeting hello
+            """)
+
+    @Option(name: .customLong("redis-url"), help: ArgumentHelp("Redis URL: redis://[user:password@]host[:port][/db] or unix:///path?db=N.",
+                               discussion: "Default: $COORDPROXY_REDIS_URL, else $REDIS_URL.", valueName: "url"))
+    var redisURL: String?
+
+    @Option(name: .customLong("listen-client-urls"), help: ArgumentHelp("Comma-separated http:// URLs to serve clients on (default http://127.0.0.1:2379).", valueName: "urls"))
+    var listenClientURLs: String?
+
+    @Option(name: .customLong("listen-client-http-urls"), help: ArgumentHelp("Comma-separated http:// URLs to serve etcd's JSON gateway on (/v3/kv/range ..., /version, /health); none by default.", valueName: "urls"))
+    var listenClientHTTPURLs: String?
+
+    @Option(name: .customLong("advertise-client-urls"), help: ArgumentHelp("Comma-separated client URLs to advertise in the member list (default: the listen URLs).", valueName: "urls"))
+    var advertiseClientURLs: String?
+
+    @Option(help: ArgumentHelp("The member's name, as etcd's --name.", valueName: "name"))
+    var name: String?
+
+    @Option(help: ArgumentHelp("The store's namespace: its Redis keys are {namespace}:*.", valueName: "namespace"))
+    var namespace: String?
+
+    @Option(help: ArgumentHelp("Keep at least this many revisions of history, compacting older ones about once a second (0: keep all, compact on request).", valueName: "revisions"))
+    var autoCompactionRetention: Int64?
+
+    @Option(help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error, critical.", valueName: "level"))
+    var logLevel: String?
+
+    @Flag(help: "With no Redis URL, start a private redis-server for this process (stopped on exit).")
+    var dev = false
+
+    @Flag(help: "Refuse a Redis whose maxmemory-policy may evict keys (allkeys-*) unless this is given.")
+    var allowEvictingPolicy = false
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        func setting(_ value: String?, _ flag: String, default fallback: String? = nil) -> String? {
+            if let value, !value.isEmpty { return value }
+            if let fromEnvironment = environment["COORDPROXY_" + flag], !fromEnvironment.isEmpty { return fromEnvironment }
+            return fallback
+        }
+        let levelName = setting(logLevel, "LOG_LEVEL", default: "info")!
+        guard let level = Logger.Level(rawValue: levelName) else {
+            throw ValidationError("unknown log level \(levelName); use trace, debug, info, notice, warning, error or critical")
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "coordproxy")
+
+        let listen = try Self.addresses(setting(listenClientURLs, "LISTEN_CLIENT_URLS", default: "http://127.0.0.1:2379")!)
+        let gatewayListen = try setting(listenClientHTTPURLs, "LISTEN_CLIENT_HTTP_URLS").map(Self.addresses) ?? []
+        let advertised = setting(advertiseClientURLs, "ADVERTISE_CLIENT_URLS")?
+            .split(separator: ",").map { String($0) } ?? listen.map { "http://\($0)" }
+        let namespace = setting(namespace, "NAMESPACE", default: "coord")!
+        let memberName = setting(name, "NAME", default: "default")!
+        let retention = autoCompactionRetention ?? setting(nil, "AUTO_COMPACTION_RETENTION").flatMap { Int64($0) } ?? 0
+
+        var privateServer: RedisServer?
+        var url = setting(redisURL, "REDIS_URL") ?? environment["REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 }
+        if url == nil {
+            guard dev || setting(nil, "DEV") == "1" else {
+                throw ValidationError("give the Redis to serve from: --redis-url redis://host:port (or $REDIS_URL), or --dev for a private redis-server")
+            }
+            let server = try await RedisServer.start()
+            privateServer = server
+            url = server.url
+            logger.info("started a private redis-server (--dev)", metadata: ["url": "\(server.url)"])
+        }
+        defer { if let privateServer { Task { await privateServer.stop() } } }
+
+        let store: CoordinationClient
+        do {
+            store = try await CoordinationClient.connect(url: url!, namespace: namespace, allowEvictingPolicy: allowEvictingPolicy)
+        } catch {
+            logger.critical("cannot use the Redis at \(Self.redacted(url!)): \(error)")
+            if let privateServer { await privateServer.stop() }
+            throw ExitCode(1)
+        }
+        let status = try await store.status(allowEvictingPolicy: allowEvictingPolicy)
+        logger.info("connected to Redis", metadata: [
+            "redis": "\(Self.redacted(url!))", "redis_version": "\(status.redisVersion)",
+            "namespace": "\(namespace)", "revision": "\(status.revision)",
+            "appendonly": "\(status.appendOnly)", "maxmemory_policy": "\(status.maxmemoryPolicy)",
+        ])
+        for warning in status.warnings { logger.warning("\(warning)") }
+
+        let member = EtcdMember(name: memberName, namespace: namespace, clientURLs: advertised)
+        let api = EtcdAPIServer(store: store, listen: listen, member: member, logger: logger)
+        let background = StoreBackground(store: store, retainRevisions: retention > 0 ? retention : nil)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: background), .init(service: api)]
+        if !gatewayListen.isEmpty {
+            services.append(.init(service: EtcdGateway(api: api, listen: gatewayListen, logger: logger)))
+        }
+        let group = ServiceGroup(configuration: .init(
+            services: services,
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        logger.info("coordproxy starting", metadata: [
+            "name": "\(memberName)", "member_id": "\(String(member.memberID, radix: 16))",
+            "listen": "\(listen.map(\.description).joined(separator: ","))",
+        ])
+        do {
+            try await group.run()
+        } catch {
+            logger.error("coordproxy stopped on an error: \(error)")
+            await store.close()
+            if let privateServer { await privateServer.stop() }
+            throw ExitCode(1)
+        }
+        await store.close()
+        if let privateServer { await privateServer.stop() }
+        privateServer = nil
+        logger.info("coordproxy stopped")
+    }
+
+    /// The URL with its password hidden, for logs.
+    static func redacted(_ url: String) -> String {
+        (try? RedisConfiguration(url: url))?.redactedURL ?? "(an unparsable Redis URL)"
+    }
+
+    /// Listen addresses from etcd-style URLs (`http://127.0.0.1:2379,http://0.0.0.0:2380`).
+    static func addresses(_ list: String) throws -> [EtcdAPIServer.Address] {
+        try list.split(separator: ",").map { item in
+            let text = item.trimmingCharacters(in: .whitespaces)
+            guard let url = URLComponents(string: text), let scheme = url.scheme, let host = url.host, !host.isEmpty else {
+                throw ValidationError("listen URL \(text) is not a URL; give http://host:port, e.g. http://127.0.0.1:2379")
+            }
+            guard scheme == "http" else {
+                throw ValidationError("listen URL \(text): only http:// (plaintext) is served; put a TLS terminator in front for https")
+            }
+            guard let port = url.port, (0...65535).contains(port) else {
+                throw ValidationError("listen URL \(text) has no port; give http://host:port, e.g. http://127.0.0.1:2379")
+            }
+            let address = host == "localhost" ? "127.0.0.1" : host
+            guard address.split(separator: ".").count == 4, address.split(separator: ".").allSatisfy({ UInt8($0) != nil }) else {
+                throw ValidationError("listen URL \(text): give an IPv4 address (such as 127.0.0.1 or 0.0.0.0) as the host")
+            }
+            return EtcdAPIServer.Address(host: address, port: port)
+        }
+    }
+}
+
+/// The store's background work (lease reaping, retention) as a service of the group.
+struct StoreBackground: Service {
+    let store: CoordinationClient
+    let retainRevisions: Int64?
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            try await store.run(interval: .milliseconds(100), retainRevisions: retainRevisions)
+        }
+    }
+}

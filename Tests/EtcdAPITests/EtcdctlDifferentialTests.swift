@@ -1,0 +1,155 @@
+import Foundation
+import Testing
+
+/// The same etcdctl 3.4 command sequence run against a real etcd 3.4 and against
+/// coordproxy on Redis: outputs, errors and exit codes must be identical (leaving
+/// out cluster_id, member_id and raft_term, and with lease IDs, which etcd picks at
+/// random, written as <lease>).
+@Suite(.serialized) struct EtcdctlDifferentialTests {
+    /// One etcdctl invocation; `$LEASE` is replaced by the lease granted earlier.
+    struct Step: Sendable {
+        var arguments: [String]
+        var input = ""
+    }
+
+    static let tooManyOps = String(repeating: "put k v\n", count: 129)
+
+    static let steps: [Step] = [
+        Step(arguments: ["put", "a", "1"]),
+        Step(arguments: ["put", "a", "2", "--prev-kv"]),
+        Step(arguments: ["put", "b", "1", "-w", "json"]),
+        Step(arguments: ["get", "a", "-w", "json"]),
+        Step(arguments: ["get", "a", "c"]),
+        Step(arguments: ["get", "", "--prefix", "-w", "json"]),
+        Step(arguments: ["get", "", "--from-key", "--keys-only"]),
+        Step(arguments: ["get", "", "--prefix", "--sort-by=MODIFY", "--order=DESCEND"]),
+        Step(arguments: ["get", "", "--prefix", "--limit", "1", "-w", "json"]),
+        Step(arguments: ["get", "", "--prefix", "--keys-only", "--sort-by=VERSION", "--order=ASCEND"]),
+        Step(arguments: ["get", "", "--prefix", "--consistency=s", "-w", "json"]),
+        Step(arguments: ["get", "missing", "-w", "json"]),
+        Step(arguments: ["del", "a", "--prev-kv"]),
+        Step(arguments: ["del", "missing"]),
+        Step(arguments: ["get", "a", "--rev", "3", "-w", "json"]),
+        Step(arguments: ["txn", "-w", "json"], input: "mod(\"b\") > \"0\"\n\nput b 2\nget b\n\nput b 9\n\n"),
+        Step(arguments: ["txn"], input: "value(\"b\") = \"nope\"\n\nput b 3\n\nget b\ndel b\n\n"),
+        Step(arguments: ["txn"], input: "\n" + tooManyOps + "\n\n"),
+        Step(arguments: ["put", "c", "1"]),
+        Step(arguments: ["put", "c", "2"]),
+        Step(arguments: ["compaction", "5"]),
+        Step(arguments: ["get", "c", "--rev", "3"]),
+        Step(arguments: ["get", "c", "--rev", "5", "-w", "json"]),
+        Step(arguments: ["get", "c", "--rev", "100"]),
+        Step(arguments: ["compaction", "4"]),
+        Step(arguments: ["compaction", "100"]),
+        Step(arguments: ["put", "", "v"]),
+        Step(arguments: ["put", "big"], input: String(repeating: "x", count: 1_600_000)),
+        Step(arguments: ["lease", "grant", "60"]),
+        Step(arguments: ["put", "l/1", "v", "--lease=$LEASE"]),
+        Step(arguments: ["put", "l/2", "v", "--lease=$LEASE"]),
+        Step(arguments: ["lease", "list"]),
+        Step(arguments: ["lease", "keep-alive", "--once", "$LEASE"]),
+        Step(arguments: ["get", "l/", "--prefix", "-w", "json"]),
+        Step(arguments: ["lease", "revoke", "$LEASE"]),
+        Step(arguments: ["get", "l/", "--prefix"]),
+        Step(arguments: ["lease", "timetolive", "$LEASE"]),
+        Step(arguments: ["lease", "keep-alive", "--once", "$LEASE"]),
+        Step(arguments: ["lease", "revoke", "$LEASE"]),
+        Step(arguments: ["put", "x", "v", "--lease=$LEASE"]),
+        Step(arguments: ["put", "x", "v", "--lease=1234abcd"]),
+        Step(arguments: ["del", "", "--prefix"]),
+        Step(arguments: ["get", "", "--prefix", "-w", "json"]),
+    ]
+
+    /// Runs the steps against `endpoint`; one printable record per step.
+    static func transcript(_ endpoint: String) async throws -> [String] {
+        var lease = ""
+        var records: [String] = []
+        for step in steps {
+            let arguments = step.arguments.map { $0.replacingOccurrences(of: "$LEASE", with: lease.isEmpty ? "0" : lease) }
+            let result = try await etcdctl(arguments, endpoint: endpoint, input: step.input)
+            if step.arguments.starts(with: ["lease", "grant"]), let id = result.output.split(separator: " ").dropFirst().first {
+                lease = String(id)
+            }
+            func clean(_ text: String) -> String {
+                // etcdctl's own warning log lines carry timestamps, client IDs and ports.
+                let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+                    .filter { !$0.hasPrefix("{\"level\":") }
+                    .map { line -> String in
+                        guard !lease.isEmpty else { return String(line) }
+                        if line == lease { return "<lease>" }
+                        return line.replacingOccurrences(of: "lease \(lease) ", with: "lease <lease> ")
+                    }
+                return normalizedJSON(lines.joined(separator: "\n"), lease: Int64(lease, radix: 16))
+            }
+            records.append("$ etcdctl \(step.arguments.joined(separator: " "))\nexit \(result.status)\nout: \(clean(result.output))\nerr: \(clean(result.error))")
+        }
+        return records
+    }
+
+    @Test func etcdctlSequenceGivesEtcdsOutputsErrorsAndExitCodes() async throws {
+        let reference = try await ReferenceEtcd.withServer { etcd in try await Self.transcript(etcd.endpoint) }
+        let ours = try await withProxy { proxy in try await Self.transcript(proxy.endpoint) }
+        #expect(ours.count == reference.count)
+        for (theirs, mine) in zip(reference, ours) {
+            #expect(mine == theirs)
+        }
+        if let directory = ProcessInfo.processInfo.environment["COORD_TRANSCRIPTS"] {
+            try reference.joined(separator: "\n\n").write(toFile: directory + "/etcd.txt", atomically: true, encoding: .utf8)
+            try ours.joined(separator: "\n\n").write(toFile: directory + "/coordproxy.txt", atomically: true, encoding: .utf8)
+        }
+        // The comparison covers the error paths too, and no step failed on etcdctl's own usage.
+        #expect(!reference.contains { $0.contains("unknown flag") })
+        #expect(reference.contains { $0.contains("required revision has been compacted") })
+        #expect(reference.contains { $0.contains("requested lease not found") })
+        #expect(reference.contains { $0.contains("request is too large") })
+        #expect(reference.contains { $0.contains("too many operations in txn request") })
+    }
+
+    /// The events etcdctl's `watch --prefix "" --rev <from> -w json` prints until one
+    /// at revision `until` arrives: "PUT key value create mod version" per event.
+    static func watchedEvents(_ endpoint: String, from: Int64, until: Int64) async throws -> [String] {
+        let watcher = try Background(etcdctl: ["watch", "--prefix", "", "--rev", String(from), "-w", "json"], endpoint: endpoint)
+        defer { watcher.signal(SIGKILL) }
+        var events: [String] = []
+        let deadline = ContinuousClock.now + .seconds(60)
+        var seen = 0
+        while ContinuousClock.now < deadline {
+            let lines = watcher.printed
+            for line in lines.dropFirst(seen) {
+                guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { continue }
+                var reached = false
+                for event in object["Events"] as? [[String: Any]] ?? [] {
+                    let kv = event["kv"] as? [String: Any] ?? [:]
+                    func text(_ field: String) -> String {
+                        (kv[field] as? String).flatMap { Data(base64Encoded: $0) }.map { String(decoding: $0, as: UTF8.self) } ?? ""
+                    }
+                    let number = { (field: String) in "\(kv[field] ?? 0)" }
+                    events.append("\((event["type"] as? Int) == 1 || (event["type"] as? String) == "DELETE" ? "DELETE" : "PUT") \(text("key")) \(text("value")) \(number("create_revision")) \(number("mod_revision")) \(number("version"))")
+                    if Int64(number("mod_revision")) ?? 0 >= until { reached = true }
+                }
+                // All events of a revision arrive together: stop after the whole response.
+                if reached { return events }
+            }
+            seen = lines.count
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return events
+    }
+
+    @Test func etcdctlWatchSeesTheSameEventsAsOnEtcd() async throws {
+        // Writes from a watch-free history, then the complete stream from revision 2.
+        let writes: [[String]] = [["put", "w/a", "1"], ["put", "w/b", "1"], ["put", "w/a", "2"], ["del", "w/b"],
+                                  ["txn"], ["put", "w/c", "3"], ["del", "w/", "--prefix"]]
+        func apply(_ endpoint: String) async throws -> [String] {
+            for write in writes {
+                let input = write == ["txn"] ? "\nput w/x 1\nput w/y 2\n\n\n" : ""
+                #expect(try await etcdctl(write, endpoint: endpoint, input: input).status == 0)
+            }
+            return try await Self.watchedEvents(endpoint, from: 2, until: 8)
+        }
+        let reference = try await ReferenceEtcd.withServer { etcd in try await apply(etcd.endpoint) }
+        let ours = try await withProxy { proxy in try await apply(proxy.endpoint) }
+        #expect(reference.count == 11)
+        #expect(ours == reference)
+    }
+}

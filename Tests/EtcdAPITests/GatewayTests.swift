@@ -1,0 +1,86 @@
+import Foundation
+@testable import RedisClient
+import Testing
+
+/// The JSON gateway against etcd's own: the same requests, from Python's urllib,
+/// to etcd 3.4's gateway and to coordproxy's give the same statuses and bodies.
+@Suite struct GatewayTests {
+    static func base64(_ text: String) -> String { Data(text.utf8).base64EncodedString() }
+
+    static var requests: [[String: Any]] { [
+        ["path": "/v3/kv/put", "body": ["key": base64("a"), "value": base64("1")]],
+        ["path": "/v3/kv/put", "body": ["key": base64("a"), "value": base64("2"), "prev_kv": true]],
+        ["path": "/v3/kv/put", "body": ["key": base64("b"), "value": base64("1")]],
+        ["path": "/v3/kv/range", "body": ["key": base64("a")]],
+        ["path": "/v3/kv/range", "body": ["key": base64("a"), "range_end": base64("c")]],
+        ["path": "/v3/kv/range", "body": ["key": "AA==", "range_end": "AA==", "keys_only": true, "sort_order": "DESCEND"]],
+        ["path": "/v3/kv/range", "body": ["key": "AA==", "range_end": "AA==", "count_only": true]],
+        ["path": "/v3/kv/txn", "body": [
+            "compare": [["key": base64("a"), "target": "VALUE", "result": "EQUAL", "value": base64("2")]],
+            "success": [["request_put": ["key": base64("c"), "value": base64("3")]], ["request_range": ["key": base64("c")]]],
+            "failure": [["request_delete_range": ["key": base64("a")]]],
+        ]],
+        ["path": "/v3/kv/deleterange", "body": ["key": base64("a"), "prev_kv": true]],
+        ["path": "/v3/kv/compaction", "body": ["revision": "3"]],
+        ["path": "/v3/kv/range", "body": ["key": base64("a"), "revision": "2"]],
+        ["path": "/v3/kv/range", "body": ["key": base64("a"), "revision": "100"]],
+        ["path": "/v3/kv/put", "body": ["value": base64("v")]],
+        ["path": "/v3/lease/grant", "body": ["TTL": "60", "ID": "4660"]],
+        ["path": "/v3/lease/grant", "body": ["TTL": "60", "ID": "4660"]],
+        ["path": "/v3/kv/put", "body": ["key": base64("l"), "value": base64("v"), "lease": "4660"]],
+        ["path": "/v3/lease/leases", "body": [:]],
+        ["path": "/v3/lease/revoke", "body": ["ID": "4660"]],
+        ["path": "/v3/lease/revoke", "body": ["ID": "4660"]],
+        ["path": "/v3/kv/lease/timetolive", "body": ["ID": "4660"]],
+        ["path": "/v3/kv/put", "body": ["key": base64("x"), "value": base64("v"), "lease": "4660"]],
+        ["path": "/v3/watch", "body": ["create_request": ["key": base64("b"), "start_revision": "4"]], "stream": 2],
+        ["path": "/v3/kv/range", "body": ["key": "AA==", "range_end": "AA=="]],
+    ] }
+
+    /// Runs the requests through Tests/EtcdAPITests/Python/gateway_client.py.
+    static func answers(_ base: String) async throws -> [String] {
+        guard let python = ChildProcess.locate("python3") else {
+            throw RedisError(.serverNotFound, "python3 was not found on PATH")
+        }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Python/gateway_client.py").path
+        let input = try requests.map { String(decoding: try JSONSerialization.data(withJSONObject: $0), as: UTF8.self) }.joined(separator: "\n") + "\n"
+        let result = try await run(python, [script, base], environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"], input: input)
+        #expect(result.status == 0, "\(result.error)")
+        return result.output.split(separator: "\n").map { normalizedJSON(String($0)) }
+    }
+
+    @Test func gatewayRequestsGiveEtcdsStatusesAndBodies() async throws {
+        let reference = try await ReferenceEtcd.withServer { etcd in try await Self.answers(etcd.endpoint) }
+        let ours = try await withProxy { proxy in try await Self.answers(proxy.gateway) }
+        #expect(reference.count == Self.requests.count)
+        #expect(ours.count == reference.count)
+        for (index, (theirs, mine)) in zip(reference, ours).enumerated() {
+            #expect(mine == theirs, "request \(index): \(Self.requests[index]["path"] ?? "")")
+        }
+        #expect(reference.contains { $0.contains("required revision has been compacted") })
+    }
+
+    @Test func versionHealthAndStatusAnswer() async throws {
+        try await withProxy { proxy in
+            guard let python = ChildProcess.locate("python3") else { throw RedisError(.serverNotFound, "python3 was not found on PATH") }
+            let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Python/gateway_client.py").path
+            let input = """
+                {"method": "GET", "path": "/version"}
+                {"method": "GET", "path": "/health"}
+                {"path": "/v3/maintenance/status", "body": {}}
+                {"path": "/v3/cluster/member/list", "body": {}}
+                {"path": "/v3/nothing", "body": {}}
+
+                """
+            let result = try await run(python, [script, proxy.gateway], environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"], input: input)
+            let lines = result.output.split(separator: "\n").map(String.init)
+            #expect(lines.count == 5, "\(result)")
+            guard lines.count == 5 else { return }
+            #expect(lines[0].contains("\"etcdserver\": \"3.4.0\""), "\(lines[0])")
+            #expect(lines[1].contains("\"health\": \"true\""), "\(lines[1])")
+            #expect(lines[2].contains("\"version\": \"3.4.0\"") && lines[2].contains("\"status\": 200"), "\(lines[2])")
+            #expect(lines[3].contains("\"name\": \"default\""), "\(lines[3])")
+            #expect(lines[4].contains("\"status\": 404"), "\(lines[4])")
+        }
+    }
+}

@@ -1,0 +1,345 @@
+// clientcheck drives an etcd v3 endpoint with etcd's own Go client (clientv3 and
+// clientv3/concurrency from Debian's golang-etcd-server-dev, built with
+// GO111MODULE=off) and checks what etcd's concurrency examples check. It prints
+// one "ok <scenario>" line per passed scenario and exits 1 on the first failure.
+//
+//	clientcheck <endpoint> all                    every scenario below, in turn
+//	clientcheck <endpoint> session|mutex|election|stm|watch|lease
+//	clientcheck <endpoint> hold <name> <n> <log>  n holds of mutex <name>, each writing
+//	                                              "in <pid>" and "out <pid>" lines to <log>
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"go.etcd.io/etcd/clientv3"
+	"go.etcd.io/etcd/clientv3/concurrency"
+)
+
+func fail(format string, args ...interface{}) {
+	fmt.Fprintf(os.Stderr, "FAIL: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+func check(err error, what string) {
+	if err != nil {
+		fail("%s: %v", what, err)
+	}
+}
+
+func connect(endpoint string) *clientv3.Client {
+	client, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 20 * time.Second})
+	check(err, "connect")
+	return client
+}
+
+func timeout() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 60*time.Second)
+}
+
+// session: a session's lease lives while it is refreshed, and Close revokes it.
+func session(endpoint string) {
+	client := connect(endpoint)
+	defer client.Close()
+	s, err := concurrency.NewSession(client, concurrency.WithTTL(2))
+	check(err, "new session")
+	ctx, cancel := timeout()
+	defer cancel()
+	_, err = client.Put(ctx, "session/key", "v", clientv3.WithLease(s.Lease()))
+	check(err, "put with the session's lease")
+	time.Sleep(4 * time.Second) // two TTLs: kept alive by the session
+	resp, err := client.Get(ctx, "session/key")
+	check(err, "get")
+	if len(resp.Kvs) != 1 {
+		fail("the session's key vanished while the session was refreshed")
+	}
+	check(s.Close(), "close")
+	resp, err = client.Get(ctx, "session/key")
+	check(err, "get after close")
+	if len(resp.Kvs) != 0 {
+		fail("close did not revoke the session's lease")
+	}
+	select {
+	case <-s.Done():
+	case <-time.After(10 * time.Second):
+		fail("Done() did not close after Close()")
+	}
+}
+
+// mutex: etcd's ExampleMutex_Lock: a second locker waits until the first unlocks.
+func mutex(endpoint string) {
+	client := connect(endpoint)
+	defer client.Close()
+	s1, err := concurrency.NewSession(client)
+	check(err, "session 1")
+	defer s1.Close()
+	m1 := concurrency.NewMutex(s1, "/my-lock/")
+	s2, err := concurrency.NewSession(client)
+	check(err, "session 2")
+	defer s2.Close()
+	m2 := concurrency.NewMutex(s2, "/my-lock/")
+	ctx, cancel := timeout()
+	defer cancel()
+	check(m1.Lock(ctx), "lock 1")
+	locked := make(chan struct{})
+	go func() {
+		if err := m2.Lock(ctx); err != nil {
+			fail("lock 2: %v", err)
+		}
+		close(locked)
+	}()
+	select {
+	case <-locked:
+		fail("the second locker got in while the first held the lock")
+	case <-time.After(500 * time.Millisecond):
+	}
+	check(m1.Unlock(ctx), "unlock 1")
+	select {
+	case <-locked:
+	case <-time.After(30 * time.Second):
+		fail("the second locker never got the lock after the first unlocked")
+	}
+	if m2.Header().Revision <= 0 {
+		fail("no header revision on the second lock")
+	}
+	check(m2.Unlock(ctx), "unlock 2")
+}
+
+// election: etcd's ExampleElection_Campaign plus Observe and Resign.
+func election(endpoint string) {
+	client := connect(endpoint)
+	defer client.Close()
+	s1, err := concurrency.NewSession(client)
+	check(err, "session 1")
+	defer s1.Close()
+	e1 := concurrency.NewElection(s1, "/my-election/")
+	s2, err := concurrency.NewSession(client)
+	check(err, "session 2")
+	defer s2.Close()
+	e2 := concurrency.NewElection(s2, "/my-election/")
+	ctx, cancel := timeout()
+	defer cancel()
+	observeCtx, stopObserving := context.WithCancel(ctx)
+	defer stopObserving()
+	observed := e1.Observe(observeCtx)
+	check(e1.Campaign(ctx, "e1"), "campaign 1")
+	elected := make(chan struct{})
+	go func() {
+		if err := e2.Campaign(ctx, "e2"); err != nil {
+			fail("campaign 2: %v", err)
+		}
+		close(elected)
+	}()
+	check(e1.Proclaim(ctx, "e1 again"), "proclaim")
+	leader, err := e1.Leader(ctx)
+	check(err, "leader")
+	if string(leader.Kvs[0].Value) != "e1 again" {
+		fail("leader value %q, want %q", leader.Kvs[0].Value, "e1 again")
+	}
+	select {
+	case <-elected:
+		fail("the second candidate was elected while the first led")
+	case <-time.After(500 * time.Millisecond):
+	}
+	check(e1.Resign(ctx), "resign")
+	select {
+	case <-elected:
+	case <-time.After(30 * time.Second):
+		fail("the second candidate was not elected after the first resigned")
+	}
+	want := []string{"e1", "e1 again", "e2"}
+	for _, value := range want {
+		select {
+		case resp := <-observed:
+			if got := string(resp.Kvs[0].Value); got != value {
+				fail("observed %q, want %q", got, value)
+			}
+		case <-time.After(30 * time.Second):
+			fail("observe did not deliver %q", value)
+		}
+	}
+	check(e2.Resign(ctx), "resign 2")
+}
+
+// stm: etcd's ExampleSTM_apply: transfers between accounts keep the total.
+func stm(endpoint string) {
+	client := connect(endpoint)
+	defer client.Close()
+	ctx, cancel := timeout()
+	defer cancel()
+	const accounts, start = 5, 100
+	for i := 0; i < accounts; i++ {
+		_, err := client.Put(ctx, fmt.Sprintf("accts/%d", i), strconv.Itoa(start))
+		check(err, "put account")
+	}
+	exchange := func(stm concurrency.STM) error {
+		from, to := time.Now().Nanosecond()%accounts, time.Now().Nanosecond()/7%accounts
+		if from == to {
+			return nil
+		}
+		fromKey, toKey := fmt.Sprintf("accts/%d", from), fmt.Sprintf("accts/%d", to)
+		fromValue, _ := strconv.Atoi(stm.Get(fromKey))
+		toValue, _ := strconv.Atoi(stm.Get(toKey))
+		amount := fromValue / 2
+		stm.Put(fromKey, strconv.Itoa(fromValue-amount))
+		stm.Put(toKey, strconv.Itoa(toValue+amount))
+		return nil
+	}
+	done := make(chan error, 10)
+	for i := 0; i < 10; i++ {
+		go func() {
+			var err error
+			for j := 0; j < 10 && err == nil; j++ {
+				_, err = concurrency.NewSTM(client, exchange)
+			}
+			done <- err
+		}()
+	}
+	for i := 0; i < 10; i++ {
+		check(<-done, "stm")
+	}
+	resp, err := client.Get(ctx, "accts/", clientv3.WithPrefix())
+	check(err, "get accounts")
+	total := 0
+	for _, kv := range resp.Kvs {
+		value, _ := strconv.Atoi(string(kv.Value))
+		total += value
+	}
+	if total != accounts*start {
+		fail("total %d after the transfers, want %d", total, accounts*start)
+	}
+}
+
+// watch: a watch resumed from a revision sees every later event once, in order.
+func watch(endpoint string) {
+	client := connect(endpoint)
+	defer client.Close()
+	ctx, cancel := timeout()
+	defer cancel()
+	first, err := client.Put(ctx, "watch/k", "0")
+	check(err, "put")
+	for i := 1; i <= 9; i++ {
+		_, err = client.Put(ctx, "watch/k", strconv.Itoa(i))
+		check(err, "put")
+	}
+	watchCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	events := client.Watch(watchCtx, "watch/", clientv3.WithPrefix(), clientv3.WithRev(first.Header.Revision+1), clientv3.WithPrevKV())
+	next := 1
+	for next <= 9 {
+		select {
+		case resp := <-events:
+			check(resp.Err(), "watch")
+			for _, event := range resp.Events {
+				if string(event.Kv.Value) != strconv.Itoa(next) || event.PrevKv == nil || string(event.PrevKv.Value) != strconv.Itoa(next-1) {
+					fail("event %d: value %q prev %v", next, event.Kv.Value, event.PrevKv)
+				}
+				next++
+			}
+		case <-time.After(30 * time.Second):
+			fail("watch stalled at event %d", next)
+		}
+	}
+	_, err = client.Compact(ctx, first.Header.Revision+5)
+	check(err, "compact")
+	compacted := client.Watch(ctx, "watch/", clientv3.WithPrefix(), clientv3.WithRev(first.Header.Revision))
+	select {
+	case resp := <-compacted:
+		if resp.Err() == nil || resp.CompactRevision != first.Header.Revision+5 {
+			fail("a watch from a compacted revision answered err=%v compact=%d", resp.Err(), resp.CompactRevision)
+		}
+	case <-time.After(30 * time.Second):
+		fail("a watch from a compacted revision got no answer")
+	}
+}
+
+// lease: an unrefreshed lease expires and takes its keys; TimeToLive says so.
+func lease(endpoint string) {
+	client := connect(endpoint)
+	defer client.Close()
+	ctx, cancel := timeout()
+	defer cancel()
+	granted, err := client.Grant(ctx, 2)
+	check(err, "grant")
+	_, err = client.Put(ctx, "lease/k", "v", clientv3.WithLease(granted.ID))
+	check(err, "put")
+	live, err := client.TimeToLive(ctx, granted.ID, clientv3.WithAttachedKeys())
+	check(err, "time to live")
+	if live.GrantedTTL != 2 || len(live.Keys) != 1 {
+		fail("time to live: granted %d keys %d", live.GrantedTTL, len(live.Keys))
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := client.Get(ctx, "lease/k")
+		check(err, "get")
+		if len(resp.Kvs) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			fail("the key of an expired lease is still there")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	gone, err := client.TimeToLive(ctx, granted.ID)
+	check(err, "time to live after expiry")
+	if gone.TTL != -1 {
+		fail("time to live of an expired lease: %d, want -1", gone.TTL)
+	}
+	if _, err = client.Revoke(ctx, granted.ID); err == nil {
+		fail("revoking an expired lease succeeded")
+	}
+}
+
+// hold: n holds of one mutex, each logged, for the multi-process exclusion check.
+func hold(endpoint, name string, n int, logPath string) {
+	client := connect(endpoint)
+	defer client.Close()
+	s, err := concurrency.NewSession(client, concurrency.WithTTL(10))
+	check(err, "session")
+	defer s.Close()
+	m := concurrency.NewMutex(s, name)
+	log, err := os.OpenFile(logPath, os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o644)
+	check(err, "open log")
+	defer log.Close()
+	ctx, cancel := timeout()
+	defer cancel()
+	for i := 0; i < n; i++ {
+		check(m.Lock(ctx), "lock")
+		fmt.Fprintf(log, "in %d %d\n", os.Getpid(), m.Header().Revision)
+		time.Sleep(10 * time.Millisecond)
+		fmt.Fprintf(log, "out %d\n", os.Getpid())
+		check(m.Unlock(ctx), "unlock")
+	}
+}
+
+func main() {
+	if len(os.Args) < 3 {
+		fmt.Fprintln(os.Stderr, "usage: clientcheck <endpoint> all|session|mutex|election|stm|watch|lease|hold <name> <n> <log>")
+		os.Exit(2)
+	}
+	endpoint := os.Args[1]
+	scenarios := map[string]func(string){"session": session, "mutex": mutex, "election": election, "stm": stm, "watch": watch, "lease": lease}
+	order := []string{"session", "mutex", "election", "stm", "watch", "lease"}
+	switch os.Args[2] {
+	case "all":
+		for _, name := range order {
+			scenarios[name](endpoint)
+			fmt.Println("ok", name)
+		}
+	case "hold":
+		n, _ := strconv.Atoi(os.Args[4])
+		hold(endpoint, os.Args[3], n, os.Args[5])
+		fmt.Println("ok hold")
+	default:
+		scenario, found := scenarios[os.Args[2]]
+		if !found {
+			fail("unknown scenario %s", os.Args[2])
+		}
+		scenario(endpoint)
+		fmt.Println("ok", os.Args[2])
+	}
+}

@@ -1,0 +1,66 @@
+import Foundation
+@testable import RedisClient
+import Testing
+
+/// etcd's own Go client (clientv3 and clientv3/concurrency, Debian's
+/// golang-etcd-server-dev) against coordproxy: Tests/EtcdAPITests/GoClient.
+@Suite struct GoClientTests {
+    /// The built Go program: $COORD_GO_CLIENTCHECK (scripts/test.sh builds it), else
+    /// built here with `go build` in GOPATH mode.
+    static func clientcheck() async throws -> String {
+        if let built = ProcessInfo.processInfo.environment["COORD_GO_CLIENTCHECK"], FileManager.default.isExecutableFile(atPath: built) {
+            return built
+        }
+        guard let go = ChildProcess.locate("go") else {
+            throw RedisError(.serverNotFound, "go was not found on PATH; install golang-go and golang-etcd-server-dev, or run scripts/test.sh")
+        }
+        let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("GoClient/main.go").path
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("clientcheck-\(UUID().uuidString)").path
+        var environment = ProcessInfo.processInfo.environment
+        environment["GO111MODULE"] = "off"
+        environment["GOPATH"] = "/usr/share/gocode"
+        if environment["GOCACHE"] == nil { environment["GOCACHE"] = FileManager.default.temporaryDirectory.appendingPathComponent("gocache").path }
+        let build = try await run(go, ["build", "-o", output, source], environment: environment, timeout: .seconds(600))
+        guard build.status == 0 else {
+            throw RedisError(.serverStartFailed, "go build of the clientv3 checks failed (is golang-etcd-server-dev installed?): \(build.error)")
+        }
+        return output
+    }
+
+    @Test func clientv3SessionMutexElectionSTMWatchAndLeaseScenariosPass() async throws {
+        let program = try await Self.clientcheck()
+        try await withProxy { proxy in
+            let result = try await run(program, [proxy.endpoint, "all"], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(300))
+            #expect(result.status == 0, "\(result.error)")
+            #expect(result.output == "ok session\nok mutex\nok election\nok stm\nok watch\nok lease\n", "\(result.output)\(result.error)")
+        }
+    }
+
+    @Test func clientv3MutexExcludesAcrossFourProcesses() async throws {
+        let program = try await Self.clientcheck()
+        try await withProxy { proxy in
+            let log = FileManager.default.temporaryDirectory.appendingPathComponent("holds-\(UUID().uuidString)").path
+            defer { unlink(log) }
+            let holders = (0..<4).map { _ in
+                Task { try await run(program, [proxy.endpoint, "hold", "/shared-lock/", "25", log], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(300)) }
+            }
+            for holder in holders {
+                let result = try await holder.value
+                #expect(result.status == 0, "\(result.error)")
+            }
+            let lines = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n")
+            #expect(lines.count == 200)
+            var revisions: [Int64] = []
+            for (index, line) in lines.enumerated() {
+                let fields = line.split(separator: " ")
+                if index % 2 == 0 {
+                    #expect(fields.first == "in", "overlapping holders at line \(index): \(line)")
+                    revisions.append(Int64(fields.last ?? "") ?? 0)
+                } else {
+                    #expect(fields.first == "out" && fields[1] == lines[index - 1].split(separator: " ")[1], "overlapping holders at line \(index): \(line)")
+                }
+            }
+            #expect(revisions == revisions.sorted(), "holds were not granted in revision order")
+        }
+    }
+}

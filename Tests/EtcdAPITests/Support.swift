@@ -1,0 +1,250 @@
+import Coordination
+import EtcdAPI
+import Foundation
+import Logging
+@testable import RedisClient
+import Synchronization
+import Testing
+
+/// A coordproxy served in process: a private redis-server, a store on it with its
+/// background work running, and the etcd API on a free loopback port.
+struct Proxy: Sendable {
+    let store: CoordinationClient
+    let redis: RedisServer
+    /// `http://127.0.0.1:<port>`, for `etcdctl --endpoints`.
+    let endpoint: String
+    /// The JSON gateway's `http://127.0.0.1:<port>`.
+    let gateway: String
+}
+
+func withProxy<Result: Sendable>(_ body: (Proxy) async throws -> Result) async throws -> Result {
+    try await RedisServer.withServer { server in
+        let store = try await CoordinationClient.connect(url: server.url)
+        var logger = Logger(label: "coordproxy-test")
+        logger.logLevel = .warning
+        // Ports chosen up front, so that the member list advertises the real ones.
+        let api = EtcdAPIServer(store: store, listen: [.init(host: "127.0.0.1", port: try ChildProcess.freeLoopbackPort())], logger: logger)
+        let gateway = EtcdGateway(api: api, listen: [.init(host: "127.0.0.1", port: try ChildProcess.freeLoopbackPort())], logger: logger)
+        let serving = Task { try await api.run() }
+        let gatewayServing = Task { try await gateway.run() }
+        let background = Task { try await store.run(interval: .milliseconds(50)) }
+        func stop() async {
+            serving.cancel()
+            gatewayServing.cancel()
+            background.cancel()
+            _ = await serving.result
+            _ = await gatewayServing.result
+            _ = await background.result
+            await store.close()
+        }
+        do {
+            let bound = try #require(await api.boundAddresses().first)
+            let gatewayBound = try #require(await gateway.boundAddresses().first)
+            let result = try await body(Proxy(store: store, redis: server, endpoint: "http://127.0.0.1:\(bound.port)",
+                                              gateway: "http://127.0.0.1:\(gatewayBound.port)"))
+            await stop()
+            return result
+        } catch {
+            await stop()
+            throw error
+        }
+    }
+}
+
+/// A private single-member etcd 3.4, the reference.
+final class ReferenceEtcd: Sendable {
+    let endpoint: String
+    private let process: ChildProcess
+
+    private init(endpoint: String, process: ChildProcess) {
+        self.endpoint = endpoint
+        self.process = process
+    }
+
+    static func withServer<Result: Sendable>(_ body: (ReferenceEtcd) async throws -> Result) async throws -> Result {
+        guard let executable = ChildProcess.locate("etcd") else {
+            throw RedisError(.serverNotFound, "etcd was not found on PATH; install it (Debian: apt-get install etcd-server)")
+        }
+        let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-etcd")
+        let client = "http://127.0.0.1:\(try ChildProcess.freeLoopbackPort())"
+        let peer = "http://127.0.0.1:\(try ChildProcess.freeLoopbackPort())"
+        let process = try ChildProcess.spawn(executable, arguments: [
+            "--name", "reference", "--data-dir", directory + "/data",
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", "reference=\(peer)", "--initial-cluster-state", "new",
+            "--logger", "zap", "--log-outputs", directory + "/etcd.log",
+        ], logPath: directory + "/stdout.log", pidFile: directory + "/etcd.pid")
+        let etcd = ReferenceEtcd(endpoint: client, process: process)
+        do {
+            let deadline = ContinuousClock.now + .seconds(30)
+            while try await etcdctl(["endpoint", "health"], endpoint: client).status != 0 {
+                guard ContinuousClock.now < deadline, !process.hasExited() else {
+                    throw RedisError(.serverStartFailed, "etcd did not become healthy: " + ChildProcess.tail(of: directory + "/etcd.log"))
+                }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            let result = try await body(etcd)
+            await process.terminate(signal: SIGTERM)
+            try? FileManager.default.removeItem(atPath: directory)
+            return result
+        } catch {
+            await process.terminate(signal: SIGTERM)
+            try? FileManager.default.removeItem(atPath: directory)
+            throw error
+        }
+    }
+}
+
+/// What a finished program printed.
+struct ProgramOutput: Sendable {
+    var status: Int32
+    var output: String
+    var error: String
+}
+
+/// Runs Debian's etcdctl (API 3) against `endpoint`, on a thread of its own.
+func etcdctl(_ arguments: [String], endpoint: String, input: String = "", timeout: Duration = .seconds(60)) async throws -> ProgramOutput {
+    guard let executable = ChildProcess.locate("etcdctl") else {
+        throw RedisError(.serverNotFound, "etcdctl was not found on PATH; install it (Debian: apt-get install etcd-client)")
+    }
+    return try await run(executable, ["--endpoints", endpoint, "--dial-timeout", "20s", "--command-timeout", "30s"] + arguments,
+                         environment: ["ETCDCTL_API": "3", "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"],
+                         input: input, timeout: timeout)
+}
+
+/// Runs a program to completion on a thread of its own (never blocking the
+/// cooperative pool); kills it after `timeout`.
+func run(_ executable: String, _ arguments: [String], environment: [String: String], input: String = "", timeout: Duration = .seconds(60)) async throws -> ProgramOutput {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = arguments
+            process.environment = environment
+            let output = Pipe(), error = Pipe(), stdin = Pipe()
+            process.standardOutput = output
+            process.standardError = error
+            process.standardInput = stdin
+            do { try process.run() } catch { continuation.resume(throwing: error); return }
+            let killer = DispatchWorkItem { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+            let (seconds, attoseconds) = timeout.components
+            DispatchQueue.global().asyncAfter(deadline: .now() + Double(seconds) + Double(attoseconds) / 1e18, execute: killer)
+            stdin.fileHandleForWriting.write(Data(input.utf8))
+            try? stdin.fileHandleForWriting.close()
+            let errorData = Shared(Data())
+            let errorDone = DispatchSemaphore(value: 0)
+            Thread.detachNewThread {
+                let data = error.fileHandleForReading.readDataToEndOfFile()
+                errorData.withLock { $0 = data }
+                errorDone.signal()
+            }
+            let out = output.fileHandleForReading.readDataToEndOfFile()
+            errorDone.wait()
+            process.waitUntilExit()
+            killer.cancel()
+            continuation.resume(returning: ProgramOutput(status: process.terminationStatus, output: String(decoding: out, as: UTF8.self),
+                                                         error: String(decoding: errorData.withLock { $0 }, as: UTF8.self)))
+        }
+    }
+}
+
+/// A long-running etcdctl (watch, lock, elect, keep-alive) whose output is read line by line.
+final class Background: @unchecked Sendable {
+    let process = Process()
+    private let output = Pipe()
+    private let lines = Shared<[String]>([])
+
+    init(etcdctl arguments: [String], endpoint: String) throws {
+        guard let executable = ChildProcess.locate("etcdctl") else {
+            throw RedisError(.serverNotFound, "etcdctl was not found on PATH; install it (Debian: apt-get install etcd-client)")
+        }
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = ["--endpoints", endpoint, "--dial-timeout", "20s"] + arguments
+        process.environment = ["ETCDCTL_API": "3", "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        let (handle, lines) = (output.fileHandleForReading, lines)
+        Thread.detachNewThread {
+            var buffer = Data()
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                buffer.append(chunk)
+                while let newline = buffer.firstIndex(of: 10) {
+                    let line = String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self)
+                    buffer.removeSubrange(buffer.startIndex...newline)
+                    lines.withLock { $0.append(line) }
+                }
+            }
+        }
+    }
+
+    /// Every complete line printed so far.
+    var printed: [String] { lines.withLock { $0 } }
+
+    /// Waits until at least `count` lines have been printed (or `timeout` passes).
+    func waitForLines(_ count: Int, timeout: Duration = .seconds(30)) async -> [String] {
+        let deadline = ContinuousClock.now + timeout
+        while printed.count < count && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        return printed
+    }
+
+    func signal(_ signal: Int32) { if process.isRunning { kill(process.processIdentifier, signal) } }
+
+    /// Waits for the process to exit (on a thread of its own) and returns its status.
+    func wait() async -> Int32 {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                self.process.waitUntilExit()
+                continuation.resume(returning: self.process.terminationStatus)
+            }
+        }
+    }
+
+    deinit { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+}
+
+/// A value shared between threads and tasks.
+final class Shared<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { mutex = Mutex(value) }
+    func withLock<R: Sendable>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&$0) } }
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+func eventually(timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return try await condition()
+}
+
+/// JSON output with the fields that differ between any two etcd clusters removed
+/// (cluster_id, member_id, raft_term), keys sorted, for comparison; `lease` (the ID
+/// etcd picked at random) written as "<lease>" where a field holds it.
+func normalizedJSON(_ text: String, lease: Int64? = nil) -> String {
+    text.split(separator: "\n", omittingEmptySubsequences: false).map { line -> String in
+        guard line.hasPrefix("{") || line.hasPrefix("["), let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) else { return String(line) }
+        let cleaned = strip(object, lease: lease)
+        guard let out = try? JSONSerialization.data(withJSONObject: cleaned, options: [.sortedKeys]) else { return String(line) }
+        return String(decoding: out, as: UTF8.self)
+    }.joined(separator: "\n")
+}
+
+private func strip(_ value: Any, lease: Int64?) -> Any {
+    if var dictionary = value as? [String: Any] {
+        for key in ["cluster_id", "member_id", "raft_term"] { dictionary.removeValue(forKey: key) }
+        for key in ["lease", "ID", "id"] {
+            if let lease, let number = dictionary[key] as? NSNumber, number.int64Value == lease { dictionary[key] = "<lease>" }
+            if let lease, let text = dictionary[key] as? String, Int64(text) == lease { dictionary[key] = "<lease>" }
+        }
+        return dictionary.mapValues { strip($0, lease: lease) }
+    }
+    if let array = value as? [Any] { return array.map { strip($0, lease: lease) } }
+    return value
+}
