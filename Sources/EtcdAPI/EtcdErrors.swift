@@ -58,11 +58,12 @@ public enum EtcdErrors {
         case .timeout:
             return RPCError(code: .unavailable, message: "etcdserver: request timed out")
         case .connectionLost, .connectionRefused, .connectionClosed:
-            return RPCError(code: .unavailable, message: "etcdserver: no leader")
+            // Nothing was written: the client may retry (etcd clients do on UNAVAILABLE).
+            return RPCError(code: .unavailable, message: "coordproxy: Redis is unavailable (\(error.message)); nothing was written, retry once it is back")
         case .noPermission, .authenticationFailed:
-            return RPCError(code: .unavailable, message: "etcdserver: not capable")
+            return RPCError(code: .unavailable, message: "coordproxy: Redis refused the request (\(error.message)); fix the Redis user's permissions or password")
         default:
-            return RPCError(code: .unavailable, message: "etcdserver: unhealthy cluster")
+            return RPCError(code: .unavailable, message: "coordproxy: Redis failed the request (\(error.message))")
         }
     }
 

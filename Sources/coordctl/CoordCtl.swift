@@ -26,8 +26,25 @@ struct CoordCtl: AsyncParsableCommand {
             """,
         subcommands: [Put.self, Get.self, Del.self, TxnCommand.self, WatchCommand.self, LeaseCommand.self,
                       LockCommand.self, ElectCommand.self, FortressCommand.self,
-                      Compaction.self, Endpoint.self, Ping.self]
+                      Compaction.self, Endpoint.self, Ping.self, Version.self]
     )
+
+    /// Accepts the global flags before the subcommand too, as etcdctl does
+    /// (`coordctl --endpoints=127.0.0.1:6379 get k`).
+    static func main() async {
+        await main(GlobalOptions.reordered(Array(CommandLine.arguments.dropFirst())))
+    }
+}
+
+/// etcdctl's `version`.
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Prints the version of coordctl and of the etcd API it follows.")
+    static let number = "0.1.0"
+
+    func run() {
+        print("coordctl version: \(Self.number)")
+        print("API version: 3.4")
+    }
 }
 
 /// Options every command takes.
@@ -44,8 +61,63 @@ struct GlobalOptions: ParsableArguments {
     @Flag(help: "Accept a Redis maxmemory-policy that can evict the store's keys.")
     var allowEvictingPolicy = false
 
+    @Option(help: ArgumentHelp("Timeout for connecting to Redis, as etcdctl's (2s, 500ms).", valueName: "duration"))
+    var dialTimeout: String?
+
+    @Option(help: ArgumentHelp("Timeout for each request, as etcdctl's (5s, 500ms).", valueName: "duration"))
+    var commandTimeout: String?
+
+    /// The store's Redis URL: --endpoints (the first of a comma-separated list; a bare
+    /// host:port means redis://host:port), else $REDIS_URL, else redis://127.0.0.1:6379.
     var url: String {
-        endpoints ?? ProcessInfo.processInfo.environment["REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "redis://127.0.0.1:6379"
+        let given = endpoints ?? ProcessInfo.processInfo.environment["REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "redis://127.0.0.1:6379"
+        let first = given.split(separator: ",").first.map { String($0).trimmingCharacters(in: .whitespaces) } ?? given
+        return first.contains("://") ? first : "redis://" + first
+    }
+
+    /// The global options that may come before the subcommand, and whether each takes a value.
+    static let leading: [String: Bool] = [
+        "--endpoints": true, "--namespace": true, "-w": true, "--write-out": true, "--dial-timeout": true,
+        "--command-timeout": true, "--allow-evicting-policy": false,
+    ]
+
+    /// `arguments` with the global options given before the subcommand moved to just
+    /// after the subcommand's name (`lease grant`, `lock`), where ArgumentParser reads
+    /// them: before any argument, so that a command to run (`lock name cmd ...`) keeps
+    /// its own flags.
+    static func reordered(_ arguments: [String]) -> [String] {
+        var globals: [String] = []
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            let name = argument.split(separator: "=", maxSplits: 1).first.map(String.init) ?? argument
+            guard let takesValue = leading[name] else { break }
+            globals.append(argument)
+            if takesValue && !argument.contains("=") && index + 1 < arguments.count {
+                globals.append(arguments[index + 1])
+                index += 1
+            }
+            index += 1
+        }
+        guard !globals.isEmpty else { return arguments }
+        var rest = Array(arguments[index...])
+        var insertAt = rest.isEmpty ? 0 : 1
+        if let command = rest.first, ["lease", "endpoint", "fortress"].contains(command), rest.count > 1, !rest[1].hasPrefix("-") {
+            insertAt = 2
+        }
+        rest.insert(contentsOf: globals, at: insertAt)
+        return rest
+    }
+
+    /// A duration as etcdctl writes them: 5s, 500ms, 1m, 1.5s.
+    static func duration(_ text: String) throws -> Duration {
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            if let value = Double(text.dropLast(suffix.count)), value >= 0 {
+                return .milliseconds(Int64(value * scale * 1000))
+            }
+        }
+        throw ValidationError("invalid duration \(text); write it as etcdctl does: 5s, 500ms, 1m")
     }
 
     var storeNamespace: String {
@@ -54,8 +126,19 @@ struct GlobalOptions: ParsableArguments {
 
     /// Connects, turning errors into messages etcdctl users recognise.
     func connect() async throws -> CoordinationClient {
+        let dial = try dialTimeout.map(Self.duration)
+        let command = try commandTimeout.map(Self.duration)
         do {
-            return try await CoordinationClient.connect(url: url, namespace: storeNamespace, allowEvictingPolicy: allowEvictingPolicy)
+            guard dial != nil || command != nil else {
+                return try await CoordinationClient.connect(url: url, namespace: storeNamespace, allowEvictingPolicy: allowEvictingPolicy)
+            }
+            var configuration = try RedisConfiguration(url: url)
+            if let dial { configuration.connectTimeout = dial }
+            if let command { configuration.commandTimeout = command }
+            let connection = try await RedisConnection.connect(configuration)
+            let client = CoordinationClient(redis: connection, namespace: storeNamespace)
+            _ = try await client.status(allowEvictingPolicy: allowEvictingPolicy)
+            return client
         } catch {
             throw CommandFailure(error)
         }
@@ -116,7 +199,16 @@ enum Printer {
         line(Array(data))
     }
 
-    static func header(_ header: ResponseHeader) -> [String: Any] { ["revision": header.revision] }
+    /// etcdctl's header: coordctl talks to Redis, not to a cluster member, so the
+    /// cluster fields are 0.
+    static func header(_ header: ResponseHeader) -> [String: Any] {
+        ["cluster_id": 0, "member_id": 0, "revision": header.revision, "raft_term": 0]
+    }
+
+    /// etcdctl's JSON for lease answers: the header's fields at the top level.
+    static func flattened(_ header: ResponseHeader, _ fields: [String: Any]) -> [String: Any] {
+        self.header(header).merging(fields) { _, field in field }
+    }
 
     static func kvJSON(_ pair: KeyValue) -> [String: Any] {
         var object: [String: Any] = ["key": Data(pair.key).base64EncodedString(), "create_revision": pair.createRevision,
@@ -152,10 +244,10 @@ enum Printer {
         if response.succeeded { object["succeeded"] = true }
         object["responses"] = response.responses.map { item -> [String: Any] in
             switch item {
-            case .range(let r): return ["Response": ["response_range": rangeJSON(r)]]
-            case .put(let p): return ["Response": ["response_put": putJSON(p)]]
-            case .delete(let d): return ["Response": ["response_delete_range": deleteJSON(d)]]
-            case .txn(let t): return ["Response": ["response_txn": txnJSON(t)]]
+            case .range(let r): return ["Response": ["ResponseRange": rangeJSON(r)]]
+            case .put(let p): return ["Response": ["ResponsePut": putJSON(p)]]
+            case .delete(let d): return ["Response": ["ResponseDeleteRange": deleteJSON(d)]]
+            case .txn(let t): return ["Response": ["ResponseTxn": txnJSON(t)]]
             }
         }
         return object

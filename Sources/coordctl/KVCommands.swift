@@ -46,7 +46,14 @@ struct RangeFlags: ParsableArguments {
     @Flag(help: "Get keys with matching prefix.") var prefix = false
     @Flag(name: .customLong("from-key"), help: "Get keys that are greater than or equal to the given key (byte order).") var fromKey = false
 
+    /// The key to send: as clientv3's WithPrefix and WithFromKey, an empty key with
+    /// either means every key ("\0").
+    func key(_ key: String) -> [UInt8] {
+        key.isEmpty && (prefix || fromKey) ? [0] : Array(key.utf8)
+    }
+
     func rangeEnd(for key: String, end: String?) -> [UInt8] {
+        if prefix && key.isEmpty { return [0] }
         if prefix { return RangeOptions.prefixEnd(Array(key.utf8)) }
         if fromKey { return [0] }
         return end.map { Array($0.utf8) } ?? []
@@ -86,7 +93,7 @@ struct Get: AsyncParsableCommand {
             default: throw ValidationError("bad sort order \(order ?? ""): use ASCEND or DESCEND")
             }
             let store = try await global.connect()
-            let response = try await store.get(Array(key.utf8), options: options)
+            let response = try await store.get(range.key(key), options: options)
             await store.close()
             switch global.writeOut {
             case .simple:
@@ -111,7 +118,7 @@ struct Del: AsyncParsableCommand {
     func run() async throws {
         try await running {
             let store = try await global.connect()
-            let response = try await store.delete(Array(key.utf8), rangeEnd: range.rangeEnd(for: key, end: rangeEnd), prevKV: prevKV)
+            let response = try await store.delete(range.key(key), rangeEnd: range.rangeEnd(for: key, end: rangeEnd), prevKV: prevKV)
             await store.close()
             switch global.writeOut {
             case .simple:
@@ -159,10 +166,20 @@ struct Endpoint: AsyncParsableCommand {
                 case .simple, .fields:
                     print("\(RedisConfigurationText.redacted(global.url)), namespace \(global.storeNamespace), revision \(status.revision), compacted at \(status.compactRevision), redis \(status.redisVersion), maxmemory-policy \(status.maxmemoryPolicy), appendonly \(status.appendOnly ? "yes" : "no")")
                 case .json:
-                    Printer.json(["Endpoint": RedisConfigurationText.redacted(global.url), "Namespace": global.storeNamespace,
-                                  "Status": ["header": ["revision": status.revision], "compact_revision": status.compactRevision,
-                                             "version": status.redisVersion, "maxmemory_policy": status.maxmemoryPolicy,
-                                             "appendonly": status.appendOnly, "warnings": status.warnings]])
+                    // etcdctl's shape (an array, one entry per endpoint), with Redis's
+                    // facts beside etcd's fields.
+                    let entry: [String: Any] = [
+                        "Endpoint": RedisConfigurationText.redacted(global.url),
+                        "Status": [
+                            "header": Printer.header(ResponseHeader(revision: status.revision)),
+                            "version": "3.4.0", "raftIndex": status.revision, "raftAppliedIndex": status.revision,
+                            "namespace": global.storeNamespace, "compact_revision": status.compactRevision,
+                            "redis_version": status.redisVersion, "maxmemory_policy": status.maxmemoryPolicy,
+                            "appendonly": status.appendOnly, "warnings": status.warnings,
+                        ] as [String: Any],
+                    ]
+                    let data = (try? JSONSerialization.data(withJSONObject: [entry], options: [.sortedKeys])) ?? Data("[]".utf8)
+                    Printer.line(Array(data))
                 }
                 for warning in status.warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
             }

@@ -19,7 +19,7 @@ struct LeaseCommand: AsyncParsableCommand {
                 await store.close()
                 switch global.writeOut {
                 case .simple: print("lease \(Printer.leaseID(response.id)) granted with TTL(\(response.ttl)s)")
-                case .json: Printer.json(["header": Printer.header(response.header), "ID": response.id, "TTL": response.ttl])
+                case .json: Printer.json(Printer.flattened(response.header, ["ID": response.id, "TTL": response.ttl, "Error": ""]))
                 case .fields: Fields.lease(response.header, id: response.id, ttl: response.ttl)
                 }
             }
@@ -72,8 +72,10 @@ struct LeaseCommand: AsyncParsableCommand {
                     print("\"GrantedTTL\" : \(response.grantedTTL)")
                     for key in response.keys { print("\"Key\" : \(Fields.quote(key))") }
                 case .json:
-                    Printer.json(["header": Printer.header(response.header), "ID": id, "TTL": response.ttl, "granted-ttl": response.grantedTTL,
-                                  "keys": response.keys.map { Data($0).base64EncodedString() }])
+                    Printer.json(Printer.flattened(response.header, [
+                        "id": id, "ttl": response.ttl, "granted-ttl": response.grantedTTL,
+                        "keys": keys && !response.keys.isEmpty ? response.keys.map { Data($0).base64EncodedString() } : NSNull(),
+                    ]))
                 }
             }
         }
@@ -87,12 +89,13 @@ struct LeaseCommand: AsyncParsableCommand {
             try await running {
                 let store = try await global.connect()
                 let leases = try await store.leases()
+                let revision = try await store.currentRevision()
                 await store.close()
                 switch global.writeOut {
                 case .simple, .fields:
                     print("found \(leases.count) leases")
                     for id in leases { print(Printer.leaseID(id)) }
-                case .json: Printer.json(["leases": leases.map { ["ID": $0] }])
+                case .json: Printer.json(Printer.flattened(ResponseHeader(revision: revision), ["leases": leases.map { ["id": $0] }]))
                 }
             }
         }
@@ -111,7 +114,7 @@ struct LeaseCommand: AsyncParsableCommand {
                 func show(_ response: LeaseKeepAliveResponse) {
                     switch global.writeOut {
                     case .simple: print("lease \(Printer.leaseID(id)) keepalived with TTL(\(response.ttl))")
-                    case .json: Printer.json(["header": Printer.header(response.header), "ID": id, "TTL": response.ttl])
+                    case .json: Printer.json(Printer.flattened(response.header, ["ID": id, "TTL": response.ttl]))
                     case .fields: Fields.lease(response.header, id: id, ttl: response.ttl)
                     }
                 }

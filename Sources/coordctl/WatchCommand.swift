@@ -20,7 +20,7 @@ struct WatchCommand: AsyncParsableCommand {
         try await running {
             let store = try await global.connect()
             let options = WatchOptions(rangeEnd: range.rangeEnd(for: key, end: rangeEnd), startRevision: rev, prevKV: prevKV)
-            for try await response in store.watch(Array(key.utf8), options: options) {
+            for try await response in store.watch(range.key(key), options: options) {
                 switch global.writeOut {
                 case .simple:
                     for event in response.events {

@@ -116,3 +116,23 @@ final class Locked<Value: Sendable>: @unchecked Sendable {
         return body(&value)
     }
 }
+
+@Suite struct CoordCtlGlobalFlagTests {
+    @Test func globalFlagsComeBeforeTheSubcommandAndEndpointsTakeHostPort() async throws {
+        try await RedisServer.withServer(.init(transport: .tcp())) { server in
+            let hostPort = String(server.url.dropFirst("redis://".count))
+            // REDIS_URL points nowhere: only the flags can find the server.
+            let nowhere = "redis://127.0.0.1:1"
+            #expect(try await coordctl(["--endpoints=\(hostPort)", "put", "a", "1"], url: nowhere).output == "OK\n")
+            #expect(try await coordctl(["--endpoints", hostPort, "-w", "json", "--command-timeout", "5s", "get", "a"], url: nowhere).output.contains("\"kvs\""))
+            let grant = try await coordctl(["--endpoints", hostPort, "-w", "json", "lease", "grant", "30"], url: nowhere)
+            #expect(grant.output.contains("\"TTL\":30"), "\(grant)")
+            let locked = try await coordctl(["--endpoints", hostPort, "lock", "jobs", "--", "sh", "-c", "echo held"], url: nowhere)
+            #expect(locked.output == "held\n", "\(locked)")
+            let badDuration = try await coordctl(["--dial-timeout", "soon", "get", "a"], url: server.url)
+            #expect(badDuration.status == 64 && badDuration.error.contains("invalid duration soon"), "\(badDuration)")
+            let version = try await coordctl(["version"], url: nowhere)
+            #expect(version.status == 0 && version.output.hasSuffix("API version: 3.4\n"), "\(version)")
+        }
+    }
+}

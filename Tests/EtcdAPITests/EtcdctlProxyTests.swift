@@ -97,6 +97,23 @@ import Testing
         }
     }
 
+    @Test func aLockHolderKilledWithSIGKILLLosesTheLockWhenItsLeaseExpires() async throws {
+        try await withProxy { proxy in
+            let holder = try Background(etcdctl: ["lock", "--ttl", "3", "jobs"], endpoint: proxy.endpoint)
+            defer { holder.signal(SIGKILL) }
+            // Without a command, etcdctl prints the lock key and holds on.
+            let key = await holder.waitForLines(1).first ?? ""
+            #expect(key.hasPrefix("jobs/"), "\(holder.printed)")
+            holder.signal(SIGKILL)
+            _ = await holder.wait()
+            #expect(try await proxy.store.get(key).count == 1)   // nobody unlocked it...
+            // ...and nobody refreshes its lease: the key goes with it, and the next locker gets in.
+            let next = try await etcdctl(["lock", "--ttl", "10", "jobs", "--", "true"], endpoint: proxy.endpoint, timeout: .seconds(60))
+            #expect(next.status == 0, "\(next)")
+            #expect(try await proxy.store.get(key).count == 0)
+        }
+    }
+
     @Test func etcdctlElectCampaignsAndObserveSeesEachLeaderInOrder() async throws {
         try await withProxy { proxy in
             let observer = try Background(etcdctl: ["elect", "-l", "pick"], endpoint: proxy.endpoint)
@@ -117,6 +134,30 @@ import Testing
             #expect(await eventually { observer.printed.contains("two") })
             let values = observer.printed.filter { !$0.hasPrefix("pick/") }
             #expect(values == ["one", "two"], "\(observer.printed)")
+        }
+    }
+}
+
+/// Redis going away and coming back, seen through etcdctl.
+@Suite struct RedisOutageTests {
+    @Test func requestsFailWithUnavailableWhileRedisIsDownAndSucceedOnceItIsBack() async throws {
+        try await withProxy { proxy in
+            #expect(try await etcdctl(["put", "before", "1"], endpoint: proxy.endpoint).status == 0)
+            await proxy.redis.kill()
+            // Answered at once with UNAVAILABLE and the reason, not left to time out.
+            let refused = try await etcdctl(["--command-timeout", "10s", "put", "during", "1"], endpoint: proxy.endpoint)
+            #expect(refused.status != 0)
+            #expect(refused.error.contains("code = Unavailable desc = coordproxy: Redis is unavailable")
+                    || refused.error.contains("etcdserver: request timed out, possibly due to connection lost"), "\(refused.error)")
+            try await proxy.redis.restart()
+            // The proxy reconnects by itself; the first request after that succeeds.
+            #expect(await eventually(timeout: .seconds(60)) {
+                (try? await etcdctl(["--command-timeout", "3s", "put", "after", "1"], endpoint: proxy.endpoint).status) == 0
+            })
+            let read = try await etcdctl(["get", "after", "--print-value-only"], endpoint: proxy.endpoint)
+            #expect(read.output == "1\n", "\(read)")
+            let health = try await etcdctl(["endpoint", "health"], endpoint: proxy.endpoint)
+            #expect(health.status == 0, "\(health)")
         }
     }
 }

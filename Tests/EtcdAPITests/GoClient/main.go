@@ -4,7 +4,7 @@
 // one "ok <scenario>" line per passed scenario and exits 1 on the first failure.
 //
 //	clientcheck <endpoint> all                    every scenario below, in turn
-//	clientcheck <endpoint> session|mutex|election|stm|watch|lease
+//	clientcheck <endpoint> session|mutex|election|stm|watch|lease|badinput
 //	clientcheck <endpoint> hold <name> <n> <log>  n holds of mutex <name>, each writing
 //	                                              "in <pid>" and "out <pid>" lines to <log>
 package main
@@ -18,7 +18,52 @@ import (
 
 	"go.etcd.io/etcd/clientv3"
 	"go.etcd.io/etcd/clientv3/concurrency"
+	pb "go.etcd.io/etcd/etcdserver/etcdserverpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
+
+// rawCodec sends bytes as they are, to put malformed protobuf on the wire.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v interface{}) ([]byte, error)      { return v.([]byte), nil }
+func (rawCodec) Unmarshal(data []byte, v interface{}) error { *(v.(*[]byte)) = data; return nil }
+func (rawCodec) Name() string                               { return "proto" }
+
+// badinput: unknown methods, malformed protobuf and oversized requests get an
+// error code, and the server keeps serving.
+func badinput(endpoint string) {
+	client := connect(endpoint)
+	defer client.Close()
+	ctx, cancel := timeout()
+	defer cancel()
+	conn := client.ActiveConnection()
+	err := conn.Invoke(ctx, "/etcdserverpb.KV/NoSuchMethod", &pb.RangeRequest{Key: []byte("k")}, &pb.RangeResponse{})
+	if status.Code(err) != codes.Unimplemented {
+		fail("an unknown method answered %v, want Unimplemented", err)
+	}
+	err = conn.Invoke(ctx, "/etcdserverpb.NoSuchService/Range", &pb.RangeRequest{Key: []byte("k")}, &pb.RangeResponse{})
+	if status.Code(err) != codes.Unimplemented {
+		fail("an unknown service answered %v, want Unimplemented", err)
+	}
+	var reply []byte
+	err = conn.Invoke(ctx, "/etcdserverpb.KV/Range", []byte{0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f}, &reply, grpc.ForceCodec(rawCodec{}))
+	if err == nil {
+		fail("a malformed RangeRequest was answered OK")
+	}
+	_, err = client.Put(ctx, "big", string(make([]byte, 3*1024*1024)))
+	if status.Code(err) != codes.ResourceExhausted {
+		fail("a 3 MiB put answered %v, want ResourceExhausted", err)
+	}
+	_, err = client.Put(ctx, "big", string(make([]byte, 1600*1024)))
+	if err == nil || err.Error() != "etcdserver: request is too large" {
+		fail("a 1.6 MiB put answered %v, want etcdserver: request is too large", err)
+	}
+	if _, err = client.Put(ctx, "after", "ok"); err != nil {
+		fail("the server stopped serving after bad input: %v", err)
+	}
+}
 
 func fail(format string, args ...interface{}) {
 	fmt.Fprintf(os.Stderr, "FAIL: "+format+"\n", args...)
@@ -318,12 +363,12 @@ func hold(endpoint, name string, n int, logPath string) {
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: clientcheck <endpoint> all|session|mutex|election|stm|watch|lease|hold <name> <n> <log>")
+		fmt.Fprintln(os.Stderr, "usage: clientcheck <endpoint> all|session|mutex|election|stm|watch|lease|badinput|hold <name> <n> <log>")
 		os.Exit(2)
 	}
 	endpoint := os.Args[1]
-	scenarios := map[string]func(string){"session": session, "mutex": mutex, "election": election, "stm": stm, "watch": watch, "lease": lease}
-	order := []string{"session", "mutex", "election", "stm", "watch", "lease"}
+	scenarios := map[string]func(string){"session": session, "mutex": mutex, "election": election, "stm": stm, "watch": watch, "lease": lease, "badinput": badinput}
+	order := []string{"session", "mutex", "election", "stm", "watch", "lease", "badinput"}
 	switch os.Args[2] {
 	case "all":
 		for _, name := range order {
