@@ -90,13 +90,13 @@ func timeout() (context.Context, context.CancelFunc) {
 func session(endpoint string) {
 	client := connect(endpoint)
 	defer client.Close()
-	s, err := concurrency.NewSession(client, concurrency.WithTTL(2))
+	s, err := concurrency.NewSession(client, concurrency.WithTTL(3))
 	check(err, "new session")
 	ctx, cancel := timeout()
 	defer cancel()
 	_, err = client.Put(ctx, "session/key", "v", clientv3.WithLease(s.Lease()))
 	check(err, "put with the session's lease")
-	time.Sleep(4 * time.Second) // two TTLs: kept alive by the session
+	time.Sleep(6 * time.Second) // two TTLs: kept alive by the session
 	resp, err := client.Get(ctx, "session/key")
 	check(err, "get")
 	if len(resp.Kvs) != 1 {
@@ -308,16 +308,16 @@ func lease(endpoint string) {
 	defer client.Close()
 	ctx, cancel := timeout()
 	defer cancel()
-	granted, err := client.Grant(ctx, 2)
+	granted, err := client.Grant(ctx, 3)
 	check(err, "grant")
 	_, err = client.Put(ctx, "lease/k", "v", clientv3.WithLease(granted.ID))
 	check(err, "put")
 	live, err := client.TimeToLive(ctx, granted.ID, clientv3.WithAttachedKeys())
 	check(err, "time to live")
-	if live.GrantedTTL != 2 || len(live.Keys) != 1 {
+	if live.GrantedTTL != 3 || len(live.Keys) != 1 {
 		fail("time to live: granted %d keys %d", live.GrantedTTL, len(live.Keys))
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		resp, err := client.Get(ctx, "lease/k")
 		check(err, "get")
