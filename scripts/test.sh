@@ -22,5 +22,11 @@ coord_log "building (debug) with tests"
 swift build --build-tests
 coord_log "building the Go clientv3 checks (Tests/EtcdAPITests/GoClient)"
 coord_build_go_clientcheck "$(pwd)/.build/go/clientcheck"
-coord_log "running swift test"
+# At most this many tests at once (Swift Testing runs them all at once otherwise).
+# With 200-odd tests each holding its own servers and connections, the test process
+# passed 1,300 open file descriptors, and Foundation's Process.run() crashed (a bad
+# pointer in its copy of /proc/self/fd entries) when launching etcdctl; a bounded
+# width also keeps a busy 2-core machine from starving every test at once.
+export SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=${SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH:-24}
+coord_log "running swift test (at most $SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH tests at once)"
 swift test --skip-build "$@"

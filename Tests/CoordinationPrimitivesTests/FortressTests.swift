@@ -1,6 +1,6 @@
 import CoordinationPrimitives
 import Foundation
-import RedisClient
+@testable import RedisClient
 import Synchronization
 import Testing
 
@@ -597,7 +597,7 @@ private func startCoordctl(_ arguments: [String], url: String, output: FileHandl
     process.standardInput = FileHandle.nullDevice
     process.standardOutput = output
     process.standardError = error
-    try process.run()
+    try ChildProcess.launching { try process.run() }
     return process
 }
 

@@ -1,6 +1,6 @@
 import CoordinationPrimitives
 import Foundation
-import RedisClient
+@testable import RedisClient
 import Testing
 
 /// A running child process built by this package: the PrimitivesWorker
@@ -27,7 +27,7 @@ final class Worker: @unchecked Sendable {
         }
         process.standardOutput = output
         process.standardInput = input
-        try process.run()
+        try ChildProcess.launching { try process.run() }
     }
 
     var pid: pid_t { process.processIdentifier }

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import RedisClient
+@testable import RedisClient
 
 /// Runs the built coordctl (next to the test bundle) with `arguments` and `input`.
 ///
@@ -30,7 +30,7 @@ func runToCompletion(_ executable: URL, _ arguments: [String], environment: [Str
             process.standardOutput = output
             process.standardError = error
             process.standardInput = stdin
-            do { try process.run() } catch { continuation.resume(throwing: error); return }
+            do { try ChildProcess.launching { try process.run() } } catch { continuation.resume(throwing: error); return }
             stdin.fileHandleForWriting.write(Data(input.utf8))
             try? stdin.fileHandleForWriting.close()
             // Read stderr beside stdout, so that neither pipe fills up and stalls the child.

@@ -126,7 +126,7 @@ func run(_ executable: String, _ arguments: [String], environment: [String: Stri
             process.standardOutput = output
             process.standardError = error
             process.standardInput = stdin
-            do { try process.run() } catch { continuation.resume(throwing: error); return }
+            do { try ChildProcess.launching { try process.run() } } catch { continuation.resume(throwing: error); return }
             let killer = DispatchWorkItem { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
             let (seconds, attoseconds) = timeout.components
             DispatchQueue.global().asyncAfter(deadline: .now() + Double(seconds) + Double(attoseconds) / 1e18, execute: killer)
@@ -165,7 +165,7 @@ final class Background: @unchecked Sendable {
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
         process.standardInput = FileHandle.nullDevice
-        try process.run()
+        try ChildProcess.launching { try process.run() }
         let (handle, lines) = (output.fileHandleForReading, lines)
         Thread.detachNewThread {
             var buffer = Data()

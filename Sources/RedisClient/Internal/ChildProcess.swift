@@ -5,6 +5,17 @@ import Synchronization
 /// state, its output in a log file, stopped on request and at process exit.
 /// Used by ``RedisServer`` and by the etcd launcher of the conformance tests.
 final class ChildProcess: Sendable {
+    /// Serializes process launches in this process (posix_spawn here, Foundation's
+    /// `Process.run()` in the tests), so that no two launches interleave.
+    static let launchLock = NSLock()
+
+    /// Runs `body` (which launches a process) holding ``launchLock``.
+    static func launching<T>(_ body: () throws -> T) rethrows -> T {
+        launchLock.lock()
+        defer { launchLock.unlock() }
+        return try body()
+    }
+
     /// The process id; 0 once the process has been reaped.
     var pid: pid_t { state.withLock { $0 } }
     private let state: Mutex<pid_t>
@@ -39,7 +50,7 @@ final class ChildProcess: Sendable {
         posix_spawnattr_setsigdefault(&attributes, &defaults)
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var child: pid_t = 0
-        let status = posix_spawn(&child, executable, &fileActions, &attributes, &argv, environ)
+        let status = Self.launching { posix_spawn(&child, executable, &fileActions, &attributes, &argv, environ) }
         guard status == 0 else {
             throw RedisError(.serverStartFailed, "could not launch \(executable): \(String(cString: strerror(status)))")
         }

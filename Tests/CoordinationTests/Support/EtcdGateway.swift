@@ -133,7 +133,7 @@ extension EtcdServer {
                 let output = Pipe()
                 process.standardOutput = output
                 process.standardError = FileHandle.nullDevice
-                do { try process.run() } catch { continuation.resume(throwing: error); return }
+                do { try ChildProcess.launching { try process.run() } } catch { continuation.resume(throwing: error); return }
                 let timer = DispatchWorkItem { process.terminate() }
                 DispatchQueue.global().asyncAfter(deadline: .now() + 10, execute: timer)
                 var buffer = Data()
