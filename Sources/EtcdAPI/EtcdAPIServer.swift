@@ -124,8 +124,8 @@ public final class EtcdAPIServer: Service, Sendable {
     }
 }
 
-/// Opened once every listener is bound.
-private final class BoundSignal: Sendable {
+/// Opened once every listener is bound (the gRPC server's and the gateway's).
+final class BoundSignal: Sendable {
     private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
 
     func open() {

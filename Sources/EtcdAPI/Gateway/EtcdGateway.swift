@@ -30,7 +30,7 @@ public final class EtcdGateway: Service, Sendable {
     private let store: CoordinationClient
     private let logger: Logger
     private let bound = Mutex<[EtcdAPIServer.Address]>([])
-    private let boundWaiters = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    private let boundSignal = BoundSignal()
 
     /// A gateway for the services of `api`, on `addresses`.
     public init(api: EtcdAPIServer, listen addresses: [EtcdAPIServer.Address], logger: Logger) {
@@ -49,14 +49,7 @@ public final class EtcdGateway: Service, Sendable {
 
     /// The addresses actually bound (port 0 resolved), once every listener is up.
     public func boundAddresses() async -> [EtcdAPIServer.Address] {
-        await withCheckedContinuation { continuation in
-            let now = boundWaiters.withLock { state -> Bool in
-                if state.open { return true }
-                state.waiters.append(continuation)
-                return false
-            }
-            if now { continuation.resume() }
-        }
+        await boundSignal.wait()
         return bound.withLock { $0 }
     }
 
@@ -83,12 +76,7 @@ public final class EtcdGateway: Service, Sendable {
             EtcdAPIServer.Address(host: listener.channel.localAddress?.ipAddress ?? "?", port: listener.channel.localAddress?.port ?? 0)
         }
         bound.withLock { $0 = resolved }
-        let waiters = boundWaiters.withLock { state -> [CheckedContinuation<Void, Never>] in
-            state.open = true
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume() }
+        boundSignal.open()
         for address in resolved { logger.info("serving the etcd JSON gateway", metadata: ["address": "\(address)"]) }
 
         try await withGracefulShutdownHandler {
