@@ -18,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
@@ -35,6 +37,7 @@ let package = Package(
             dependencies: [
                 "CHiredis",
                 .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
         .target(
@@ -56,6 +59,7 @@ let package = Package(
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -71,6 +75,8 @@ let package = Package(
                 "RedisClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
@@ -100,7 +106,10 @@ let package = Package(
             path: "Tests/PrimitivesWorker"
         ),
         .testTarget(name: "CoordinationPrimitivesTests", dependencies: ["CoordinationPrimitives", "RedisClient"]),
-        .testTarget(name: "EtcdAPITests", dependencies: ["EtcdAPI", "Coordination", "RedisClient"], exclude: ["GoClient", "Python"]),
+        .testTarget(
+            name: "EtcdAPITests",
+            dependencies: ["EtcdAPI", "Coordination", "RedisClient", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+            exclude: ["GoClient", "Python"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -33,6 +33,16 @@ coord_build_go_clientcheck() {
     export COORD_GO_CLIENTCHECK=$output
 }
 
+# coord_build_go_loadgen <output>: builds the load generator (scripts/loadgen, etcd's
+#   clientv3 driving an etcd v3 endpoint) the same way, and exports COORD_GO_LOADGEN.
+coord_build_go_loadgen() {
+    local output=$1
+    mkdir -p "$(dirname "$output")"
+    GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="${GOCACHE:-$(pwd)/.build/gocache}" \
+        go build -o "$output" scripts/loadgen/main.go
+    export COORD_GO_LOADGEN=$output
+}
+
 coord_install_dependencies() {
     local missing
     missing=$(coord_missing_packages | sort -u | tr '\n' ' ')

@@ -2,19 +2,40 @@
 # Builds in release mode and runs the load test, then prints its reports:
 #   1. coordbench kv      the store: put, get, txn compare-and-swap from 16 clients, the
 #                         Redis ceiling for the same put script (redis-benchmark EVALSHA),
-#                         and Redis memory per live key after compaction;
+#                         and Redis memory per live key after compaction (skip with
+#                         LOADTEST_KV=0);
 #   2. coordbench primitives  locks (uncontended, contended handoff), election
 #                         handoff, STM bank transfers and fortress visits from 16
 #                         workers, next to plain puts (skip with LOADTEST_PRIMITIVES=0);
 #   3. coordbench client  the Redis client: SET/GET from 64 tasks, pipelined and not,
-#                         next to redis-benchmark (skip with LOADTEST_CLIENT=0).
+#                         next to redis-benchmark (skip with LOADTEST_CLIENT=0);
+#   4. etcd 3.4 vs coordproxy  the Go load generator (scripts/loadgen, etcd's own
+#                         clientv3) drives a private etcd 3.4 and a private coordproxy
+#                         over a private Redis, side by side: put, get, txn, lock,
+#                         lock-handoff, election-handoff, stm, watch, v3lock, with the
+#                         servers' CPU per operation; prints one table and writes an
+#                         HTML report with latency plots (skip with LOADTEST_ETCD=0).
+#                         LOADTEST_DURATION (3s per round), LOADTEST_ROUNDS (3),
+#                         LOADTEST_WORKLOADS (all) are passed to loadgen run;
+#                         LOADTEST_COORDPROXY=/path/to/coordproxy measures that binary
+#                         instead of building coordproxy in release mode;
+#                         sections 1 and 2 write the "Swift library direct" column to
+#                         <report dir>/library.json, which the report includes;
+#                         LOADTEST_LIBRARY_JSON=file names another such file;
+#                         LOADTEST_REPORT_DIR (default .build/loadtest) keeps the results.
 #
 # Without REDIS_URL, coordbench starts a private redis-server on a loopback port
 # and stops it at the end; with REDIS_URL it measures that server (it writes the
 # namespaces "bench", "bench-memory" and "bench-primitives" and the key "key:bench").
+# Section 4 always starts its own etcd, redis-server and coordproxy on free loopback
+# ports, under the run's private TMPDIR, and stops them by pid when the script exits.
 #
 # Usage: scripts/loadtest.sh [coordbench kv options, see coordbench kv --help]
 #   e.g. scripts/loadtest.sh --requests 200000 --rounds 5
+#   section 4 alone, with a given coordproxy and short rounds:
+#   LOADTEST_KV=0 LOADTEST_PRIMITIVES=0 LOADTEST_CLIENT=0 \
+#     LOADTEST_COORDPROXY=.build/debug/coordproxy LOADTEST_DURATION=1s LOADTEST_ROUNDS=1 \
+#     scripts/loadtest.sh
 set -euo pipefail
 COORD_SCRIPT=loadtest.sh
 cd "$(dirname "$0")/.."
@@ -23,16 +44,257 @@ cd "$(dirname "$0")/.."
 coord_install_dependencies
 coord_private_tmpdir
 
-coord_log "building coordbench (release)"
-swift build -c release --product coordbench
-bin=$(swift build -c release --show-bin-path)
-coord_log "running: coordbench kv $*"
-"$bin/coordbench" kv "$@"
-if [ "${LOADTEST_PRIMITIVES:-1}" != 0 ]; then
-    coord_log "running: coordbench primitives"
-    "$bin/coordbench" primitives
+LOADTEST_KV=${LOADTEST_KV:-1}
+LOADTEST_PRIMITIVES=${LOADTEST_PRIMITIVES:-1}
+LOADTEST_CLIENT=${LOADTEST_CLIENT:-1}
+LOADTEST_ETCD=${LOADTEST_ETCD:-1}
+
+# coordbench kv and primitives also write their results here, for section 4's report
+# (the "Swift library direct" column), unless LOADTEST_LIBRARY_JSON names another file.
+library_json_dir=${LOADTEST_REPORT_DIR:-.build/loadtest}
+mkdir -p "$library_json_dir"
+library_json="$(cd "$library_json_dir" && pwd)/library.json"
+if [ -z "${LOADTEST_LIBRARY_JSON:-}" ] && { [ "$LOADTEST_KV" != 0 ] || [ "$LOADTEST_PRIMITIVES" != 0 ]; }; then
+    rm -f "$library_json"
+    LOADTEST_LIBRARY_JSON=$library_json
 fi
-if [ "${LOADTEST_CLIENT:-1}" != 0 ]; then
+
+bin=
+if [ "$LOADTEST_KV" != 0 ] || [ "$LOADTEST_PRIMITIVES" != 0 ] || [ "$LOADTEST_CLIENT" != 0 ]; then
+    coord_log "building coordbench (release)"
+    swift build -c release --product coordbench
+    bin=$(swift build -c release --show-bin-path)
+fi
+if [ "$LOADTEST_KV" != 0 ]; then
+    coord_log "running: coordbench kv $*"
+    "$bin/coordbench" kv --json "$library_json" "$@"
+elif [ $# -gt 0 ]; then
+    coord_log "LOADTEST_KV=0: ignoring the coordbench kv options $*"
+fi
+if [ "$LOADTEST_PRIMITIVES" != 0 ]; then
+    coord_log "running: coordbench primitives"
+    "$bin/coordbench" primitives --json "$library_json"
+fi
+if [ "$LOADTEST_CLIENT" != 0 ]; then
     coord_log "running: coordbench client"
     "$bin/coordbench" client
+fi
+
+# --- 4. etcd 3.4 vs coordproxy, driven by the Go load generator --------------------
+
+# Servers this section started, in start order, as "name:pid"; stopped in reverse.
+loadtest_servers=()
+loadtest_logs_to=
+
+loadtest_stop_servers() {
+    local i entry name pid waited
+    if [ -n "${loadtest_loadgen_pid:-}" ] && kill -0 "$loadtest_loadgen_pid" 2>/dev/null; then
+        coord_log "stopping loadgen (pid $loadtest_loadgen_pid)"
+        kill -TERM "$loadtest_loadgen_pid" 2>/dev/null || true
+        wait "$loadtest_loadgen_pid" 2>/dev/null || true
+    fi
+    loadtest_loadgen_pid=
+    for ((i = ${#loadtest_servers[@]} - 1; i >= 0; i--)); do
+        entry=${loadtest_servers[$i]}
+        name=${entry%%:*}
+        pid=${entry#*:}
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            waited=0
+            while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt 100 ]; do
+                sleep 0.1
+                waited=$((waited + 1))
+            done
+            if kill -0 "$pid" 2>/dev/null; then
+                coord_log "$name (pid $pid) did not stop within 10 s of SIGTERM; sending SIGKILL"
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
+            wait "$pid" 2>/dev/null || true
+            coord_log "stopped $name (pid $pid)"
+        fi
+    done
+    loadtest_servers=()
+    # Keep the servers' logs next to the results (the private TMPDIR is removed).
+    if [ -n "$loadtest_logs_to" ] && [ -d "${loadtest_dir:-}" ]; then
+        mkdir -p "$loadtest_logs_to"
+        cp "$loadtest_dir"/*.log "$loadtest_logs_to"/ 2>/dev/null || true
+    fi
+}
+
+# loadtest_free_port <var>: sets <var> to a loopback TCP port that nothing accepts
+# connections on and that this section has not handed out yet.
+loadtest_used_ports=" "
+loadtest_free_port() {
+    local port tries
+    for ((tries = 0; tries < 500; tries++)); do
+        port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        case "$loadtest_used_ports" in *" $port "*) continue ;; esac
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            loadtest_used_ports+="$port "
+            printf -v "$1" '%s' "$port"
+            return 0
+        fi
+    done
+    coord_log "found no free loopback port"
+    return 1
+}
+
+# loadtest_wait <name> <pid> <log> <command...>: waits up to 30 s until the command
+# succeeds; fails with the log's tail if the server exits or never answers.
+loadtest_wait() {
+    local name=$1 pid=$2 log=$3 tries
+    shift 3
+    for ((tries = 0; tries < 300; tries++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            coord_log "$name (pid $pid) exited during startup; the end of $log:"
+            tail -n 20 "$log" >&2 || true
+            return 1
+        fi
+        if "$@" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    coord_log "$name (pid $pid) did not become healthy within 30 s; the end of $log:"
+    tail -n 20 "$log" >&2 || true
+    return 1
+}
+
+# loadtest_loadgen <args...>: runs loadgen in the background and waits for it, so that
+# a signal to this script stops it (by pid, in loadtest_stop_servers) at once.
+loadtest_loadgen_pid=
+loadtest_loadgen() {
+    local status=0
+    "$loadgen" "$@" &
+    loadtest_loadgen_pid=$!
+    wait "$loadtest_loadgen_pid" || status=$?
+    loadtest_loadgen_pid=
+    return "$status"
+}
+
+loadtest_redis_ready() {
+    [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]
+}
+
+if [ "$LOADTEST_ETCD" != 0 ]; then
+    trap 'loadtest_stop_servers; coord_cleanup_tmpdir "$COORD_RUN_DIR"' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    report_dir=${LOADTEST_REPORT_DIR:-.build/loadtest}
+    mkdir -p "$report_dir"
+    report_dir=$(cd "$report_dir" && pwd)
+    rm -f "$report_dir/etcd.json" "$report_dir/coordproxy.json"
+    loadtest_logs_to=$report_dir/logs
+    rm -rf "$loadtest_logs_to"
+
+    coord_log "building the load generator (Go, clientv3)"
+    coord_build_go_loadgen "$(pwd)/.build/go/loadgen"
+    loadgen=$COORD_GO_LOADGEN
+
+    if [ -n "${LOADTEST_COORDPROXY:-}" ]; then
+        coordproxy=$LOADTEST_COORDPROXY
+        if [ ! -x "$coordproxy" ]; then
+            coord_log "LOADTEST_COORDPROXY=$coordproxy is not an executable"
+            exit 1
+        fi
+        coordproxy=$(cd "$(dirname "$coordproxy")" && pwd)/$(basename "$coordproxy")
+        coordproxy_build="given binary $coordproxy"
+    else
+        coord_log "building coordproxy (release)"
+        swift build -c release --product coordproxy
+        coordproxy=$(swift build -c release --show-bin-path)/coordproxy
+        coordproxy_build="release build"
+    fi
+
+    loadtest_dir=$TMPDIR/coord-loadtest
+    mkdir -p "$loadtest_dir/etcd-data" "$loadtest_dir/redis"
+    fs_type=$(stat -f -c %T "$loadtest_dir" 2>/dev/null || echo unknown)
+
+    # etcd 3.4, single member, fsync on every write (its default).
+    loadtest_free_port etcd_port
+    loadtest_free_port etcd_peer_port
+    etcd_url=http://127.0.0.1:$etcd_port
+    etcd_peer=http://127.0.0.1:$etcd_peer_port
+    etcd --name loadtest --data-dir "$loadtest_dir/etcd-data" \
+        --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
+        --listen-peer-urls "$etcd_peer" --initial-advertise-peer-urls "$etcd_peer" \
+        --initial-cluster "loadtest=$etcd_peer" --initial-cluster-state new \
+        --logger zap --log-outputs "$loadtest_dir/etcd.log" \
+        >"$loadtest_dir/etcd-stdout.log" 2>&1 &
+    etcd_pid=$!
+    loadtest_servers+=("etcd:$etcd_pid")
+    echo "$etcd_pid" >"$loadtest_dir/etcd.pid"
+    loadtest_wait etcd "$etcd_pid" "$loadtest_dir/etcd.log" \
+        env ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$etcd_port" --dial-timeout 2s --command-timeout 3s endpoint health
+    etcd_version=$(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p')
+    coord_log "etcd ${etcd_version:-?} (pid $etcd_pid) serves 127.0.0.1:$etcd_port"
+
+    # Redis with its append-only file, fsync once a second; coordproxy over it.
+    loadtest_free_port redis_port
+    redis-server --port "$redis_port" --bind 127.0.0.1 --daemonize no \
+        --appendonly yes --appendfsync everysec --save '' \
+        --dir "$loadtest_dir/redis" --notify-keyspace-events Kx \
+        --logfile "$loadtest_dir/redis.log" \
+        >"$loadtest_dir/redis-stdout.log" 2>&1 &
+    redis_pid=$!
+    loadtest_servers+=("redis-server:$redis_pid")
+    echo "$redis_pid" >"$loadtest_dir/redis.pid"
+    loadtest_wait redis-server "$redis_pid" "$loadtest_dir/redis.log" \
+        loadtest_redis_ready "$redis_port"
+    redis_version=$(redis-server --version 2>/dev/null | sed -n 's/.*v=\([^ ]*\).*/\1/p')
+    coord_log "redis-server ${redis_version:-?} (pid $redis_pid) serves 127.0.0.1:$redis_port"
+
+    loadtest_free_port proxy_port
+    "$coordproxy" --redis-url "redis://127.0.0.1:$redis_port" \
+        --listen-client-urls "http://127.0.0.1:$proxy_port" \
+        >"$loadtest_dir/coordproxy.log" 2>&1 &
+    proxy_pid=$!
+    loadtest_servers+=("coordproxy:$proxy_pid")
+    echo "$proxy_pid" >"$loadtest_dir/coordproxy.pid"
+    loadtest_wait coordproxy "$proxy_pid" "$loadtest_dir/coordproxy.log" \
+        env ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$proxy_port" --dial-timeout 2s --command-timeout 3s endpoint health
+    coord_log "coordproxy ($coordproxy_build, pid $proxy_pid) serves 127.0.0.1:$proxy_port"
+
+    loadgen_args=(-duration "${LOADTEST_DURATION:-3s}" -rounds "${LOADTEST_ROUNDS:-3}")
+    if [ -n "${LOADTEST_WORKLOADS:-}" ]; then
+        loadgen_args+=(-workloads "$LOADTEST_WORKLOADS")
+    fi
+    loadgen_failed=
+    coord_log "running: loadgen run against etcd ${loadgen_args[*]}"
+    loadtest_loadgen run -endpoints "127.0.0.1:$etcd_port" -label "etcd 3.4" \
+        -pids "etcd=$etcd_pid" -out "$report_dir/etcd.json" \
+        -notes "etcd ${etcd_version:-?}, single member, fsync per write, data dir on $fs_type" \
+        "${loadgen_args[@]}" || loadgen_failed+=" etcd"
+    coord_log "running: loadgen run against coordproxy ${loadgen_args[*]}"
+    loadtest_loadgen run -endpoints "127.0.0.1:$proxy_port" -label "coordproxy" \
+        -pids "coordproxy=$proxy_pid,redis=$redis_pid" -out "$report_dir/coordproxy.json" \
+        -notes "coordproxy ($coordproxy_build) over redis-server ${redis_version:-?}, appendonly yes, appendfsync everysec, dir on $fs_type" \
+        "${loadgen_args[@]}" || loadgen_failed+=" coordproxy"
+
+    loadtest_stop_servers
+
+    report_files=()
+    for f in "$report_dir/etcd.json" "$report_dir/coordproxy.json"; do
+        [ -f "$f" ] && report_files+=("$f")
+    done
+    if [ -n "${LOADTEST_LIBRARY_JSON:-}" ]; then
+        if [ -f "$LOADTEST_LIBRARY_JSON" ]; then
+            report_files+=("$LOADTEST_LIBRARY_JSON")
+        else
+            coord_log "LOADTEST_LIBRARY_JSON=$LOADTEST_LIBRARY_JSON does not exist; the report leaves it out"
+        fi
+    fi
+    if [ ${#report_files[@]} -gt 0 ]; then
+        {
+            "$loadgen" report -html "$report_dir/loadtest-report.html" "${report_files[@]}"
+            echo
+            echo "durability: etcd fsyncs each write before answering (single member); Redis appendonly yes, appendfsync everysec (a crash can lose up to 1 s of acknowledged writes)"
+        } | tee "$report_dir/loadtest-report.txt"
+    fi
+    coord_log "results in $report_dir: loadtest-report.html, loadtest-report.txt, etcd.json, coordproxy.json, logs/"
+    if [ -n "$loadgen_failed" ]; then
+        coord_log "loadgen failed against:$loadgen_failed (see its messages above and the notes in the result files)"
+        exit 1
+    fi
 fi

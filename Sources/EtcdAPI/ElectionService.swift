@@ -11,28 +11,38 @@ public struct ElectionService: V3electionpb_Election.SimpleServiceProtocol {
     let store: CoordinationClient
     let member: EtcdMember
     let logger: Logger
+    /// Opened when the server begins shutting down: long calls end with UNAVAILABLE.
+    let stopping: Latch
 
     public init(store: CoordinationClient, member: EtcdMember, logger: Logger) {
+        self.init(store: store, member: member, logger: logger, stopping: Latch())
+    }
+
+    init(store: CoordinationClient, member: EtcdMember, logger: Logger, stopping: Latch) {
         self.store = store
         self.member = member
         self.logger = logger
+        self.stopping = stopping
     }
 
     public func campaign(request: V3electionpb_CampaignRequest, context: ServerContext) async throws -> V3electionpb_CampaignResponse {
         do {
-            let session = try await Session(client: store, lease: request.lease)
-            await session.orphan()   // the caller refreshes the lease, as with etcd's server
-            let election = Election(session: session, prefix: String(decoding: request.name, as: UTF8.self))
-            try await election.campaign(request.value.bytes)
-            var response = V3electionpb_CampaignResponse()
-            response.header = member.header(election.header?.revision ?? election.revision)
-            var leader = V3electionpb_LeaderKey()
-            leader.name = request.name
-            leader.key = election.key.data
-            leader.rev = election.revision
-            leader.lease = request.lease
-            response.leader = leader
-            return response
+            let (store, member) = (store, member)
+            return try await stopping.untilOpen {
+                let session = try await Session(client: store, lease: request.lease)
+                await session.orphan()   // the caller refreshes the lease, as with etcd's server
+                let election = Election(session: session, prefix: String(decoding: request.name, as: UTF8.self))
+                try await election.campaign(request.value.bytes)
+                var response = V3electionpb_CampaignResponse()
+                response.header = member.header(election.header?.revision ?? election.revision)
+                var leader = V3electionpb_LeaderKey()
+                leader.name = request.name
+                leader.key = election.key.data
+                leader.rev = election.revision
+                leader.lease = request.lease
+                response.leader = leader
+                return response
+            }
         } catch {
             throw EtcdAPIServer.refuse("Campaign", error, logger: logger)
         }
@@ -71,6 +81,10 @@ public struct ElectionService: V3electionpb_Election.SimpleServiceProtocol {
     }
 
     public func observe(request: V3electionpb_LeaderRequest, response: RPCWriter<V3electionpb_LeaderResponse>, context: ServerContext) async throws {
+        try await stopping.untilOpen { try await observeLeaders(request: request, response: response) }
+    }
+
+    private func observeLeaders(request: V3electionpb_LeaderRequest, response: RPCWriter<V3electionpb_LeaderResponse>) async throws {
         let prefix = request.name.bytes + Array("/".utf8)
         do {
             var revision: Int64 = 0

@@ -39,7 +39,10 @@ public final class EtcdAPIServer: Service, Sendable {
     public let addresses: [Address]
     private let logger: Logger
     private let bound = Mutex<[Address]>([])
-    private let boundSignal = BoundSignal()
+    private let boundSignal = Latch()
+    /// Opened when graceful shutdown begins: long calls (watches, keep-alive streams,
+    /// observes, waiting locks and campaigns) end with UNAVAILABLE.
+    let stopping = Latch()
 
     /// A server for `store` on `addresses`.
     /// - Parameters:
@@ -62,13 +65,13 @@ public final class EtcdAPIServer: Service, Sendable {
     func services() -> [any RegistrableRPCService] {
         [
             KVService(store: store, member: member, logger: logger),
-            WatchService(store: store, member: member, logger: logger),
-            LeaseService(store: store, member: member, logger: logger),
+            WatchService(store: store, member: member, logger: logger, stopping: stopping),
+            LeaseService(store: store, member: member, logger: logger, stopping: stopping),
             ClusterService(store: store, member: member, logger: logger),
             MaintenanceService(store: store, member: member, logger: logger),
             AuthService(),
-            LockService(store: store, member: member, logger: logger),
-            ElectionService(store: store, member: member, logger: logger),
+            LockService(store: store, member: member, logger: logger, stopping: stopping),
+            ElectionService(store: store, member: member, logger: logger, stopping: stopping),
         ]
     }
 
@@ -77,7 +80,7 @@ public final class EtcdAPIServer: Service, Sendable {
         let servers = addresses.map { address in
             GRPCServer(transport: .http2NIOPosix(address: .ipv4(host: address.host, port: address.port),
                                                  transportSecurity: .plaintext, config: Self.transportConfig),
-                       services: services())
+                       services: services(), interceptors: [MetricsInterceptor()])
         }
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
@@ -96,19 +99,26 @@ public final class EtcdAPIServer: Service, Sendable {
                 boundSignal.open()
             }
         } onGracefulShutdown: {
+            self.logger.info("shutting down: no new connections; watches, keep-alives, observes and waiting locks end with UNAVAILABLE (server stopped)")
+            self.stopping.open()
             for server in servers { server.beginGracefulShutdown() }
         }
     }
 
-    /// HTTP/2 settings as etcd's: clients ping every few seconds (etcdctl, clientv3
-    /// with keep-alive), also between calls, and requests up to 1.5 MiB are accepted
-    /// (larger ones get etcd's "request is too large" from the store, or gRPC's
-    /// RESOURCE_EXHAUSTED beyond 2 MiB).
+    /// HTTP/2 settings for etcd's clients. Pings are never policed: clientv3 (grpc-go)
+    /// pings for keep-alive and, under load, for bandwidth estimation after every burst
+    /// of data, far more often than once a second. grpc-swift answers a client that
+    /// pings more often than its minimum interval with GOAWAY ENHANCE_YOUR_CALM and
+    /// closes the connection; grpc-go then re-sent requests the server had already
+    /// run (a Put applied twice, seen under the load test). etcd's grpc-go server
+    /// forgives such pings whenever it sends data, so they never cost a connection
+    /// there either. Requests up to 1.5 MiB are accepted (larger ones get etcd's
+    /// "request is too large" from the store, or gRPC's RESOURCE_EXHAUSTED beyond 2 MiB).
     static var transportConfig: HTTP2ServerTransport.Posix.Config {
         .defaults { config in
             config.connection.keepalive = .init(
                 time: .seconds(2 * 60 * 60), timeout: .seconds(20),
-                clientBehavior: .init(minPingIntervalWithoutCalls: .seconds(1), allowWithoutCalls: true))
+                clientBehavior: .init(minPingIntervalWithoutCalls: .zero, allowWithoutCalls: true))
             config.rpc.maxRequestPayloadSize = 2 * 1024 * 1024
         }
     }
@@ -117,6 +127,10 @@ public final class EtcdAPIServer: Service, Sendable {
     static func refuse(_ method: String, _ error: any Error, logger: Logger) -> RPCError {
         let rpcError = EtcdErrors.rpcError(for: error)
         if error is CancellationError { return rpcError }
+        if rpcError.code == .unavailable && rpcError.message == EtcdErrors.serverStopped.message {
+            logger.debug("call ended by shutdown", metadata: ["method": "\(method)"])
+            return rpcError
+        }
         logger.notice("refused request", metadata: [
             "method": "\(method)", "code": "\(rpcError.code)", "message": "\(rpcError.message)", "reason": "\(error)",
         ])
@@ -124,27 +138,78 @@ public final class EtcdAPIServer: Service, Sendable {
     }
 }
 
-/// Opened once every listener is bound (the gRPC server's and the gateway's).
-final class BoundSignal: Sendable {
-    private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
-
-    func open() {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            state.open = true
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume() }
+/// A one-shot latch: opened once (every listener bound, shutdown begun), waited on
+/// by any number of tasks; a waiting task that is cancelled stops waiting.
+final class Latch: Sendable {
+    private enum Waiter {
+        case waiting(CheckedContinuation<Void, Never>)
+        case cancelled
     }
 
+    private struct State {
+        var open = false
+        var nextID = 0
+        var waiters: [Int: Waiter] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    var isOpen: Bool { state.withLock { $0.open } }
+
+    func open() {
+        let waiters = state.withLock { state -> [Waiter] in
+            state.open = true
+            defer { state.waiters = [:] }
+            return Array(state.waiters.values)
+        }
+        for case .waiting(let waiter) in waiters { waiter.resume() }
+    }
+
+    /// Returns once the latch is open, or at once when the task is cancelled.
     func wait() async {
-        await withCheckedContinuation { continuation in
-            let now = state.withLock { state -> Bool in
-                if state.open { return true }
-                state.waiters.append(continuation)
-                return false
+        let id = state.withLock { state -> Int in
+            defer { state.nextID += 1 }
+            return state.nextID
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let resumeNow = state.withLock { state -> Bool in
+                    if state.open { return true }
+                    if case .cancelled = state.waiters[id] {
+                        state.waiters[id] = nil
+                        return true
+                    }
+                    state.waiters[id] = .waiting(continuation)
+                    return false
+                }
+                if resumeNow { continuation.resume() }
             }
-            if now { continuation.resume() }
+        } onCancel: {
+            let waiter = state.withLock { state -> Waiter? in
+                if state.open { return nil }
+                let waiter = state.waiters[id]
+                state.waiters[id] = waiter == nil ? .cancelled : nil
+                return waiter
+            }
+            if case .waiting(let continuation) = waiter { continuation.resume() }
+        }
+    }
+
+    /// Runs `body` until it finishes or the latch opens (shutdown began); then the call
+    /// ends with etcd's "server stopped" (UNAVAILABLE), which clients retry elsewhere.
+    func untilOpen<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                await self.wait()
+                if Task.isCancelled { return nil }
+                throw EtcdErrors.serverStopped
+            }
+            defer { group.cancelAll() }
+            while let result = try await group.next() {
+                if let result { return result }
+            }
+            throw CancellationError()
         }
     }
 }

@@ -19,6 +19,10 @@ public enum EtcdErrors {
         return RPCError(code: .unknown, message: "coordproxy: \(error)")
     }
 
+    /// etcd's answer when the server stops under a call (rpctypes ErrGRPCStopped):
+    /// UNAVAILABLE, which clients retry on another endpoint.
+    static let serverStopped = RPCError(code: .unavailable, message: "etcdserver: server stopped")
+
     static func rpcError(for error: CoordinationError) -> RPCError {
         switch error.code {
         case .emptyKey: return RPCError(code: .invalidArgument, message: "etcdserver: key is not provided")

@@ -9,11 +9,18 @@ public struct LeaseService: Etcdserverpb_Lease.SimpleServiceProtocol {
     let store: CoordinationClient
     let member: EtcdMember
     let logger: Logger
+    /// Opened when the server begins shutting down: long calls end with UNAVAILABLE.
+    let stopping: Latch
 
     public init(store: CoordinationClient, member: EtcdMember, logger: Logger) {
+        self.init(store: store, member: member, logger: logger, stopping: Latch())
+    }
+
+    init(store: CoordinationClient, member: EtcdMember, logger: Logger, stopping: Latch) {
         self.store = store
         self.member = member
         self.logger = logger
+        self.stopping = stopping
     }
 
     public func leaseGrant(request: Etcdserverpb_LeaseGrantRequest, context: ServerContext) async throws -> Etcdserverpb_LeaseGrantResponse {
@@ -25,6 +32,7 @@ public struct LeaseService: Etcdserverpb_Lease.SimpleServiceProtocol {
             response.header = member.header(granted.header.revision)
             response.id = granted.id
             response.ttl = granted.ttl
+            APIMetrics.leasesGranted.increment()
             return response
         } catch {
             throw EtcdAPIServer.refuse("LeaseGrant", error, logger: logger)
@@ -34,6 +42,7 @@ public struct LeaseService: Etcdserverpb_Lease.SimpleServiceProtocol {
     public func leaseRevoke(request: Etcdserverpb_LeaseRevokeRequest, context: ServerContext) async throws -> Etcdserverpb_LeaseRevokeResponse {
         do {
             let header = try await store.revokeLease(request.id)
+            APIMetrics.leasesRevoked.increment()
             var response = Etcdserverpb_LeaseRevokeResponse()
             response.header = member.header(header.revision)
             return response
@@ -47,23 +56,33 @@ public struct LeaseService: Etcdserverpb_Lease.SimpleServiceProtocol {
         response: RPCWriter<Etcdserverpb_LeaseKeepAliveResponse>,
         context: ServerContext
     ) async throws {
+        APIMetrics.keepAliveStreams.increment()
+        defer { APIMetrics.keepAliveStreams.decrement() }
         do {
-            for try await keepAlive in request {
-                var answer = Etcdserverpb_LeaseKeepAliveResponse()
-                answer.id = keepAlive.id
-                do {
-                    let refreshed = try await store.keepAliveOnce(keepAlive.id)
-                    answer.header = member.header(refreshed.header.revision)
-                    answer.ttl = refreshed.ttl
-                } catch let error as CoordinationError where error.code == .leaseNotFound {
-                    // etcd answers an unknown lease with TTL 0 and keeps the stream open.
-                    answer.header = member.header(try await store.currentRevision())
-                    answer.ttl = 0
-                }
-                try await response.write(answer)
-            }
+            try await stopping.untilOpen { try await keepAlives(request: request, response: response) }
         } catch {
             throw EtcdAPIServer.refuse("LeaseKeepAlive", error, logger: logger)
+        }
+    }
+
+    private func keepAlives(
+        request: RPCAsyncSequence<Etcdserverpb_LeaseKeepAliveRequest, any Error>,
+        response: RPCWriter<Etcdserverpb_LeaseKeepAliveResponse>
+    ) async throws {
+        for try await keepAlive in request {
+            var answer = Etcdserverpb_LeaseKeepAliveResponse()
+            answer.id = keepAlive.id
+            do {
+                let refreshed = try await store.keepAliveOnce(keepAlive.id)
+                answer.header = member.header(refreshed.header.revision)
+                answer.ttl = refreshed.ttl
+                APIMetrics.leasesRenewed.increment()
+            } catch let error as CoordinationError where error.code == .leaseNotFound {
+                // etcd answers an unknown lease with TTL 0 and keeps the stream open.
+                answer.header = member.header(try await store.currentRevision())
+                answer.ttl = 0
+            }
+            try await response.write(answer)
         }
     }
 

@@ -12,23 +12,33 @@ public struct LockService: V3lockpb_Lock.SimpleServiceProtocol {
     let store: CoordinationClient
     let member: EtcdMember
     let logger: Logger
+    /// Opened when the server begins shutting down: long calls end with UNAVAILABLE.
+    let stopping: Latch
 
     public init(store: CoordinationClient, member: EtcdMember, logger: Logger) {
+        self.init(store: store, member: member, logger: logger, stopping: Latch())
+    }
+
+    init(store: CoordinationClient, member: EtcdMember, logger: Logger, stopping: Latch) {
         self.store = store
         self.member = member
         self.logger = logger
+        self.stopping = stopping
     }
 
     public func lock(request: V3lockpb_LockRequest, context: ServerContext) async throws -> V3lockpb_LockResponse {
         do {
-            let session = try await Session(client: store, lease: request.lease)
-            await session.orphan()   // the caller refreshes the lease, as with etcd's server
-            let mutex = DistributedMutex(session: session, prefix: String(decoding: request.name, as: UTF8.self))
-            let token = try await mutex.lock()
-            var response = V3lockpb_LockResponse()
-            response.header = member.header(mutex.header?.revision ?? token)
-            response.key = mutex.key.data
-            return response
+            let (store, member) = (store, member)
+            return try await stopping.untilOpen {
+                let session = try await Session(client: store, lease: request.lease)
+                await session.orphan()   // the caller refreshes the lease, as with etcd's server
+                let mutex = DistributedMutex(session: session, prefix: String(decoding: request.name, as: UTF8.self))
+                let token = try await mutex.lock()
+                var response = V3lockpb_LockResponse()
+                response.header = member.header(mutex.header?.revision ?? token)
+                response.key = mutex.key.data
+                return response
+            }
         } catch {
             throw EtcdAPIServer.refuse("Lock", error, logger: logger)
         }

@@ -21,11 +21,19 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
     /// Responses above this size are split when the watcher asked for fragments.
     let maxResponseBytes: Int
 
+    /// Opened when the server begins shutting down: the stream ends with UNAVAILABLE.
+    let stopping: Latch
+
     public init(store: CoordinationClient, member: EtcdMember, logger: Logger, maxResponseBytes: Int = 1_572_864) {
+        self.init(store: store, member: member, logger: logger, maxResponseBytes: maxResponseBytes, stopping: Latch())
+    }
+
+    init(store: CoordinationClient, member: EtcdMember, logger: Logger, maxResponseBytes: Int = 1_572_864, stopping: Latch) {
         self.store = store
         self.member = member
         self.logger = logger
         self.maxResponseBytes = maxResponseBytes
+        self.stopping = stopping
     }
 
     /// The watchers of one stream, by watch ID.
@@ -38,7 +46,7 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
 
         /// Reserves `requested` (0: the next free ID); nil when it is taken.
         func reserve(_ requested: Int64) -> Int64? {
-            state.withLock { state in
+            let id = state.withLock { state -> Int64? in
                 if requested != 0 {
                     if state.tasks[requested] != nil { return nil }
                     state.tasks[requested] = Task {}
@@ -50,6 +58,8 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
                 state.tasks[id] = Task {}
                 return id
             }
+            if id != nil { APIMetrics.watchers.increment() }
+            return id
         }
 
         func start(_ id: Int64, _ task: Task<Void, Never>) {
@@ -61,11 +71,12 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
         func cancel(_ id: Int64) -> Bool {
             let task = state.withLock { $0.tasks.removeValue(forKey: id) }
             task?.cancel()
+            if task != nil { APIMetrics.watchers.decrement() }
             return task != nil
         }
 
         func forget(_ id: Int64) {
-            state.withLock { _ = $0.tasks.removeValue(forKey: id) }
+            if state.withLock({ $0.tasks.removeValue(forKey: id) }) != nil { APIMetrics.watchers.decrement() }
         }
 
         func cancelAll() {
@@ -74,6 +85,7 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
                 return Array(state.tasks.values)
             }
             for task in tasks { task.cancel() }
+            if !tasks.isEmpty { APIMetrics.watchers.decrement(by: Double(tasks.count)) }
         }
     }
 
@@ -84,9 +96,11 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
     ) async throws {
         let (outgoing, send) = AsyncStream.makeStream(of: Etcdserverpb_WatchResponse.self)
         let watchers = Watchers()
+        APIMetrics.watchStreams.increment()
         defer {
             watchers.cancelAll()
             send.finish()
+            APIMetrics.watchStreams.decrement()
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
             // One writer, so that responses keep the order in which they were queued.
@@ -99,6 +113,10 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
                 }
                 // The client closed its side; its watchers go on until it cancels the call.
                 while !Task.isCancelled { try await Task.sleep(for: .seconds(3600)) }
+            }
+            group.addTask {
+                await stopping.wait()
+                if !Task.isCancelled { throw EtcdErrors.serverStopped }
             }
             defer { group.cancelAll() }
             try await group.next()

@@ -138,3 +138,45 @@ func withBenchmarkServer(url: String?, _ body: (RedisConfiguration) async throws
     }
     await server.stop()
 }
+
+/// One row of the library's results, for scripts/loadtest.sh's report.
+struct LibraryResult: Sendable {
+    var workload: String
+    var opsPerSecond: Double
+    var p50Micros: Double?
+    var p99Micros: Double?
+}
+
+func microseconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) * 1e6 + Double(duration.components.attoseconds) / 1e12
+}
+
+/// Writes `results` in the load generator's JSON format (scripts/loadgen: label,
+/// notes, results with workload, ops_per_sec, p50_us, p99_us), keeping the results
+/// of other workloads already in the file, so that `coordbench kv` and `coordbench
+/// primitives` fill one "Swift library direct" column.
+func writeLibraryResults(_ results: [LibraryResult], to path: String, notes: String) throws {
+    var existing: [[String: Any]] = []
+    var existingNotes: [String] = []
+    if let data = FileManager.default.contents(atPath: path),
+       let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+        existing = object["results"] as? [[String: Any]] ?? []
+        if let previous = object["notes"] as? String, !previous.isEmpty { existingNotes = [previous] }
+    }
+    let replaced = Set(results.map(\.workload))
+    existing.removeAll { replaced.contains($0["workload"] as? String ?? "") }
+    for result in results {
+        var entry: [String: Any] = ["workload": result.workload, "ops_per_sec": result.opsPerSecond]
+        if let p50 = result.p50Micros { entry["p50_us"] = p50 }
+        if let p99 = result.p99Micros { entry["p99_us"] = p99 }
+        existing.append(entry)
+    }
+    let object: [String: Any] = [
+        "label": "Swift library direct",
+        "endpoint": "the Coordination library in process, one pipelined connection to Redis",
+        "notes": (existingNotes + [notes]).joined(separator: "; "),
+        "results": existing,
+    ]
+    let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+    try data.write(to: URL(fileURLWithPath: path))
+}

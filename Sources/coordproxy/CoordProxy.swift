@@ -3,6 +3,8 @@ import Coordination
 import EtcdAPI
 import Foundation
 import Logging
+import Metrics
+import Prometheus
 import RedisClient
 import ServiceLifecycle
 
@@ -44,6 +46,9 @@ struct CoordProxy: AsyncParsableCommand {
     @Option(name: .customLong("advertise-client-urls"), help: ArgumentHelp("Comma-separated client URLs to advertise in the member list (default: the listen URLs).", valueName: "urls"))
     var advertiseClientURLs: String?
 
+    @Option(name: .customLong("listen-metrics-urls"), help: ArgumentHelp("Comma-separated http:// URLs to serve only /metrics (Prometheus text), /health and /version on, as etcd's; none by default (the gateway serves /metrics too).", valueName: "urls"))
+    var listenMetricsURLs: String?
+
     @Option(help: ArgumentHelp("The member's name, as etcd's --name.", valueName: "name"))
     var name: String?
 
@@ -82,6 +87,8 @@ struct CoordProxy: AsyncParsableCommand {
 
         let listen = try Self.addresses(setting(listenClientURLs, "LISTEN_CLIENT_URLS", default: "http://127.0.0.1:2379")!)
         let gatewayListen = try setting(listenClientHTTPURLs, "LISTEN_CLIENT_HTTP_URLS").map(Self.addresses) ?? []
+        let metricsListen = try setting(listenMetricsURLs, "LISTEN_METRICS_URLS").map(Self.addresses) ?? []
+        let registry = Self.bootstrapMetrics()
         let advertised = setting(advertiseClientURLs, "ADVERTISE_CLIENT_URLS")?
             .split(separator: ",").map { String($0) } ?? listen.map { "http://\($0)" }
         let namespace = setting(namespace, "NAMESPACE", default: "coord")!
@@ -121,8 +128,12 @@ struct CoordProxy: AsyncParsableCommand {
         let api = EtcdAPIServer(store: store, listen: listen, member: member, logger: logger)
         let background = StoreBackground(store: store, retainRevisions: retention > 0 ? retention : nil)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: background), .init(service: api)]
+        let exposition = Self.exposition(registry: registry, store: store)
         if !gatewayListen.isEmpty {
-            services.append(.init(service: EtcdGateway(api: api, listen: gatewayListen, logger: logger)))
+            services.append(.init(service: EtcdGateway(api: api, listen: gatewayListen, metrics: exposition, logger: logger)))
+        }
+        if !metricsListen.isEmpty {
+            services.append(.init(service: EtcdGateway(api: api, listen: metricsListen, routes: .metrics, metrics: exposition, logger: logger)))
         }
         let group = ServiceGroup(configuration: .init(
             services: services,
@@ -144,6 +155,49 @@ struct CoordProxy: AsyncParsableCommand {
         if let privateServer { await privateServer.stop() }
         privateServer = nil
         logger.info("coordproxy stopped")
+    }
+
+    /// Prometheus behind swift-metrics, with latency buckets fine enough for requests
+    /// that take tens of microseconds.
+    static func bootstrapMetrics() -> PrometheusCollectorRegistry {
+        let registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.defaultDurationHistogramBuckets = [
+            .microseconds(50), .microseconds(100), .microseconds(250), .microseconds(500),
+            .milliseconds(1), .microseconds(2500), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+            .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+            .seconds(1), .microseconds(2_500_000), .seconds(5), .seconds(10),
+        ]
+        MetricsSystem.bootstrap(factory)
+        return registry
+    }
+
+    /// `/metrics`: the registry, after refreshing what is read from Redis at scrape
+    /// time (the store's revision and live leases, whether Redis answers).
+    static func exposition(registry: PrometheusCollectorRegistry, store: CoordinationClient) -> @Sendable () async -> String {
+        func gauge(_ name: String, _ help: String) -> Prometheus.Gauge {
+            registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help))
+        }
+        let up = gauge("coordproxy_redis_up", "1 when the backing Redis answered the last scrape's queries, else 0")
+        let revision = gauge("coordproxy_store_revision", "The store's current revision")
+        let leases = gauge("coordproxy_store_leases", "Live leases in the store")
+        return {
+            let answered = await withTaskGroup(of: (Int64, Int)?.self) { group -> (Int64, Int)? in
+                group.addTask { try? await (store.currentRevision(), store.leases().count) }
+                group.addTask { try? await Task.sleep(for: .seconds(1)); return nil }
+                let first = await group.next() ?? nil
+                group.cancelAll()
+                return first
+            }
+            if let (current, count) = answered {
+                up.set(to: 1)
+                revision.set(to: Double(current))
+                leases.set(to: Double(count))
+            } else {
+                up.set(to: 0)
+            }
+            return registry.emitToString()
+        }
     }
 
     /// The URL with its password hidden, for logs.
@@ -169,18 +223,6 @@ struct CoordProxy: AsyncParsableCommand {
                 throw ValidationError("listen URL \(text): give an IPv4 address (such as 127.0.0.1 or 0.0.0.0) as the host")
             }
             return EtcdAPIServer.Address(host: address, port: port)
-        }
-    }
-}
-
-/// The store's background work (lease reaping, retention) as a service of the group.
-struct StoreBackground: Service {
-    let store: CoordinationClient
-    let retainRevisions: Int64?
-
-    func run() async throws {
-        try await cancelWhenGracefulShutdown {
-            try await store.run(interval: .milliseconds(100), retainRevisions: retainRevisions)
         }
     }
 }

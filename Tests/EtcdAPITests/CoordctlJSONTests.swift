@@ -70,14 +70,17 @@ import Testing
 }
 
 /// The coordctl this package built (beside the test bundle, else in .build/debug).
-func builtCoordctl() throws -> String {
+func builtCoordctl() throws -> String { try builtExecutable("coordctl") }
+
+/// An executable this package built (beside the test bundle, else in .build/debug).
+func builtExecutable(_ name: String) throws -> String {
     let candidates = [
-        Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("coordctl").path,
+        Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent(name).path,
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent(".build/debug/coordctl").path,
+            .appendingPathComponent(".build/debug/\(name)").path,
     ]
     guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-        throw RedisError(.serverNotFound, "coordctl is not built; run swift build --build-tests first")
+        throw RedisError(.serverNotFound, "\(name) is not built; run swift build --build-tests first")
     }
     return found
 }

@@ -2,6 +2,7 @@ import Coordination
 import EtcdAPI
 import Foundation
 import Logging
+import ServiceLifecycle
 @testable import RedisClient
 import Synchronization
 import Testing
@@ -25,16 +26,14 @@ func withProxy<Result: Sendable>(_ body: (Proxy) async throws -> Result) async t
         // Ports chosen up front, so that the member list advertises the real ones.
         let api = EtcdAPIServer(store: store, listen: [.init(host: "127.0.0.1", port: try ChildProcess.freeLoopbackPort())], logger: logger)
         let gateway = EtcdGateway(api: api, listen: [.init(host: "127.0.0.1", port: try ChildProcess.freeLoopbackPort())], logger: logger)
-        let serving = Task { try await api.run() }
-        let gatewayServing = Task { try await gateway.run() }
-        let background = Task { try await store.run(interval: .milliseconds(50)) }
+        // Stopped by graceful shutdown, as coordproxy is: cancelling a NIO server while
+        // it has accepted a connection not yet served traps (swift-nio#2637).
+        let group = ServiceGroup(services: [StoreBackground(store: store, interval: .milliseconds(50)), api, gateway],
+                                 gracefulShutdownSignals: [], logger: logger)
+        let serving = Task { try await group.run() }
         func stop() async {
-            serving.cancel()
-            gatewayServing.cancel()
-            background.cancel()
+            await group.triggerGracefulShutdown()
             _ = await serving.result
-            _ = await gatewayServing.result
-            _ = await background.result
             await store.close()
         }
         do {
@@ -155,13 +154,18 @@ final class Background: @unchecked Sendable {
     private let output = Pipe()
     private let lines = Shared<[String]>([])
 
-    init(etcdctl arguments: [String], endpoint: String) throws {
+    convenience init(etcdctl arguments: [String], endpoint: String) throws {
         guard let executable = ChildProcess.locate("etcdctl") else {
             throw RedisError(.serverNotFound, "etcdctl was not found on PATH; install it (Debian: apt-get install etcd-client)")
         }
+        try self.init(executable: executable, arguments: ["--endpoints", endpoint, "--dial-timeout", "20s"] + arguments,
+                      environment: ["ETCDCTL_API": "3", "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"])
+    }
+
+    init(executable: String, arguments: [String], environment: [String: String]) throws {
         process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["--endpoints", endpoint, "--dial-timeout", "20s"] + arguments
-        process.environment = ["ETCDCTL_API": "3", "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
+        process.arguments = arguments
+        process.environment = environment
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
         process.standardInput = FileHandle.nullDevice

@@ -17,9 +17,23 @@ import Synchronization
 /// camelCase accepted too). Streaming calls (`/v3/watch`, `/v3/lease/keepalive`,
 /// `/v3/election/observe`) answer newline-delimited `{"result":{...}}` chunks.
 /// Errors are grpc-gateway's: `{"error":..., "message":..., "code":N}` with the
-/// HTTP status of the gRPC code. `GET /version` and `GET /health` answer as etcd's.
+/// HTTP status of the gRPC code. `GET /version` and `GET /health` answer as etcd's;
+/// `GET /metrics` answers the Prometheus text that `metrics` returns, when given.
+///
+/// With `routes: .metrics` a listener serves only `/metrics`, `/health` and
+/// `/version`, as etcd's `--listen-metrics-urls`.
 public final class EtcdGateway: Service, Sendable {
+    /// What a gateway's listeners answer.
+    public enum Routes: Sendable {
+        /// The JSON gateway, `/metrics`, `/health` and `/version`.
+        case gateway
+        /// Only `/metrics`, `/health` and `/version`.
+        case metrics
+    }
+
     public let addresses: [EtcdAPIServer.Address]
+    private let routes: Routes
+    private let metrics: (@Sendable () async -> String)?
     private let kv: KVService
     private let watchService: WatchService
     private let lease: LeaseService
@@ -30,20 +44,33 @@ public final class EtcdGateway: Service, Sendable {
     private let store: CoordinationClient
     private let logger: Logger
     private let bound = Mutex<[EtcdAPIServer.Address]>([])
-    private let boundSignal = BoundSignal()
+    private let boundSignal = Latch()
+    /// The API server's: opened when either begins shutting down.
+    private let stopping: Latch
+    /// Open connections, closed a second after shutdown begins.
+    private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
 
     /// A gateway for the services of `api`, on `addresses`.
-    public init(api: EtcdAPIServer, listen addresses: [EtcdAPIServer.Address], logger: Logger) {
+    /// - Parameters:
+    ///   - metrics: the Prometheus text exposition that `GET /metrics` answers (for
+    ///     example a `PrometheusCollectorRegistry`'s `emitToString()`); without it
+    ///     `/metrics` answers 404.
+    ///   - routes: `.metrics` to serve only `/metrics`, `/health` and `/version`.
+    public init(api: EtcdAPIServer, listen addresses: [EtcdAPIServer.Address], routes: Routes = .gateway,
+                metrics: (@Sendable () async -> String)? = nil, logger: Logger) {
         self.addresses = addresses
+        self.routes = routes
+        self.metrics = metrics
         self.store = api.store
         let (store, member) = (api.store, api.member)
+        stopping = api.stopping
         kv = KVService(store: store, member: member, logger: logger)
-        watchService = WatchService(store: store, member: member, logger: logger)
-        lease = LeaseService(store: store, member: member, logger: logger)
+        watchService = WatchService(store: store, member: member, logger: logger, stopping: api.stopping)
+        lease = LeaseService(store: store, member: member, logger: logger, stopping: api.stopping)
         cluster = ClusterService(store: store, member: member, logger: logger)
         maintenance = MaintenanceService(store: store, member: member, logger: logger)
-        lockService = LockService(store: store, member: member, logger: logger)
-        election = ElectionService(store: store, member: member, logger: logger)
+        lockService = LockService(store: store, member: member, logger: logger, stopping: api.stopping)
+        election = ElectionService(store: store, member: member, logger: logger, stopping: api.stopping)
         self.logger = logger
     }
 
@@ -77,10 +104,20 @@ public final class EtcdGateway: Service, Sendable {
         }
         bound.withLock { $0 = resolved }
         boundSignal.open()
-        for address in resolved { logger.info("serving the etcd JSON gateway", metadata: ["address": "\(address)"]) }
+        for address in resolved {
+            logger.info(routes == .gateway ? "serving the etcd JSON gateway" : "serving metrics", metadata: ["address": "\(address)"])
+        }
 
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
+                group.addTask {
+                    // Shutdown: streams end at once (the latch), other requests get a
+                    // second, then idle keep-alive connections are closed.
+                    await self.stopping.wait()
+                    if Task.isCancelled { return }
+                    try? await Task.sleep(for: .seconds(1))
+                    for channel in self.connections.withLock({ Array($0.values) }) { channel.close(promise: nil) }
+                }
                 for listener in listeners {
                     group.addTask {
                         try await withThrowingDiscardingTaskGroup { connections in
@@ -94,6 +131,7 @@ public final class EtcdGateway: Service, Sendable {
                 }
             }
         } onGracefulShutdown: {
+            self.stopping.open()
             for listener in listeners { listener.channel.close(promise: nil) }
         }
     }
@@ -101,6 +139,14 @@ public final class EtcdGateway: Service, Sendable {
     // MARK: - HTTP
 
     private func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>) async {
+        let id = ObjectIdentifier(connection.channel)
+        connections.withLock { $0[id] = connection.channel }
+        defer { connections.withLock { _ = $0.removeValue(forKey: id) } }
+        if stopping.isOpen {
+            // Every accepted channel must go through executeThenClose (NIO traps otherwise).
+            try? await connection.executeThenClose { _, _ in }
+            return
+        }
         do {
             try await connection.executeThenClose { inbound, outbound in
                 var head: HTTPRequestHead?
@@ -140,9 +186,16 @@ public final class EtcdGateway: Service, Sendable {
                 let healthy = (try? await store.currentRevision()) != nil
                 try await respond(outbound, status: healthy ? .ok : .serviceUnavailable,
                                   json: healthy ? "{\"health\":\"true\"}" : "{\"health\":\"false\"}", keepAlive: true)
+            case "/metrics" where metrics != nil:
+                let text = await metrics!()
+                try await respond(outbound, status: .ok, body: text, contentType: "text/plain; version=0.0.4; charset=utf-8", keepAlive: true)
             default:
                 try await respond(outbound, status: .notFound, json: Self.errorBody(RPCError(code: .unimplemented, message: "Not Found")), keepAlive: true)
             }
+            return true
+        }
+        guard routes == .gateway else {
+            try await respond(outbound, status: .notFound, json: Self.errorBody(RPCError(code: .unimplemented, message: "Not Found")), keepAlive: true)
             return true
         }
         guard head.method == .POST else {
@@ -153,44 +206,44 @@ public final class EtcdGateway: Service, Sendable {
                                     remotePeer: "gateway", localPeer: "gateway", cancellation: ServerContext.RPCCancellationHandle())
         do {
             switch path {
-            case "/v3/kv/range": try await unary(outbound, body) { try await self.kv.range(request: $0, context: context) }
-            case "/v3/kv/put": try await unary(outbound, body) { try await self.kv.put(request: $0, context: context) }
-            case "/v3/kv/deleterange": try await unary(outbound, body) { try await self.kv.deleteRange(request: $0, context: context) }
-            case "/v3/kv/txn": try await unary(outbound, body) { try await self.kv.txn(request: $0, context: context) }
-            case "/v3/kv/compaction": try await unary(outbound, body) { try await self.kv.compact(request: $0, context: context) }
-            case "/v3/lease/grant": try await unary(outbound, body) { try await self.lease.leaseGrant(request: $0, context: context) }
+            case "/v3/kv/range": try await unary(outbound, body, path: path) { try await self.kv.range(request: $0, context: context) }
+            case "/v3/kv/put": try await unary(outbound, body, path: path) { try await self.kv.put(request: $0, context: context) }
+            case "/v3/kv/deleterange": try await unary(outbound, body, path: path) { try await self.kv.deleteRange(request: $0, context: context) }
+            case "/v3/kv/txn": try await unary(outbound, body, path: path) { try await self.kv.txn(request: $0, context: context) }
+            case "/v3/kv/compaction": try await unary(outbound, body, path: path) { try await self.kv.compact(request: $0, context: context) }
+            case "/v3/lease/grant": try await unary(outbound, body, path: path) { try await self.lease.leaseGrant(request: $0, context: context) }
             case "/v3/lease/revoke", "/v3/kv/lease/revoke":
-                try await unary(outbound, body) { try await self.lease.leaseRevoke(request: $0, context: context) }
+                try await unary(outbound, body, path: path) { try await self.lease.leaseRevoke(request: $0, context: context) }
             case "/v3/lease/timetolive", "/v3/kv/lease/timetolive":
-                try await unary(outbound, body) { try await self.lease.leaseTimeToLive(request: $0, context: context) }
+                try await unary(outbound, body, path: path) { try await self.lease.leaseTimeToLive(request: $0, context: context) }
             case "/v3/lease/leases", "/v3/kv/lease/leases":
-                try await unary(outbound, body) { try await self.lease.leaseLeases(request: $0, context: context) }
+                try await unary(outbound, body, path: path) { try await self.lease.leaseLeases(request: $0, context: context) }
             case "/v3/lease/keepalive":
                 let request: Etcdserverpb_LeaseKeepAliveRequest = try Self.decode(body)
-                try await stream(outbound) { writer in
+                try await stream(outbound, path: path) { writer in
                     try await self.lease.leaseKeepAlive(request: RPCAsyncSequence(wrapping: Self.once(request)), response: writer, context: context)
                 }
                 return false
             case "/v3/watch":
                 let request: Etcdserverpb_WatchRequest = try Self.decode(body)
-                try await stream(outbound) { writer in
+                try await stream(outbound, path: path) { writer in
                     try await self.watchService.watch(request: RPCAsyncSequence(wrapping: Self.onceThenWait(request)), response: writer, context: context)
                 }
                 return false
-            case "/v3/lock/lock": try await unary(outbound, body) { try await self.lockService.lock(request: $0, context: context) }
-            case "/v3/lock/unlock": try await unary(outbound, body) { try await self.lockService.unlock(request: $0, context: context) }
-            case "/v3/election/campaign": try await unary(outbound, body) { try await self.election.campaign(request: $0, context: context) }
-            case "/v3/election/proclaim": try await unary(outbound, body) { try await self.election.proclaim(request: $0, context: context) }
-            case "/v3/election/leader": try await unary(outbound, body) { try await self.election.leader(request: $0, context: context) }
-            case "/v3/election/resign": try await unary(outbound, body) { try await self.election.resign(request: $0, context: context) }
+            case "/v3/lock/lock": try await unary(outbound, body, path: path) { try await self.lockService.lock(request: $0, context: context) }
+            case "/v3/lock/unlock": try await unary(outbound, body, path: path) { try await self.lockService.unlock(request: $0, context: context) }
+            case "/v3/election/campaign": try await unary(outbound, body, path: path) { try await self.election.campaign(request: $0, context: context) }
+            case "/v3/election/proclaim": try await unary(outbound, body, path: path) { try await self.election.proclaim(request: $0, context: context) }
+            case "/v3/election/leader": try await unary(outbound, body, path: path) { try await self.election.leader(request: $0, context: context) }
+            case "/v3/election/resign": try await unary(outbound, body, path: path) { try await self.election.resign(request: $0, context: context) }
             case "/v3/election/observe":
                 let request: V3electionpb_LeaderRequest = try Self.decode(body)
-                try await stream(outbound) { writer in try await self.election.observe(request: request, response: writer, context: context) }
+                try await stream(outbound, path: path) { writer in try await self.election.observe(request: request, response: writer, context: context) }
                 return false
-            case "/v3/maintenance/status": try await unary(outbound, body) { try await self.maintenance.status(request: $0, context: context) }
-            case "/v3/maintenance/alarm": try await unary(outbound, body) { try await self.maintenance.alarm(request: $0, context: context) }
-            case "/v3/cluster/member/list": try await unary(outbound, body) { try await self.cluster.memberList(request: $0, context: context) }
-            case "/v3/auth/authenticate": try await unary(outbound, body) { (_: Etcdserverpb_AuthenticateRequest) -> Etcdserverpb_AuthenticateResponse in throw EtcdErrors.authNotEnabled }
+            case "/v3/maintenance/status": try await unary(outbound, body, path: path) { try await self.maintenance.status(request: $0, context: context) }
+            case "/v3/maintenance/alarm": try await unary(outbound, body, path: path) { try await self.maintenance.alarm(request: $0, context: context) }
+            case "/v3/cluster/member/list": try await unary(outbound, body, path: path) { try await self.cluster.memberList(request: $0, context: context) }
+            case "/v3/auth/authenticate": try await unary(outbound, body, path: path) { (_: Etcdserverpb_AuthenticateRequest) -> Etcdserverpb_AuthenticateResponse in throw EtcdErrors.authNotEnabled }
             default:
                 try await respond(outbound, status: .notFound, json: Self.errorBody(RPCError(code: .unimplemented, message: "Not Found")), keepAlive: true)
             }
@@ -259,25 +312,35 @@ public final class EtcdGateway: Service, Sendable {
     }
 
     private func unary<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
-        _ outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, _ body: [UInt8],
+        _ outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, _ body: [UInt8], path: String,
         _ call: (Request) async throws -> Response
     ) async throws {
-        let request: Request = try Self.decode(body)
+        let recorder = APIMetrics.start(service: "gateway", method: path)
+        let request: Request
+        do {
+            request = try Self.decode(body)
+        } catch {
+            recorder.finish(.invalidArgument)
+            throw error
+        }
         do {
             let response = try await call(request)
             try await respond(outbound, status: .ok, json: Self.encode(response), keepAlive: true)
+            recorder.finish(nil)
         } catch {
             let rpcError = EtcdErrors.rpcError(for: error)
             try await respond(outbound, status: Self.httpStatus(rpcError.code), json: Self.errorBody(rpcError), keepAlive: true)
+            recorder.finish(rpcError.code)
         }
     }
 
     /// A streaming answer: `{"result":...}` lines as the call writes them; an error ends
     /// the stream with grpc-gateway's `{"error":{...}}` chunk.
     private func stream<Response: SwiftProtobuf.Message>(
-        _ outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>,
+        _ outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, path: String,
         _ call: (RPCWriter<Response>) async throws -> Void
     ) async throws {
+        let recorder = APIMetrics.start(service: "gateway", method: path)
         var head = HTTPResponseHead(version: .http1_1, status: .ok)
         head.headers.add(name: "Content-Type", value: "application/json")
         head.headers.add(name: "Transfer-Encoding", value: "chunked")
@@ -285,8 +348,10 @@ public final class EtcdGateway: Service, Sendable {
         let writer = RPCWriter(wrapping: ChunkWriter<Response>(outbound: outbound))
         do {
             try await call(writer)
+            recorder.finish(nil)
         } catch {
             let rpcError = EtcdErrors.rpcError(for: error)
+            recorder.finish(rpcError.code)
             let status = Self.httpStatus(rpcError.code)
             let line = "{\"error\":{\"grpc_code\":\(rpcError.code.rawValue),\"http_code\":\(status.code),\"message\":\(Self.jsonString(rpcError.message)),\"http_status\":\(Self.jsonString(status.reasonPhrase))}}\n"
             try? await outbound.write(.body(.byteBuffer(ByteBuffer(string: line))))
@@ -308,9 +373,14 @@ public final class EtcdGateway: Service, Sendable {
     }
 
     private func respond(_ outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, status: HTTPResponseStatus, json: String, keepAlive: Bool) async throws {
+        try await respond(outbound, status: status, body: json, contentType: "application/json", keepAlive: keepAlive)
+    }
+
+    private func respond(_ outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, status: HTTPResponseStatus, body text: String,
+                         contentType: String, keepAlive: Bool) async throws {
         var head = HTTPResponseHead(version: .http1_1, status: status)
-        let body = ByteBuffer(string: json)
-        head.headers.add(name: "Content-Type", value: "application/json")
+        let body = ByteBuffer(string: text)
+        head.headers.add(name: "Content-Type", value: contentType)
         head.headers.add(name: "Content-Length", value: String(body.readableBytes))
         if !keepAlive { head.headers.add(name: "Connection", value: "close") }
         try await outbound.write(.head(head))

@@ -1,6 +1,7 @@
 import CHiredis
 import DequeModule
 import Foundation
+import Metrics
 import Synchronization
 
 /// One hiredis context driven by a dedicated thread.
@@ -56,6 +57,8 @@ final class ConnectionEngine: @unchecked Sendable {
     private struct InFlight {
         let continuation: Completion
         let deadline: UInt64
+        /// When the request was queued for writing (MonotonicClock), for the round-trip metric.
+        let queued: UInt64
         /// Offset just past this request's last byte in the output stream of the current connection.
         let end: UInt64
     }
@@ -368,7 +371,8 @@ final class ConnectionEngine: @unchecked Sendable {
             spareRequests.append(first)
         }
         if spareRequests.isEmpty { return }
-        lastBusy = MonotonicClock.now()
+        let now = MonotonicClock.now()
+        lastBusy = now
         if outputOffset == output.count {
             output.removeAll(keepingCapacity: true)
             outputOffset = 0
@@ -377,7 +381,7 @@ final class ConnectionEngine: @unchecked Sendable {
         var end = bytesAppended
         for request in spareRequests {
             end += UInt64(request.length)
-            inFlight.append(InFlight(continuation: request.continuation, deadline: request.deadline, end: end))
+            inFlight.append(InFlight(continuation: request.continuation, deadline: request.deadline, queued: now, end: end))
             if request.deadline < earliestDeadline { earliestDeadline = request.deadline }
         }
         bytesAppended = end
@@ -495,6 +499,7 @@ final class ConnectionEngine: @unchecked Sendable {
         guard let context else { return false }
         let reader = context.pointee.reader
         var dispatched = false
+        var now: UInt64 = 0
         while true {
             var raw: UnsafeMutableRawPointer?
             if redisReaderGetReply(reader, &raw) != REDIS_OK {
@@ -511,6 +516,8 @@ final class ConnectionEngine: @unchecked Sendable {
                 connectionLost(reason: "the server sent a reply nobody asked for: \(reply)", code: .protocolError)
                 return false
             }
+            if now == 0 { now = MonotonicClock.now() }
+            RedisMetrics.roundTrip.recordNanoseconds(Int64(truncatingIfNeeded: now &- request.queued))
             if case .error(let message) = reply {
                 request.continuation.resume(throwing: RedisError.fromServerReply(message))
             } else {
@@ -545,6 +552,7 @@ final class ConnectionEngine: @unchecked Sendable {
 
     /// Fails what the connection carried and schedules an immediate reconnect.
     private func connectionLost(reason: String, code: RedisError.Code = .outcomeUnknown, timedOutAt: UInt64? = nil) {
+        if context != nil { RedisMetrics.connectionsLost.increment() }
         shared.withLock { $0.socket = -1 }
         if let context { redisFree(context) }
         context = nil

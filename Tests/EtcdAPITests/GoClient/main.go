@@ -7,6 +7,11 @@
 //	clientcheck <endpoint> session|mutex|election|stm|watch|lease|badinput
 //	clientcheck <endpoint> hold <name> <n> <log>  n holds of mutex <name>, each writing
 //	                                              "in <pid>" and "out <pid>" lines to <log>
+//	clientcheck <endpoint> streamend <lease>     opens a raw Watch stream and a raw
+//	                                              LeaseKeepAlive stream for <lease>, prints
+//	                                              "streaming", then one "<stream> ended <code>:
+//	                                              <message>" line as each ends (the server
+//	                                              stopping), then "ok streamend"
 package main
 
 import (
@@ -361,6 +366,58 @@ func hold(endpoint, name string, n int, logPath string) {
 	}
 }
 
+// streamend: how the server ends long-lived streams, seen without clientv3's
+// retries: raw etcdserverpb Watch and LeaseKeepAlive streams on one connection.
+func streamend(endpoint string, lease int64) {
+	client := connect(endpoint)
+	defer client.Close()
+	conn := client.ActiveConnection()
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	watch, err := pb.NewWatchClient(conn).Watch(ctx)
+	check(err, "open a watch stream")
+	check(watch.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{Key: []byte("streamend")}}}), "create a watch")
+	created, err := watch.Recv()
+	check(err, "the watch's created response")
+	if !created.Created {
+		fail("the first watch response is not created: %v", created)
+	}
+	keepAlive, err := pb.NewLeaseClient(conn).LeaseKeepAlive(ctx)
+	check(err, "open a keep-alive stream")
+	check(keepAlive.Send(&pb.LeaseKeepAliveRequest{ID: lease}), "send a keep-alive")
+	refreshed, err := keepAlive.Recv()
+	check(err, "the keep-alive's response")
+	if refreshed.TTL <= 0 {
+		fail("lease %x is not alive: %v", lease, refreshed)
+	}
+	fmt.Println("streaming")
+	ended := make(chan string, 2)
+	go func() {
+		for {
+			if _, err := watch.Recv(); err != nil {
+				s, _ := status.FromError(err)
+				ended <- fmt.Sprintf("watch ended %v: %s", s.Code(), s.Message())
+				return
+			}
+		}
+	}()
+	go func() {
+		for {
+			if _, err := keepAlive.Recv(); err != nil {
+				s, _ := status.FromError(err)
+				ended <- fmt.Sprintf("keepalive ended %v: %s", s.Code(), s.Message())
+				return
+			}
+		}
+	}()
+	first, second := <-ended, <-ended
+	if first > second {
+		first, second = second, first
+	}
+	fmt.Println(first)
+	fmt.Println(second)
+}
+
 func main() {
 	if len(os.Args) < 3 {
 		fmt.Fprintln(os.Stderr, "usage: clientcheck <endpoint> all|session|mutex|election|stm|watch|lease|badinput|hold <name> <n> <log>")
@@ -375,6 +432,11 @@ func main() {
 			scenarios[name](endpoint)
 			fmt.Println("ok", name)
 		}
+	case "streamend":
+		lease, err := strconv.ParseInt(os.Args[3], 10, 64)
+		check(err, "the lease ID")
+		streamend(endpoint, lease)
+		fmt.Println("ok streamend")
 	case "hold":
 		n, _ := strconv.Atoi(os.Args[4])
 		hold(endpoint, os.Args[3], n, os.Args[5])

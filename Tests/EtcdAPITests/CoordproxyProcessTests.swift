@@ -1,0 +1,204 @@
+import Coordination
+import Foundation
+@testable import RedisClient
+import Synchronization
+import Testing
+
+/// The coordproxy executable as operators run it: processes on a real Redis, shut
+/// down with SIGTERM, several in front of one Redis, scraped for metrics.
+@Suite struct CoordproxyProcessTests {
+    @Test func sigtermEndsWatchAndKeepAliveStreamsWithUnavailableExitsZeroAndRevokesNothing() async throws {
+        let program = try await GoClientTests.clientcheck()
+        try await RedisServer.withServer { server in
+            let store = try await CoordinationClient.connect(url: server.url)
+            let lease = try await store.grantLease(ttl: 300)
+            _ = try await store.put("held", "by a client", options: PutOptions(lease: lease.id))
+            let proxy = try await CoordproxyProcess.start(redisURL: server.url)
+            let streams = try Background(executable: program, arguments: [proxy.endpoint, "streamend", String(lease.id)],
+                                         environment: ["PATH": "/usr/bin:/bin"])
+            let opened = await streams.waitForLines(1, timeout: .seconds(60))
+            #expect(opened == ["streaming"], "\(proxy.log())")
+
+            let status = await proxy.terminate()
+            #expect(status == 0, "coordproxy did not exit 0 within 30 s of SIGTERM: \(String(describing: status))\n\(proxy.log())")
+            let lines = await streams.waitForLines(4, timeout: .seconds(30))
+            #expect(lines == ["streaming",
+                              "keepalive ended Unavailable: etcdserver: server stopped",
+                              "watch ended Unavailable: etcdserver: server stopped",
+                              "ok streamend"], "\(proxy.log())")
+            #expect(proxy.log().contains("coordproxy stopped"))
+            // The client's lease and its key are the client's: shutdown revokes nothing.
+            let live = try await store.timeToLive(lease.id)
+            #expect(live.ttl > 200)
+            #expect(try await store.get("held").kvs.map { String(decoding: $0.value, as: UTF8.self) } == ["by a client"])
+            await store.close()
+        }
+    }
+
+    @Test func twoProxiesOnOneRedisServeOneStoreWatchesAndLocks() async throws {
+        try await RedisServer.withServer { server in
+            let first = try await CoordproxyProcess.start(redisURL: server.url, name: "first")
+            let second = try await CoordproxyProcess.start(redisURL: server.url, name: "second")
+            defer {
+                first.kill()
+                second.kill()
+            }
+            let store = try await CoordinationClient.connect(url: server.url)
+            let start = try await store.currentRevision()
+
+            // A watch through the second proxy sees every put made through the first,
+            // in order (started at a revision, so it cannot miss one).
+            let watch = try Background(etcdctl: ["watch", "w/", "--prefix", "--rev", String(start + 1)], endpoint: second.endpoint)
+            for (index, value) in ["a", "b", "c"].enumerated() {
+                let put = try await etcdctl(["put", "w/\(index)", value], endpoint: first.endpoint)
+                #expect(put.status == 0 && put.output == "OK\n", "\(put)")
+            }
+            let events = await watch.waitForLines(9, timeout: .seconds(30))
+            #expect(events == ["PUT", "w/0", "a", "PUT", "w/1", "b", "PUT", "w/2", "c"])
+
+            // A read through the second proxy answers what the first wrote, at the same revision.
+            let read = try await etcdctl(["get", "w/2", "-w", "json"], endpoint: second.endpoint)
+            let json = try #require(try JSONSerialization.jsonObject(with: Data(read.output.utf8)) as? [String: Any])
+            let header = try #require(json["header"] as? [String: Any])
+            #expect((header["revision"] as? NSNumber)?.int64Value == start + 3)
+            #expect((json["kvs"] as? [[String: Any]])?.first?["value"] as? String == Data("c".utf8).base64EncodedString())
+
+            // A lock held through the first proxy keeps a locker on the second waiting
+            // until it is released.
+            let holder = try Background(etcdctl: ["lock", "shared"], endpoint: first.endpoint)
+            // Without a command, etcdctl prints the lock key (and an empty line) and holds on.
+            let held = await holder.waitForLines(1, timeout: .seconds(30)).first ?? ""
+            #expect(held.hasPrefix("shared/"), "\(holder.printed)")
+            let waiter = try Background(etcdctl: ["lock", "shared"], endpoint: second.endpoint)
+            let inLine = await eventually {
+                (try? await store.get("shared/", options: RangeOptions(rangeEnd: Array("shared0".utf8))).kvs.count) == 2
+            }
+            #expect(inLine, "the second locker never queued")
+            #expect(waiter.printed.isEmpty, "the second proxy granted a held lock: \(waiter.printed)")
+            holder.signal(SIGINT)
+            let granted = await waiter.waitForLines(1, timeout: .seconds(30)).first ?? ""
+            #expect(granted.hasPrefix("shared/") && granted != held, "\(waiter.printed)")
+            waiter.signal(SIGINT)
+            _ = await holder.wait()
+            _ = await waiter.wait()
+            watch.signal(SIGKILL)
+            await store.close()
+        }
+    }
+
+    @Test func metricsCountRequestsByMethodAndCodeAndShowOpenWatchers() async throws {
+        try await RedisServer.withServer { server in
+            let proxy = try await CoordproxyProcess.start(redisURL: server.url, metrics: true)
+            defer { proxy.kill() }
+            #expect(try await etcdctl(["put", "m", "1"], endpoint: proxy.endpoint).status == 0)
+            #expect(try await etcdctl(["get", "m"], endpoint: proxy.endpoint).status == 0)
+            let future = try await etcdctl(["get", "m", "--rev", "1000"], endpoint: proxy.endpoint)
+            #expect(future.status != 0 && future.error.contains("required revision is a future revision"))
+            let watch = try Background(etcdctl: ["watch", "m"], endpoint: proxy.endpoint)
+            let watching = await eventually {
+                (try? await proxy.metrics())?.contains("etcd_debugging_mvcc_watcher_total 1.0") == true
+            }
+            let text = try await proxy.metrics()
+            #expect(watching, "\(text)")
+            for line in [
+                #"grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Put",grpc_code="OK"} 1"#,
+                #"grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Range",grpc_code="OK"} 1"#,
+                #"grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Range",grpc_code="OutOfRange"} 1"#,
+                #"grpc_server_handling_seconds_count{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Range"} 2"#,
+                "coordproxy_redis_up 1.0",
+                "coordproxy_store_revision 2.0",
+            ] {
+                #expect(text.split(separator: "\n").contains(Substring(line)), "missing \(line) in\n\(text)")
+            }
+            #expect(text.contains("redis_client_round_trip_seconds_count"))
+            watch.signal(SIGKILL)
+            _ = await watch.wait()
+            let closed = await eventually {
+                (try? await proxy.metrics())?.contains("etcd_debugging_mvcc_watcher_total 0.0") == true
+            }
+            #expect(closed, "the watcher gauge did not return to 0")
+        }
+    }
+}
+
+/// A coordproxy process on free loopback ports, its log in a file.
+final class CoordproxyProcess: @unchecked Sendable {
+    let endpoint: String
+    let metricsPort: Int?
+    private let process: Process
+    private let logPath: String
+
+    private init(endpoint: String, metricsPort: Int?, process: Process, logPath: String) {
+        self.endpoint = endpoint
+        self.metricsPort = metricsPort
+        self.process = process
+        self.logPath = logPath
+    }
+
+    /// Starts coordproxy on `redisURL` and waits until its gRPC port answers.
+    static func start(redisURL: String, name: String = "default", metrics: Bool = false) async throws -> CoordproxyProcess {
+        let executable = try builtExecutable("coordproxy")
+        let port = try ChildProcess.freeLoopbackPort()
+        let metricsPort = metrics ? try ChildProcess.freeLoopbackPort() : nil
+        let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-proxy")
+        let logPath = directory + "/coordproxy.log"
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = ["--redis-url", redisURL, "--listen-client-urls", "http://127.0.0.1:\(port)", "--name", name]
+            + (metricsPort.map { ["--listen-metrics-urls", "http://127.0.0.1:\($0)"] } ?? [])
+        process.environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        process.standardInput = FileHandle.nullDevice
+        try ChildProcess.launching { try process.run() }
+        let proxy = CoordproxyProcess(endpoint: "http://127.0.0.1:\(port)", metricsPort: metricsPort, process: process, logPath: logPath)
+        let serving = await eventually(timeout: .seconds(60)) { proxy.log().contains("serving the etcd v3 API") || !process.isRunning }
+        guard serving, process.isRunning else {
+            proxy.kill()
+            throw RedisError(.serverStartFailed, "coordproxy did not start: \(proxy.log())")
+        }
+        if metrics {
+            _ = await eventually(timeout: .seconds(30)) { proxy.log().contains("serving metrics") }
+        }
+        return proxy
+    }
+
+    func log() -> String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// `GET /metrics` on the metrics listener.
+    func metrics() async throws -> String {
+        let port = try #require(metricsPort)
+        let script = "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:\(port)/metrics', timeout=10).read().decode())"
+        let python = try #require(ChildProcess.locate("python3"))
+        let result = try await run(python, ["-c", script], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(30))
+        guard result.status == 0 else { throw RedisError(.protocolError, "GET /metrics failed: \(result.error)") }
+        return result.output
+    }
+
+    /// SIGTERM, then waits up to 30 s for the exit status (nil: it had to be killed).
+    func terminate() async -> Int32? {
+        Glibc.kill(process.processIdentifier, SIGTERM)
+        let process = self.process
+        return await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                let deadline = Date().addingTimeInterval(30)
+                while process.isRunning && Date() < deadline { usleep(20_000) }
+                if process.isRunning {
+                    Glibc.kill(process.processIdentifier, SIGKILL)
+                    process.waitUntilExit()
+                    continuation.resume(returning: nil)
+                    return
+                }
+                process.waitUntilExit()
+                continuation.resume(returning: process.terminationStatus)
+            }
+        }
+    }
+
+    func kill() {
+        if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
+    }
+
+    deinit { kill() }
+}
