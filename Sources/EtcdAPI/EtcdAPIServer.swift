@@ -105,21 +105,27 @@ public final class EtcdAPIServer: Service, Sendable {
         }
     }
 
-    /// HTTP/2 settings for etcd's clients. Pings are never policed: clientv3 (grpc-go)
-    /// pings for keep-alive and, under load, for bandwidth estimation after every burst
-    /// of data, far more often than once a second. grpc-swift answers a client that
-    /// pings more often than its minimum interval with GOAWAY ENHANCE_YOUR_CALM and
-    /// closes the connection; grpc-go then re-sent requests the server had already
-    /// run (a Put applied twice, seen under the load test). etcd's grpc-go server
-    /// forgives such pings whenever it sends data, so they never cost a connection
-    /// there either. Requests up to 1.5 MiB are accepted (larger ones get etcd's
-    /// "request is too large" from the store, or gRPC's RESOURCE_EXHAUSTED beyond 2 MiB).
+    /// HTTP/2 settings for etcd's clients. Pings never cost a connection: clientv3
+    /// (grpc-go) pings for keep-alive and, under load, for bandwidth estimation after
+    /// every burst of data, hundreds of times a second. A ``PingAnswerer`` first in
+    /// each connection answers them before swift-nio-http2's flood limit (200 control
+    /// frames in 30 s) or grpc-swift's ping policing would close the connection with
+    /// GOAWAY ENHANCE_YOUR_CALM, after which grpc-go re-sent requests the server had
+    /// already run (a Put applied twice, seen under the load test); etcd's grpc-go
+    /// server answers such pings at any rate too. Requests up to 1.5 MiB are accepted
+    /// (larger ones get etcd's "request is too large" from the store, or gRPC's
+    /// RESOURCE_EXHAUSTED beyond 2 MiB).
     static var transportConfig: HTTP2ServerTransport.Posix.Config {
         .defaults { config in
             config.connection.keepalive = .init(
                 time: .seconds(2 * 60 * 60), timeout: .seconds(20),
                 clientBehavior: .init(minPingIntervalWithoutCalls: .zero, allowWithoutCalls: true))
             config.rpc.maxRequestPayloadSize = 2 * 1024 * 1024
+            config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(PingAnswerer(), position: .first)
+                }
+            }
         }
     }
 

@@ -36,6 +36,14 @@ import Testing
         }
     }
 
+    @Test func aBusyClientv3ClientKeepsItsConnectionAndEachPutIsAppliedOnce() async throws {
+        let program = try await Self.clientcheck()
+        try await withProxy { proxy in
+            let result = try await run(program, [proxy.endpoint, "busy"], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(300))
+            #expect(result.status == 0 && result.output == "ok busy\n", "\(result.output)\(result.error)")
+        }
+    }
+
     @Test func clientv3MutexExcludesAcrossFourProcesses() async throws {
         let program = try await Self.clientcheck()
         try await withProxy { proxy in

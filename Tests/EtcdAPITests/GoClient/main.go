@@ -7,6 +7,9 @@
 //	clientcheck <endpoint> session|mutex|election|stm|watch|lease|badinput
 //	clientcheck <endpoint> hold <name> <n> <log>  n holds of mutex <name>, each writing
 //	                                              "in <pid>" and "out <pid>" lines to <log>
+//	clientcheck <endpoint> busy                  4 clients x 4 goroutines put 4,000 distinct
+//	                                              keys: every put applied once, and no
+//	                                              connection ever ends (no GOAWAY)
 //	clientcheck <endpoint> streamend <lease>     opens a raw Watch stream and a raw
 //	                                              LeaseKeepAlive stream for <lease>, prints
 //	                                              "streaming", then one "<stream> ended <code>:
@@ -19,6 +22,8 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/clientv3"
@@ -26,6 +31,7 @@ import (
 	pb "go.etcd.io/etcd/etcdserver/etcdserverpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 )
 
@@ -366,6 +372,92 @@ func hold(endpoint, name string, n int, logPath string) {
 	}
 }
 
+// connectionEvents counts what the client's gRPC transport does under load.
+type connectionEvents struct {
+	rpcs, attempts, ends int64
+}
+
+func (c *connectionEvents) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context {
+	return ctx
+}
+func (c *connectionEvents) HandleRPC(_ context.Context, s stats.RPCStats) {
+	switch s.(type) {
+	case *stats.Begin:
+		atomic.AddInt64(&c.rpcs, 1)
+	case *stats.OutHeader:
+		atomic.AddInt64(&c.attempts, 1)
+	}
+}
+func (c *connectionEvents) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return ctx
+}
+func (c *connectionEvents) HandleConn(_ context.Context, s stats.ConnStats) {
+	if _, ok := s.(*stats.ConnEnd); ok {
+		atomic.AddInt64(&c.ends, 1)
+	}
+}
+
+// busy: clients under load (grpc-go pings for bandwidth estimation after every
+// burst of data it receives, hundreds of times a second) keep their connections,
+// and each of their puts is applied exactly once: 4 clients, 4 goroutines each,
+// 4,000 puts of distinct keys, as the load test's put workload.
+func busy(endpoint string) {
+	const clients, workers, each = 4, 4, 250
+	events := &connectionEvents{}
+	var all []*clientv3.Client
+	for c := 0; c < clients; c++ {
+		client, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 20 * time.Second,
+			DialOptions: []grpc.DialOption{grpc.WithStatsHandler(events)}})
+		check(err, "connect")
+		defer client.Close()
+		all = append(all, client)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)
+	defer cancel()
+	start, err := all[0].Get(ctx, "busy/")
+	check(err, "get the start revision")
+	var wg sync.WaitGroup
+	failures := make(chan error, clients*workers)
+	for c := 0; c < clients; c++ {
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func(client *clientv3.Client, worker int) {
+				defer wg.Done()
+				for i := 0; i < each; i++ {
+					if _, err := client.Put(ctx, fmt.Sprintf("busy/%02d/%03d", worker, i), "v"); err != nil {
+						failures <- err
+						return
+					}
+				}
+			}(all[c], c*workers+w)
+		}
+	}
+	wg.Wait()
+	close(failures)
+	for err := range failures {
+		fail("a put failed: %v", err)
+	}
+	if ends := atomic.LoadInt64(&events.ends); ends != 0 {
+		fail("the server ended the clients' connections %d time(s) under load", ends)
+	}
+	if rpcs, attempts := atomic.LoadInt64(&events.rpcs), atomic.LoadInt64(&events.attempts); attempts != rpcs {
+		fail("gRPC sent %d request(s) for %d calls: the server made it re-send some", attempts, rpcs)
+	}
+	keys, err := all[0].Get(ctx, "busy/", clientv3.WithPrefix())
+	check(err, "read the keys back")
+	if len(keys.Kvs) != clients*workers*each {
+		fail("%d keys, want %d", len(keys.Kvs), clients*workers*each)
+	}
+	for _, kv := range keys.Kvs {
+		if kv.Version != 1 {
+			fail("%s has version %d: a put was applied %d times", kv.Key, kv.Version, kv.Version)
+		}
+	}
+	if got, want := keys.Header.Revision-start.Header.Revision, int64(clients*workers*each); got != want {
+		fail("the revision advanced by %d for %d puts", got, want)
+	}
+}
+
 // streamend: how the server ends long-lived streams, seen without clientv3's
 // retries: raw etcdserverpb Watch and LeaseKeepAlive streams on one connection.
 func streamend(endpoint string, lease int64) {
@@ -424,7 +516,7 @@ func main() {
 		os.Exit(2)
 	}
 	endpoint := os.Args[1]
-	scenarios := map[string]func(string){"session": session, "mutex": mutex, "election": election, "stm": stm, "watch": watch, "lease": lease, "badinput": badinput}
+	scenarios := map[string]func(string){"session": session, "mutex": mutex, "election": election, "stm": stm, "watch": watch, "lease": lease, "badinput": badinput, "busy": busy}
 	order := []string{"session", "mutex", "election", "stm", "watch", "lease", "badinput"}
 	switch os.Args[2] {
 	case "all":
