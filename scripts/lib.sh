@@ -3,6 +3,7 @@
 # coord_install_dependencies: makes sure the system packages the project needs are
 #   present. As root it installs what is missing (one `apt-get update` first); as
 #   another user it prints the exact command to run and fails.
+# coord_python_env: a virtual environment with the PyPI clients (etcd3gw).
 # coord_private_tmpdir: creates a scratch directory for this run and exports TMPDIR,
 #   so that every private redis-server and etcd the run starts lives under it; on
 #   exit, any server left running there (a crashed test cannot stop its own) is
@@ -20,6 +21,34 @@ coord_missing_packages() {
     command -v etcdctl >/dev/null 2>&1 || echo etcd-client
     command -v go >/dev/null 2>&1 || echo golang-go
     [ -d /usr/share/gocode/src/go.etcd.io/etcd/clientv3/concurrency ] || echo golang-etcd-server-dev
+    command -v python3 >/dev/null 2>&1 || echo python3
+    # A virtual environment for the PyPI clients needs venv and ensurepip (Debian
+    # splits them into python3-venv).
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || echo python3-venv
+}
+
+# The Python clients the tests drive, from PyPI, at the versions the tests were
+# written against.
+COORD_PYTHON_PACKAGES="etcd3gw==2.7.0"
+
+# coord_python_env <dir>: makes (or reuses) a virtual environment at <dir> with
+#   COORD_PYTHON_PACKAGES installed from PyPI, and exports COORD_PYTHON.
+coord_python_env() {
+    local dir=$1 stamp
+    stamp="$dir/.coord-packages"
+    if [ -x "$dir/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$COORD_PYTHON_PACKAGES" ]; then
+        export COORD_PYTHON="$dir/bin/python"
+        return 0
+    fi
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+    # shellcheck disable=SC2086
+    if ! "$dir/bin/python" -m pip install --quiet --disable-pip-version-check $COORD_PYTHON_PACKAGES; then
+        coord_log "pip could not install $COORD_PYTHON_PACKAGES from PyPI (is https://pypi.org reachable? a proxy goes in PIP_INDEX_URL)"
+        return 1
+    fi
+    echo "$COORD_PYTHON_PACKAGES" >"$stamp"
+    export COORD_PYTHON="$dir/bin/python"
 }
 
 # coord_build_go_clientcheck <output>: builds the clientv3 checks of the etcd API
@@ -48,7 +77,7 @@ coord_install_dependencies() {
     missing=$(coord_missing_packages | sort -u | tr '\n' ' ')
     missing=${missing% }
     if [ -z "$missing" ]; then
-        coord_log "system packages present (redis-server, libhiredis-dev, etcd, go, etcd Go sources)"
+        coord_log "system packages present (redis-server, libhiredis-dev, etcd, go, etcd Go sources, python3 with venv)"
         return 0
     fi
     if [ "$(id -u)" -ne 0 ]; then

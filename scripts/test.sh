@@ -3,8 +3,9 @@
 #
 # On a fresh Debian machine with only the Swift toolchain: installs what is missing
 # (redis-server, redis-tools, libhiredis-dev, pkg-config, etcd-server, etcd-client,
-# golang-go, golang-etcd-server-dev; as root, after one `apt-get update`), builds the
-# package and the Go clientv3 checks, and runs `swift test`. The tests
+# golang-go, golang-etcd-server-dev, python3-venv; as root, after one `apt-get
+# update`), builds the package and the Go clientv3 checks, installs the Python clients
+# from PyPI (etcd3gw) into a virtual environment in .build/python, and runs `swift test`. The tests
 # start their own private redis-server processes under a scratch TMPDIR; anything
 # still running there when the tests end is stopped. Exits non-zero on failure.
 #
@@ -22,6 +23,8 @@ coord_log "building (debug) with tests"
 swift build --build-tests
 coord_log "building the Go clientv3 checks (Tests/EtcdAPITests/GoClient)"
 coord_build_go_clientcheck "$(pwd)/.build/go/clientcheck"
+coord_log "installing the Python clients from PyPI ($COORD_PYTHON_PACKAGES) into .build/python"
+coord_python_env "$(pwd)/.build/python"
 # At most this many tests at once (Swift Testing runs them all at once otherwise).
 # With 200-odd tests each holding its own servers and connections, the test process
 # passed 1,300 open file descriptors, and Foundation's Process.run() crashed (a bad

@@ -60,6 +60,81 @@ import Testing
         #expect(reference.contains { $0.contains("required revision has been compacted") })
     }
 
+    /// A Python with etcd3gw (OpenStack's gateway client, from PyPI):
+    /// $COORD_PYTHON (scripts/test.sh makes a virtual environment with it), else a
+    /// python3 on PATH that imports it.
+    static func etcd3gwPython() async throws -> String {
+        if let python = ProcessInfo.processInfo.environment["COORD_PYTHON"], FileManager.default.isExecutableFile(atPath: python) {
+            return python
+        }
+        if let python = ChildProcess.locate("python3"),
+           try await run(python, ["-c", "import etcd3gw"], environment: ["PATH": "/usr/bin:/bin"]).status == 0 {
+            return python
+        }
+        throw RedisError(.serverNotFound, "no python with etcd3gw: run scripts/test.sh (it makes .build/python with etcd3gw from PyPI), or set COORD_PYTHON to a python that has it (pip install etcd3gw)")
+    }
+
+    @Test func etcd3gwFromPyPIGetsTheSameAnswersFromCoordproxyAsFromEtcd() async throws {
+        let python = try await Self.etcd3gwPython()
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Python/etcd3gw_check.py").path
+        func check(_ base: String) async throws -> [String] {
+            let result = try await run(python, [script, base], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(120))
+            #expect(result.status == 0, "etcd3gw against \(base): \(result.output)\(result.error)")
+            return result.output.split(separator: "\n").map(String.init)
+        }
+        let reference = try await ReferenceEtcd.withServer { etcd in try await check(etcd.endpoint) }
+        let ours = try await withProxy { proxy in try await check(proxy.gateway) }
+        #expect(reference.count >= 45, "\(reference)")
+        #expect(ours.count == reference.count, "\(ours)")
+        for (theirs, mine) in zip(reference, ours) {
+            #expect(mine == theirs)
+        }
+        // The steps that show the semantics, not only agreement.
+        #expect(reference.contains("create c again: False"))
+        #expect(reference.contains("other lock acquire: False"))
+        #expect(reference.contains { $0.hasPrefix("watch from a revision: [('PUT', b'w', b'first'") && $0.contains("('DELETE', b'w'") })
+    }
+
+    /// After a finite streamed answer (a lease keep-alive: one request, one answer),
+    /// the gateway keeps the HTTP/1.1 connection for the client's next request, as
+    /// etcd's does: pooled clients (requests, etcd3gw) reuse it at once, and a server
+    /// that closed it made their next call fail with "connection reset".
+    @Test func aKeepAliveAnswerLeavesTheConnectionOpenForTheNextRequest() async throws {
+        let script = #"""
+            import http.client, json, socket, sys, time, urllib.parse
+            url = urllib.parse.urlsplit(sys.argv[1])
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+            def post(path, body):
+                conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                return response.status, response.read().decode()
+            status, body = post("/v3/lease/grant", {"TTL": 60})
+            lease = json.loads(body)["ID"]
+            status, body = post("/v3/lease/keepalive", {"ID": lease})
+            print("keepalive", status, '"TTL":"60"' in body)
+            time.sleep(0.3)
+            conn.sock.setblocking(False)
+            try:
+                closed = conn.sock.recv(1, socket.MSG_PEEK) == b""
+            except BlockingIOError:
+                closed = False
+            conn.sock.setblocking(True)
+            print("closed after keepalive", closed)
+            if not closed:
+                print("revoke", *post("/v3/lease/revoke", {"ID": lease}))
+            """#
+        guard let python = ChildProcess.locate("python3") else { throw RedisError(.serverNotFound, "python3 was not found on PATH") }
+        func check(_ base: String) async throws -> [String] {
+            let result = try await run(python, ["-c", script, base], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(60))
+            #expect(result.status == 0, "\(result.error)")
+            return result.output.split(separator: "\n").map { String($0.prefix(32)) }
+        }
+        let reference = try await ReferenceEtcd.withServer { etcd in try await check(etcd.endpoint) }
+        let ours = try await withProxy { proxy in try await check(proxy.gateway) }
+        #expect(reference == ["keepalive 200 True", "closed after keepalive False", "revoke 200 {\"header\":{\"cluster_i"])
+        #expect(ours == reference)
+    }
+
     @Test func versionHealthAndStatusAnswer() async throws {
         try await withProxy { proxy in
             guard let python = ChildProcess.locate("python3") else { throw RedisError(.serverNotFound, "python3 was not found on PATH") }

@@ -223,7 +223,9 @@ public final class EtcdGateway: Service, Sendable {
                 try await stream(outbound, path: path) { writer in
                     try await self.lease.leaseKeepAlive(request: RPCAsyncSequence(wrapping: Self.once(request)), response: writer, context: context)
                 }
-                return false
+                // The answer is complete (one request, one answer, the chunked body's
+                // end): the connection carries the client's next request, as etcd's.
+                return true
             case "/v3/watch":
                 let request: Etcdserverpb_WatchRequest = try Self.decode(body)
                 try await stream(outbound, path: path) { writer in
