@@ -67,10 +67,24 @@ let package = Package(
             ],
             exclude: ["Protos"]
         ),
+        .target(
+            name: "RESPFrontEnd",
+            dependencies: [
+                "RedisClient",
+                "Coordination",
+                "CoordinationPrimitives",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "coordproxy",
             dependencies: [
                 "EtcdAPI",
+                "RESPFrontEnd",
                 "Coordination",
                 "RedisClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -110,6 +124,10 @@ let package = Package(
             name: "EtcdAPITests",
             dependencies: ["EtcdAPI", "Coordination", "RedisClient", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
             exclude: ["GoClient", "Python"]),
+        .testTarget(
+            name: "RESPFrontEndTests",
+            dependencies: ["RESPFrontEnd", "Coordination", "RedisClient", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+            exclude: ["Python"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -5,7 +5,7 @@
 # (redis-server, redis-tools, libhiredis-dev, pkg-config, etcd-server, etcd-client,
 # golang-go, golang-etcd-server-dev, python3-venv; as root, after one `apt-get
 # update`), builds the package and the Go clientv3 checks, installs the Python clients
-# from PyPI (etcd3gw) into a virtual environment in .build/python, and runs `swift test`. The tests
+# from PyPI (etcd3gw, redis-py with hiredis) into a virtual environment in .build/python, and runs `swift test`. The tests
 # start their own private redis-server processes under a scratch TMPDIR; anything
 # still running there when the tests end is stopped. Exits non-zero on failure.
 #

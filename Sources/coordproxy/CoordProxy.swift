@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import Metrics
 import Prometheus
+import RESPFrontEnd
 import RedisClient
 import ServiceLifecycle
 
@@ -31,6 +32,8 @@ struct CoordProxy: AsyncParsableCommand {
               coordproxy --redis-url redis://127.0.0.1:6379 --listen-client-urls http://127.0.0.1:2379
               coordproxy --dev                       # a private redis-server, for trying it out
               ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:2379 put greeting hello
+              coordproxy --redis-url redis://127.0.0.1:6379 --listen-resp 127.0.0.1:6380
+              redis-cli -p 6380 COORD.LOCK reports TIMEOUT 5000   # [key, fencing token]
             """)
 
     @Option(name: .customLong("redis-url"), help: ArgumentHelp("Redis URL: redis://[user:password@]host[:port][/db] or unix:///path?db=N.",
@@ -48,6 +51,18 @@ struct CoordProxy: AsyncParsableCommand {
 
     @Option(name: .customLong("listen-metrics-urls"), help: ArgumentHelp("Comma-separated http:// URLs to serve only /metrics (Prometheus text), /health and /version on, as etcd's; none by default (the gateway serves /metrics too).", valueName: "urls"))
     var listenMetricsURLs: String?
+
+    @Option(name: .customLong("listen-resp"), help: ArgumentHelp("Comma-separated addresses to serve the Redis protocol on (host:port, or unix:///path.sock): COORD.* commands with sessions bound to the connection, other commands passed through to Redis; none by default.", valueName: "addresses"))
+    var listenRESP: String?
+
+    @Flag(name: .customLong("no-passthrough"), help: "On the Redis-protocol listener, serve only COORD.* commands (and PING, HELLO, AUTH): refuse every other command instead of passing it through to Redis.")
+    var noPassthrough = false
+
+    @Flag(name: .customLong("allow-flush"), help: "Pass FLUSHALL and FLUSHDB through to Redis (refused by default: they delete the coordination store too).")
+    var allowFlush = false
+
+    @Option(name: .customLong("session-ttl"), help: ArgumentHelp("TTL in seconds of the lease of a Redis-protocol connection's session (default 60): revoked when the connection closes, expiring after this long if coordproxy dies.", valueName: "seconds"))
+    var sessionTTL: Int64?
 
     @Option(help: ArgumentHelp("The member's name, as etcd's --name.", valueName: "name"))
     var name: String?
@@ -88,6 +103,9 @@ struct CoordProxy: AsyncParsableCommand {
         let listen = try Self.addresses(setting(listenClientURLs, "LISTEN_CLIENT_URLS", default: "http://127.0.0.1:2379")!)
         let gatewayListen = try setting(listenClientHTTPURLs, "LISTEN_CLIENT_HTTP_URLS").map(Self.addresses) ?? []
         let metricsListen = try setting(listenMetricsURLs, "LISTEN_METRICS_URLS").map(Self.addresses) ?? []
+        let respListen = try (setting(listenRESP, "LISTEN_RESP") ?? "").split(separator: ",").map { try RESPFrontEnd.Address(parsing: String($0)) }
+        let respSessionTTL = sessionTTL ?? setting(nil, "SESSION_TTL").flatMap { Int64($0) } ?? 60
+        guard respSessionTTL >= 1 else { throw ValidationError("--session-ttl must be at least 1 second") }
         let registry = Self.bootstrapMetrics()
         let advertised = setting(advertiseClientURLs, "ADVERTISE_CLIENT_URLS")?
             .split(separator: ",").map { String($0) } ?? listen.map { "http://\($0)" }
@@ -131,6 +149,13 @@ struct CoordProxy: AsyncParsableCommand {
         let exposition = Self.exposition(registry: registry, store: store)
         if !gatewayListen.isEmpty {
             services.append(.init(service: EtcdGateway(api: api, listen: gatewayListen, metrics: exposition, logger: logger)))
+        }
+        if !respListen.isEmpty {
+            var configuration = RESPFrontEnd.Configuration(listen: respListen, redis: try RedisConfiguration(url: url!), namespace: namespace)
+            configuration.passthrough = !(noPassthrough || setting(nil, "NO_PASSTHROUGH") == "1")
+            configuration.allowFlush = allowFlush || setting(nil, "ALLOW_FLUSH") == "1"
+            configuration.sessionTTL = respSessionTTL
+            services.append(.init(service: RESPFrontEnd(store: store, configuration: configuration, logger: logger)))
         }
         if !metricsListen.isEmpty {
             services.append(.init(service: EtcdGateway(api: api, listen: metricsListen, routes: .metrics, metrics: exposition, logger: logger)))

@@ -115,37 +115,8 @@ func etcdctl(_ arguments: [String], endpoint: String, input: String = "", timeou
 /// Runs a program to completion on a thread of its own (never blocking the
 /// cooperative pool); kills it after `timeout`.
 func run(_ executable: String, _ arguments: [String], environment: [String: String], input: String = "", timeout: Duration = .seconds(60)) async throws -> ProgramOutput {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread.detachNewThread {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = arguments
-            process.environment = environment
-            let output = Pipe(), error = Pipe(), stdin = Pipe()
-            process.standardOutput = output
-            process.standardError = error
-            process.standardInput = stdin
-            do { try ChildProcess.launching { try process.run() } } catch { continuation.resume(throwing: error); return }
-            let killer = DispatchWorkItem { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
-            let (seconds, attoseconds) = timeout.components
-            DispatchQueue.global().asyncAfter(deadline: .now() + Double(seconds) + Double(attoseconds) / 1e18, execute: killer)
-            stdin.fileHandleForWriting.write(Data(input.utf8))
-            try? stdin.fileHandleForWriting.close()
-            let errorData = Shared(Data())
-            let errorDone = DispatchSemaphore(value: 0)
-            Thread.detachNewThread {
-                let data = error.fileHandleForReading.readDataToEndOfFile()
-                errorData.withLock { $0 = data }
-                errorDone.signal()
-            }
-            let out = output.fileHandleForReading.readDataToEndOfFile()
-            errorDone.wait()
-            process.waitUntilExit()
-            killer.cancel()
-            continuation.resume(returning: ProgramOutput(status: process.terminationStatus, output: String(decoding: out, as: UTF8.self),
-                                                         error: String(decoding: errorData.withLock { $0 }, as: UTF8.self)))
-        }
-    }
+    let finished = try await ChildProcess.run(executable, arguments, environment: environment, input: input, timeout: timeout)
+    return ProgramOutput(status: finished.status, output: finished.output, error: finished.error)
 }
 
 /// A long-running etcdctl (watch, lock, elect, keep-alive) whose output is read line by line.

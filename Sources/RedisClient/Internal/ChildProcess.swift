@@ -156,3 +156,50 @@ final class ChildRegistry: Sendable {
     func add(_ pid: pid_t) { _ = pids.withLock { $0.insert(pid) } }
     func remove(_ pid: pid_t) { _ = pids.withLock { $0.remove(pid) } }
 }
+
+extension ChildProcess {
+    /// What a program run to completion printed, and its exit status.
+    struct Finished: Sendable {
+        var status: Int32
+        var output: String
+        var error: String
+    }
+
+    /// Runs a program to completion on a thread of its own (never blocking the
+    /// cooperative pool), with `input` on its stdin; kills it after `timeout`. For
+    /// the tests' real clients (etcdctl, redis-cli, Go and Python programs).
+    static func run(_ executable: String, _ arguments: [String], environment: [String: String], input: String = "",
+                    timeout: Duration = .seconds(60)) async throws -> Finished {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: executable)
+                process.arguments = arguments
+                process.environment = environment
+                let output = Pipe(), error = Pipe(), stdin = Pipe()
+                process.standardOutput = output
+                process.standardError = error
+                process.standardInput = stdin
+                do { try launching { try process.run() } } catch { continuation.resume(throwing: error); return }
+                let killer = DispatchWorkItem { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+                let (seconds, attoseconds) = timeout.components
+                DispatchQueue.global().asyncAfter(deadline: .now() + Double(seconds) + Double(attoseconds) / 1e18, execute: killer)
+                stdin.fileHandleForWriting.write(Data(input.utf8))
+                try? stdin.fileHandleForWriting.close()
+                let errorData = Mutex(Data())
+                let errorDone = DispatchSemaphore(value: 0)
+                Thread.detachNewThread {
+                    let data = error.fileHandleForReading.readDataToEndOfFile()
+                    errorData.withLock { $0 = data }
+                    errorDone.signal()
+                }
+                let out = output.fileHandleForReading.readDataToEndOfFile()
+                errorDone.wait()
+                process.waitUntilExit()
+                killer.cancel()
+                continuation.resume(returning: Finished(status: process.terminationStatus, output: String(decoding: out, as: UTF8.self),
+                                                        error: String(decoding: errorData.withLock { $0 }, as: UTF8.self)))
+            }
+        }
+    }
+}

@@ -1,0 +1,368 @@
+import Coordination
+import CoordinationPrimitives
+import Logging
+import NIOCore
+import RedisClient
+
+/// A Redis-style error reply: `ERR ...` and its kin.
+struct RESPReplyError: Error {
+    var text: String
+    static func err(_ message: String) -> RESPReplyError { RESPReplyError(text: "ERR " + message) }
+    static let syntax = RESPReplyError.err("syntax error")
+    static let notInteger = RESPReplyError.err("value is not an integer or out of range")
+}
+
+/// The coordination state of one client connection: its session (a lease kept alive
+/// while the connection lives, revoked when it closes) and the locks it holds.
+///
+/// Commands of one connection run one after another, as Redis runs them; ``close()``
+/// may run beside a blocked command (the client went away while waiting).
+actor ConnectionCoordination {
+    let store: CoordinationClient
+    let logger: Logger
+    private(set) var sessionTTL: Int64
+    private var session: Session?
+    private var mutexes: [String: DistributedMutex] = [:]
+    private var closed = false
+
+    init(store: CoordinationClient, sessionTTL: Int64, logger: Logger) {
+        self.store = store
+        self.sessionTTL = sessionTTL
+        self.logger = logger
+    }
+
+    /// The connection's session, opened on first use.
+    func currentSession() async throws -> Session {
+        if let session, !session.isDone { return session }
+        guard !closed else { throw CancellationError() }
+        let opened = try await Session(client: store, ttl: sessionTTL)
+        if closed {
+            try? await opened.close()
+            throw CancellationError()
+        }
+        session = opened
+        mutexes = [:]
+        logger.debug("RESP session opened", metadata: ["lease": "\(String(opened.lease, radix: 16))", "ttl": "\(opened.ttl)"])
+        return opened
+    }
+
+    /// The connection went away: its lease is revoked at once, and with it every lock,
+    /// waiter and leased key of the session, in one revision.
+    func close() async {
+        closed = true
+        guard let session else { return }
+        self.session = nil
+        do {
+            try await session.close()
+            logger.debug("RESP session revoked", metadata: ["lease": "\(String(session.lease, radix: 16))"])
+        } catch {
+            logger.warning("could not revoke a closed connection's session lease \(String(session.lease, radix: 16)); it expires after its TTL (\(session.ttl) s): \(error)")
+        }
+    }
+
+    // MARK: - Commands
+
+    func execute(_ command: RESPCommand) async -> RESPValue {
+        do {
+            switch command.name {
+            case "coord.put": return try await put(command)
+            case "coord.get": return try await get(command)
+            case "coord.del": return try await del(command)
+            case "coord.compact":
+                let header = try await store.compact(try Self.integer(command, 1))
+                return .fields(["revision": .integer(header.revision)])
+            case "coord.rev": return .integer(try await store.currentRevision())
+            case "coord.lease": return try await lease(command)
+            case "coord.session": return try await sessionCommand(command)
+            case "coord.lock": return try await lock(command)
+            case "coord.trylock": return try await tryLock(command)
+            case "coord.unlock": return try await unlock(command)
+            default: return .error("ERR unknown command '\(command.text(0))'")
+            }
+        } catch let error as RESPReplyError {
+            return .error(error.text)
+        } catch {
+            return .error(Self.replyText(for: error))
+        }
+    }
+
+    private func put(_ command: RESPCommand) async throws -> RESPValue {
+        var options = PutOptions()
+        var index = 3
+        while index < command.arguments.count {
+            switch command.text(index).uppercased() {
+            case "LEASE":
+                guard index + 1 < command.arguments.count else { throw RESPReplyError.syntax }
+                if command.text(index + 1).uppercased() == "SESSION" {
+                    options.lease = try await currentSession().lease
+                } else {
+                    options.lease = try Self.leaseID(command.text(index + 1))
+                }
+                index += 2
+            case "PREVKV": options.prevKV = true; index += 1
+            case "IGNORE_VALUE": options.ignoreValue = true; index += 1
+            case "IGNORE_LEASE": options.ignoreLease = true; index += 1
+            default: throw RESPReplyError.syntax
+            }
+        }
+        let response = try await store.put(command.bytes(1), command.bytes(2), options: options)
+        var fields: [(RESPValue, RESPValue)] = [(.bulk("revision"), .integer(response.header.revision))]
+        if options.prevKV { fields.append((.bulk("prev_kv"), response.prevKV.map(Self.kv) ?? .null)) }
+        return .map(fields)
+    }
+
+    private func range(_ command: RESPCommand, from index: inout Int, key: [UInt8]) throws -> [UInt8]? {
+        switch command.text(index).uppercased() {
+        case "PREFIX": index += 1; return RangeOptions.prefixEnd(key)
+        case "FROMKEY": index += 1; return [0]
+        case "END":
+            guard index + 1 < command.arguments.count else { throw RESPReplyError.syntax }
+            index += 2
+            return command.bytes(index - 1)
+        default: return nil
+        }
+    }
+
+    private func get(_ command: RESPCommand) async throws -> RESPValue {
+        let key = command.bytes(1)
+        var options = RangeOptions()
+        var index = 2
+        while index < command.arguments.count {
+            if let end = try range(command, from: &index, key: key) { options.rangeEnd = end; continue }
+            let word = command.text(index).uppercased()
+            func value() throws -> Int64 {
+                guard index + 1 < command.arguments.count else { throw RESPReplyError.syntax }
+                return try Self.integer(command, index + 1)
+            }
+            switch word {
+            case "LIMIT": options.limit = try value(); index += 2
+            case "REV": options.revision = try value(); index += 2
+            case "MINMOD": options.minModRevision = try value(); index += 2
+            case "MAXMOD": options.maxModRevision = try value(); index += 2
+            case "MINCREATE": options.minCreateRevision = try value(); index += 2
+            case "MAXCREATE": options.maxCreateRevision = try value(); index += 2
+            case "KEYSONLY": options.keysOnly = true; index += 1
+            case "COUNTONLY": options.countOnly = true; index += 1
+            case "SORT":
+                guard index + 2 < command.arguments.count else { throw RESPReplyError.syntax }
+                switch command.text(index + 1).uppercased() {
+                case "KEY": options.sortTarget = .key
+                case "VERSION": options.sortTarget = .version
+                case "CREATE": options.sortTarget = .create
+                case "MODIFY": options.sortTarget = .mod
+                case "VALUE": options.sortTarget = .value
+                default: throw RESPReplyError.syntax
+                }
+                switch command.text(index + 2).uppercased() {
+                case "ASC": options.sortOrder = .ascend
+                case "DESC": options.sortOrder = .descend
+                default: throw RESPReplyError.syntax
+                }
+                index += 3
+            default: throw RESPReplyError.syntax
+            }
+        }
+        if options.limit < 0 { throw RESPReplyError.err("LIMIT must not be negative") }
+        let response = try await store.get(Self.rangeStart(key, options.rangeEnd), options: options)
+        return .fields([
+            "revision": .integer(response.header.revision),
+            "count": .integer(response.count),
+            "more": .boolean(response.more),
+            "kvs": .array(response.kvs.map(Self.kv)),
+        ])
+    }
+
+    private func del(_ command: RESPCommand) async throws -> RESPValue {
+        let key = command.bytes(1)
+        var rangeEnd: [UInt8] = []
+        var prevKV = false
+        var index = 2
+        while index < command.arguments.count {
+            if let end = try range(command, from: &index, key: key) { rangeEnd = end; continue }
+            guard command.text(index).uppercased() == "PREVKV" else { throw RESPReplyError.syntax }
+            prevKV = true
+            index += 1
+        }
+        let response = try await store.delete(Self.rangeStart(key, rangeEnd), rangeEnd: rangeEnd, prevKV: prevKV)
+        var fields: [(RESPValue, RESPValue)] = [(.bulk("revision"), .integer(response.header.revision)), (.bulk("deleted"), .integer(response.deleted))]
+        if prevKV { fields.append((.bulk("prev_kvs"), .array(response.prevKVs.map(Self.kv)))) }
+        return .map(fields)
+    }
+
+    private func lease(_ command: RESPCommand) async throws -> RESPValue {
+        let sub = command.text(1).uppercased()
+        func needs(_ count: Int) throws {
+            guard command.arguments.count >= count else {
+                throw RESPReplyError.err("wrong number of arguments for 'coord.lease|\(sub.lowercased())' command")
+            }
+        }
+        switch sub {
+        case "GRANT":
+            try needs(3)
+            var id: Int64 = 0
+            if command.arguments.count == 5, command.text(3).uppercased() == "ID" {
+                id = try Self.leaseID(command.text(4))
+            } else if command.arguments.count != 3 {
+                throw RESPReplyError.syntax
+            }
+            let response = try await store.grantLease(ttl: try Self.integer(command, 2), id: id)
+            return .fields(["id": .integer(response.id), "ttl": .integer(response.ttl), "revision": .integer(response.header.revision)])
+        case "REVOKE":
+            try needs(3)
+            let header = try await store.revokeLease(try Self.leaseID(command.text(2)))
+            return .fields(["revision": .integer(header.revision)])
+        case "KEEPALIVE":
+            try needs(3)
+            let response = try await store.keepAliveOnce(try Self.leaseID(command.text(2)))
+            if response.ttl <= 0 { throw RESPReplyError.err("lease not found (etcdserver: requested lease not found)") }
+            return .fields(["id": .integer(response.id), "ttl": .integer(response.ttl), "revision": .integer(response.header.revision)])
+        case "TTL":
+            try needs(3)
+            let keys = command.arguments.count > 3 && command.text(3).uppercased() == "KEYS"
+            if command.arguments.count > 3 && !keys { throw RESPReplyError.syntax }
+            let response = try await store.timeToLive(try Self.leaseID(command.text(2)), keys: keys)
+            var fields: [(RESPValue, RESPValue)] = [
+                (.bulk("id"), .integer(response.id)), (.bulk("ttl"), .integer(response.ttl)),
+                (.bulk("granted_ttl"), .integer(response.grantedTTL)), (.bulk("revision"), .integer(response.header.revision)),
+            ]
+            if keys { fields.append((.bulk("keys"), .array(response.keys.map { .bulkString($0) }))) }
+            return .map(fields)
+        case "LIST":
+            return .array(try await store.leases().map { .integer($0) })
+        default:
+            throw RESPReplyError.err("unknown subcommand '\(command.text(1))'. Try COORD.LEASE GRANT|REVOKE|KEEPALIVE|TTL|LIST.")
+        }
+    }
+
+    private func sessionCommand(_ command: RESPCommand) async throws -> RESPValue {
+        if command.arguments.count > 1 {
+            guard command.arguments.count == 3, command.text(1).uppercased() == "TTL" else { throw RESPReplyError.syntax }
+            let ttl = try Self.integer(command, 2)
+            guard ttl > 0 else { throw RESPReplyError.err("the session TTL must be at least 1 second") }
+            if let session, !session.isDone {
+                throw RESPReplyError.err("this connection's session is open (lease \(session.lease)); set its TTL before the first coordination command")
+            }
+            sessionTTL = ttl
+            return .simpleString("OK")
+        }
+        let session = try await currentSession()
+        return .fields(["lease": .integer(session.lease), "ttl": .integer(session.ttl)])
+    }
+
+    private func mutex(_ name: [UInt8]) async throws -> DistributedMutex {
+        let session = try await currentSession()
+        let text = String(decoding: name, as: UTF8.self)
+        if let mutex = mutexes[text], mutex.session === session { return mutex }
+        let mutex = DistributedMutex(session: session, prefix: text)
+        mutexes[text] = mutex
+        return mutex
+    }
+
+    private func lock(_ command: RESPCommand) async throws -> RESPValue {
+        var timeout: Duration?
+        if command.arguments.count > 2 {
+            guard command.arguments.count == 4, command.text(2).uppercased() == "TIMEOUT" else { throw RESPReplyError.syntax }
+            let milliseconds = try Self.integer(command, 3)
+            guard milliseconds >= 0 else { throw RESPReplyError.err("timeout is negative") }
+            if milliseconds > 0 { timeout = .milliseconds(milliseconds) }
+        }
+        let mutex = try await mutex(command.bytes(1))
+        if let token = mutex.fencingToken { return .array([.bulkString(mutex.key), .integer(token)]) }
+        let token: Int64?
+        if let timeout {
+            token = try await withThrowingTaskGroup(of: Int64?.self) { group in
+                group.addTask { try await mutex.lock() }
+                group.addTask { try await Task.sleep(for: timeout); return nil }
+                let first = try await group.next()!
+                group.cancelAll()
+                return first
+            }
+        } else {
+            token = try await mutex.lock()
+        }
+        guard let token else { return .nullArray }
+        return .array([.bulkString(mutex.key), .integer(token)])
+    }
+
+    private func tryLock(_ command: RESPCommand) async throws -> RESPValue {
+        let mutex = try await mutex(command.bytes(1))
+        if let token = mutex.fencingToken { return .array([.bulkString(mutex.key), .integer(token)]) }
+        do {
+            let token = try await mutex.tryLock()
+            return .array([.bulkString(mutex.key), .integer(token)])
+        } catch let error as ConcurrencyError where error.code == .locked {
+            return .nullArray
+        }
+    }
+
+    private func unlock(_ command: RESPCommand) async throws -> RESPValue {
+        let name = String(decoding: command.bytes(1), as: UTF8.self)
+        guard let mutex = mutexes[name], mutex.fencingToken != nil else { return .integer(0) }
+        try await mutex.unlock()
+        mutexes[name] = nil
+        return .integer(1)
+    }
+
+    // MARK: - Values and errors
+
+    /// `"" FROMKEY` is every key (etcdctl's `get "" --from-key` sends the key "\0").
+    static func rangeStart(_ key: [UInt8], _ rangeEnd: [UInt8]) -> [UInt8] {
+        key.isEmpty && rangeEnd == [0] ? [0] : key
+    }
+
+    static func kv(_ kv: KeyValue) -> RESPValue {
+        .fields([
+            "key": .bulkString(kv.key), "value": .bulkString(kv.value),
+            "create_revision": .integer(kv.createRevision), "mod_revision": .integer(kv.modRevision),
+            "version": .integer(kv.version), "lease": .integer(kv.lease),
+        ])
+    }
+
+    static func integer(_ command: RESPCommand, _ index: Int) throws -> Int64 {
+        guard let value = Int64(command.text(index)) else { throw RESPReplyError.notInteger }
+        return value
+    }
+
+    /// A lease ID in decimal, or in hex with `0x` (etcdctl prints leases in hex).
+    static func leaseID(_ text: String) throws -> Int64 {
+        if text.hasPrefix("0x") || text.hasPrefix("0X"), let value = Int64(text.dropFirst(2), radix: 16) { return value }
+        guard let value = Int64(text) else { throw RESPReplyError.notInteger }
+        return value
+    }
+
+    /// The store's errors as Redis-style replies: an upper-case code, then etcd's
+    /// message, so that scripts can match either.
+    static func replyText(for error: any Error) -> String {
+        if let error = error as? CoordinationError {
+            switch error.code {
+            case .emptyKey: return "ERR key is not provided (etcdserver: key is not provided)"
+            case .compacted:
+                let at = error.compactRevision.map { "; compacted at revision \($0)" } ?? ""
+                return "COMPACTED required revision has been compacted (etcdserver: mvcc: required revision has been compacted\(at))"
+            case .futureRevision: return "FUTUREREV required revision is a future revision (etcdserver: mvcc: required revision is a future revision)"
+            case .leaseNotFound: return "ERR lease not found (etcdserver: requested lease not found)"
+            case .leaseExists: return "ERR lease already exists (etcdserver: lease already exists)"
+            case .valueTooLarge: return "ERR request is too large (etcdserver: request is too large)"
+            case .keyNotFound: return "ERR key not found (etcdserver: key not found)"
+            case .invalidArgument: return "ERR \(error.message)"
+            default: return "ERR \(error.message)"
+            }
+        }
+        if let error = error as? ConcurrencyError {
+            if error.code == .sessionExpired { return "SESSIONLOST this connection's session lease was lost: \(error.message)" }
+            return "ERR \(error.message)"
+        }
+        if let error = error as? RedisError {
+            switch error.code {
+            case .connectionLost, .connectionRefused, .connectionClosed:
+                return "TRYAGAIN coordproxy cannot reach Redis (\(error.message)); nothing was written, retry once it is back"
+            case .outcomeUnknown, .timeout:
+                return "TRYAGAIN the request to Redis timed out (\(error.message)); it may or may not have been applied"
+            default:
+                return "ERR Redis failed the request (\(error.message))"
+            }
+        }
+        if error is CancellationError { return "ERR the command was cancelled" }
+        return "ERR \(error)"
+    }
+}

@@ -1,0 +1,465 @@
+import Coordination
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import RedisClient
+
+/// What every connection of one RESP listener shares.
+struct RESPFrontEndContext: Sendable {
+    let store: CoordinationClient
+    let configuration: RESPFrontEnd.Configuration
+    /// The hash tag of the store's Redis keys (`{coord}`): pass-through refuses any
+    /// argument that contains it.
+    let namespaceTag: [UInt8]
+    /// Whether the backing Redis requires AUTH (so coordination commands do too).
+    let requiresAuth: Bool
+    let logger: Logger
+    let connections: RESPFrontEnd.Connections
+}
+
+/// One client connection: parses its commands, runs COORD.* commands against the
+/// store (one after another, as Redis runs a connection's commands), forwards every
+/// other command to a Redis connection of its own, and writes the replies back in
+/// the order of the commands.
+final class RESPConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// A reply to come, in command order.
+    private final class Slot {
+        /// From the backend (filled by the next backend reply) or our own.
+        let fromBackend: Bool
+        var reply: ByteBuffer?
+        /// After the reply: close the connection (QUIT, a protocol error).
+        var closeAfter = false
+        /// Called with the backend's reply before it is written (AUTH, HELLO, MULTI).
+        var onReply: ((ByteBuffer) -> Void)?
+        init(fromBackend: Bool, reply: ByteBuffer? = nil) {
+            self.fromBackend = fromBackend
+            self.reply = reply
+        }
+    }
+
+    private let shared: RESPFrontEndContext
+    private var parser = RESPCommandParser()
+    private var input: ByteBuffer?
+    private var slots = CircularBuffer<Slot>()
+    private var protocolVersion = 2
+    private var authenticated: Bool
+    private var inMulti = false
+    /// After (P|S)SUBSCRIBE or MONITOR on RESP2: Redis's replies are no longer one per
+    /// command, so they are forwarded as they come.
+    private var rawMode = false
+    private var closing = false
+    private var context: ChannelHandlerContext?
+    private var backend: Backend?
+    private let coordination: ConnectionCoordination
+    /// The last coordination command, which the next one waits for.
+    private var tail: Task<Void, Never>?
+    private var running: [Task<Void, Never>] = []
+
+    init(shared: RESPFrontEndContext) {
+        self.shared = shared
+        self.authenticated = !shared.requiresAuth
+        self.coordination = ConnectionCoordination(store: shared.store, sessionTTL: shared.configuration.sessionTTL, logger: shared.logger)
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.context = context
+        shared.connections.add(context.channel)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        shared.connections.remove(context.channel)
+        backend?.close()
+        backend = nil
+        tail?.cancel()
+        let coordination = self.coordination
+        Task { await coordination.close() }
+        self.context = nil
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        shared.logger.debug("RESP connection error: \(error)")
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if closing { return }
+        if input == nil || input!.readableBytes == 0 {
+            input = bytes
+        } else {
+            input!.writeBuffer(&bytes)
+        }
+        do {
+            while !closing, let command = try parser.next(&input!) {
+                handle(command, context: context)
+            }
+        } catch {
+            closing = true
+            reply(.error("ERR Protocol error: \(error.message)"), closeAfter: true)
+        }
+        if let buffer = input, buffer.readableBytes == 0 { input = nil }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushReady()
+    }
+
+    // MARK: - Commands
+
+    private func handle(_ command: RESPCommand, context: ChannelHandlerContext) {
+        let name = command.name
+        if name.hasPrefix("coord.") {
+            coordinationCommand(command, name: name)
+            return
+        }
+        switch name {
+        case "quit":
+            closing = true
+            reply(.simpleString("OK"), closeAfter: true)
+            return
+        case "command" where command.arguments.count >= 2:
+            if let answer = commandIntrospection(command) {
+                reply(answer)
+                return
+            }
+        default:
+            break
+        }
+        guard shared.configuration.passthrough || ["auth", "hello", "ping", "echo", "select", "client", "command", "reset"].contains(name) else {
+            reply(.error("ERR unknown command '\(command.text(0))': coordproxy runs with --no-passthrough and serves only COORD.* commands (and PING, HELLO, AUTH)"))
+            return
+        }
+        if let refusal = refusal(command, name: name) {
+            reply(.error(refusal))
+            return
+        }
+        forward(command, name: name)
+    }
+
+    /// Why pass-through will not forward a command, if it will not.
+    private func refusal(_ command: RESPCommand, name: String) -> String? {
+        switch name {
+        case "flushall", "flushdb":
+            if !shared.configuration.allowFlush {
+                return "ERR coordproxy refuses \(name.uppercased()): it would delete the coordination store's keys; start coordproxy with --allow-flush to pass it through"
+            }
+        case "client":
+            if command.arguments.count >= 2, command.text(1).lowercased() == "reply" {
+                return "ERR coordproxy does not pass CLIENT REPLY through: replies must stay one per command"
+            }
+        default:
+            break
+        }
+        let tag = shared.namespaceTag
+        for argument in command.arguments.dropFirst() where argument.readableBytes >= tag.count {
+            if Self.contains(argument, tag) {
+                return "ERR coordproxy refuses '\(command.text(0))' on the coordination store's keys (\(String(decoding: tag, as: UTF8.self))*): use COORD.* commands, which keep revisions, leases and watches consistent"
+            }
+        }
+        return nil
+    }
+
+    private static func contains(_ buffer: ByteBuffer, _ needle: [UInt8]) -> Bool {
+        let view = buffer.readableBytesView
+        guard let first = needle.first, view.count >= needle.count else { return false }
+        var index = view.startIndex
+        let last = view.endIndex - needle.count
+        while index <= last {
+            if view[index] == first, view[index..<(index + needle.count)].elementsEqual(needle) { return true }
+            index += 1
+        }
+        return false
+    }
+
+    private func coordinationCommand(_ command: RESPCommand, name: String) {
+        guard let spec = RESPCommandTable.byName[name] else {
+            reply(.error("ERR unknown command '\(command.text(0))', with args beginning with: \(command.arguments.dropFirst().prefix(3).map { "'\(String(decoding: $0.readableBytesView, as: UTF8.self))' " }.joined())"))
+            return
+        }
+        guard spec.arityAllows(command.arguments.count) else {
+            reply(.error("ERR wrong number of arguments for '\(name)' command"))
+            return
+        }
+        guard authenticated else {
+            reply(.error("NOAUTH Authentication required."))
+            return
+        }
+        if rawMode {
+            reply(.error("ERR Can't execute '\(name)': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"))
+            return
+        }
+        if inMulti {
+            reply(.error("ERR '\(name)' cannot run inside MULTI: coordination commands are atomic on their own (use COORD.TXN for several keys)"))
+            return
+        }
+        let slot = Slot(fromBackend: false)
+        slots.append(slot)
+        let previous = tail
+        let coordination = self.coordination
+        let loop = context!.eventLoop
+        let me = NIOLoopBound(self, eventLoop: loop)
+        let boundSlot = NIOLoopBound(slot, eventLoop: loop)
+        tail = Task {
+            await previous?.value
+            let value: RESPValue = Task.isCancelled ? .error("ERR the connection closed") : await coordination.execute(command)
+            loop.execute {
+                let handler = me.value
+                guard handler.context != nil else { return }
+                var buffer = handler.context!.channel.allocator.buffer(capacity: 128)
+                value.encode(into: &buffer, protocol: handler.protocolVersion)
+                boundSlot.value.reply = buffer
+                handler.flushReady()
+            }
+        }
+    }
+
+    /// COMMAND INFO / DOCS / COUNT / LIST for our own commands; Redis's for the rest.
+    private func commandIntrospection(_ command: RESPCommand) -> RESPValue? {
+        let sub = command.text(1).lowercased()
+        let names = command.arguments.dropFirst(2).map { String(decoding: $0.readableBytesView, as: UTF8.self).lowercased() }
+        switch sub {
+        case "info" where !names.isEmpty && names.allSatisfy({ $0.hasPrefix("coord.") }):
+            return .array(names.map { RESPCommandTable.byName[$0]?.info ?? .nullArray })
+        case "docs" where !names.isEmpty && names.allSatisfy({ $0.hasPrefix("coord.") }):
+            var pairs: [(RESPValue, RESPValue)] = []
+            for name in names { if let spec = RESPCommandTable.byName[name] { pairs.append((.bulk(name), spec.docs)) } }
+            return .map(pairs)
+        default:
+            if !shared.configuration.passthrough {
+                switch sub {
+                case "info": return .array(names.map { RESPCommandTable.byName[$0]?.info ?? .nullArray })
+                case "docs":
+                    let specs = names.isEmpty ? RESPCommandTable.commands : names.compactMap { RESPCommandTable.byName[$0] }
+                    return .map(specs.map { (.bulk($0.name.lowercased()), $0.docs) })
+                case "count": return .integer(Int64(RESPCommandTable.commands.count))
+                case "list": return .array(RESPCommandTable.commands.map { .bulk($0.name.lowercased()) })
+                default: return nil
+                }
+            }
+            return nil
+        }
+    }
+
+    // MARK: - Pass-through
+
+    private func forward(_ command: RESPCommand, name: String) {
+        guard let context else { return }
+        if backend == nil {
+            backend = Backend(configuration: shared.configuration.redis, eventLoop: context.eventLoop, owner: NIOLoopBound(self, eventLoop: context.eventLoop))
+        }
+        var slot: Slot?
+        switch name {
+        case "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe":
+            // Their answers are one message per channel (pushes in RESP3), not one
+            // reply per command.
+            if protocolVersion == 2 { enterRawMode() }
+        case "monitor":
+            enterRawMode()
+        default:
+            let new = Slot(fromBackend: true)
+            switch name {
+            case "auth":
+                new.onReply = { [unowned self] reply in
+                    if reply.readableBytesView.first == UInt8(ascii: "+") { self.authenticated = true }
+                }
+            case "hello":
+                let requested = command.arguments.count >= 2 ? Int(command.text(1)) : nil
+                let authenticates = command.arguments.dropFirst(2).contains { String(decoding: $0.readableBytesView, as: UTF8.self).lowercased() == "auth" }
+                new.onReply = { [unowned self] reply in
+                    guard reply.readableBytesView.first != UInt8(ascii: "-") else { return }
+                    if let requested { self.protocolVersion = requested }
+                    if authenticates { self.authenticated = true }
+                }
+            case "multi":
+                new.onReply = { [unowned self] reply in if reply.readableBytesView.first == UInt8(ascii: "+") { self.inMulti = true } }
+            case "exec", "discard":
+                new.onReply = { [unowned self] _ in self.inMulti = false }
+            case "reset":
+                new.onReply = { [unowned self] _ in
+                    self.inMulti = false
+                    self.protocolVersion = 2
+                    self.authenticated = !self.shared.requiresAuth
+                }
+            default:
+                break
+            }
+            slot = new
+        }
+        if let slot { slots.append(slot) }
+        backend!.write(command.raw)
+    }
+
+    private func enterRawMode() {
+        rawMode = true
+    }
+
+    /// A reply from Redis.
+    func backendReply(_ reply: ByteBuffer, isPush: Bool) {
+        if rawMode || (isPush && protocolVersion >= 3) {
+            // Out-of-band: written at once, behind every reply that is ready.
+            flushReady()
+            context?.write(wrapOutboundOut(reply), promise: nil)
+            return
+        }
+        guard let slot = slots.first(where: { $0.fromBackend && $0.reply == nil }) else {
+            // A reply to nothing we sent (Redis's own error before closing, say).
+            context?.write(wrapOutboundOut(reply), promise: nil)
+            return
+        }
+        slot.onReply?(reply)
+        slot.reply = reply
+    }
+
+    func backendReadComplete() {
+        flushReady()
+        context?.flush()
+    }
+
+    /// The Redis connection closed or could not open.
+    func backendFailed(_ error: any Error, connected: Bool) {
+        backend = nil
+        let message = connected
+            ? "ERR coordproxy lost its connection to Redis (\(error)); the connection is closed, reconnect"
+            : "ERR coordproxy cannot reach Redis at \(shared.configuration.redis.endpoint) (\(error)); retry once it is up"
+        for slot in slots where slot.fromBackend && slot.reply == nil {
+            slot.reply = encode(.error(message))
+        }
+        if connected {
+            // Redis's state for this client (MULTI, SELECT, subscriptions) is gone:
+            // so is the connection, as when Redis itself goes away.
+            closing = true
+            if let last = slots.last { last.closeAfter = true } else { context?.close(promise: nil) }
+        }
+        flushReady()
+    }
+
+    // MARK: - Replies
+
+    private func encode(_ value: RESPValue) -> ByteBuffer {
+        var buffer = ByteBufferAllocator().buffer(capacity: 64)
+        value.encode(into: &buffer, protocol: protocolVersion)
+        return buffer
+    }
+
+    private func reply(_ value: RESPValue, closeAfter: Bool = false) {
+        let slot = Slot(fromBackend: false, reply: encode(value))
+        slot.closeAfter = closeAfter
+        slots.append(slot)
+    }
+
+    /// Writes the replies that are ready, in command order.
+    private func flushReady() {
+        guard let context else { return }
+        var wrote = false
+        while let first = slots.first, let reply = first.reply {
+            slots.removeFirst()
+            context.write(wrapOutboundOut(reply), promise: nil)
+            wrote = true
+            if first.closeAfter {
+                let channel = context.channel
+                context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in channel.close(promise: nil) }
+                return
+            }
+        }
+        if wrote { context.flush() }
+    }
+}
+
+/// The Redis connection of one client, opened at its first pass-through command.
+final class Backend {
+    private var channel: Channel?
+    private var pending: [ByteBuffer] = []
+    private var closed = false
+    private let eventLoop: any EventLoop
+
+    init(configuration: RedisConfiguration, eventLoop: any EventLoop, owner: NIOLoopBound<RESPConnectionHandler>) {
+        self.eventLoop = eventLoop
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(.seconds(5))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(BackendHandler(owner: owner))
+                }
+            }
+        let connecting: EventLoopFuture<Channel>
+        switch configuration.endpoint {
+        case .tcp(let host, let port): connecting = bootstrap.connect(host: host, port: port)
+        case .unixSocket(let path): connecting = bootstrap.connect(unixDomainSocketPath: path)
+        }
+        let me = NIOLoopBound(self, eventLoop: eventLoop)
+        connecting.whenComplete { result in
+            let backend = me.value
+            switch result {
+            case .success(let channel):
+                if backend.closed {
+                    channel.close(promise: nil)
+                    return
+                }
+                backend.channel = channel
+                for buffer in backend.pending { channel.write(buffer, promise: nil) }
+                backend.pending = []
+                channel.flush()
+            case .failure(let error):
+                if !backend.closed { owner.value.backendFailed(error, connected: false) }
+            }
+        }
+    }
+
+    func write(_ buffer: ByteBuffer) {
+        if let channel {
+            channel.writeAndFlush(buffer, promise: nil)
+        } else {
+            pending.append(buffer)
+        }
+    }
+
+    func close() {
+        closed = true
+        channel?.close(promise: nil)
+        channel = nil
+    }
+}
+
+private final class BackendHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    private let owner: NIOLoopBound<RESPConnectionHandler>
+    private var buffer: ByteBuffer?
+    private var scanner = RESPReplyScanner()
+    private var failed = false
+
+    init(owner: NIOLoopBound<RESPConnectionHandler>) {
+        self.owner = owner
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if buffer == nil || buffer!.readableBytes == 0 { buffer = bytes } else { buffer!.writeBuffer(&bytes) }
+        while let (length, isPush) = scanner.scan(buffer!) {
+            let reply = buffer!.readSlice(length: length)!
+            owner.value.backendReply(reply, isPush: isPush)
+        }
+        if buffer!.readableBytes == 0 { buffer = nil }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        owner.value.backendReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !failed { owner.value.backendFailed(RedisError(.connectionClosed, "Redis closed the connection"), connected: true) }
+        failed = true
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !failed { owner.value.backendFailed(error, connected: true) }
+        failed = true
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,195 @@
+import Coordination
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import RedisClient
+import ServiceLifecycle
+
+/// coordproxy's Redis-protocol listener: every Redis client gets the store's
+/// COORD.* commands, with a session bound to its connection, and every other
+/// command passed through to the backing Redis on a connection of its own.
+///
+/// Run it in a `ServiceGroup`; graceful shutdown stops accepting and closes the
+/// client connections (their sessions are revoked, as when the clients go away).
+public final class RESPFrontEnd: Service, Sendable {
+    /// Where to listen.
+    public enum Address: Sendable, Hashable, CustomStringConvertible {
+        case tcp(host: String, port: Int)
+        case unixSocket(path: String)
+
+        public var description: String {
+            switch self {
+            case .tcp(let host, let port): return "\(host):\(port)"
+            case .unixSocket(let path): return "unix:\(path)"
+            }
+        }
+
+        /// `host:port`, `redis://host:port`, `unix:///path` or a path starting with `/`.
+        public init(parsing text: String) throws {
+            var rest = Substring(text)
+            if rest.hasPrefix("unix://") { self = .unixSocket(path: String(rest.dropFirst(7))); return }
+            if rest.hasPrefix("/") { self = .unixSocket(path: String(rest)); return }
+            if rest.hasPrefix("redis://") { rest = rest.dropFirst(8) }
+            if rest.hasSuffix("/") { rest = rest.dropLast() }
+            guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]), (0...65535).contains(port) else {
+                throw RESPFrontEndError("bad RESP listen address \(text): give host:port (127.0.0.1:6380) or unix:///path/to.sock")
+            }
+            let host = String(rest[..<colon])
+            self = .tcp(host: host.isEmpty ? "127.0.0.1" : host, port: port)
+        }
+    }
+
+    /// What the listener serves and how.
+    public struct Configuration: Sendable {
+        /// The listen addresses.
+        public var listen: [Address]
+        /// The backing Redis, for pass-through (each client authenticates itself; the
+        /// proxy's own credentials are never used for clients' commands).
+        public var redis: RedisConfiguration
+        /// The store's namespace: pass-through refuses arguments containing `{namespace}`.
+        public var namespace: String
+        /// Forward other commands to Redis (`--no-passthrough` turns it off).
+        public var passthrough = true
+        /// Pass FLUSHALL and FLUSHDB through (they delete the store too).
+        public var allowFlush = false
+        /// The TTL of a connection's session lease, in seconds.
+        public var sessionTTL: Int64 = 60
+        /// At most this many client connections (Redis's maxclients).
+        public var maxClients = 10_000
+
+        public init(listen: [Address], redis: RedisConfiguration, namespace: String) {
+            self.listen = listen
+            self.redis = redis
+            self.namespace = namespace
+        }
+    }
+
+    /// The open client connections.
+    final class Connections: Sendable {
+        private let channels = NIOLockedValueBox([ObjectIdentifier: any Channel]())
+        func add(_ channel: any Channel) { channels.withLockedValue { $0[ObjectIdentifier(channel)] = channel } }
+        func remove(_ channel: any Channel) { channels.withLockedValue { _ = $0.removeValue(forKey: ObjectIdentifier(channel)) } }
+        var count: Int { channels.withLockedValue { $0.count } }
+        func closeAll() { for channel in channels.withLockedValue({ Array($0.values) }) { channel.close(promise: nil) } }
+    }
+
+    private let store: CoordinationClient
+    private let configuration: Configuration
+    private let logger: Logger
+    private let connections = Connections()
+    private let bound = NIOLockedValueBox<[Address]?>(nil)
+    private let boundWaiters = NIOLockedValueBox<[CheckedContinuation<[Address], Never>]>([])
+
+    /// A listener serving `store`.
+    public init(store: CoordinationClient, configuration: Configuration, logger: Logger) {
+        self.store = store
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// The addresses listened on (with the ports the system chose for port 0), once listening.
+    public func boundAddresses() async -> [Address] {
+        if let bound = bound.withLockedValue({ $0 }) { return bound }
+        return await withCheckedContinuation { continuation in
+            let ready: [Address]? = bound.withLockedValue { value in
+                if let value { return value }
+                boundWaiters.withLockedValue { $0.append(continuation) }
+                return nil
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+    }
+
+    public func run() async throws {
+        let requiresAuth = await Self.redisRequiresAuth(configuration.redis)
+        var tag = Array("{\(configuration.namespace)}".utf8)
+        if tag.isEmpty { tag = Array("{coord}".utf8) }
+        let shared = RESPFrontEndContext(store: store, configuration: configuration, namespaceTag: tag,
+                                         requiresAuth: requiresAuth, logger: logger, connections: connections)
+        let maxClients = configuration.maxClients
+        let connections = self.connections
+        let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.backlog, value: 511)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if connections.count >= maxClients {
+                        // Redis's answer, then the connection closes.
+                        try channel.pipeline.syncOperations.addHandler(RefuseHandler(message: "-ERR max number of clients reached\r\n"))
+                        return
+                    }
+                    try channel.pipeline.syncOperations.addHandler(RESPConnectionHandler(shared: shared))
+                }
+            }
+        var listeners: [any Channel] = []
+        do {
+            for address in configuration.listen {
+                switch address {
+                case .tcp(let host, let port): listeners.append(try await bootstrap.bind(host: host, port: port).get())
+                case .unixSocket(let path):
+                    listeners.append(try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get())
+                }
+            }
+        } catch {
+            for listener in listeners { try? await listener.close() }
+            throw RESPFrontEndError("cannot listen for RESP clients: \(error)")
+        }
+        let addresses = zip(configuration.listen, listeners).map { address, channel -> Address in
+            if case .tcp = address, let local = channel.localAddress { return .tcp(host: local.ipAddress ?? "?", port: local.port ?? 0) }
+            return address
+        }
+        bound.withLockedValue { $0 = addresses }
+        for waiter in boundWaiters.withLockedValue({ value in defer { value = [] }; return value }) { waiter.resume(returning: addresses) }
+        for address in addresses {
+            logger.info("serving the Redis protocol (COORD.* commands\(configuration.passthrough ? ", other commands passed through to Redis" : ""))",
+                        metadata: ["address": "\(address)", "redis_requires_auth": "\(requiresAuth)", "session_ttl": "\(configuration.sessionTTL)"])
+        }
+        let open = listeners
+        await withGracefulShutdownHandler {
+            await withTaskGroup(of: Void.self) { group in
+                for listener in open {
+                    group.addTask { try? await listener.closeFuture.get() }
+                }
+            }
+        } onGracefulShutdown: {
+            for listener in open { listener.close(promise: nil) }
+            connections.closeAll()
+        }
+        connections.closeAll()
+        logger.info("stopped serving the Redis protocol")
+    }
+
+    /// Whether Redis answers an unauthenticated PING with NOAUTH.
+    static func redisRequiresAuth(_ configuration: RedisConfiguration) async -> Bool {
+        var probe = RedisConfiguration(endpoint: configuration.endpoint)
+        probe.connectTimeout = .seconds(2)
+        probe.commandTimeout = .seconds(2)
+        do {
+            let connection = try await RedisConnection.connect(probe)
+            defer { Task { await connection.close() } }
+            _ = try await connection.send(["PING"].map { Array($0.utf8) })
+            return false
+        } catch {
+            return "\(error)".contains("NOAUTH") || "\(error)".lowercased().contains("auth")
+        }
+    }
+}
+
+/// An error of the RESP listener's setup.
+public struct RESPFrontEndError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+    init(_ description: String) { self.description = description }
+}
+
+private final class RefuseHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let message: String
+    init(message: String) { self.message = message }
+    func channelActive(context: ChannelHandlerContext) {
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(string: message))).whenComplete { _ in channel.close(promise: nil) }
+    }
+}

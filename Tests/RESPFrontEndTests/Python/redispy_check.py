@@ -1,0 +1,230 @@
+"""redis-py (from PyPI) against coordproxy's Redis-protocol listener.
+
+Usage:
+  redispy_check.py coord <port> <protocol 2|3> <parser python|hiredis>
+      every COORD.* command, printed in one normalized form (RESP2's flat arrays and
+      RESP3's maps print the same), so the four protocol/parser pairs can be compared
+  redispy_check.py passthrough <port> <protocol> <parser>
+      redis-py's own usage patterns (pipelines, MULTI/EXEC with WATCH, pub/sub,
+      BLPOP, scripts); run against coordproxy and against Redis, the output must match
+  redispy_check.py lockers <port> <name> <iterations> <log>
+      takes and releases the lock <name> <iterations> times, logging
+      "in <pid> <token>" and "out <pid> <token>" around each hold
+  redispy_check.py hold <port> <name> <file>
+      takes the lock, writes its token to <file>, then waits forever (the test kills it)
+  redispy_check.py wait <port> <name> <file>
+      writes "waiting" to <file>, then blocks in COORD.LOCK until killed
+"""
+import os
+import sys
+import threading
+import time
+
+import redis
+from redis._parsers import _HiredisParser, _RESP2Parser, _RESP3Parser
+
+
+def connect(port, protocol=2, parser="python"):
+    protocol = int(protocol)
+    if parser == "hiredis":
+        parser_class = _HiredisParser
+    else:
+        parser_class = _RESP3Parser if protocol == 3 else _RESP2Parser
+    pool = redis.ConnectionPool(host="127.0.0.1", port=int(port), protocol=protocol, parser_class=parser_class,
+                                socket_timeout=30)
+    return redis.Redis(connection_pool=pool)
+
+
+def as_map(reply):
+    """A COORD reply map: a dict in RESP3, a flat field/value list in RESP2."""
+    if isinstance(reply, dict):
+        pairs = list(reply.items())
+    else:
+        pairs = list(zip(reply[::2], reply[1::2]))
+    out = {}
+    for field, value in pairs:
+        field = field.decode() if isinstance(field, bytes) else field
+        if field in ("kvs", "prev_kvs"):
+            value = [as_map(kv) for kv in value]
+        elif field == "prev_kv" and value is not None:
+            value = as_map(value)
+        elif field == "more":
+            value = bool(value)
+        out[field] = value
+    return dict(sorted(out.items()))
+
+
+def show(step, value):
+    print(f"{step}: {value!r}", flush=True)
+
+
+def error_of(call):
+    try:
+        return ("no error", call())
+    except redis.ResponseError as error:
+        return ("error", str(error))
+
+
+def coord(port, protocol, parser):
+    r = connect(port, protocol, parser)
+    x = r.execute_command
+    show("put a", as_map(x("COORD.PUT", "a", "1")))
+    show("put a prevkv", as_map(x("COORD.PUT", "a", "2", "PREVKV")))
+    show("put a/1", as_map(x("COORD.PUT", "a/1", "one")))
+    show("put a/2", as_map(x("COORD.PUT", "a/2", "two")))
+    show("get a", as_map(x("COORD.GET", "a")))
+    show("get missing", as_map(x("COORD.GET", "missing")))
+    show("get prefix a/ desc", as_map(x("COORD.GET", "a/", "PREFIX", "SORT", "KEY", "DESC")))
+    show("get prefix a/ limit 1", as_map(x("COORD.GET", "a/", "PREFIX", "LIMIT", "1")))
+    show("get all countonly", as_map(x("COORD.GET", "", "FROMKEY", "COUNTONLY")))
+    show("get a at revision 2", as_map(x("COORD.GET", "a", "REV", "2")))
+    show("get keysonly", as_map(x("COORD.GET", "a", "END", "a/3", "KEYSONLY")))
+    show("del a/ prefix prevkv", as_map(x("COORD.DEL", "a/", "PREFIX", "PREVKV")))
+    show("del missing", as_map(x("COORD.DEL", "missing")))
+    show("rev", x("COORD.REV"))
+    lease = as_map(x("COORD.LEASE", "GRANT", "60"))
+    lease_id = lease["id"]
+    show("lease grant ttl", (lease["ttl"], lease["revision"]))
+    show("put l with lease", as_map(x("COORD.PUT", "l", "v", "LEASE", lease_id)))
+    ttl = as_map(x("COORD.LEASE", "TTL", lease_id, "KEYS"))
+    show("lease ttl keys", (ttl["granted_ttl"], ttl["keys"], ttl["id"] == lease_id))
+    show("lease keepalive", as_map(x("COORD.LEASE", "KEEPALIVE", lease_id))["ttl"])
+    show("lease in list", lease_id in x("COORD.LEASE", "LIST"))
+    show("lease revoke", as_map(x("COORD.LEASE", "REVOKE", lease_id)))
+    show("get l after revoke", as_map(x("COORD.GET", "l"))["count"])
+    show("lease revoke again", error_of(lambda: x("COORD.LEASE", "REVOKE", lease_id)))
+    show("compact 3", as_map(x("COORD.COMPACT", "3")))
+    show("get compacted", error_of(lambda: x("COORD.GET", "a", "REV", "2")))
+    show("get future", error_of(lambda: x("COORD.GET", "a", "REV", "1000")))
+    show("put empty key", error_of(lambda: x("COORD.PUT", "", "v")))
+    show("put unknown lease", error_of(lambda: x("COORD.PUT", "k", "v", "LEASE", "12345")))
+    show("put wrong arity", error_of(lambda: x("COORD.PUT", "k")))
+    show("get bad option", error_of(lambda: x("COORD.GET", "k", "BOGUS")))
+    show("get bad limit", error_of(lambda: x("COORD.GET", "k", "LIMIT", "x")))
+    show("unknown", error_of(lambda: x("COORD.NOSUCH")))
+    session = as_map(x("COORD.SESSION"))
+    show("session ttl", session["ttl"])
+    lock = x("COORD.LOCK", "jobs")
+    show("lock key is the session's", lock[0] == b"jobs/" + format(session["lease"], "x").encode())
+    show("lock token is the key's create revision",
+         as_map(x("COORD.GET", lock[0]))["kvs"][0]["create_revision"] == lock[1])
+    other = connect(port, protocol, parser)
+    show("trylock by another connection", other.execute_command("COORD.TRYLOCK", "jobs"))
+    before = time.monotonic()
+    show("lock with timeout by another connection", other.execute_command("COORD.LOCK", "jobs", "TIMEOUT", "300"))
+    show("it waited", time.monotonic() - before >= 0.25)
+    show("unlock by a connection that does not hold it", other.execute_command("COORD.UNLOCK", "jobs"))
+    show("unlock", x("COORD.UNLOCK", "jobs"))
+    second = other.execute_command("COORD.TRYLOCK", "jobs")
+    show("the next holder's token is greater", second[1] > lock[1])
+    other.connection_pool.disconnect()
+    # The proxy revokes the closed connection's session as soon as it sees the close.
+    deadline = time.monotonic() + 10
+    while as_map(x("COORD.GET", "jobs/", "PREFIX", "COUNTONLY"))["count"] != 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    show("a closed connection's lock is gone", as_map(x("COORD.GET", "jobs/", "PREFIX", "COUNTONLY"))["count"])
+    show("ping", r.ping())
+    r.close()
+
+
+def passthrough(port, protocol, parser):
+    r = connect(port, protocol, parser)
+    for key in r.scan_iter("pt:*"):
+        r.delete(key)
+    show("set", r.set("pt:a", "1"))
+    show("get", r.get("pt:a"))
+    show("incr", r.incr("pt:n"))
+    show("hset", r.hset("pt:h", mapping={"f1": "v1", "f2": "v2"}))
+    show("hgetall", sorted(r.hgetall("pt:h").items()))
+    show("zadd", r.zadd("pt:z", {"a": 1.5, "b": 2}))
+    show("zrange withscores", r.zrange("pt:z", 0, -1, withscores=True))
+    pipe = r.pipeline(transaction=False)
+    for i in range(50):
+        pipe.set(f"pt:p{i}", i)
+        pipe.get(f"pt:p{i}")
+    results = pipe.execute()
+    show("pipeline", (len(results), results[:4], results[-1]))
+    with r.pipeline() as pipe:
+        pipe.watch("pt:n")
+        current = int(pipe.get("pt:n"))
+        pipe.multi()
+        pipe.set("pt:n", current + 10)
+        pipe.get("pt:n")
+        show("watch multi exec", pipe.execute())
+    with r.pipeline() as pipe:
+        pipe.watch("pt:n")
+        pipe.multi()
+        r.set("pt:n", "changed")
+        pipe.set("pt:n", "lost")
+        try:
+            pipe.execute()
+            show("watch conflict", "executed")
+        except redis.WatchError:
+            show("watch conflict", "WatchError")
+    show("after conflict", r.get("pt:n"))
+    show("script", r.eval("return redis.call('incrby', KEYS[1], ARGV[1])", 1, "pt:n2", 5))
+    show("blpop timeout", r.blpop(["pt:list"], timeout=0.2))
+
+    def push_later():
+        time.sleep(0.2)
+        connect(port, protocol, parser).rpush("pt:list", "item")
+    threading.Thread(target=push_later).start()
+    show("blpop woken", r.blpop(["pt:list"], timeout=10))
+    pubsub = r.pubsub()
+    pubsub.subscribe("pt:chan")
+    show("subscribed", pubsub.get_message(timeout=5)["type"])
+    publisher = connect(port, protocol, parser)
+    show("publish", publisher.publish("pt:chan", "hello"))
+    message = pubsub.get_message(timeout=5)
+    show("message", (message["type"], message["channel"], message["data"]))
+    pubsub.unsubscribe("pt:chan")
+    pubsub.close()
+    show("select", r.execute_command("SELECT", "0"))
+    show("error", error_of(lambda: r.execute_command("LPUSH", "pt:a", "x")))
+    show("client setname", r.client_setname("checker"))
+    show("client getname", r.client_getname())
+    show("wrong arity", error_of(lambda: r.execute_command("GET")))
+    for key in r.scan_iter("pt:*"):
+        r.delete(key)
+    r.close()
+
+
+def lockers(port, name, iterations, log):
+    r = connect(port)
+    pid = os.getpid()
+    for _ in range(int(iterations)):
+        key, token = r.execute_command("COORD.LOCK", name)
+        with open(log, "a") as f:
+            f.write(f"in {pid} {token}\n")
+        time.sleep(0.001)
+        with open(log, "a") as f:
+            f.write(f"out {pid} {token}\n")
+        assert r.execute_command("COORD.UNLOCK", name) == 1
+    r.close()
+
+
+def hold(port, name, path):
+    r = connect(port)
+    key, token = r.execute_command("COORD.LOCK", name)
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{token}\n")
+    os.rename(path + ".tmp", path)
+    while True:
+        time.sleep(1)
+
+
+def wait(port, name, path):
+    r = connect(port)
+    r.ping()
+    with open(path, "w") as f:
+        f.write("waiting\n")
+    r.execute_command("COORD.LOCK", name)
+    with open(path, "a") as f:
+        f.write("acquired\n")
+    while True:
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    mode, args = sys.argv[1], sys.argv[2:]
+    {"coord": coord, "passthrough": passthrough, "lockers": lockers, "hold": hold, "wait": wait}[mode](*args)

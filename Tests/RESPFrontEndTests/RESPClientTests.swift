@@ -1,0 +1,251 @@
+import Coordination
+import Foundation
+@testable import RedisClient
+import RESPFrontEnd
+import Testing
+
+/// Real Redis clients (redis-cli, redis-py with and without hiredis, RESP2 and
+/// RESP3) against coordproxy's Redis-protocol listener.
+@Suite struct RESPClientTests {
+    @Test func redisCliRunsCoordinationCommandsAndPassesOthersThrough() async throws {
+        try await withRESPProxy { proxy in
+            func cli(_ arguments: String...) async throws -> String {
+                let result = try await redisCLI(proxy.port, arguments)
+                #expect(result.status == 0, "\(result.error)")
+                return result.output
+            }
+            #expect(try await cli("PING") == "PONG\n")
+            #expect(try await cli("COORD.PUT", "greeting", "hello") == "revision\n2\n")
+            #expect(try await cli("COORD.PUT", "greeting", "hi", "PREVKV") ==
+                    "revision\n3\nprev_kv\nkey\ngreeting\nvalue\nhello\ncreate_revision\n2\nmod_revision\n2\nversion\n1\nlease\n0\n")
+            #expect(try await cli("-3", "COORD.GET", "greeting") ==
+                    "revision 3\ncount 1\nmore (false)\nkvs key greeting\nvalue hi\ncreate_revision 2\nmod_revision 3\nversion 2\nlease 0\n")
+            #expect(try await cli("COORD.GET", "greeting", "REV", "9") ==
+                    "FUTUREREV required revision is a future revision (etcdserver: mvcc: required revision is a future revision)\n\n")
+            #expect(try await cli("COORD.PUT", "k") == "ERR wrong number of arguments for 'coord.put' command\n\n")
+            // Pass-through: Redis's own keys and replies.
+            #expect(try await cli("SET", "plain", "value") == "OK\n")
+            #expect(try await cli("GET", "plain") == "value\n")
+            let direct = try await RedisConnection.connect(url: proxy.redis.url)
+            #expect(try await direct.send(["GET", "plain"].map { Array($0.utf8) }) == .bulkString(Array("value".utf8)))
+            await direct.close()
+            #expect(try await cli("LPUSH", "plain", "x") == "WRONGTYPE Operation against a key holding the wrong kind of value\n\n")
+            // The store's keys and FLUSHALL are refused.
+            #expect(try await cli("GET", "{coord}:rev").hasPrefix("ERR coordproxy refuses 'GET' on the coordination store's keys"))
+            #expect(try await cli("EVAL", "return redis.call('del', KEYS[1])", "1", "{coord}:rev").hasPrefix("ERR coordproxy refuses"))
+            #expect(try await cli("FLUSHALL").hasPrefix("ERR coordproxy refuses FLUSHALL"))
+            #expect(try await cli("COORD.GET", "greeting", "COUNTONLY") == "revision\n3\ncount\n1\nmore\n0\nkvs\n\n")
+            // COMMAND INFO and DOCS describe the coordination commands.
+            let info = try await cli("COMMAND", "INFO", "coord.lock")
+            #expect(info.hasPrefix("coord.lock\n-2\nwrite\nblocking\n0\n0\n0\n@coordination\n"), "\(info)")
+            let docs = try await cli("COMMAND", "DOCS", "coord.get")
+            #expect(docs.contains("summary\nReads one key or a range of keys of the store") && docs.contains("syntax\nCOORD.GET key [PREFIX"), "\(docs)")
+        }
+    }
+
+    @Test func aPipelineOfCoordinationAndRedisCommandsIsAnsweredInOrder() async throws {
+        try await withRESPProxy { proxy in
+            // redis-cli --pipe-like input: one write with every command.
+            var input = ""
+            for i in 0..<20 {
+                input += "COORD.PUT p\(i) v\(i)\nSET r\(i) v\(i)\nCOORD.GET p\(i) COUNTONLY\nGET r\(i)\n"
+            }
+            let result = try await redisCLI(proxy.port, [], input: input)
+            #expect(result.status == 0, "\(result.error)")
+            var expected = ""
+            for i in 0..<20 {
+                expected += "revision\n\(i + 2)\nOK\nrevision\n\(i + 2)\ncount\n1\nmore\n0\nkvs\n\nv\(i)\n"
+            }
+            #expect(result.output == expected)
+        }
+    }
+
+    @Test func redisPyGetsTheSameCoordinationAnswersInRESP2AndRESP3WithAndWithoutHiredis() async throws {
+        var outputs: [String] = []
+        for (version, parser) in [("2", "python"), ("3", "python"), ("2", "hiredis"), ("3", "hiredis")] {
+            let output = try await withRESPProxy { proxy in
+                let result = try await redisPy(["coord", String(proxy.port), version, parser])
+                #expect(result.status == 0, "RESP\(version) \(parser): \(result.output)\(result.error)")
+                return result.output
+            }
+            outputs.append(output)
+        }
+        #expect(Set(outputs).count == 1, "\(outputs)")
+        let lines = outputs[0].split(separator: "\n").map(String.init)
+        let expected = [
+            "put a: {'revision': 2}",
+            "put a prevkv: {'prev_kv': {'create_revision': 2, 'key': b'a', 'lease': 0, 'mod_revision': 2, 'value': b'1', 'version': 1}, 'revision': 3}",
+            "get prefix a/ desc: {'count': 2, 'kvs': [{'create_revision': 5, 'key': b'a/2', 'lease': 0, 'mod_revision': 5, 'value': b'two', 'version': 1}, {'create_revision': 4, 'key': b'a/1', 'lease': 0, 'mod_revision': 4, 'value': b'one', 'version': 1}], 'more': False, 'revision': 5}",
+            "get prefix a/ limit 1: {'count': 2, 'kvs': [{'create_revision': 4, 'key': b'a/1', 'lease': 0, 'mod_revision': 4, 'value': b'one', 'version': 1}], 'more': True, 'revision': 5}",
+            "get all countonly: {'count': 3, 'kvs': [], 'more': False, 'revision': 5}",
+            "get a at revision 2: {'count': 1, 'kvs': [{'create_revision': 2, 'key': b'a', 'lease': 0, 'mod_revision': 2, 'value': b'1', 'version': 1}], 'more': False, 'revision': 5}",
+            "del a/ prefix prevkv: {'deleted': 2, 'prev_kvs': [{'create_revision': 4, 'key': b'a/1', 'lease': 0, 'mod_revision': 4, 'value': b'one', 'version': 1}, {'create_revision': 5, 'key': b'a/2', 'lease': 0, 'mod_revision': 5, 'value': b'two', 'version': 1}], 'revision': 6}",
+            "del missing: {'deleted': 0, 'revision': 6}",
+            "rev: 6",
+            "lease ttl keys: (60, [b'l'], True)",
+            "lease revoke: {'revision': 8}",
+            "get l after revoke: 0",
+            "lease revoke again: ('error', 'lease not found (etcdserver: requested lease not found)')",
+            "get compacted: ('error', 'COMPACTED required revision has been compacted (etcdserver: mvcc: required revision has been compacted)')",
+            "get future: ('error', 'FUTUREREV required revision is a future revision (etcdserver: mvcc: required revision is a future revision)')",
+            "put empty key: ('error', 'key is not provided (etcdserver: key is not provided)')",
+            "put unknown lease: ('error', 'lease not found (etcdserver: requested lease not found)')",
+            "put wrong arity: ('error', \"wrong number of arguments for 'coord.put' command\")",
+            "get bad option: ('error', 'syntax error')",
+            "get bad limit: ('error', 'value is not an integer or out of range')",
+            "session ttl: 60",
+            "lock key is the session's: True",
+            "lock token is the key's create revision: True",
+            "trylock by another connection: None",
+            "lock with timeout by another connection: None",
+            "it waited: True",
+            "unlock by a connection that does not hold it: 0",
+            "unlock: 1",
+            "the next holder's token is greater: True",
+            "a closed connection's lock is gone: 0",
+            "ping: True",
+        ]
+        for line in expected {
+            #expect(lines.contains(line), "missing: \(line)\nin:\n\(outputs[0])")
+        }
+    }
+
+    @Test func redisPyPassThroughBehavesAsRedisItself() async throws {
+        try await withRESPProxy { proxy in
+            for (version, parser) in [("2", "python"), ("3", "hiredis")] {
+                let direct = try await redisPy(["passthrough", String(proxy.redisPort), version, parser])
+                let through = try await redisPy(["passthrough", String(proxy.port), version, parser])
+                #expect(direct.status == 0, "\(direct.output)\(direct.error)")
+                #expect(through.status == 0, "\(through.output)\(through.error)")
+                #expect(through.output == direct.output)
+                #expect(direct.output.contains("watch conflict: 'WatchError'") && direct.output.contains("message: ('message', b'pt:chan', b'hello')"),
+                        "\(direct.output)")
+            }
+        }
+    }
+
+    @Test func coordLockExcludesAcrossEightPythonProcessesWithIncreasingFencingTokens() async throws {
+        try await withRESPProxy { proxy in
+            let log = FileManager.default.temporaryDirectory.appendingPathComponent("resp-locks-\(UUID().uuidString)").path
+            defer { unlink(log) }
+            let workers = (0..<8).map { _ in
+                Task { try await redisPy(["lockers", String(proxy.port), "shared", "15", log], timeout: .seconds(300)) }
+            }
+            for worker in workers {
+                let result = try await worker.value
+                #expect(result.status == 0, "\(result.output)\(result.error)")
+            }
+            let lines = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").map { $0.split(separator: " ") }
+            #expect(lines.count == 8 * 15 * 2)
+            var tokens: [Int64] = []
+            for index in stride(from: 0, to: lines.count - 1, by: 2) {
+                let (enter, leave) = (lines[index], lines[index + 1])
+                #expect(enter.first == "in" && leave.first == "out" && enter[1] == leave[1] && enter[2] == leave[2],
+                        "holds overlap at line \(index): \(enter) \(leave)")
+                tokens.append(Int64(enter[2]) ?? 0)
+            }
+            #expect(tokens == tokens.sorted() && Set(tokens).count == tokens.count, "fencing tokens not strictly increasing: \(tokens)")
+        }
+    }
+
+    @Test func aKilledHoldersLockIsFreeAtOnceNotAfterItsTTL() async throws {
+        try await withRESPProxy { proxy in
+            let python = try await redisPython()
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("resp-hold-\(UUID().uuidString)").path
+            defer { unlink(file) }
+            let holder = try ChildProcess.spawn(python, arguments: [redisPyScript, "hold", String(proxy.port), "report", file], logPath: file + ".log")
+            defer { unlink(file + ".log") }
+            #expect(await eventually(timeout: .seconds(60)) { FileManager.default.fileExists(atPath: file) })
+            let heldToken = Int64(((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+            #expect(heldToken > 0)
+            let busy = try await redisCLI(proxy.port, ["COORD.TRYLOCK", "report"])
+            #expect(busy.output == "\n", "the lock was free while held: \(busy.output)")
+            await holder.terminate(signal: SIGKILL)
+            // The session TTL is 60 s: the lock comes free because the connection closed.
+            let started = ContinuousClock.now
+            let next = try await redisCLI(proxy.port, ["COORD.LOCK", "report", "TIMEOUT", "20000"])
+            let waited = ContinuousClock.now - started
+            let fields = next.output.split(separator: "\n")
+            #expect(fields.count == 2 && (Int64(fields[1]) ?? 0) > heldToken, "\(next.output)\(next.error)")
+            #expect(waited < .seconds(20), "waited \(waited)")
+        }
+    }
+
+    @Test func aClientKilledWhileWaitingForALockLeavesNoWaiterKey() async throws {
+        try await withRESPProxy { proxy in
+            let python = try await redisPython()
+            // This test holds the lock through the store, as another process would.
+            let store = proxy.store
+            let holderLease = try await store.grantLease(ttl: 60)
+            _ = try await store.put("gate/holder", "x", options: PutOptions(lease: holderLease.id))
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("resp-wait-\(UUID().uuidString)").path
+            defer { unlink(file); unlink(file + ".log") }
+            let waiter = try ChildProcess.spawn(python, arguments: [redisPyScript, "wait", String(proxy.port), "gate", file], logPath: file + ".log")
+            #expect(await eventually(timeout: .seconds(60)) { FileManager.default.fileExists(atPath: file) })
+            let waiting = await Self.waitForKeyCount(store, prefix: "gate/", count: 2, timeout: .seconds(30))
+            #expect(waiting, "the waiter's key never appeared")
+            await waiter.terminate(signal: SIGKILL)
+            let gone = await Self.waitForKeyCount(store, prefix: "gate/", count: 1, timeout: .seconds(10))
+            #expect(gone, "the killed waiter's key stayed")
+            let leases = try await store.leases()
+            #expect(leases == [holderLease.id])
+        }
+    }
+
+    /// Waits until `count` keys start with `prefix`.
+    static func waitForKeyCount(_ store: CoordinationClient, prefix: String, count: Int64, timeout: Duration) async -> Bool {
+        let key = Array(prefix.utf8)
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let found = try? await store.get(key, options: .prefix(key)).count, found == count { return true }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return false
+    }
+
+    @Test func malformedRESPGetsRedisProtocolErrorThenTheConnectionCloses() async throws {
+        try await withRESPProxy { proxy in
+            let script = """
+                import socket, sys
+                s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+                s.sendall(b"*1\\r\\n$4\\r\\nPING\\r\\n*1\\r\\n+PING\\r\\nGET after\\r\\n")
+                data = b""
+                while True:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                print(repr(data))
+                """
+            let python = try #require(ChildProcess.locate("python3"))
+            let result = try await ChildProcess.run(python, ["-c", script, String(proxy.port)], environment: ["PATH": "/usr/bin:/bin"])
+            #expect(result.output == "b\"+PONG\\r\\n-ERR Protocol error: expected '$', got '+'\\r\\n\"\n", "\(result.output)\(result.error)")
+        }
+    }
+
+    @Test func whenRedisHasAPasswordClientsMustAuthenticateBeforeCoordinationCommands() async throws {
+        try await withRESPProxy(redisPassword: "s3cret") { proxy in
+            func cli(_ arguments: String...) async throws -> String {
+                try await redisCLI(proxy.port, ["--no-auth-warning"] + arguments).output
+            }
+            #expect(try await cli("COORD.PUT", "k", "v") == "NOAUTH Authentication required.\n\n")
+            #expect(try await cli("GET", "k") == "NOAUTH Authentication required.\n\n")
+            let wrong = try await redisCLI(proxy.port, ["--no-auth-warning", "-a", "wrong", "COORD.PUT", "k", "v"])
+            #expect(wrong.error.contains("WRONGPASS invalid username-password pair"), "\(wrong)")
+            #expect(wrong.output == "NOAUTH Authentication required.\n\n", "\(wrong)")
+            #expect(try await cli("-a", "s3cret", "COORD.PUT", "k", "v") == "revision\n2\n")
+            #expect(try await cli("-a", "s3cret", "SET", "plain", "v") == "OK\n")
+            // coordproxy's own connection (with the password) is never lent to a client.
+            #expect(try await cli("CLIENT", "LIST").hasPrefix("NOAUTH"))
+        }
+    }
+
+    @Test func withoutPassThroughOtherCommandsAreRefused() async throws {
+        try await withRESPProxy(configure: { $0.passthrough = false }) { proxy in
+            let result = try await redisCLI(proxy.port, ["SET", "k", "v"])
+            #expect(result.output.hasPrefix("ERR unknown command 'SET': coordproxy runs with --no-passthrough"), "\(result.output)")
+            #expect(try await redisCLI(proxy.port, ["COORD.PUT", "k", "v"]).output == "revision\n2\n")
+            #expect(try await redisCLI(proxy.port, ["PING"]).output == "PONG\n")
+        }
+    }
+}
