@@ -35,6 +35,8 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         var closeAfter = false
         /// Called with the backend's reply before it is written (AUTH, HELLO, MULTI).
         var onReply: ((ByteBuffer) -> Void)?
+        /// Watch events that must follow this reply (the COORD.WATCH that created them).
+        var then: [ByteBuffer] = []
         init(fromBackend: Bool, reply: ByteBuffer? = nil) {
             self.fromBackend = fromBackend
             self.reply = reply
@@ -57,7 +59,14 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     private let coordination: ConnectionCoordination
     /// The last coordination command, which the next one waits for.
     private var tail: Task<Void, Never>?
-    private var running: [Task<Void, Never>] = []
+    /// The connection's watches (COORD.WATCH), by watch ID.
+    private var watches: [Int64: Task<Void, Never>] = [:]
+    private var nextWatchID: Int64 = 0
+    /// Bytes of watch events written but not yet sent: past the limit, the client
+    /// reads too slowly and is disconnected (Redis's client-output-buffer-limit).
+    private var unsentPushBytes = 0
+    /// RESP2 connections with watches are in watch mode, as in subscribe mode.
+    private var inWatchMode: Bool { protocolVersion == 2 && !watches.isEmpty }
 
     init(shared: RESPFrontEndContext) {
         self.shared = shared
@@ -76,6 +85,8 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         backend?.close()
         backend = nil
         tail?.cancel()
+        for watch in watches.values { watch.cancel() }
+        watches = [:]
         let coordination = self.coordination
         Task { await coordination.close() }
         self.context = nil
@@ -114,6 +125,14 @@ final class RESPConnectionHandler: ChannelInboundHandler {
 
     private func handle(_ command: RESPCommand, context: ChannelHandlerContext) {
         let name = command.name
+        if inWatchMode && !["coord.watch", "coord.unwatch", "ping", "quit", "reset"].contains(name) {
+            reply(.error("ERR Can't execute '\(name)': only COORD.WATCH / COORD.UNWATCH / PING / QUIT / RESET are allowed in this context (RESP2 watch mode; HELLO 3 allows every command beside watches)"))
+            return
+        }
+        if name == "coord.unwatch" {
+            unwatch(command)
+            return
+        }
         if name.hasPrefix("coord.") {
             coordinationCommand(command, name: name)
             return
@@ -198,6 +217,10 @@ final class RESPConnectionHandler: ChannelInboundHandler {
             reply(.error("ERR '\(name)' cannot run inside MULTI: coordination commands are atomic on their own (use COORD.TXN for several keys)"))
             return
         }
+        if name == "coord.watch" {
+            watch(command)
+            return
+        }
         let slot = Slot(fromBackend: false)
         slots.append(slot)
         let previous = tail
@@ -244,6 +267,159 @@ final class RESPConnectionHandler: ChannelInboundHandler {
             }
             return nil
         }
+    }
+
+    // MARK: - Watches
+
+    /// The most bytes of watch events a client may leave unread (Redis's pubsub
+    /// client-output-buffer-limit hard limit, 32 MiB).
+    static let pushLimit = 32 * 1024 * 1024
+
+    /// COORD.WATCH key [PREFIX | FROMKEY | END rangeEnd] [REV r] [PREVKV] [NOPUT]
+    /// [NODELETE]: replies `[watch, id, revision]` (the watch sees every change after
+    /// `revision`, or from REV r on), then pushes `[event, id, revision, events]` for
+    /// each revision that changes the range, in order, with no gaps.
+    private func watch(_ command: RESPCommand) {
+        let key = ConnectionCoordination.rangeStart(command.bytes(1), [])
+        var options = WatchOptions()
+        var index = 2
+        do {
+            while index < command.arguments.count {
+                switch command.text(index).uppercased() {
+                case "PREFIX": options.rangeEnd = RangeOptions.prefixEnd(key); index += 1
+                case "FROMKEY": options.rangeEnd = [0]; index += 1
+                case "END":
+                    guard index + 1 < command.arguments.count else { throw RESPReplyError.syntax }
+                    options.rangeEnd = command.bytes(index + 1); index += 2
+                case "REV":
+                    guard index + 1 < command.arguments.count else { throw RESPReplyError.syntax }
+                    options.startRevision = try ConnectionCoordination.integer(command, index + 1); index += 2
+                case "PREVKV": options.prevKV = true; index += 1
+                case "NOPUT": options.noPut = true; index += 1
+                case "NODELETE": options.noDelete = true; index += 1
+                default: throw RESPReplyError.syntax
+                }
+            }
+        } catch let error as RESPReplyError {
+            reply(.error(error.text))
+            return
+        } catch {
+            reply(.error("ERR \(error)"))
+            return
+        }
+        let start = ConnectionCoordination.rangeStart(key, options.rangeEnd)
+        let slot = Slot(fromBackend: false)
+        slots.append(slot)
+        nextWatchID += 1
+        let id = nextWatchID
+        let loop = context!.eventLoop
+        let me = NIOLoopBound(self, eventLoop: loop)
+        let boundSlot = NIOLoopBound(slot, eventLoop: loop)
+        let store = shared.store
+        let previous = tail
+        var requested = options
+        // The watch counts as open at once, so that RESP2 watch mode begins with it.
+        watches[id] = Task {}
+        tail = Task {
+            await previous?.value
+            let current: Int64
+            do {
+                current = try await store.currentRevision()
+            } catch {
+                loop.execute {
+                    let handler = me.value
+                    handler.watches[id] = nil
+                    boundSlot.value.reply = handler.encode(.error(ConnectionCoordination.replyText(for: error)))
+                    handler.flushReady()
+                }
+                return
+            }
+            if requested.startRevision <= 0 { requested.startRevision = current + 1 }
+            let from = requested
+            loop.execute {
+                let handler = me.value
+                guard handler.context != nil, handler.watches[id] != nil else { return }
+                boundSlot.value.reply = handler.encode(.array([.bulk("watch"), .integer(id), .integer(from.startRevision - 1)]))
+                handler.watches[id] = Task {
+                    do {
+                        for try await response in store.watch(start, options: from) {
+                            let events = RESPValue.array(response.events.map { event in
+                                var fields: [(RESPValue, RESPValue)] = [(.bulk("type"), .bulk(event.kind == .put ? "PUT" : "DELETE")),
+                                                                          (.bulk("kv"), ConnectionCoordination.kv(event.kv))]
+                                if from.prevKV { fields.append((.bulk("prev_kv"), event.prevKV.map(ConnectionCoordination.kv) ?? .null)) }
+                                return .map(fields)
+                            })
+                            let push = RESPValue.push([.bulk("event"), .integer(id), .integer(response.header.revision), events])
+                            loop.execute { me.value.push(push, after: boundSlot.value) }
+                        }
+                    } catch is CancellationError {
+                        return
+                    } catch {
+                        // etcd cancels a watch whose start is compacted; so does this.
+                        let push = RESPValue.push([.bulk("canceled"), .integer(id), .bulk(ConnectionCoordination.replyText(for: error))])
+                        loop.execute {
+                            let handler = me.value
+                            handler.watches[id] = nil
+                            handler.push(push, after: boundSlot.value)
+                        }
+                    }
+                }
+                handler.flushReady()
+            }
+        }
+    }
+
+    /// COORD.UNWATCH [id ...]: ends the given watches (every one without IDs);
+    /// replies how many ended.
+    private func unwatch(_ command: RESPCommand) {
+        var ids: [Int64] = []
+        for index in 1..<max(command.arguments.count, 1) {
+            guard let id = Int64(command.text(index)) else {
+                reply(.error(RESPReplyError.notInteger.text))
+                return
+            }
+            ids.append(id)
+        }
+        if ids.isEmpty { ids = Array(watches.keys) }
+        var ended: Int64 = 0
+        for id in ids {
+            if let task = watches.removeValue(forKey: id) {
+                task.cancel()
+                ended += 1
+            }
+        }
+        reply(.integer(ended))
+    }
+
+    /// A watch event or cancellation: behind its COORD.WATCH reply if that is still
+    /// waiting, else at once.
+    private func push(_ value: RESPValue, after slot: Slot) {
+        guard let context else { return }
+        let buffer = encode(value)
+        if slots.contains(where: { $0 === slot }) {
+            slot.then.append(buffer)
+            return
+        }
+        writePush(buffer, context: context)
+        context.flush()
+    }
+
+    private func writePush(_ buffer: ByteBuffer, context: ChannelHandlerContext) {
+        let size = buffer.readableBytes
+        unsentPushBytes += size
+        if unsentPushBytes > Self.pushLimit {
+            shared.logger.warning("closing a RESP client that does not read its watch events (over \(Self.pushLimit / 1024 / 1024) MiB unread)",
+                                  metadata: ["remote": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")"])
+            for watch in watches.values { watch.cancel() }
+            watches = [:]
+            closing = true
+            context.close(promise: nil)
+            return
+        }
+        let me = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.whenComplete { _ in me.value.unsentPushBytes -= size }
+        context.write(wrapOutboundOut(buffer), promise: promise)
     }
 
     // MARK: - Pass-through
@@ -360,6 +536,7 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         while let first = slots.first, let reply = first.reply {
             slots.removeFirst()
             context.write(wrapOutboundOut(reply), promise: nil)
+            for push in first.then { writePush(push, context: context) }
             wrote = true
             if first.closeAfter {
                 let channel = context.channel

@@ -110,6 +110,35 @@ import Testing
         }
     }
 
+    @Test func coordWatchReplaysHistoryThenPushesEveryLiveEventInOrderInRESP2AndRESP3() async throws {
+        var outputs: [String] = []
+        for (version, parser) in [("2", "python"), ("3", "python"), ("2", "hiredis"), ("3", "hiredis")] {
+            let output = try await withRESPProxy { proxy in
+                let result = try await redisPy(["watch", String(proxy.port), version, parser], timeout: .seconds(60))
+                #expect(result.status == 0, "RESP\(version) \(parser): \(result.output)\(result.error)")
+                return result.output
+            }
+            outputs.append(output)
+        }
+        let watchMode = "a command in watch mode: ('error', \"Can't execute 'coord.get': only COORD.WATCH / COORD.UNWATCH / PING / QUIT / RESET are allowed in this context (RESP2 watch mode; HELLO 3 allows every command beside watches)\")"
+        // RESP2 connections are in watch mode while they watch, as in subscribe mode.
+        #expect(outputs[0].contains(watchMode) && outputs[2].contains(watchMode))
+        let normalized = outputs.map { $0.split(separator: "\n").filter { $0 != watchMode }.joined(separator: "\n") }
+        #expect(Set(normalized).count == 1, "\(outputs)")
+        #expect(normalized[0] == """
+            watch reply: [b'watch', 1, 1]
+            replayed: ('event', 1, 5, [('PUT', b'w/a', b'1', 1, None), ('PUT', b'w/b', b'2', 1, None), ('DELETE', b'w/a', b'', 0, b'1')])
+            live: ('event', 1, 6, [('PUT', b'w/c', b'3', 1, None)])
+            live: ('event', 1, 7, [('PUT', b'w/c', b'4', 2, b'3')])
+            second watch reply: [b'watch', 2, 7]
+            both watches: [('event', 1, 8, [('DELETE', b'w/b', b'', 0, b'2')]), ('event', 2, 8, [('DELETE', b'w/b', b'', 0, None)])]
+            unwatch: 2
+            a command after unwatch: 1
+            compacted watch reply: [b'watch', 3, 2]
+            compacted watch: ('canceled', 3, 'COMPACTED required revision has been compacted (etcdserver: mvcc: required revision has been compacted; compacted at revision 6)')
+            """)
+    }
+
     @Test func redisPyPassThroughBehavesAsRedisItself() async throws {
         try await withRESPProxy { proxy in
             for (version, parser) in [("2", "python"), ("3", "hiredis")] {

@@ -7,6 +7,8 @@ Usage:
   redispy_check.py passthrough <port> <protocol> <parser>
       redis-py's own usage patterns (pipelines, MULTI/EXEC with WATCH, pub/sub,
       BLPOP, scripts); run against coordproxy and against Redis, the output must match
+  redispy_check.py watch <port> <protocol> <parser>
+      COORD.WATCH: history from a revision, live events, watch mode, UNWATCH, compaction
   redispy_check.py lockers <port> <name> <iterations> <log>
       takes and releases the lock <name> <iterations> times, logging
       "in <pid> <token>" and "out <pid> <token>" around each hold
@@ -189,6 +191,59 @@ def passthrough(port, protocol, parser):
     r.close()
 
 
+def event_form(message):
+    """A watch push, normalized: [kind, id, revision, [(type, key, value, version, prev value)]]."""
+    kind = message[0].decode()
+    if kind != "event":
+        return (kind, message[1], message[2].decode() if isinstance(message[2], bytes) else message[2])
+    events = []
+    for event in message[3]:
+        event = as_map(event)
+        kv = as_map(event["kv"])
+        prev = as_map(event["prev_kv"])["value"] if event.get("prev_kv") else None
+        events.append((event["type"].decode(), kv["key"], kv["value"], kv["version"], prev))
+    return (kind, message[1], message[2], events)
+
+
+def watch(port, protocol, parser):
+    """COORD.WATCH from a revision (history replayed), then live events, RESP2 watch
+    mode, COORD.UNWATCH, and a watch from a compacted revision."""
+    r = connect(port, protocol, parser)
+    x = r.execute_command
+    x("COORD.PUT", "w/a", "1")          # revision 2
+    x("COORD.PUT", "w/b", "2")          # 3
+    x("COORD.DEL", "w/a")               # 4
+    x("COORD.PUT", "other", "x")        # 5, outside the range
+    conn = r.connection_pool.get_connection()
+    read = (lambda: conn.read_response(push_request=True)) if int(protocol) == 3 else conn.read_response
+    conn.send_command("COORD.WATCH", "w/", "PREFIX", "REV", "2", "PREVKV")
+    show("watch reply", conn.read_response())
+    # History comes in one message, as etcd sends it: the events up to the current revision.
+    show("replayed", event_form(read()))
+    x("COORD.PUT", "w/c", "3")          # 6, live
+    x("COORD.PUT", "w/c", "4")          # 7
+    show("live", event_form(read()))
+    show("live", event_form(read()))
+    conn.send_command("COORD.WATCH", "w/b")
+    show("second watch reply", conn.read_response())
+    if int(protocol) == 2:
+        conn.send_command("COORD.GET", "w/b")
+        show("a command in watch mode", error_of(conn.read_response))
+    x("COORD.DEL", "w/b")               # 8: both watches see it
+    first, second = event_form(read()), event_form(read())
+    show("both watches", sorted([first, second]))
+    conn.send_command("COORD.UNWATCH")
+    show("unwatch", conn.read_response())
+    conn.send_command("COORD.GET", "w/c", "COUNTONLY")
+    show("a command after unwatch", as_map(conn.read_response())["count"])
+    x("COORD.COMPACT", "6")
+    conn.send_command("COORD.WATCH", "w/", "PREFIX", "REV", "3")
+    show("compacted watch reply", conn.read_response())
+    show("compacted watch", event_form(read()))
+    r.connection_pool.release(conn)
+    r.connection_pool.disconnect()
+
+
 def lockers(port, name, iterations, log):
     r = connect(port)
     pid = os.getpid()
@@ -227,4 +282,4 @@ def wait(port, name, path):
 
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
-    {"coord": coord, "passthrough": passthrough, "lockers": lockers, "hold": hold, "wait": wait}[mode](*args)
+    {"coord": coord, "passthrough": passthrough, "watch": watch, "lockers": lockers, "hold": hold, "wait": wait}[mode](*args)
