@@ -88,6 +88,21 @@ public enum RESPCommandTable {
         .init(name: "COORD.UNLOCK", arity: 2, flags: ["write"],
               summary: "Releases a lock this connection holds (or leaves its queue); replies 1, or 0 when it held nothing.",
               syntax: "name", complexity: "O(log N)"),
+        .init(name: "COORD.CAMPAIGN", arity: -3, flags: ["write", "blocking"],
+              summary: "Campaigns in an election with a value and waits to be elected; replies the leader key (name, key, revision, lease), or nil on timeout. A leader campaigning again proclaims.",
+              syntax: "name value [TIMEOUT ms]", complexity: "O(log N) per candidate ahead"),
+        .init(name: "COORD.PROCLAIM", arity: 3, flags: ["write"],
+              summary: "Publishes a new value as this connection's leader, without another election.",
+              syntax: "name value", complexity: "O(log N)"),
+        .init(name: "COORD.RESIGN", arity: 2, flags: ["write"],
+              summary: "Gives up leadership (or the place in line) so that the next candidate is elected; replies 1, or 0 when not campaigning.",
+              syntax: "name", complexity: "O(log N)"),
+        .init(name: "COORD.LEADER", arity: 2, flags: ["readonly"],
+              summary: "The leader's key-value (key, value, revisions, version, lease), or nil when nobody campaigns.",
+              syntax: "name", complexity: "O(log N)"),
+        .init(name: "COORD.OBSERVE", arity: 2, flags: ["readonly", "pubsub"],
+              summary: "Follows an election: replies [observe, id], then pushes [leader, id, kv] for the leader's value and every later one, in order (RESP2: watch mode).",
+              syntax: "name", complexity: "O(1) per value"),
     ]
 
     static let byName: [String: RESPCommandSpec] = Dictionary(uniqueKeysWithValues: commands.map { ($0.name.lowercased(), $0) })

@@ -23,6 +23,7 @@ actor ConnectionCoordination {
     private(set) var sessionTTL: Int64
     private var session: Session?
     private var mutexes: [String: DistributedMutex] = [:]
+    private var elections: [String: Election] = [:]
     private var closed = false
 
     init(store: CoordinationClient, sessionTTL: Int64, logger: Logger) {
@@ -42,6 +43,7 @@ actor ConnectionCoordination {
         }
         session = opened
         mutexes = [:]
+        elections = [:]
         logger.debug("RESP session opened", metadata: ["lease": "\(String(opened.lease, radix: 16))", "ttl": "\(opened.ttl)"])
         return opened
     }
@@ -77,6 +79,10 @@ actor ConnectionCoordination {
             case "coord.lock": return try await lock(command)
             case "coord.trylock": return try await tryLock(command)
             case "coord.unlock": return try await unlock(command)
+            case "coord.campaign": return try await campaign(command)
+            case "coord.proclaim": return try await proclaim(command)
+            case "coord.resign": return try await resign(command)
+            case "coord.leader": return try await leader(command)
             default: return .error("ERR unknown command '\(command.text(0))'")
             }
         } catch let error as RESPReplyError {
@@ -303,6 +309,90 @@ actor ConnectionCoordination {
         return .integer(1)
     }
 
+    // MARK: - Elections
+
+    private func election(_ name: String) async throws -> Election {
+        let session = try await currentSession()
+        if let election = elections[name], election.session === session { return election }
+        let election = Election(session: session, prefix: name)
+        elections[name] = election
+        return election
+    }
+
+    private func leaderKey(_ name: String, _ election: Election) -> RESPValue {
+        .fields(["name": .bulk(name), "key": .bulkString(election.key), "revision": .integer(election.revision),
+                 "lease": .integer(election.session.lease)])
+    }
+
+    /// COORD.CAMPAIGN name value [TIMEOUT ms]: waits to be elected; replies the
+    /// leader key (name, key, revision, lease), or nil on timeout.
+    private func campaign(_ command: RESPCommand) async throws -> RESPValue {
+        var timeout: Duration?
+        if command.arguments.count > 3 {
+            guard command.arguments.count == 5, command.text(3).uppercased() == "TIMEOUT" else { throw RESPReplyError.syntax }
+            let milliseconds = try Self.integer(command, 4)
+            guard milliseconds >= 0 else { throw RESPReplyError.err("timeout is negative") }
+            if milliseconds > 0 { timeout = .milliseconds(milliseconds) }
+        }
+        let name = command.text(1)
+        let election = try await election(name)
+        if election.isLeader {
+            try await election.proclaim(command.bytes(2))
+            return leaderKey(name, election)
+        }
+        let value = command.bytes(2)
+        if let timeout {
+            let elected = try await withThrowingTaskGroup(of: Bool.self) { group in
+                group.addTask { try await election.campaign(value); return true }
+                group.addTask { try await Task.sleep(for: timeout); return false }
+                let first = try await group.next()!
+                group.cancelAll()
+                return first
+            }
+            guard elected else { return .nullArray }
+        } else {
+            try await election.campaign(value)
+        }
+        return leaderKey(name, election)
+    }
+
+    /// COORD.PROCLAIM name value: publishes a new value as this connection's leader.
+    private func proclaim(_ command: RESPCommand) async throws -> RESPValue {
+        let name = command.text(1)
+        guard let election = elections[name], election.isLeader else {
+            throw RESPReplyError.err("not leader: this connection does not lead election '\(name)' (election: not leader)")
+        }
+        try await election.proclaim(command.bytes(2))
+        return .fields(["revision": .integer(election.header?.revision ?? 0)])
+    }
+
+    /// COORD.RESIGN name: gives up leadership (or the place in line); 1, or 0 when
+    /// this connection was not campaigning.
+    private func resign(_ command: RESPCommand) async throws -> RESPValue {
+        let name = command.text(1)
+        guard let election = elections[name], election.isLeader else { return .integer(0) }
+        try await election.resign()
+        elections[name] = nil
+        return .integer(1)
+    }
+
+    /// COORD.LEADER name: the leader's key-value, or nil when nobody campaigns.
+    private func leader(_ command: RESPCommand) async throws -> RESPValue {
+        let prefix = Array((command.text(1) + "/").utf8)
+        var options = RangeOptions.prefix(prefix)
+        options.sortTarget = .create
+        options.sortOrder = .ascend
+        options.limit = 1
+        let response = try await store.get(prefix, options: options)
+        guard let kv = response.kvs.first else { return .null }
+        return Self.kv(kv)
+    }
+
+    /// The leader values of election `name`, for COORD.OBSERVE (on this connection's session).
+    func observe(_ name: String) async throws -> AsyncThrowingStream<KeyValue, any Error> {
+        try await election(name).observe()
+    }
+
     // MARK: - Values and errors
 
     /// `"" FROMKEY` is every key (etcdctl's `get "" --from-key` sends the key "\0").
@@ -349,6 +439,7 @@ actor ConnectionCoordination {
             }
         }
         if let error = error as? ConcurrencyError {
+            if error.code == .notLeader { return "ERR not leader (election: not leader)" }
             if error.code == .sessionExpired { return "SESSIONLOST this connection's session lease was lost: \(error.message)" }
             return "ERR \(error.message)"
         }

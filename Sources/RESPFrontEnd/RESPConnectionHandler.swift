@@ -125,8 +125,8 @@ final class RESPConnectionHandler: ChannelInboundHandler {
 
     private func handle(_ command: RESPCommand, context: ChannelHandlerContext) {
         let name = command.name
-        if inWatchMode && !["coord.watch", "coord.unwatch", "ping", "quit", "reset"].contains(name) {
-            reply(.error("ERR Can't execute '\(name)': only COORD.WATCH / COORD.UNWATCH / PING / QUIT / RESET are allowed in this context (RESP2 watch mode; HELLO 3 allows every command beside watches)"))
+        if inWatchMode && !["coord.watch", "coord.observe", "coord.unwatch", "ping", "quit", "reset"].contains(name) {
+            reply(.error("ERR Can't execute '\(name)': only COORD.WATCH / COORD.OBSERVE / COORD.UNWATCH / PING / QUIT / RESET are allowed in this context (RESP2 watch mode; HELLO 3 allows every command beside watches)"))
             return
         }
         if name == "coord.unwatch" {
@@ -221,6 +221,10 @@ final class RESPConnectionHandler: ChannelInboundHandler {
             watch(command)
             return
         }
+        if name == "coord.observe" {
+            observe(command)
+            return
+        }
         let slot = Slot(fromBackend: false)
         slots.append(slot)
         let previous = tail
@@ -308,6 +312,65 @@ final class RESPConnectionHandler: ChannelInboundHandler {
             return
         }
         let start = ConnectionCoordination.rangeStart(key, options.rangeEnd)
+        let store = shared.store
+        let requested = options
+        openStream { id in
+            var from = requested
+            if from.startRevision <= 0 { from.startRevision = try await store.currentRevision() + 1 }
+            let watching = from
+            let pushes = AsyncThrowingStream<RESPValue, any Error> { continuation in
+                let task = Task {
+                    do {
+                        for try await response in store.watch(start, options: watching) {
+                            let events = RESPValue.array(response.events.map { event in
+                                var fields: [(RESPValue, RESPValue)] = [(.bulk("type"), .bulk(event.kind == .put ? "PUT" : "DELETE")),
+                                                                          (.bulk("kv"), ConnectionCoordination.kv(event.kv))]
+                                if watching.prevKV { fields.append((.bulk("prev_kv"), event.prevKV.map(ConnectionCoordination.kv) ?? .null)) }
+                                return .map(fields)
+                            })
+                            continuation.yield(.push([.bulk("event"), .integer(id), .integer(response.header.revision), events]))
+                        }
+                        continuation.finish()
+                    } catch {
+                        continuation.finish(throwing: error)
+                    }
+                }
+                continuation.onTermination = { _ in task.cancel() }
+            }
+            return (.array([.bulk("watch"), .integer(id), .integer(watching.startRevision - 1)]), pushes)
+        }
+    }
+
+    /// COORD.OBSERVE name: replies `[observe, id]`, then pushes `[leader, id, kv]` with
+    /// the leader's value (once there is a leader) and every later proclamation and
+    /// new leader's value, in revision order.
+    private func observe(_ command: RESPCommand) {
+        let coordination = self.coordination
+        let name = command.text(1)
+        openStream { id in
+            let values = try await coordination.observe(name)
+            let pushes = AsyncThrowingStream<RESPValue, any Error> { continuation in
+                let task = Task {
+                    do {
+                        for try await kv in values {
+                            continuation.yield(.push([.bulk("leader"), .integer(id), ConnectionCoordination.kv(kv)]))
+                        }
+                        continuation.finish()
+                    } catch {
+                        continuation.finish(throwing: error)
+                    }
+                }
+                continuation.onTermination = { _ in task.cancel() }
+            }
+            return (.array([.bulk("observe"), .integer(id)]), pushes)
+        }
+    }
+
+    /// Opens a stream of pushes (a watch, an observation) after the connection's
+    /// earlier coordination commands: `open` runs in their order and gives the reply
+    /// and the pushes, which follow the reply, in order; an error ends the stream with
+    /// a `[canceled, id, error]` push (as etcd cancels a watch whose start is compacted).
+    private func openStream(_ open: @escaping @Sendable (Int64) async throws -> (RESPValue, AsyncThrowingStream<RESPValue, any Error>)) {
         let slot = Slot(fromBackend: false)
         slots.append(slot)
         nextWatchID += 1
@@ -315,16 +378,14 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         let loop = context!.eventLoop
         let me = NIOLoopBound(self, eventLoop: loop)
         let boundSlot = NIOLoopBound(slot, eventLoop: loop)
-        let store = shared.store
         let previous = tail
-        var requested = options
-        // The watch counts as open at once, so that RESP2 watch mode begins with it.
+        // The stream counts as open at once, so that RESP2 watch mode begins with it.
         watches[id] = Task {}
         tail = Task {
             await previous?.value
-            let current: Int64
+            let opened: (RESPValue, AsyncThrowingStream<RESPValue, any Error>)
             do {
-                current = try await store.currentRevision()
+                opened = try await open(id)
             } catch {
                 loop.execute {
                     let handler = me.value
@@ -334,28 +395,19 @@ final class RESPConnectionHandler: ChannelInboundHandler {
                 }
                 return
             }
-            if requested.startRevision <= 0 { requested.startRevision = current + 1 }
-            let from = requested
+            let (reply, pushes) = opened
             loop.execute {
                 let handler = me.value
                 guard handler.context != nil, handler.watches[id] != nil else { return }
-                boundSlot.value.reply = handler.encode(.array([.bulk("watch"), .integer(id), .integer(from.startRevision - 1)]))
+                boundSlot.value.reply = handler.encode(reply)
                 handler.watches[id] = Task {
                     do {
-                        for try await response in store.watch(start, options: from) {
-                            let events = RESPValue.array(response.events.map { event in
-                                var fields: [(RESPValue, RESPValue)] = [(.bulk("type"), .bulk(event.kind == .put ? "PUT" : "DELETE")),
-                                                                          (.bulk("kv"), ConnectionCoordination.kv(event.kv))]
-                                if from.prevKV { fields.append((.bulk("prev_kv"), event.prevKV.map(ConnectionCoordination.kv) ?? .null)) }
-                                return .map(fields)
-                            })
-                            let push = RESPValue.push([.bulk("event"), .integer(id), .integer(response.header.revision), events])
+                        for try await push in pushes {
                             loop.execute { me.value.push(push, after: boundSlot.value) }
                         }
                     } catch is CancellationError {
                         return
                     } catch {
-                        // etcd cancels a watch whose start is compacted; so does this.
                         let push = RESPValue.push([.bulk("canceled"), .integer(id), .bulk(ConnectionCoordination.replyText(for: error))])
                         loop.execute {
                             let handler = me.value

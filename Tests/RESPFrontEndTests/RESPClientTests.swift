@@ -120,7 +120,7 @@ import Testing
             }
             outputs.append(output)
         }
-        let watchMode = "a command in watch mode: ('error', \"Can't execute 'coord.get': only COORD.WATCH / COORD.UNWATCH / PING / QUIT / RESET are allowed in this context (RESP2 watch mode; HELLO 3 allows every command beside watches)\")"
+        let watchMode = "a command in watch mode: ('error', \"Can't execute 'coord.get': only COORD.WATCH / COORD.OBSERVE / COORD.UNWATCH / PING / QUIT / RESET are allowed in this context (RESP2 watch mode; HELLO 3 allows every command beside watches)\")"
         // RESP2 connections are in watch mode while they watch, as in subscribe mode.
         #expect(outputs[0].contains(watchMode) && outputs[2].contains(watchMode))
         let normalized = outputs.map { $0.split(separator: "\n").filter { $0 != watchMode }.joined(separator: "\n") }
@@ -137,6 +137,32 @@ import Testing
             compacted watch reply: [b'watch', 3, 2]
             compacted watch: ('canceled', 3, 'COMPACTED required revision has been compacted (etcdserver: mvcc: required revision has been compacted; compacted at revision 6)')
             """)
+    }
+
+    @Test func electionsCampaignProclaimResignAndObserveAcrossConnections() async throws {
+        for (version, parser) in [("2", "python"), ("3", "hiredis")] {
+            try await withRESPProxy { proxy in
+                let result = try await redisPy(["election", String(proxy.port), version, parser], timeout: .seconds(60))
+                #expect(result.status == 0, "RESP\(version) \(parser): \(result.output)\(result.error)")
+                #expect(result.output == """
+                    leader before: None
+                    observe reply: [b'observe', 1]
+                    a elected: (b'jobs', True, True)
+                    observed: ('leader', b'a1')
+                    b campaign timeout: None
+                    a proclaims: True
+                    observed: ('leader', b'a2')
+                    b proclaims: ('error', "not leader: this connection does not lead election 'jobs' (election: not leader)")
+                    leader: b'a2'
+                    a resigns: 1
+                    b elected after a resigned: True
+                    observed: ('leader', b'b1')
+                    a resigns again: 0
+                    leader after b's connection closed: None
+
+                    """, "RESP\(version) \(parser)")
+            }
+        }
     }
 
     @Test func redisPyPassThroughBehavesAsRedisItself() async throws {

@@ -9,6 +9,8 @@ Usage:
       BLPOP, scripts); run against coordproxy and against Redis, the output must match
   redispy_check.py watch <port> <protocol> <parser>
       COORD.WATCH: history from a revision, live events, watch mode, UNWATCH, compaction
+  redispy_check.py election <port> <protocol> <parser>
+      COORD.CAMPAIGN, PROCLAIM, RESIGN, LEADER and OBSERVE across three connections
   redispy_check.py lockers <port> <name> <iterations> <log>
       takes and releases the lock <name> <iterations> times, logging
       "in <pid> <token>" and "out <pid> <token>" around each hold
@@ -244,6 +246,49 @@ def watch(port, protocol, parser):
     r.connection_pool.disconnect()
 
 
+def election(port, protocol, parser):
+    """COORD.CAMPAIGN / PROCLAIM / RESIGN / LEADER / OBSERVE across three connections."""
+    a, b, o = (connect(port, protocol, parser) for _ in range(3))
+    observer = o.connection_pool.get_connection()
+    read = (lambda: observer.read_response(push_request=True)) if int(protocol) == 3 else observer.read_response
+    def leader_value(message):
+        return (message[0].decode(), as_map(message[2])["value"])
+    show("leader before", a.execute_command("COORD.LEADER", "jobs"))
+    observer.send_command("COORD.OBSERVE", "jobs")
+    show("observe reply", observer.read_response())
+    elected = as_map(a.execute_command("COORD.CAMPAIGN", "jobs", "a1"))
+    show("a elected", (elected["name"], elected["key"].startswith(b"jobs/"), elected["revision"] > 0))
+    show("observed", leader_value(read()))
+    show("b campaign timeout", b.execute_command("COORD.CAMPAIGN", "jobs", "b1", "TIMEOUT", "300"))
+    show("a proclaims", as_map(a.execute_command("COORD.PROCLAIM", "jobs", "a2"))["revision"] > elected["revision"])
+    show("observed", leader_value(read()))
+    show("b proclaims", error_of(lambda: b.execute_command("COORD.PROCLAIM", "jobs", "x")))
+    show("leader", as_map(a.execute_command("COORD.LEADER", "jobs"))["value"])
+    result = {}
+    def campaign_b():
+        result["b"] = as_map(b.execute_command("COORD.CAMPAIGN", "jobs", "b1"))
+    thread = threading.Thread(target=campaign_b)
+    thread.start()
+    # b waits in line behind a: two candidates.
+    deadline = time.monotonic() + 10
+    while as_map(a.execute_command("COORD.GET", "jobs/", "PREFIX", "COUNTONLY"))["count"] != 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    show("a resigns", a.execute_command("COORD.RESIGN", "jobs"))
+    thread.join(10)
+    show("b elected after a resigned", result.get("b", {}).get("revision", 0) > elected["revision"])
+    show("observed", leader_value(read()))
+    show("a resigns again", a.execute_command("COORD.RESIGN", "jobs"))
+    # b's connection closes while leading: its session goes, and so does its leadership.
+    b.connection_pool.disconnect()
+    deadline = time.monotonic() + 10
+    while a.execute_command("COORD.LEADER", "jobs") is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    show("leader after b's connection closed", a.execute_command("COORD.LEADER", "jobs"))
+    o.connection_pool.release(observer)
+    for client in (a, o):
+        client.connection_pool.disconnect()
+
+
 def lockers(port, name, iterations, log):
     r = connect(port)
     pid = os.getpid()
@@ -282,4 +327,4 @@ def wait(port, name, path):
 
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
-    {"coord": coord, "passthrough": passthrough, "watch": watch, "lockers": lockers, "hold": hold, "wait": wait}[mode](*args)
+    {"coord": coord, "passthrough": passthrough, "watch": watch, "election": election, "lockers": lockers, "hold": hold, "wait": wait}[mode](*args)
