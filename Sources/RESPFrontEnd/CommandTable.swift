@@ -103,6 +103,12 @@ public enum RESPCommandTable {
         .init(name: "COORD.OBSERVE", arity: 2, flags: ["readonly", "pubsub"],
               summary: "Follows an election: replies [observe, id], then pushes [leader, id, kv] for the leader's value and every later one, in order (RESP2: watch mode).",
               syntax: "name", complexity: "O(1) per value"),
+        .init(name: "COORD.FORTRESS", arity: -3, flags: ["write", "blocking"],
+              summary: "juju's fortress, shared by every client of the store: UNLOCK opens the gate; LOCKDOWN shuts it and waits until every visit has left; VISIT waits until it is open and stays inside until LEAVE (or the connection closes). Timeouts reply nil.",
+              syntax: "UNLOCK name | LOCKDOWN name [TIMEOUT ms] | VISIT name [TIMEOUT ms] | LEAVE name", complexity: "O(V) for V visits"),
+        .init(name: "COORD.SEMAPHORE", arity: -3, flags: ["write", "blocking"],
+              summary: "A counting semaphore of N permits, first come first served, held on this connection's session; timeouts and a busy TRYACQUIRE reply nil.",
+              syntax: "ACQUIRE name permits [TIMEOUT ms] | TRYACQUIRE name permits | RELEASE name", complexity: "O(log N) per waiter ahead"),
     ]
 
     static let byName: [String: RESPCommandSpec] = Dictionary(uniqueKeysWithValues: commands.map { ($0.name.lowercased(), $0) })

@@ -3,6 +3,7 @@ import CoordinationPrimitives
 import Logging
 import NIOCore
 import RedisClient
+import Synchronization
 
 /// A Redis-style error reply: `ERR ...` and its kin.
 struct RESPReplyError: Error {
@@ -24,6 +25,10 @@ actor ConnectionCoordination {
     private var session: Session?
     private var mutexes: [String: DistributedMutex] = [:]
     private var elections: [String: Election] = [:]
+    private var semaphores: [String: CoordinationPrimitives.Semaphore] = [:]
+    /// Visits in progress, by fortress name: the task holding the visit, and the
+    /// continuation that ends it (COORD.FORTRESS LEAVE).
+    private var visits: [String: (task: Task<Void, Never>, leave: AsyncStream<Void>.Continuation)] = [:]
     private var closed = false
 
     init(store: CoordinationClient, sessionTTL: Int64, logger: Logger) {
@@ -44,6 +49,8 @@ actor ConnectionCoordination {
         session = opened
         mutexes = [:]
         elections = [:]
+        semaphores = [:]
+        visits = [:]
         logger.debug("RESP session opened", metadata: ["lease": "\(String(opened.lease, radix: 16))", "ttl": "\(opened.ttl)"])
         return opened
     }
@@ -52,6 +59,8 @@ actor ConnectionCoordination {
     /// waiter and leased key of the session, in one revision.
     func close() async {
         closed = true
+        for visit in visits.values { visit.leave.finish() }
+        visits = [:]
         guard let session else { return }
         self.session = nil
         do {
@@ -83,6 +92,8 @@ actor ConnectionCoordination {
             case "coord.proclaim": return try await proclaim(command)
             case "coord.resign": return try await resign(command)
             case "coord.leader": return try await leader(command)
+            case "coord.fortress": return try await fortress(command)
+            case "coord.semaphore": return try await semaphore(command)
             default: return .error("ERR unknown command '\(command.text(0))'")
             }
         } catch let error as RESPReplyError {
@@ -391,6 +402,138 @@ actor ConnectionCoordination {
     /// The leader values of election `name`, for COORD.OBSERVE (on this connection's session).
     func observe(_ name: String) async throws -> AsyncThrowingStream<KeyValue, any Error> {
         try await election(name).observe()
+    }
+
+    // MARK: - Fortress and semaphores
+
+    /// `TIMEOUT ms` at `index` (0 or none: wait forever).
+    private static func timeout(_ command: RESPCommand, at index: Int) throws -> Duration? {
+        guard command.arguments.count > index else { return nil }
+        guard command.arguments.count == index + 2, command.text(index).uppercased() == "TIMEOUT" else { throw RESPReplyError.syntax }
+        let milliseconds = try integer(command, index + 1)
+        guard milliseconds >= 0 else { throw RESPReplyError.err("timeout is negative") }
+        return milliseconds > 0 ? .milliseconds(milliseconds) : nil
+    }
+
+    /// Runs `body`, giving up after `timeout`: `nil` then (the body is cancelled).
+    private static func within<T: Sendable>(_ timeout: Duration?, _ body: @escaping @Sendable () async throws -> T) async throws -> T? {
+        guard let timeout else { return try await body() }
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body() }
+            group.addTask { try await Task.sleep(for: timeout); return nil }
+            let first = try await group.next()!
+            group.cancelAll()
+            return first
+        }
+    }
+
+    /// COORD.FORTRESS UNLOCK name | LOCKDOWN name [TIMEOUT ms] | VISIT name [TIMEOUT ms]
+    /// | LEAVE name: juju's fortress, shared with every client of the store.
+    private func fortress(_ command: RESPCommand) async throws -> RESPValue {
+        guard command.arguments.count >= 3 else {
+            throw RESPReplyError.err("wrong number of arguments for 'coord.fortress|\(command.text(1).lowercased())' command")
+        }
+        let sub = command.text(1).uppercased()
+        let name = command.text(2)
+        switch sub {
+        case "UNLOCK":
+            guard command.arguments.count == 3 else { throw RESPReplyError.syntax }
+            try await Fortress(session: try await currentSession(), prefix: name).unlock()
+            return .simpleString("OK")
+        case "LOCKDOWN":
+            let timeout = try Self.timeout(command, at: 3)
+            let fortress = Fortress(session: try await currentSession(), prefix: name)
+            // The gate shuts even on timeout; only the wait for the visits gives up.
+            let done = try await Self.within(timeout) { try await fortress.lockdown(); return true }
+            return done == nil ? .null : .simpleString("OK")
+        case "VISIT":
+            let timeout = try Self.timeout(command, at: 3)
+            if visits[name] != nil { throw RESPReplyError.err("this connection is already visiting fortress '\(name)'; COORD.FORTRESS LEAVE \(name) first") }
+            let fortress = Fortress(session: try await currentSession(), prefix: name)
+            let (entered, enteredNow) = AsyncStream<Void>.makeStream()
+            let (leave, leaveNow) = AsyncStream<Void>.makeStream()
+            let failure = Mutex<(any Error)?>(nil)
+            let task = Task {
+                do {
+                    try await fortress.visit {
+                        enteredNow.yield()
+                        for await _ in leave {}
+                    }
+                } catch {
+                    failure.withLock { $0 = error }
+                }
+                enteredNow.finish()
+            }
+            let inside = try await Self.within(timeout) { () -> Bool in
+                for await _ in entered { return true }
+                return false
+            }
+            guard inside == true else {
+                task.cancel()
+                leaveNow.finish()
+                await task.value
+                if inside == nil { return .null }
+                throw failure.withLock { $0 } ?? RESPReplyError.err("the visit to fortress '\(name)' ended before it began")
+            }
+            visits[name] = (task, leaveNow)
+            return .simpleString("OK")
+        case "LEAVE":
+            guard let visit = visits.removeValue(forKey: name) else { return .integer(0) }
+            visit.leave.finish()
+            await visit.task.value
+            return .integer(1)
+        default:
+            throw RESPReplyError.err("unknown subcommand '\(command.text(1))'. Try COORD.FORTRESS UNLOCK|LOCKDOWN|VISIT|LEAVE.")
+        }
+    }
+
+    /// COORD.SEMAPHORE ACQUIRE name permits [TIMEOUT ms] | TRYACQUIRE name permits |
+    /// RELEASE name: a counting semaphore, first come first served.
+    private func semaphore(_ command: RESPCommand) async throws -> RESPValue {
+        guard command.arguments.count >= 3 else {
+            throw RESPReplyError.err("wrong number of arguments for 'coord.semaphore|\(command.text(1).lowercased())' command")
+        }
+        let sub = command.text(1).uppercased()
+        let name = command.text(2)
+        func semaphore(permitsAt index: Int) async throws -> CoordinationPrimitives.Semaphore {
+            guard command.arguments.count > index else { throw RESPReplyError.syntax }
+            let permits = Int(try Self.integer(command, index))
+            let session = try await currentSession()
+            if let existing = semaphores[name], existing.session === session {
+                guard existing.permits == permits else {
+                    throw RESPReplyError.err("semaphore '\(name)' was used with \(existing.permits) permits on this connection, not \(permits)")
+                }
+                return existing
+            }
+            let created = try CoordinationPrimitives.Semaphore(session: session, prefix: name, permits: permits)
+            semaphores[name] = created
+            return created
+        }
+        switch sub {
+        case "ACQUIRE":
+            let timeout = try Self.timeout(command, at: 4)
+            let semaphore = try await semaphore(permitsAt: 3)
+            if semaphore.isHolding { return .simpleString("OK") }
+            let acquired = try await Self.within(timeout) { try await semaphore.acquire(); return true }
+            return acquired == nil ? .null : .simpleString("OK")
+        case "TRYACQUIRE":
+            guard command.arguments.count == 4 else { throw RESPReplyError.syntax }
+            let semaphore = try await semaphore(permitsAt: 3)
+            do {
+                try await semaphore.tryAcquire()
+                return .simpleString("OK")
+            } catch let error as ConcurrencyError where error.code == .locked {
+                return .null
+            }
+        case "RELEASE":
+            guard command.arguments.count == 3 else { throw RESPReplyError.syntax }
+            guard let semaphore = semaphores[name], semaphore.isHolding else { return .integer(0) }
+            try await semaphore.release()
+            semaphores[name] = nil
+            return .integer(1)
+        default:
+            throw RESPReplyError.err("unknown subcommand '\(command.text(1))'. Try COORD.SEMAPHORE ACQUIRE|TRYACQUIRE|RELEASE.")
+        }
     }
 
     // MARK: - Values and errors

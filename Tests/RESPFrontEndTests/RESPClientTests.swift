@@ -165,6 +165,35 @@ import Testing
         }
     }
 
+    @Test func fortressLockdownWaitsForEveryVisitAndSemaphoresAdmitTheirPermits() async throws {
+        for (version, parser) in [("2", "python"), ("3", "hiredis")] {
+            try await withRESPProxy { proxy in
+                let result = try await redisPy(["fortress", String(proxy.port), version, parser], timeout: .seconds(60))
+                #expect(result.status == 0, "RESP\(version) \(parser): \(result.output)\(result.error)")
+                #expect(result.output == """
+                    visit while locked: None
+                    unlock: b'OK'
+                    visit 1: b'OK'
+                    visit 2: b'OK'
+                    visit 1 again: ('error', "this connection is already visiting fortress 'charm'; COORD.FORTRESS LEAVE charm first")
+                    lockdown with visits inside: None
+                    visit after the gate shut: None
+                    order: [('leave 1', 1), ("guest 2's connection closes", None), ('lockdown', b'OK')]
+                    leave without a visit: 0
+                    acquire 1: b'OK'
+                    tryacquire 2: b'OK'
+                    tryacquire 3: None
+                    acquire 3 timeout: None
+                    other permits: ('error', "semaphore 'pool' was used with 2 permits on this connection, not 3")
+                    release 1: 1
+                    acquire 3: b'OK'
+                    release 1 again: 0
+
+                    """, "RESP\(version) \(parser)")
+            }
+        }
+    }
+
     @Test func redisPyPassThroughBehavesAsRedisItself() async throws {
         try await withRESPProxy { proxy in
             for (version, parser) in [("2", "python"), ("3", "hiredis")] {

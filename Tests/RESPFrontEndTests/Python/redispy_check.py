@@ -11,6 +11,8 @@ Usage:
       COORD.WATCH: history from a revision, live events, watch mode, UNWATCH, compaction
   redispy_check.py election <port> <protocol> <parser>
       COORD.CAMPAIGN, PROCLAIM, RESIGN, LEADER and OBSERVE across three connections
+  redispy_check.py fortress <port> <protocol> <parser>
+      COORD.FORTRESS (a guard, three guests) and COORD.SEMAPHORE (2 permits)
   redispy_check.py lockers <port> <name> <iterations> <log>
       takes and releases the lock <name> <iterations> times, logging
       "in <pid> <token>" and "out <pid> <token>" around each hold
@@ -289,6 +291,43 @@ def election(port, protocol, parser):
         client.connection_pool.disconnect()
 
 
+def fortress(port, protocol, parser):
+    """COORD.FORTRESS across a guard and three guests, and COORD.SEMAPHORE with 2 permits."""
+    g, v1, v2, v3 = (connect(port, protocol, parser) for _ in range(4))
+    F = "COORD.FORTRESS"
+    show("visit while locked", v1.execute_command(F, "VISIT", "charm", "TIMEOUT", "300"))
+    show("unlock", g.execute_command(F, "UNLOCK", "charm"))
+    show("visit 1", v1.execute_command(F, "VISIT", "charm"))
+    show("visit 2", v2.execute_command(F, "VISIT", "charm"))
+    show("visit 1 again", error_of(lambda: v1.execute_command(F, "VISIT", "charm")))
+    show("lockdown with visits inside", g.execute_command(F, "LOCKDOWN", "charm", "TIMEOUT", "300"))
+    show("visit after the gate shut", v3.execute_command(F, "VISIT", "charm", "TIMEOUT", "300"))
+    order = []
+    def lockdown():
+        order.append(("lockdown", g.execute_command(F, "LOCKDOWN", "charm")))
+    thread = threading.Thread(target=lockdown)
+    thread.start()
+    time.sleep(0.2)
+    order.append(("leave 1", v1.execute_command(F, "LEAVE", "charm")))
+    time.sleep(0.2)
+    order.append(("guest 2's connection closes", None))
+    v2.connection_pool.disconnect()
+    thread.join(20)
+    show("order", order)
+    show("leave without a visit", v1.execute_command(F, "LEAVE", "charm"))
+    S = "COORD.SEMAPHORE"
+    show("acquire 1", v1.execute_command(S, "ACQUIRE", "pool", "2"))
+    show("tryacquire 2", v3.execute_command(S, "TRYACQUIRE", "pool", "2"))
+    show("tryacquire 3", g.execute_command(S, "TRYACQUIRE", "pool", "2"))
+    show("acquire 3 timeout", g.execute_command(S, "ACQUIRE", "pool", "2", "TIMEOUT", "300"))
+    show("other permits", error_of(lambda: v1.execute_command(S, "ACQUIRE", "pool", "3")))
+    show("release 1", v1.execute_command(S, "RELEASE", "pool"))
+    show("acquire 3", g.execute_command(S, "ACQUIRE", "pool", "2", "TIMEOUT", "5000"))
+    show("release 1 again", v1.execute_command(S, "RELEASE", "pool"))
+    for client in (g, v1, v3):
+        client.connection_pool.disconnect()
+
+
 def lockers(port, name, iterations, log):
     r = connect(port)
     pid = os.getpid()
@@ -327,4 +366,4 @@ def wait(port, name, path):
 
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
-    {"coord": coord, "passthrough": passthrough, "watch": watch, "election": election, "lockers": lockers, "hold": hold, "wait": wait}[mode](*args)
+    {"coord": coord, "passthrough": passthrough, "watch": watch, "election": election, "fortress": fortress, "lockers": lockers, "hold": hold, "wait": wait}[mode](*args)
