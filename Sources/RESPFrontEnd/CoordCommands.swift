@@ -79,6 +79,7 @@ actor ConnectionCoordination {
             case "coord.put": return try await put(command)
             case "coord.get": return try await get(command)
             case "coord.del": return try await del(command)
+            case "coord.txn": return try await txn(command)
             case "coord.compact":
                 let header = try await store.compact(try Self.integer(command, 1))
                 return .fields(["revision": .integer(header.revision)])
@@ -103,107 +104,208 @@ actor ConnectionCoordination {
         }
     }
 
-    private func put(_ command: RESPCommand) async throws -> RESPValue {
-        var options = PutOptions()
-        var index = 3
-        while index < command.arguments.count {
-            switch command.text(index).uppercased() {
+    /// Reads the options of PUT, GET and DEL from `index` on, up to the end or to a
+    /// word of `stop` (COORD.TXN's THEN, ELSE and operation names).
+    private struct Options {
+        let command: RESPCommand
+        var index: Int
+        let stop: Set<String>
+
+        var atEnd: Bool { index >= command.arguments.count || stop.contains(word) }
+        var word: String { index < command.arguments.count ? command.text(index).uppercased() : "" }
+
+        mutating func next() throws -> RESPCommand.Argument {
+            guard index < command.arguments.count else { throw RESPReplyError.syntax }
+            defer { index += 1 }
+            return RESPCommand.Argument(command: command, index: index)
+        }
+    }
+
+    private func putOperation(_ options: inout Options) async throws -> KVOperation {
+        let key = try options.next().bytes
+        let value = try options.next().bytes
+        var put = PutOptions()
+        while !options.atEnd {
+            switch options.word {
             case "LEASE":
-                guard index + 1 < command.arguments.count else { throw RESPReplyError.syntax }
-                if command.text(index + 1).uppercased() == "SESSION" {
-                    options.lease = try await currentSession().lease
-                } else {
-                    options.lease = try Self.leaseID(command.text(index + 1))
-                }
-                index += 2
-            case "PREVKV": options.prevKV = true; index += 1
-            case "IGNORE_VALUE": options.ignoreValue = true; index += 1
-            case "IGNORE_LEASE": options.ignoreLease = true; index += 1
+                options.index += 1
+                let lease = try options.next().text
+                put.lease = lease.uppercased() == "SESSION" ? try await currentSession().lease : try Self.leaseID(lease)
+            case "PREVKV": put.prevKV = true; options.index += 1
+            case "IGNORE_VALUE": put.ignoreValue = true; options.index += 1
+            case "IGNORE_LEASE": put.ignoreLease = true; options.index += 1
             default: throw RESPReplyError.syntax
             }
         }
-        let response = try await store.put(command.bytes(1), command.bytes(2), options: options)
-        var fields: [(RESPValue, RESPValue)] = [(.bulk("revision"), .integer(response.header.revision))]
-        if options.prevKV { fields.append((.bulk("prev_kv"), response.prevKV.map(Self.kv) ?? .null)) }
-        return .map(fields)
+        return .put(key: key, value: value, options: put)
     }
 
-    private func range(_ command: RESPCommand, from index: inout Int, key: [UInt8]) throws -> [UInt8]? {
-        switch command.text(index).uppercased() {
-        case "PREFIX": index += 1; return RangeOptions.prefixEnd(key)
-        case "FROMKEY": index += 1; return [0]
-        case "END":
-            guard index + 1 < command.arguments.count else { throw RESPReplyError.syntax }
-            index += 2
-            return command.bytes(index - 1)
+    /// PREFIX, FROMKEY or END rangeEnd, if the next word is one of them.
+    private static func rangeEnd(_ options: inout Options, key: [UInt8]) throws -> [UInt8]? {
+        switch options.word {
+        case "PREFIX": options.index += 1; return RangeOptions.prefixEnd(key)
+        case "FROMKEY": options.index += 1; return [0]
+        case "END": options.index += 1; return try options.next().bytes
         default: return nil
         }
     }
 
-    private func get(_ command: RESPCommand) async throws -> RESPValue {
-        let key = command.bytes(1)
-        var options = RangeOptions()
-        var index = 2
-        while index < command.arguments.count {
-            if let end = try range(command, from: &index, key: key) { options.rangeEnd = end; continue }
-            let word = command.text(index).uppercased()
+    private func rangeOperation(_ options: inout Options) throws -> KVOperation {
+        let key = try options.next().bytes
+        var range = RangeOptions()
+        while !options.atEnd {
+            if let end = try Self.rangeEnd(&options, key: key) { range.rangeEnd = end; continue }
+            let word = options.word
+            options.index += 1
             func value() throws -> Int64 {
-                guard index + 1 < command.arguments.count else { throw RESPReplyError.syntax }
-                return try Self.integer(command, index + 1)
+                guard let value = Int64(try options.next().text) else { throw RESPReplyError.notInteger }
+                return value
             }
             switch word {
-            case "LIMIT": options.limit = try value(); index += 2
-            case "REV": options.revision = try value(); index += 2
-            case "MINMOD": options.minModRevision = try value(); index += 2
-            case "MAXMOD": options.maxModRevision = try value(); index += 2
-            case "MINCREATE": options.minCreateRevision = try value(); index += 2
-            case "MAXCREATE": options.maxCreateRevision = try value(); index += 2
-            case "KEYSONLY": options.keysOnly = true; index += 1
-            case "COUNTONLY": options.countOnly = true; index += 1
+            case "LIMIT": range.limit = try value()
+            case "REV": range.revision = try value()
+            case "MINMOD": range.minModRevision = try value()
+            case "MAXMOD": range.maxModRevision = try value()
+            case "MINCREATE": range.minCreateRevision = try value()
+            case "MAXCREATE": range.maxCreateRevision = try value()
+            case "KEYSONLY": range.keysOnly = true
+            case "COUNTONLY": range.countOnly = true
             case "SORT":
-                guard index + 2 < command.arguments.count else { throw RESPReplyError.syntax }
-                switch command.text(index + 1).uppercased() {
-                case "KEY": options.sortTarget = .key
-                case "VERSION": options.sortTarget = .version
-                case "CREATE": options.sortTarget = .create
-                case "MODIFY": options.sortTarget = .mod
-                case "VALUE": options.sortTarget = .value
+                switch try options.next().text.uppercased() {
+                case "KEY": range.sortTarget = .key
+                case "VERSION": range.sortTarget = .version
+                case "CREATE": range.sortTarget = .create
+                case "MODIFY": range.sortTarget = .mod
+                case "VALUE": range.sortTarget = .value
                 default: throw RESPReplyError.syntax
                 }
-                switch command.text(index + 2).uppercased() {
-                case "ASC": options.sortOrder = .ascend
-                case "DESC": options.sortOrder = .descend
+                switch try options.next().text.uppercased() {
+                case "ASC": range.sortOrder = .ascend
+                case "DESC": range.sortOrder = .descend
                 default: throw RESPReplyError.syntax
                 }
-                index += 3
             default: throw RESPReplyError.syntax
             }
         }
-        if options.limit < 0 { throw RESPReplyError.err("LIMIT must not be negative") }
-        let response = try await store.get(Self.rangeStart(key, options.rangeEnd), options: options)
-        return .fields([
-            "revision": .integer(response.header.revision),
-            "count": .integer(response.count),
-            "more": .boolean(response.more),
-            "kvs": .array(response.kvs.map(Self.kv)),
-        ])
+        if range.limit < 0 { throw RESPReplyError.err("LIMIT must not be negative") }
+        return .range(key: Self.rangeStart(key, range.rangeEnd), options: range)
+    }
+
+    private func deleteOperation(_ options: inout Options) throws -> KVOperation {
+        let key = try options.next().bytes
+        var rangeEnd: [UInt8] = []
+        var prevKV = false
+        while !options.atEnd {
+            if let end = try Self.rangeEnd(&options, key: key) { rangeEnd = end; continue }
+            guard options.word == "PREVKV" else { throw RESPReplyError.syntax }
+            prevKV = true
+            options.index += 1
+        }
+        return .delete(key: Self.rangeStart(key, rangeEnd), rangeEnd: rangeEnd, prevKV: prevKV)
+    }
+
+    private func put(_ command: RESPCommand) async throws -> RESPValue {
+        var options = Options(command: command, index: 1, stop: [])
+        guard case .put(let key, let value, let put) = try await putOperation(&options) else { throw RESPReplyError.syntax }
+        return Self.reply(.put(try await store.put(key, value, options: put)), prevKV: put.prevKV)
+    }
+
+    private func get(_ command: RESPCommand) async throws -> RESPValue {
+        var options = Options(command: command, index: 1, stop: [])
+        guard case .range(let key, let range) = try rangeOperation(&options) else { throw RESPReplyError.syntax }
+        return Self.reply(.range(try await store.get(key, options: range)), prevKV: false)
     }
 
     private func del(_ command: RESPCommand) async throws -> RESPValue {
-        let key = command.bytes(1)
-        var rangeEnd: [UInt8] = []
-        var prevKV = false
-        var index = 2
-        while index < command.arguments.count {
-            if let end = try range(command, from: &index, key: key) { rangeEnd = end; continue }
-            guard command.text(index).uppercased() == "PREVKV" else { throw RESPReplyError.syntax }
-            prevKV = true
-            index += 1
+        var options = Options(command: command, index: 1, stop: [])
+        guard case .delete(let key, let rangeEnd, let prevKV) = try deleteOperation(&options) else { throw RESPReplyError.syntax }
+        return Self.reply(.delete(try await store.delete(key, rangeEnd: rangeEnd, prevKV: prevKV)), prevKV: prevKV)
+    }
+
+    /// COORD.TXN [IF key VALUE|VERSION|CREATE|MOD|LEASE =|!=|<|> operand ...]
+    /// [THEN op ...] [ELSE op ...], each op `PUT key value [options]`, `GET key
+    /// [options]` or `DEL key [options]` (the options of COORD.PUT, GET and DEL).
+    private func txn(_ command: RESPCommand) async throws -> RESPValue {
+        let words: Set<String> = ["IF", "THEN", "ELSE", "PUT", "GET", "DEL"]
+        var options = Options(command: command, index: 1, stop: words)
+        var txn = Txn()
+        var section = "IF"
+        var seen: Set<String> = []
+        while options.index < command.arguments.count {
+            let word = options.word
+            if word == "IF" || word == "THEN" || word == "ELSE" {
+                guard !seen.contains(word), (word != "IF" || seen.isEmpty), (word != "THEN" || !seen.contains("ELSE")) else {
+                    throw RESPReplyError.err("syntax error: IF, THEN and ELSE come once each, in that order")
+                }
+                seen.insert(word)
+                section = word
+                options.index += 1
+                continue
+            }
+            if section == "IF" {
+                guard !seen.isEmpty else { throw RESPReplyError.err("syntax error: a transaction starts with IF, THEN or ELSE") }
+                let key = try options.next().bytes
+                let target = try options.next().text.uppercased()
+                guard let result = Compare.Result(rawValue: try options.next().text) else {
+                    throw RESPReplyError.err("syntax error: compare with =, !=, < or >")
+                }
+                let operand = try options.next()
+                let compared: Compare.Target
+                switch target {
+                case "VALUE": compared = .value(operand.bytes)
+                case "VERSION", "CREATE", "MOD", "LEASE":
+                    guard let number = target == "LEASE" ? (try? Self.leaseID(operand.text)) : Int64(operand.text) else { throw RESPReplyError.notInteger }
+                    compared = target == "VERSION" ? .version(number) : target == "CREATE" ? .createRevision(number)
+                        : target == "MOD" ? .modRevision(number) : .lease(number)
+                default:
+                    throw RESPReplyError.err("syntax error: compare VALUE, VERSION, CREATE, MOD or LEASE")
+                }
+                txn.compares.append(Compare(key: key, compared, result))
+                continue
+            }
+            options.index += 1
+            let operation: KVOperation
+            switch word {
+            case "PUT": operation = try await putOperation(&options)
+            case "GET": operation = try rangeOperation(&options)
+            case "DEL": operation = try deleteOperation(&options)
+            default: throw RESPReplyError.err("syntax error: an operation is PUT, GET or DEL, not '\(command.text(options.index - 1))'")
+            }
+            if section == "THEN" { txn.success.append(operation) } else { txn.failure.append(operation) }
         }
-        let response = try await store.delete(Self.rangeStart(key, rangeEnd), rangeEnd: rangeEnd, prevKV: prevKV)
-        var fields: [(RESPValue, RESPValue)] = [(.bulk("revision"), .integer(response.header.revision)), (.bulk("deleted"), .integer(response.deleted))]
-        if prevKV { fields.append((.bulk("prev_kvs"), .array(response.prevKVs.map(Self.kv)))) }
-        return .map(fields)
+        let response = try await store.txn(txn)
+        let branch = response.succeeded ? txn.success : txn.failure
+        return .fields([
+            "succeeded": .boolean(response.succeeded),
+            "revision": .integer(response.header.revision),
+            "responses": .array(zip(branch, response.responses).map { operation, answer in
+                var prevKV = false
+                if case .put(_, _, let put) = operation { prevKV = put.prevKV }
+                if case .delete(_, _, let wanted) = operation { prevKV = wanted }
+                return Self.reply(answer, prevKV: prevKV)
+            }),
+        ])
+    }
+
+    /// The reply to one operation, alone or in a transaction.
+    static func reply(_ response: OperationResponse, prevKV: Bool) -> RESPValue {
+        switch response {
+        case .put(let put):
+            var fields: [(RESPValue, RESPValue)] = [(.bulk("revision"), .integer(put.header.revision))]
+            if prevKV { fields.append((.bulk("prev_kv"), put.prevKV.map(Self.kv) ?? .null)) }
+            return .map(fields)
+        case .range(let range):
+            return .fields([
+                "revision": .integer(range.header.revision), "count": .integer(range.count),
+                "more": .boolean(range.more), "kvs": .array(range.kvs.map(Self.kv)),
+            ])
+        case .delete(let delete):
+            var fields: [(RESPValue, RESPValue)] = [(.bulk("revision"), .integer(delete.header.revision)), (.bulk("deleted"), .integer(delete.deleted))]
+            if prevKV { fields.append((.bulk("prev_kvs"), .array(delete.prevKVs.map(Self.kv)))) }
+            return .map(fields)
+        case .txn(let txn):
+            return .fields(["succeeded": .boolean(txn.succeeded), "revision": .integer(txn.header.revision)])
+        }
     }
 
     private func lease(_ command: RESPCommand) async throws -> RESPValue {

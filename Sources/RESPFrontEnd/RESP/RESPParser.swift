@@ -14,6 +14,16 @@ public struct RESPCommand: Sendable {
         return String(decoding: first.readableBytesView.map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }, as: UTF8.self)
     }
 
+    /// One argument, read as bytes or text.
+    public struct Argument: Sendable {
+        let command: RESPCommand
+        let index: Int
+        /// Its bytes.
+        public var bytes: [UInt8] { command.bytes(index) }
+        /// Its text (lossy UTF-8).
+        public var text: String { command.text(index) }
+    }
+
     /// Argument `index` as bytes.
     public func bytes(_ index: Int) -> [UInt8] { Array(arguments[index].readableBytesView) }
 

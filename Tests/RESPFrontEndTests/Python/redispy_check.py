@@ -50,11 +50,11 @@ def as_map(reply):
     out = {}
     for field, value in pairs:
         field = field.decode() if isinstance(field, bytes) else field
-        if field in ("kvs", "prev_kvs"):
+        if field in ("kvs", "prev_kvs", "responses"):
             value = [as_map(kv) for kv in value]
         elif field == "prev_kv" and value is not None:
             value = as_map(value)
-        elif field == "more":
+        elif field in ("more", "succeeded"):
             value = bool(value)
         out[field] = value
     return dict(sorted(out.items()))
@@ -129,6 +129,14 @@ def coord(port, protocol, parser):
     while as_map(x("COORD.GET", "jobs/", "PREFIX", "COUNTONLY"))["count"] != 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     show("a closed connection's lock is gone", as_map(x("COORD.GET", "jobs/", "PREFIX", "COUNTONLY"))["count"])
+    def txn(*words):
+        reply = as_map(x("COORD.TXN", *words))
+        return (reply["succeeded"], [sorted((k, v) for k, v in answer.items() if k != "revision") for answer in reply["responses"]])
+    show("txn create", txn("IF", "t", "VERSION", "=", "0", "THEN", "PUT", "t", "1", "GET", "t", "KEYSONLY", "ELSE", "GET", "t"))
+    show("txn create again", txn("IF", "t", "VERSION", "=", "0", "THEN", "PUT", "t", "1", "ELSE", "GET", "t", "COUNTONLY"))
+    show("txn compare and swap", txn("IF", "t", "VALUE", "=", "1", "t", "MOD", ">", "0", "THEN", "PUT", "t", "2", "PREVKV", "DEL", "t2"))
+    show("txn bad compare", error_of(lambda: x("COORD.TXN", "IF", "t", "COLOR", "=", "1")))
+    show("txn duplicate key", error_of(lambda: x("COORD.TXN", "THEN", "PUT", "t", "1", "PUT", "t", "2")))
     show("ping", r.ping())
     r.close()
 
@@ -205,7 +213,7 @@ def event_form(message):
         event = as_map(event)
         kv = as_map(event["kv"])
         prev = as_map(event["prev_kv"])["value"] if event.get("prev_kv") else None
-        events.append((event["type"].decode(), kv["key"], kv["value"], kv["version"], prev))
+        events.append((event["type"].decode(), kv["key"], kv["value"], kv["version"], prev, kv["mod_revision"]))
     return (kind, message[1], message[2], events)
 
 
@@ -222,12 +230,21 @@ def watch(port, protocol, parser):
     read = (lambda: conn.read_response(push_request=True)) if int(protocol) == 3 else conn.read_response
     conn.send_command("COORD.WATCH", "w/", "PREFIX", "REV", "2", "PREVKV")
     show("watch reply", conn.read_response())
-    # History comes in one message, as etcd sends it: the events up to the current revision.
-    show("replayed", event_form(read()))
+    # History first: the events from revision 2 up to the current revision.
+    replayed = []
+    while len(replayed) < 3:
+        replayed.extend(event_form(read())[3])
+    show("replayed", replayed)
     x("COORD.PUT", "w/c", "3")          # 6, live
     x("COORD.PUT", "w/c", "4")          # 7
-    show("live", event_form(read()))
-    show("live", event_form(read()))
+    # Events of several revisions may come in one message (as etcd batches them);
+    # the message's revision is then the last one's.
+    live = []
+    while len(live) < 2:
+        message = event_form(read())
+        live.extend(message[3])
+        show("live message revision is its last event's", message[2] == message[3][-1][5])
+    show("live", live)
     conn.send_command("COORD.WATCH", "w/b")
     show("second watch reply", conn.read_response())
     if int(protocol) == 2:
