@@ -23,6 +23,12 @@
 #                         <report dir>/library.json, which the report includes;
 #                         LOADTEST_LIBRARY_JSON=file names another such file;
 #                         LOADTEST_REPORT_DIR (default .build/loadtest) keeps the results.
+#   5. Redis clients      redis-benchmark SET/GET (50 clients, with and without -P 16)
+#                         against a private Redis directly and through coordproxy's
+#                         RESP listener in the same run, with the ratio and coordproxy's
+#                         CPU per request, and COORD.PUT/COORD.GET from 16 clients
+#                         (skip with LOADTEST_RESP=0; LOADTEST_RESP_REQUESTS, default
+#                         200000, and LOADTEST_RESP_COORD_REQUESTS, default 20000).
 #
 # Without REDIS_URL, coordbench starts a private redis-server on a loopback port
 # and stops it at the end; with REDIS_URL it measures that server (it writes the
@@ -172,6 +178,27 @@ loadtest_loadgen() {
     return "$status"
 }
 
+# loadtest_coordproxy: sets coordproxy (the binary) and coordproxy_build (what it is):
+# $LOADTEST_COORDPROXY, else a release build (built once).
+coordproxy=
+loadtest_coordproxy() {
+    [ -n "$coordproxy" ] && return 0
+    if [ -n "${LOADTEST_COORDPROXY:-}" ]; then
+        coordproxy=$LOADTEST_COORDPROXY
+        if [ ! -x "$coordproxy" ]; then
+            coord_log "LOADTEST_COORDPROXY=$coordproxy is not an executable"
+            exit 1
+        fi
+        coordproxy=$(cd "$(dirname "$coordproxy")" && pwd)/$(basename "$coordproxy")
+        coordproxy_build="given binary $coordproxy"
+    else
+        coord_log "building coordproxy (release)"
+        swift build -c release --product coordproxy
+        coordproxy=$(swift build -c release --show-bin-path)/coordproxy
+        coordproxy_build="release build"
+    fi
+}
+
 loadtest_redis_ready() {
     [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]
 }
@@ -192,20 +219,7 @@ if [ "$LOADTEST_ETCD" != 0 ]; then
     coord_build_go_loadgen "$(pwd)/.build/go/loadgen"
     loadgen=$COORD_GO_LOADGEN
 
-    if [ -n "${LOADTEST_COORDPROXY:-}" ]; then
-        coordproxy=$LOADTEST_COORDPROXY
-        if [ ! -x "$coordproxy" ]; then
-            coord_log "LOADTEST_COORDPROXY=$coordproxy is not an executable"
-            exit 1
-        fi
-        coordproxy=$(cd "$(dirname "$coordproxy")" && pwd)/$(basename "$coordproxy")
-        coordproxy_build="given binary $coordproxy"
-    else
-        coord_log "building coordproxy (release)"
-        swift build -c release --product coordproxy
-        coordproxy=$(swift build -c release --show-bin-path)/coordproxy
-        coordproxy_build="release build"
-    fi
+    loadtest_coordproxy
 
     loadtest_dir=$TMPDIR/coord-loadtest
     mkdir -p "$loadtest_dir/etcd-data" "$loadtest_dir/redis"
@@ -297,4 +311,106 @@ if [ "$LOADTEST_ETCD" != 0 ]; then
         coord_log "loadgen failed against:$loadgen_failed (see its messages above and the notes in the result files)"
         exit 1
     fi
+fi
+
+# --- 5. Redis clients through coordproxy's RESP listener -----------------------------
+
+# loadtest_cpu_ticks <pid>: the process's user + system CPU so far, in clock ticks.
+loadtest_cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
+# loadtest_bench <label> <port> <requests> <pid or -> <redis-benchmark args...>: runs
+# redis-benchmark against 127.0.0.1:<port> and appends one line to $resp_results:
+# label, requests/s, p50 ms, p99 ms, CPU µs per request of <pid> (- when not measured).
+loadtest_bench() {
+    local label=$1 port=$2 requests=$3 pid=$4 before after csv rps p50 p99 cpu=-
+    shift 4
+    [ "$pid" != - ] && before=$(loadtest_cpu_ticks "$pid")
+    csv=$(redis-benchmark -h 127.0.0.1 -p "$port" -n "$requests" --csv "$@" 2>/dev/null | tail -n 1)
+    [ "$pid" != - ] && after=$(loadtest_cpu_ticks "$pid")
+    rps=$(echo "$csv" | awk -F'","' '{ print $2 }')
+    p50=$(echo "$csv" | awk -F'","' '{ print $5 }')
+    p99=$(echo "$csv" | awk -F'","' '{ print $7 }')
+    if [ -z "$rps" ]; then
+        coord_log "redis-benchmark $label printed nothing it could read: $csv"
+        return 1
+    fi
+    if [ "$pid" != - ]; then
+        cpu=$(awk -v t=$((after - before)) -v n="$requests" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$rps" "$p50" "$p99" "$cpu" >>"$resp_results"
+    coord_log "$label: $rps requests/s, p50 $p50 ms, p99 $p99 ms, coordproxy CPU $cpu µs/request"
+}
+
+if [ "${LOADTEST_RESP:-1}" != 0 ]; then
+    trap 'loadtest_stop_servers; coord_cleanup_tmpdir "$COORD_RUN_DIR"' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    loadtest_coordproxy
+    report_dir=${LOADTEST_REPORT_DIR:-.build/loadtest}
+    mkdir -p "$report_dir"
+    report_dir=$(cd "$report_dir" && pwd)
+    loadtest_logs_to=$report_dir/resp-logs
+    rm -rf "$loadtest_logs_to"
+    loadtest_dir=$TMPDIR/coord-resp
+    mkdir -p "$loadtest_dir/redis"
+    resp_results=$report_dir/resp.tsv
+    : >"$resp_results"
+    requests=${LOADTEST_RESP_REQUESTS:-200000}
+    coord_requests=${LOADTEST_RESP_COORD_REQUESTS:-20000}
+
+    loadtest_free_port resp_redis_port
+    redis-server --port "$resp_redis_port" --bind 127.0.0.1 --daemonize no \
+        --appendonly yes --appendfsync everysec --save '' \
+        --dir "$loadtest_dir/redis" --notify-keyspace-events Kx \
+        --logfile "$loadtest_dir/redis.log" >"$loadtest_dir/redis-stdout.log" 2>&1 &
+    resp_redis_pid=$!
+    loadtest_servers+=("redis-server:$resp_redis_pid")
+    echo "$resp_redis_pid" >"$loadtest_dir/redis.pid"
+    loadtest_wait redis-server "$resp_redis_pid" "$loadtest_dir/redis.log" loadtest_redis_ready "$resp_redis_port"
+
+    loadtest_free_port resp_grpc_port
+    loadtest_free_port resp_port
+    "$coordproxy" --redis-url "redis://127.0.0.1:$resp_redis_port" \
+        --listen-client-urls "http://127.0.0.1:$resp_grpc_port" --listen-resp "127.0.0.1:$resp_port" \
+        >"$loadtest_dir/coordproxy.log" 2>&1 &
+    resp_proxy_pid=$!
+    loadtest_servers+=("coordproxy:$resp_proxy_pid")
+    echo "$resp_proxy_pid" >"$loadtest_dir/coordproxy.pid"
+    loadtest_wait coordproxy "$resp_proxy_pid" "$loadtest_dir/coordproxy.log" loadtest_redis_ready "$resp_port"
+    coord_log "coordproxy ($coordproxy_build, pid $resp_proxy_pid) serves RESP on 127.0.0.1:$resp_port over redis-server (pid $resp_redis_pid) on $resp_redis_port"
+
+    coord_log "redis-benchmark SET/GET, 50 clients, $requests requests each, direct and through coordproxy"
+    loadtest_bench "redis SET" "$resp_redis_port" "$requests" - -c 50 -t set
+    loadtest_bench "proxy SET" "$resp_port" "$requests" "$resp_proxy_pid" -c 50 -t set
+    loadtest_bench "redis GET" "$resp_redis_port" "$requests" - -c 50 -t get
+    loadtest_bench "proxy GET" "$resp_port" "$requests" "$resp_proxy_pid" -c 50 -t get
+    loadtest_bench "redis SET -P 16" "$resp_redis_port" "$requests" - -c 50 -P 16 -t set
+    loadtest_bench "proxy SET -P 16" "$resp_port" "$requests" "$resp_proxy_pid" -c 50 -P 16 -t set
+    loadtest_bench "redis GET -P 16" "$resp_redis_port" "$requests" - -c 50 -P 16 -t get
+    loadtest_bench "proxy GET -P 16" "$resp_port" "$requests" "$resp_proxy_pid" -c 50 -P 16 -t get
+    coord_log "redis-benchmark COORD.PUT/COORD.GET, 16 clients, $coord_requests requests each"
+    loadtest_bench "proxy COORD.PUT" "$resp_port" "$coord_requests" "$resp_proxy_pid" -c 16 -r 10000 COORD.PUT "key:__rand_int__" value
+    loadtest_bench "proxy COORD.GET" "$resp_port" "$coord_requests" "$resp_proxy_pid" -c 16 -r 10000 COORD.GET "key:__rand_int__"
+    loadtest_stop_servers
+
+    {
+        echo "Redis clients through coordproxy (redis-benchmark, same run; ratio = through coordproxy / Redis directly)"
+        printf '%-22s %12s %12s %7s %8s %9s %9s %14s\n' workload redis proxy ratio target "p50 ms" "p99 ms" "proxy µs/req"
+        for workload in "SET" "GET" "SET -P 16" "GET -P 16"; do
+            direct=$(awk -F'\t' -v l="redis $workload" '$1 == l { print $2 }' "$resp_results")
+            through=$(awk -F'\t' -v l="proxy $workload" '$1 == l' "$resp_results")
+            [ -n "$direct" ] && [ -n "$through" ] || continue
+            case "$workload" in *-P*) target=">= 0.60" ;; *) target=">= 0.80" ;; esac
+            echo "$through" | awk -F'\t' -v d="$direct" -v w="$workload" -v t="$target" \
+                '{ printf "%-22s %12.0f %12.0f %7.2f %8s %9s %9s %14s\n", w, d, $2, $2 / d, t, $3, $4, $5 }'
+        done
+        for workload in "COORD.PUT" "COORD.GET"; do
+            awk -F'\t' -v l="proxy $workload" -v w="$workload (16 clients)" \
+                '$1 == l { printf "%-22s %12s %12.0f %7s %8s %9s %9s %14s\n", w, "-", $2, "-", "-", $3, $4, $5 }' "$resp_results"
+        done
+        echo "durability: Redis appendonly yes, appendfsync everysec; coordproxy's CPU from /proc/<pid>/stat over each run"
+    } | tee "$report_dir/resp-report.txt"
+    coord_log "results in $report_dir: resp-report.txt, resp.tsv, resp-logs/"
 fi

@@ -118,6 +118,7 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        backend?.flush()
         flushReady()
     }
 
@@ -641,12 +642,18 @@ final class Backend {
         }
     }
 
+    /// Queues a command; ``flush()`` sends what is queued (once per read from the
+    /// client, so that a pipeline goes to Redis in as few writes as it came in).
     func write(_ buffer: ByteBuffer) {
         if let channel {
-            channel.writeAndFlush(buffer, promise: nil)
+            channel.write(buffer, promise: nil)
         } else {
             pending.append(buffer)
         }
+    }
+
+    func flush() {
+        channel?.flush()
     }
 
     func close() {

@@ -337,6 +337,42 @@ import Testing
         }
     }
 
+    @Test func aUnixSocketListenerServesRedisCli() async throws {
+        let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-resp-sock")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/coordproxy.sock"
+        try await withRESPProxy(configure: { $0.listen = [.tcp(host: "127.0.0.1", port: 0), .unixSocket(path: path)] }) { proxy in
+            guard let executable = ChildProcess.locate("redis-cli") else { throw RedisError(.serverNotFound, "redis-cli was not found on PATH") }
+            let put = try await ChildProcess.run(executable, ["-s", path, "COORD.PUT", "k", "v"], environment: ["PATH": "/usr/bin:/bin"])
+            #expect(put.output == "revision\n2\n", "\(put)")
+            #expect(try await redisCLI(proxy.port, ["COORD.GET", "k", "COUNTONLY"]).output.hasPrefix("revision\n2\ncount\n1\n"))
+        }
+    }
+
+    @Test func pastMaxClientsANewConnectionGetsRedisError() async throws {
+        try await withRESPProxy(configure: { $0.maxClients = 1 }) { proxy in
+            let script = """
+                import socket, sys, time
+                first = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=60)
+                first.sendall(b"PING\\r\\n")
+                print(repr(first.recv(100)))
+                second = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=60)
+                data = b""
+                while True:
+                    chunk = second.recv(100)
+                    if not chunk:
+                        break
+                    data += chunk
+                print(repr(data))
+                first.sendall(b"PING\\r\\n")
+                print(repr(first.recv(100)))
+                """
+            let python = try #require(ChildProcess.locate("python3"))
+            let result = try await ChildProcess.run(python, ["-c", script, String(proxy.port)], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(120))
+            #expect(result.output == "b'+PONG\\r\\n'\nb'-ERR max number of clients reached\\r\\n'\nb'+PONG\\r\\n'\n", "\(result.output)\(result.error)")
+        }
+    }
+
     @Test func withoutPassThroughOtherCommandsAreRefused() async throws {
         try await withRESPProxy(configure: { $0.passthrough = false }) { proxy in
             let result = try await redisCLI(proxy.port, ["SET", "k", "v"])
