@@ -337,6 +337,45 @@ import Testing
         }
     }
 
+    @Test func withRedisDownCommandsGetAClearErrorAndTheProxyServesAgainWhenItReturns() async throws {
+        try await withRESPProxy(durable: true) { proxy in
+            func cli(_ arguments: String...) async throws -> String {
+                try await redisCLI(proxy.port, arguments).output
+            }
+            #expect(try await cli("COORD.PUT", "kept", "1") == "revision\n2\n")
+            #expect(try await cli("SET", "plain", "1") == "OK\n")
+            await proxy.redis.kill()
+            let put = try await cli("COORD.PUT", "lost", "x")
+            #expect(put.hasPrefix("TRYAGAIN coordproxy cannot reach Redis") || put.hasPrefix("TRYAGAIN the request to Redis timed out"), "\(put)")
+            let get = try await cli("GET", "plain")
+            #expect(get.hasPrefix("ERR coordproxy cannot reach Redis at "), "\(get)")
+            try await proxy.redis.restart()
+            // Served again, with nothing lost (the restarted Redis reloads its data).
+            let back = await eventually(timeout: .seconds(60)) { (try? await cli("COORD.GET", "kept", "COUNTONLY")) == "revision\n2\ncount\n1\nmore\n0\nkvs\n\n" }
+            #expect(back, "the store did not come back with its key")
+            #expect(try await cli("COORD.PUT", "after", "2") == "revision\n3\n")
+            #expect(try await cli("GET", "plain") == "1\n")
+        }
+    }
+
+    @Test func aValueOverEtcdsLimitIsRefusedAndNothingIsWritten() async throws {
+        try await withRESPProxy { proxy in
+            let script = """
+                import redis, sys
+                r = redis.Redis(host="127.0.0.1", port=int(sys.argv[1]), socket_timeout=60)
+                try:
+                    r.execute_command("COORD.PUT", "big", b"x" * (2 * 1024 * 1024))
+                    print("accepted")
+                except redis.ResponseError as error:
+                    print(error)
+                print(r.execute_command("COORD.REV"))
+                """
+            let python = try await redisPython()
+            let result = try await ChildProcess.run(python, ["-c", script, String(proxy.port)], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(120))
+            #expect(result.output == "request is too large (etcdserver: request is too large)\n1\n", "\(result.output)\(result.error)")
+        }
+    }
+
     @Test func aUnixSocketListenerServesRedisCli() async throws {
         let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-resp-sock")
         defer { try? FileManager.default.removeItem(atPath: directory) }

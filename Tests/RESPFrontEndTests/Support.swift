@@ -20,10 +20,14 @@ struct RESPProxy: Sendable {
     }
 }
 
-func withRESPProxy<Result: Sendable>(redisPassword: String? = nil, configure: (inout RESPFrontEnd.Configuration) -> Void = { _ in },
+func withRESPProxy<Result: Sendable>(redisPassword: String? = nil, durable: Bool = false,
+                                     configure: (inout RESPFrontEnd.Configuration) -> Void = { _ in },
                                      _ body: (RESPProxy) async throws -> Result) async throws -> Result {
-    // Over TCP, so that the tests can also talk to the backing Redis directly.
-    try await RedisServer.withServer(RedisServer.Options(transport: .tcp(), password: redisPassword)) { server in
+    // Over TCP, so that the tests can also talk to the backing Redis directly;
+    // `durable`: every write fsynced to the append-only file, so that a killed Redis
+    // comes back with everything it acknowledged.
+    let options = RedisServer.Options(transport: .tcp(), password: redisPassword, appendOnly: durable, appendFsync: durable ? "always" : nil)
+    return try await RedisServer.withServer(options) { server in
         let store = try await CoordinationClient.connect(url: server.url)
         var logger = Logger(label: "coordproxy-resp-test")
         logger.logLevel = .warning
