@@ -26,8 +26,9 @@
 #   5. Redis clients      redis-benchmark SET/GET (50 clients, with and without -P 16)
 #                         against a private Redis directly and through coordproxy's
 #                         RESP listener in the same run, with the ratio and coordproxy's
-#                         CPU per request, and COORD.PUT/COORD.GET from 16 clients
-#                         (skip with LOADTEST_RESP=0; LOADTEST_RESP_REQUESTS, default
+#                         CPU per request, COORD.PUT/COORD.GET from 16 clients, and
+#                         coordbench resp: COORD.PUT and COORD.LOCK/UNLOCK, uncontended
+#                         and handed off between 16 connections (skip with LOADTEST_RESP=0; LOADTEST_RESP_REQUESTS, default
 #                         200000, and LOADTEST_RESP_COORD_REQUESTS, default 20000).
 #
 # Without REDIS_URL, coordbench starts a private redis-server on a loopback port
@@ -393,6 +394,15 @@ if [ "${LOADTEST_RESP:-1}" != 0 ]; then
     coord_log "redis-benchmark COORD.PUT/COORD.GET, 16 clients, $coord_requests requests each"
     loadtest_bench "proxy COORD.PUT" "$resp_port" "$coord_requests" "$resp_proxy_pid" -c 16 -r 10000 COORD.PUT "key:__rand_int__" value
     loadtest_bench "proxy COORD.GET" "$resp_port" "$coord_requests" "$resp_proxy_pid" -c 16 -r 10000 COORD.GET "key:__rand_int__"
+    if [ -z "$bin" ]; then
+        coord_log "building coordbench (release)"
+        swift build -c release --product coordbench
+        bin=$(swift build -c release --show-bin-path)
+    fi
+    coord_log "running: coordbench resp (COORD.PUT, COORD.LOCK/UNLOCK uncontended and handed off between 16 connections)"
+    resp_duration=${LOADTEST_DURATION:-3s}
+    "$bin/coordbench" resp --url "redis://127.0.0.1:$resp_port" --duration "${resp_duration%s}" --rounds "${LOADTEST_ROUNDS:-3}" \
+        | tee "$report_dir/resp-coordbench.txt"
     loadtest_stop_servers
 
     {
@@ -411,6 +421,7 @@ if [ "${LOADTEST_RESP:-1}" != 0 ]; then
                 '$1 == l { printf "%-22s %12s %12.0f %7s %8s %9s %9s %14s\n", w, "-", $2, "-", "-", $3, $4, $5 }' "$resp_results"
         done
         echo "durability: Redis appendonly yes, appendfsync everysec; coordproxy's CPU from /proc/<pid>/stat over each run"
+        cat "$report_dir/resp-coordbench.txt"
     } | tee "$report_dir/resp-report.txt"
-    coord_log "results in $report_dir: resp-report.txt, resp.tsv, resp-logs/"
+    coord_log "results in $report_dir: resp-report.txt, resp.tsv, resp-coordbench.txt, resp-logs/"
 fi

@@ -5,7 +5,7 @@ struct CoordBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coordbench",
         abstract: "Load generator for the Redis client and the coordination store.",
-        subcommands: [KVBenchmark.self, ClientBenchmark.self, PrimitivesBenchmark.self],
+        subcommands: [KVBenchmark.self, ClientBenchmark.self, PrimitivesBenchmark.self, RESPBenchmark.self],
         defaultSubcommand: KVBenchmark.self
     )
 }
