@@ -577,6 +577,12 @@ actor ConnectionCoordination {
                 if inside == nil { return .null }
                 throw failure.withLock { $0 } ?? RESPReplyError.err("the visit to fortress '\(name)' ended before it began")
             }
+            if closed {
+                // The connection went away while the visit began (close() ran meanwhile).
+                leaveNow.finish()
+                await task.value
+                throw CancellationError()
+            }
             visits[name] = (task, leaveNow)
             return .simpleString("OK")
         case "LEAVE":

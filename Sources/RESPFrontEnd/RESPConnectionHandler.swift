@@ -37,6 +37,10 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         var onReply: ((ByteBuffer) -> Void)?
         /// Watch events that must follow this reply (the COORD.WATCH that created them).
         var then: [ByteBuffer] = []
+        /// Backend replies still to come: (P|S)SUBSCRIBE answers one message per
+        /// channel; `takesPushes`: those messages are RESP3 pushes.
+        var framesLeft = 1
+        var takesPushes = false
         init(fromBackend: Bool, reply: ByteBuffer? = nil) {
             self.fromBackend = fromBackend
             self.reply = reply
@@ -59,6 +63,14 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     private let coordination: ConnectionCoordination
     /// The last coordination command, which the next one waits for.
     private var tail: Task<Void, Never>?
+    /// Every coordination command still running (a blocked one and those queued
+    /// behind it), cancelled when the connection closes.
+    private var inFlight: [Int: Task<Void, Never>] = [:]
+    private var nextTaskID = 0
+    /// AUTH or HELLO ... AUTH commands sent to Redis and not answered yet: coordination
+    /// commands behind them wait for the answer before the authentication check.
+    private var authenticationsInFlight = 0
+    private var parked: [(command: RESPCommand, name: String, slot: Slot, refusal: String?)] = []
     /// The connection's watches (COORD.WATCH), by watch ID.
     private var watches: [Int64: Task<Void, Never>] = [:]
     private var nextWatchID: Int64 = 0
@@ -82,14 +94,16 @@ final class RESPConnectionHandler: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         shared.connections.remove(context.channel)
+        self.context = nil
         backend?.close()
         backend = nil
         tail?.cancel()
+        for task in inFlight.values { task.cancel() }
+        inFlight = [:]
         for watch in watches.values { watch.cancel() }
         watches = [:]
         let coordination = self.coordination
         Task { await coordination.close() }
-        self.context = nil
         context.fireChannelInactive()
     }
 
@@ -128,10 +142,6 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         let name = command.name
         if inWatchMode && !["coord.watch", "coord.observe", "coord.unwatch", "ping", "quit", "reset"].contains(name) {
             reply(.error("ERR Can't execute '\(name)': only COORD.WATCH / COORD.OBSERVE / COORD.UNWATCH / PING / QUIT / RESET are allowed in this context (RESP2 watch mode; HELLO 3 allows every command beside watches)"))
-            return
-        }
-        if name == "coord.unwatch" {
-            unwatch(command)
             return
         }
         if name.hasPrefix("coord.") {
@@ -206,43 +216,87 @@ final class RESPConnectionHandler: ChannelInboundHandler {
             reply(.error("ERR wrong number of arguments for '\(name)' command"))
             return
         }
+        if !authenticated && authenticationsInFlight > 0 {
+            // Decided once Redis has answered the AUTH before it, in the state of now.
+            let slot = Slot(fromBackend: false)
+            slots.append(slot)
+            parked.append((command, name, slot, stateRefusal(name)))
+            return
+        }
         guard authenticated else {
             reply(.error("NOAUTH Authentication required."))
             return
         }
-        if rawMode {
-            reply(.error("ERR Can't execute '\(name)': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"))
+        if let refusal = stateRefusal(name) {
+            reply(.error(refusal))
             return
+        }
+        start(command, name: name, slot: nil)
+    }
+
+    /// Why the connection's state (subscribe mode, MULTI) refuses a coordination command.
+    private func stateRefusal(_ name: String) -> String? {
+        if rawMode {
+            return "ERR Can't execute '\(name)': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
         }
         if inMulti {
-            reply(.error("ERR '\(name)' cannot run inside MULTI: coordination commands are atomic on their own (use COORD.TXN for several keys)"))
-            return
+            return "ERR '\(name)' cannot run inside MULTI: coordination commands are atomic on their own (use COORD.TXN for several keys)"
         }
-        if name == "coord.watch" {
-            watch(command)
-            return
+        return nil
+    }
+
+    /// Starts a coordination command whose reply goes in `slot` (queued already), or
+    /// in a new slot.
+    private func start(_ command: RESPCommand, name: String, slot: Slot?) {
+        switch name {
+        case "coord.watch": watch(command, slot: slot)
+        case "coord.observe": observe(command, slot: slot)
+        case "coord.unwatch": unwatch(command, slot: slot)
+        default: run(command, in: slot ?? Slot(fromBackend: false), queued: slot != nil)
         }
-        if name == "coord.observe" {
-            observe(command)
-            return
-        }
-        let slot = Slot(fromBackend: false)
-        slots.append(slot)
+    }
+
+    /// Runs a coordination command after the connection's earlier ones, its reply in
+    /// `slot` (queued already when `queued`).
+    private func run(_ command: RESPCommand, in slot: Slot, queued: Bool) {
+        if !queued { slots.append(slot) }
         let previous = tail
         let coordination = self.coordination
         let loop = context!.eventLoop
         let me = NIOLoopBound(self, eventLoop: loop)
         let boundSlot = NIOLoopBound(slot, eventLoop: loop)
-        tail = Task {
+        nextTaskID += 1
+        let taskID = nextTaskID
+        let task = Task {
             await previous?.value
             let value: RESPValue = Task.isCancelled ? .error("ERR the connection closed") : await coordination.execute(command)
             loop.execute {
                 let handler = me.value
+                handler.inFlight[taskID] = nil
                 guard handler.context != nil else { return }
                 var buffer = handler.context!.channel.allocator.buffer(capacity: 128)
                 value.encode(into: &buffer, protocol: handler.protocolVersion)
                 boundSlot.value.reply = buffer
                 handler.flushReady()
+            }
+        }
+        tail = task
+        inFlight[taskID] = task
+    }
+
+    /// Redis answered an AUTH: the coordination commands parked behind it are decided.
+    private func authenticationAnswered() {
+        authenticationsInFlight -= 1
+        guard authenticationsInFlight == 0 || authenticated else { return }
+        let waiting = parked
+        parked = []
+        for (command, name, slot, refusal) in waiting {
+            if !authenticated {
+                slot.reply = encode(.error("NOAUTH Authentication required."))
+            } else if let refusal {
+                slot.reply = encode(.error(refusal))
+            } else {
+                start(command, name: name, slot: slot)
             }
         }
     }
@@ -284,7 +338,7 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     /// [NODELETE]: replies `[watch, id, revision]` (the watch sees every change after
     /// `revision`, or from REV r on), then pushes `[event, id, revision, events]` for
     /// each revision that changes the range, in order, with no gaps.
-    private func watch(_ command: RESPCommand) {
+    private func watch(_ command: RESPCommand, slot: Slot?) {
         let key = ConnectionCoordination.rangeStart(command.bytes(1), [])
         var options = WatchOptions()
         var index = 2
@@ -305,17 +359,15 @@ final class RESPConnectionHandler: ChannelInboundHandler {
                 default: throw RESPReplyError.syntax
                 }
             }
-        } catch let error as RESPReplyError {
-            reply(.error(error.text))
-            return
         } catch {
-            reply(.error("ERR \(error)"))
+            let text = (error as? RESPReplyError)?.text ?? "ERR \(error)"
+            if let slot { slot.reply = encode(.error(text)) } else { reply(.error(text)) }
             return
         }
         let start = ConnectionCoordination.rangeStart(key, options.rangeEnd)
         let store = shared.store
         let requested = options
-        openStream { id in
+        openStream(slot: slot) { id in
             var from = requested
             if from.startRevision <= 0 { from.startRevision = try await store.currentRevision() + 1 }
             let watching = from
@@ -345,10 +397,10 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     /// COORD.OBSERVE name: replies `[observe, id]`, then pushes `[leader, id, kv]` with
     /// the leader's value (once there is a leader) and every later proclamation and
     /// new leader's value, in revision order.
-    private func observe(_ command: RESPCommand) {
+    private func observe(_ command: RESPCommand, slot: Slot?) {
         let coordination = self.coordination
         let name = command.text(1)
-        openStream { id in
+        openStream(slot: slot) { id in
             let values = try await coordination.observe(name)
             let pushes = AsyncThrowingStream<RESPValue, any Error> { continuation in
                 let task = Task {
@@ -371,9 +423,9 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     /// earlier coordination commands: `open` runs in their order and gives the reply
     /// and the pushes, which follow the reply, in order; an error ends the stream with
     /// a `[canceled, id, error]` push (as etcd cancels a watch whose start is compacted).
-    private func openStream(_ open: @escaping @Sendable (Int64) async throws -> (RESPValue, AsyncThrowingStream<RESPValue, any Error>)) {
-        let slot = Slot(fromBackend: false)
-        slots.append(slot)
+    private func openStream(slot given: Slot?, _ open: @escaping @Sendable (Int64) async throws -> (RESPValue, AsyncThrowingStream<RESPValue, any Error>)) {
+        let slot = given ?? Slot(fromBackend: false)
+        if given == nil { slots.append(slot) }
         nextWatchID += 1
         let id = nextWatchID
         let loop = context!.eventLoop
@@ -399,13 +451,20 @@ final class RESPConnectionHandler: ChannelInboundHandler {
             let (reply, pushes) = opened
             loop.execute {
                 let handler = me.value
-                guard handler.context != nil, handler.watches[id] != nil else { return }
+                guard handler.context != nil else { return }
+                // The reply is due even when a pipelined COORD.UNWATCH already ended
+                // the stream; then it does not start.
                 boundSlot.value.reply = handler.encode(reply)
+                guard handler.watches[id] != nil else {
+                    handler.flushReady()
+                    return
+                }
                 handler.watches[id] = Task {
                     do {
                         for try await push in pushes {
                             loop.execute { me.value.push(push, after: boundSlot.value) }
                         }
+                        loop.execute { me.value.watches[id] = nil }
                     } catch is CancellationError {
                         return
                     } catch {
@@ -424,11 +483,14 @@ final class RESPConnectionHandler: ChannelInboundHandler {
 
     /// COORD.UNWATCH [id ...]: ends the given watches (every one without IDs);
     /// replies how many ended.
-    private func unwatch(_ command: RESPCommand) {
+    private func unwatch(_ command: RESPCommand, slot: Slot?) {
+        func answer(_ value: RESPValue) {
+            if let slot { slot.reply = encode(value) } else { reply(value) }
+        }
         var ids: [Int64] = []
         for index in 1..<max(command.arguments.count, 1) {
             guard let id = Int64(command.text(index)) else {
-                reply(.error(RESPReplyError.notInteger.text))
+                answer(.error(RESPReplyError.notInteger.text))
                 return
             }
             ids.append(id)
@@ -441,7 +503,7 @@ final class RESPConnectionHandler: ChannelInboundHandler {
                 ended += 1
             }
         }
-        reply(.integer(ended))
+        answer(.integer(ended))
     }
 
     /// A watch event or cancellation: behind its COORD.WATCH reply if that is still
@@ -485,30 +547,46 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         var slot: Slot?
         switch name {
         case "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe":
-            // Their answers are one message per channel (pushes in RESP3), not one
-            // reply per command.
-            if protocolVersion == 2 { enterRawMode() }
+            // One message per channel named (pushes in RESP3); an UNSUBSCRIBE of
+            // everything answers at least one. Messages beyond those are published
+            // messages, forwarded as they come.
+            let new = Slot(fromBackend: true)
+            new.framesLeft = max(command.arguments.count - 1, 1)
+            new.takesPushes = protocolVersion >= 3
+            if protocolVersion == 2 && name.hasSuffix("subscribe") && !name.hasPrefix("un") && !name.hasPrefix("pun") && !name.hasPrefix("sun") {
+                rawMode = true
+            }
+            slot = new
         case "monitor":
-            enterRawMode()
+            rawMode = true
+            slot = Slot(fromBackend: true)
         default:
             let new = Slot(fromBackend: true)
             switch name {
             case "auth":
+                authenticationsInFlight += 1
                 new.onReply = { [unowned self] reply in
                     if reply.readableBytesView.first == UInt8(ascii: "+") { self.authenticated = true }
+                    self.authenticationAnswered()
                 }
             case "hello":
                 let requested = command.arguments.count >= 2 ? Int(command.text(1)) : nil
                 let authenticates = command.arguments.dropFirst(2).contains { String(decoding: $0.readableBytesView, as: UTF8.self).lowercased() == "auth" }
+                if authenticates { authenticationsInFlight += 1 }
                 new.onReply = { [unowned self] reply in
-                    guard reply.readableBytesView.first != UInt8(ascii: "-") else { return }
-                    if let requested { self.protocolVersion = requested }
-                    if authenticates { self.authenticated = true }
+                    let first = reply.readableBytesView.first
+                    if first != UInt8(ascii: "-") && first != UInt8(ascii: "+") {
+                        if let requested { self.protocolVersion = requested }
+                        if authenticates { self.authenticated = true }
+                    }
+                    if authenticates { self.authenticationAnswered() }
                 }
             case "multi":
-                new.onReply = { [unowned self] reply in if reply.readableBytesView.first == UInt8(ascii: "+") { self.inMulti = true } }
+                // Decided as the command is sent, so that a COORD.* command pipelined
+                // behind MULTI is refused (Redis would queue it).
+                inMulti = true
             case "exec", "discard":
-                new.onReply = { [unowned self] _ in self.inMulti = false }
+                inMulti = false
             case "reset":
                 new.onReply = { [unowned self] _ in
                     self.inMulti = false
@@ -524,25 +602,35 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         backend!.write(command.raw)
     }
 
-    private func enterRawMode() {
-        rawMode = true
-    }
-
     /// A reply from Redis.
     func backendReply(_ reply: ByteBuffer, isPush: Bool) {
-        if rawMode || (isPush && protocolVersion >= 3) {
-            // Out-of-band: written at once, behind every reply that is ready.
-            flushReady()
-            context?.write(wrapOutboundOut(reply), promise: nil)
-            return
-        }
-        guard let slot = slots.first(where: { $0.fromBackend && $0.reply == nil }) else {
-            // A reply to nothing we sent (Redis's own error before closing, say).
-            context?.write(wrapOutboundOut(reply), promise: nil)
+        var slot = slots.first(where: { $0.fromBackend && $0.framesLeft > 0 })
+        if isPush && protocolVersion >= 3 && slot?.takesPushes != true { slot = nil }
+        guard let slot else {
+            // Out of band (a published message, a RESP3 push, MONITOR's stream,
+            // Redis's own error before it closes): behind every reply still to come.
+            if let last = slots.last {
+                last.then.append(reply)
+            } else {
+                context?.write(wrapOutboundOut(reply), promise: nil)
+            }
             return
         }
         slot.onReply?(reply)
-        slot.reply = reply
+        slot.framesLeft -= 1
+        if var collected = slot.reply {
+            var more = reply
+            collected.writeBuffer(&more)
+            slot.reply = collected
+        } else if slot.framesLeft > 0 {
+            // Collected in a buffer of its own (the frame is a slice of the read).
+            var collected = ByteBufferAllocator().buffer(capacity: reply.readableBytes * (slot.framesLeft + 1))
+            var first = reply
+            collected.writeBuffer(&first)
+            slot.reply = collected
+        } else {
+            slot.reply = reply
+        }
     }
 
     func backendReadComplete() {
@@ -551,12 +639,14 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     }
 
     /// The Redis connection closed or could not open.
-    func backendFailed(_ error: any Error, connected: Bool) {
+    func backendFailed(_ error: any Error, connected: Bool, from failed: Backend) {
+        guard backend === failed else { return }
         backend = nil
         let message = connected
             ? "ERR coordproxy lost its connection to Redis (\(error)); the connection is closed, reconnect"
             : "ERR coordproxy cannot reach Redis at \(shared.configuration.redis.endpoint) (\(error)); retry once it is up"
-        for slot in slots where slot.fromBackend && slot.reply == nil {
+        for slot in slots where slot.fromBackend && slot.framesLeft > 0 {
+            slot.framesLeft = 0
             slot.reply = encode(.error(message))
         }
         if connected {
@@ -586,7 +676,7 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     private func flushReady() {
         guard let context else { return }
         var wrote = false
-        while let first = slots.first, let reply = first.reply {
+        while let first = slots.first, let reply = first.reply, !first.fromBackend || first.framesLeft <= 0 {
             slots.removeFirst()
             context.write(wrapOutboundOut(reply), promise: nil)
             for push in first.then { writePush(push, context: context) }
@@ -624,21 +714,28 @@ final class Backend {
         case .unixSocket(let path): connecting = bootstrap.connect(unixDomainSocketPath: path)
         }
         let me = NIOLoopBound(self, eventLoop: eventLoop)
-        connecting.whenComplete { result in
-            let backend = me.value
-            switch result {
-            case .success(let channel):
-                if backend.closed {
-                    channel.close(promise: nil)
-                    return
-                }
-                backend.channel = channel
-                for buffer in backend.pending { channel.write(buffer, promise: nil) }
-                backend.pending = []
-                channel.flush()
-            case .failure(let error):
-                if !backend.closed { owner.value.backendFailed(error, connected: false) }
+        // Handled on a later tick even when the connect fails at once (a missing unix
+        // socket), so that the connection has stored this backend and queued the
+        // command's reply slot first.
+        connecting.hop(to: eventLoop).whenComplete { result in
+            eventLoop.execute { me.value.connected(result, owner: owner) }
+        }
+    }
+
+    private func connected(_ result: Result<any Channel, any Error>, owner: NIOLoopBound<RESPConnectionHandler>) {
+        switch result {
+        case .success(let channel):
+            if closed {
+                channel.close(promise: nil)
+                return
             }
+            self.channel = channel
+            (try? channel.pipeline.syncOperations.handler(type: BackendHandler.self))?.backend = self
+            for buffer in pending { channel.write(buffer, promise: nil) }
+            pending = []
+            channel.flush()
+        case .failure(let error):
+            if !closed { owner.value.backendFailed(error, connected: false, from: self) }
         }
     }
 
@@ -666,6 +763,8 @@ final class Backend {
 private final class BackendHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     private let owner: NIOLoopBound<RESPConnectionHandler>
+    /// The backend this channel serves (set once connected).
+    weak var backend: Backend?
     private var buffer: ByteBuffer?
     private var scanner = RESPReplyScanner()
     private var failed = false
@@ -689,12 +788,12 @@ private final class BackendHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if !failed { owner.value.backendFailed(RedisError(.connectionClosed, "Redis closed the connection"), connected: true) }
+        if !failed, let backend { owner.value.backendFailed(RedisError(.connectionClosed, "Redis closed the connection"), connected: true, from: backend) }
         failed = true
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if !failed { owner.value.backendFailed(error, connected: true) }
+        if !failed, let backend { owner.value.backendFailed(error, connected: true, from: backend) }
         failed = true
         context.close(promise: nil)
     }

@@ -255,7 +255,9 @@ public final class RedisServer: Sendable {
                 _ = try await connection.send("PING")
                 await connection.close()
                 return
-            } catch let error as RedisError where error.code == .connectionRefused || error.code == .timeout {
+            } catch let error as RedisError where error.code == .connectionRefused || error.code == .timeout
+                        || error.message.hasPrefix("LOADING") || "\(error)".contains("LOADING") {
+                // LOADING: a restarted server is reading its append-only file back.
                 lastError = error
             }
             try await Task.sleep(for: .milliseconds(20))

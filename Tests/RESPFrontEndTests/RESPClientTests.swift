@@ -376,6 +376,59 @@ import Testing
         }
     }
 
+    /// Sends `request` in one write (it should end with QUIT) and returns everything
+    /// the proxy answers until it closes the connection.
+    static func exchange(_ port: Int, _ request: String) async throws -> String {
+        let script = """
+            import socket, sys
+            s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=60)
+            s.sendall(sys.argv[2].encode().replace(b"\\\\n", b"\\r\\n"))
+            data = b""
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            except socket.timeout:
+                print("no close within 60 s after", repr(data))
+                sys.exit(1)
+            sys.stdout.write(data.decode().replace("\\r\\n", "|"))
+            """
+        let python = try #require(ChildProcess.locate("python3"))
+        let result = try await ChildProcess.run(python, ["-c", script, String(port), request], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(120))
+        #expect(result.status == 0, "\(result.output)\(result.error)")
+        return result.output
+    }
+
+    @Test func pipelinedStateChangesApplyToTheCommandsBehindThem() async throws {
+        try await withRESPProxy(redisPassword: "pw") { proxy in
+            // AUTH, then a coordination command in the same write: decided after Redis's answer.
+            #expect(try await Self.exchange(proxy.port, "AUTH pw\\nCOORD.PUT k v\\nQUIT\\n") == "+OK|*2|$8|revision|:2|+OK|")
+            #expect(try await Self.exchange(proxy.port, "AUTH nope\\nCOORD.PUT k v\\nQUIT\\n")
+                    == "-WRONGPASS invalid username-password pair or user is disabled.|-NOAUTH Authentication required.|+OK|")
+            // MULTI, then a coordination command: refused, as it cannot be queued.
+            let multi = try await Self.exchange(proxy.port, "AUTH pw\\nMULTI\\nCOORD.PUT k v\\nDISCARD\\nQUIT\\n")
+            #expect(multi.hasPrefix("+OK|+OK|-ERR 'coord.put' cannot run inside MULTI") && multi.hasSuffix("|+OK|+OK|"), "\(multi)")
+            // A watch ended by a pipelined UNWATCH still gets its reply.
+            let unwatched = try await Self.exchange(proxy.port, "AUTH pw\\nCOORD.WATCH w\\nCOORD.UNWATCH\\nQUIT\\n")
+            #expect(unwatched == "+OK|*3|$5|watch|:1|:2|:1|+OK|", "\(unwatched)")
+            // RESP2 SUBSCRIBE behind a SET: every reply, in order, then the close.
+            #expect(try await Self.exchange(proxy.port, "AUTH pw\\nSET a 1\\nSUBSCRIBE c\\nQUIT\\n") == "+OK|+OK|*3|$9|subscribe|$1|c|:1|+OK|")
+        }
+    }
+
+    @Test func aBackendRedisThatCannotBeReachedGetsAnErrorAndTheConnectionStaysUsable() async throws {
+        try await withRESPProxy(configure: { $0.redis = RedisConfiguration(endpoint: .unixSocket(path: "/nonexistent/coord-test/redis.sock")) }) { proxy in
+            let answer = try await Self.exchange(proxy.port, "GET k\\nCOORD.PUT k v\\nGET k\\nQUIT\\n")
+            let parts = answer.split(separator: "|").map(String.init)
+            #expect(parts.count == 7, "\(answer)")
+            #expect(parts.first?.hasPrefix("-ERR coordproxy cannot reach Redis at /nonexistent/coord-test/redis.sock") == true, "\(answer)")
+            // GET's error, COORD.PUT's reply (the store is reachable), GET's error, QUIT's OK.
+            #expect(Array(parts[1...4]) == ["*2", "$8", "revision", ":2"] && parts[5].hasPrefix("-ERR coordproxy cannot reach Redis") && parts.last == "+OK", "\(answer)")
+        }
+    }
+
     @Test func aUnixSocketListenerServesRedisCli() async throws {
         let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-resp-sock")
         defer { try? FileManager.default.removeItem(atPath: directory) }

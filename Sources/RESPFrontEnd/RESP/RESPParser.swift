@@ -106,7 +106,8 @@ public struct RESPCommandParser: Sendable {
         }
         var index = end
         var arguments: [ByteBuffer] = []
-        if count > 0 { arguments.reserveCapacity(count) }
+        // Reserved up to a bound: a client announcing a huge count pays as it sends.
+        if count > 0 { arguments.reserveCapacity(min(count, 1024)) }
         for _ in 0..<max(count, 0) {
             guard index < buffer.writerIndex else { return nil }
             let type = buffer.getInteger(at: index, as: UInt8.self)!
