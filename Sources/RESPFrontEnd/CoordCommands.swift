@@ -508,6 +508,14 @@ actor ConnectionCoordination {
 
     // MARK: - Fortress and semaphores
 
+    /// The subcommand (upper case), after Redis's arity check for `command|sub`.
+    private static func subcommand(_ command: RESPCommand, minimumArguments: Int) throws -> String {
+        guard command.arguments.count >= minimumArguments else {
+            throw RESPReplyError.err("wrong number of arguments for '\(command.name)|\(command.text(1).lowercased())' command")
+        }
+        return command.text(1).uppercased()
+    }
+
     /// `TIMEOUT ms` at `index` (0 or none: wait forever).
     private static func timeout(_ command: RESPCommand, at index: Int) throws -> Duration? {
         guard command.arguments.count > index else { return nil }
@@ -532,10 +540,7 @@ actor ConnectionCoordination {
     /// COORD.FORTRESS UNLOCK name | LOCKDOWN name [TIMEOUT ms] | VISIT name [TIMEOUT ms]
     /// | LEAVE name: juju's fortress, shared with every client of the store.
     private func fortress(_ command: RESPCommand) async throws -> RESPValue {
-        guard command.arguments.count >= 3 else {
-            throw RESPReplyError.err("wrong number of arguments for 'coord.fortress|\(command.text(1).lowercased())' command")
-        }
-        let sub = command.text(1).uppercased()
+        let sub = try Self.subcommand(command, minimumArguments: 3)
         let name = command.text(2)
         switch sub {
         case "UNLOCK":
@@ -598,10 +603,7 @@ actor ConnectionCoordination {
     /// COORD.SEMAPHORE ACQUIRE name permits [TIMEOUT ms] | TRYACQUIRE name permits |
     /// RELEASE name: a counting semaphore, first come first served.
     private func semaphore(_ command: RESPCommand) async throws -> RESPValue {
-        guard command.arguments.count >= 3 else {
-            throw RESPReplyError.err("wrong number of arguments for 'coord.semaphore|\(command.text(1).lowercased())' command")
-        }
-        let sub = command.text(1).uppercased()
+        let sub = try Self.subcommand(command, minimumArguments: 3)
         let name = command.text(2)
         func semaphore(permitsAt index: Int) async throws -> CoordinationPrimitives.Semaphore {
             guard command.arguments.count > index else { throw RESPReplyError.syntax }

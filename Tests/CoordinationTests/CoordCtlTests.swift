@@ -20,34 +20,8 @@ func coordctl(_ arguments: [String], url: String, input: String = "") async thro
 
 /// Runs a program to completion on a thread of its own and returns its status and output.
 func runToCompletion(_ executable: URL, _ arguments: [String], environment: [String: String], input: String = "") async throws -> (status: Int32, output: String, error: String) {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread.detachNewThread {
-            let process = Process()
-            process.executableURL = executable
-            process.arguments = arguments
-            process.environment = environment
-            let output = Pipe(), error = Pipe(), stdin = Pipe()
-            process.standardOutput = output
-            process.standardError = error
-            process.standardInput = stdin
-            do { try ChildProcess.launching { try process.run() } } catch { continuation.resume(throwing: error); return }
-            stdin.fileHandleForWriting.write(Data(input.utf8))
-            try? stdin.fileHandleForWriting.close()
-            // Read stderr beside stdout, so that neither pipe fills up and stalls the child.
-            let errorData = Locked(Data())
-            let errorDone = DispatchSemaphore(value: 0)
-            Thread.detachNewThread {
-                let data = error.fileHandleForReading.readDataToEndOfFile()
-                errorData.withLock { $0 = data }
-                errorDone.signal()
-            }
-            let out = output.fileHandleForReading.readDataToEndOfFile()
-            errorDone.wait()
-            process.waitUntilExit()
-            continuation.resume(returning: (process.terminationStatus, String(decoding: out, as: UTF8.self),
-                                            String(decoding: errorData.withLock { $0 }, as: UTF8.self)))
-        }
-    }
+    let finished = try await ChildProcess.run(executable.path, arguments, environment: environment, input: input, timeout: .seconds(300))
+    return (finished.status, finished.output, finished.error)
 }
 
 @Suite struct CoordCtlTests {
@@ -102,18 +76,6 @@ func runToCompletion(_ executable: URL, _ arguments: [String], environment: [Str
             let refused = try await coordctl(["get", "a", "--endpoints", "redis://127.0.0.1:1"], url: url)
             #expect(refused.status == 1 && refused.error.contains("could not connect to redis://127.0.0.1:1"))
         }
-    }
-}
-
-/// Shared mutable state for test threads and tasks.
-final class Locked<Value: Sendable>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Value
-    init(_ value: Value) { self.value = value }
-    func withLock<R>(_ body: (inout Value) -> R) -> R {
-        lock.lock()
-        defer { lock.unlock() }
-        return body(&value)
     }
 }
 

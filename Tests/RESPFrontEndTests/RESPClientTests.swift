@@ -60,16 +60,23 @@ import Testing
         }
     }
 
-    @Test func redisPyGetsTheSameCoordinationAnswersInRESP2AndRESP3WithAndWithoutHiredis() async throws {
+    /// Runs redispy_check.py `mode` against a fresh proxy in RESP2 and RESP3, with
+    /// redis-py's own parsers and with hiredis; returns the four outputs.
+    static func inEveryProtocolAndParser(_ mode: String) async throws -> [String] {
         var outputs: [String] = []
         for (version, parser) in [("2", "python"), ("3", "python"), ("2", "hiredis"), ("3", "hiredis")] {
             let output = try await withRESPProxy { proxy in
-                let result = try await redisPy(["coord", String(proxy.port), version, parser])
+                let result = try await redisPy([mode, String(proxy.port), version, parser])
                 #expect(result.status == 0, "RESP\(version) \(parser): \(result.output)\(result.error)")
                 return result.output
             }
             outputs.append(output)
         }
+        return outputs
+    }
+
+    @Test func redisPyGetsTheSameCoordinationAnswersInRESP2AndRESP3WithAndWithoutHiredis() async throws {
+        let outputs = try await Self.inEveryProtocolAndParser("coord")
         #expect(Set(outputs).count == 1, "\(outputs)")
         let lines = outputs[0].split(separator: "\n").map(String.init)
         let expected = [
@@ -116,15 +123,7 @@ import Testing
     }
 
     @Test func coordWatchReplaysHistoryThenPushesEveryLiveEventInOrderInRESP2AndRESP3() async throws {
-        var outputs: [String] = []
-        for (version, parser) in [("2", "python"), ("3", "python"), ("2", "hiredis"), ("3", "hiredis")] {
-            let output = try await withRESPProxy { proxy in
-                let result = try await redisPy(["watch", String(proxy.port), version, parser])
-                #expect(result.status == 0, "RESP\(version) \(parser): \(result.output)\(result.error)")
-                return result.output
-            }
-            outputs.append(output)
-        }
+        let outputs = try await Self.inEveryProtocolAndParser("watch")
         let watchMode = "a command in watch mode: ('error', \"Can't execute 'coord.get': only COORD.WATCH / COORD.OBSERVE / COORD.UNWATCH / PING / QUIT / RESET are allowed in this context (RESP2 watch mode; HELLO 3 allows every command beside watches)\")"
         // RESP2 connections are in watch mode while they watch, as in subscribe mode.
         #expect(outputs[0].contains(watchMode) && outputs[2].contains(watchMode))
