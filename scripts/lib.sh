@@ -3,7 +3,7 @@
 # coord_install_dependencies: makes sure the system packages the project needs are
 #   present. As root it installs what is missing (one `apt-get update` first); as
 #   another user it prints the exact command to run and fails.
-# coord_python_env: a virtual environment with the PyPI clients (etcd3gw, redis-py, hiredis).
+# coord_python_env: a virtual environment with the PyPI clients (etcd3gw, python-etcd3, redis-py, hiredis).
 # coord_private_tmpdir: creates a scratch directory for this run and exports TMPDIR,
 #   so that every private redis-server and etcd the run starts lives under it; on
 #   exit, any server left running there (a crashed test cannot stop its own) is
@@ -29,7 +29,7 @@ coord_missing_packages() {
 
 # The Python clients the tests drive, from PyPI, at the versions the tests were
 # written against.
-COORD_PYTHON_PACKAGES="etcd3gw==2.7.0 redis==8.1.0 hiredis==3.5.0"
+COORD_PYTHON_PACKAGES="etcd3gw==2.7.0 etcd3==0.12.0 redis==8.1.0 hiredis==3.5.0"
 
 # coord_python_env <dir>: makes (or reuses) a virtual environment at <dir> with
 #   COORD_PYTHON_PACKAGES installed from PyPI, and exports COORD_PYTHON.

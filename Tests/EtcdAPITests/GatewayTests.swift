@@ -60,18 +60,18 @@ import Testing
         #expect(reference.contains { $0.contains("required revision has been compacted") })
     }
 
-    /// A Python with etcd3gw (OpenStack's gateway client, from PyPI):
-    /// $COORD_PYTHON (scripts/test.sh makes a virtual environment with it), else a
-    /// python3 on PATH that imports it.
+    /// A Python with etcd3gw (OpenStack's gateway client) and etcd3 (python-etcd3), from
+    /// PyPI: $COORD_PYTHON (scripts/test.sh makes a virtual environment with them), else
+    /// a python3 on PATH that imports both.
     static func etcd3gwPython() async throws -> String {
         if let python = ProcessInfo.processInfo.environment["COORD_PYTHON"], FileManager.default.isExecutableFile(atPath: python) {
             return python
         }
         if let python = ChildProcess.locate("python3"),
-           try await run(python, ["-c", "import etcd3gw"], environment: ["PATH": "/usr/bin:/bin"]).status == 0 {
+           try await run(python, ["-c", "import etcd3gw, etcd3"], environment: ["PATH": "/usr/bin:/bin", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"]).status == 0 {
             return python
         }
-        throw RedisError(.serverNotFound, "no python with etcd3gw: run scripts/test.sh (it makes .build/python with etcd3gw from PyPI), or set COORD_PYTHON to a python that has it (pip install etcd3gw)")
+        throw RedisError(.serverNotFound, "no python with etcd3gw and etcd3: run scripts/test.sh (it makes .build/python with them from PyPI), or set COORD_PYTHON to a python that has them (pip install etcd3gw etcd3)")
     }
 
     @Test func etcd3gwFromPyPIGetsTheSameAnswersFromCoordproxyAsFromEtcd() async throws {
@@ -99,6 +99,26 @@ import Testing
     /// the gateway keeps the HTTP/1.1 connection for the client's next request, as
     /// etcd's does: pooled clients (requests, etcd3gw) reuse it at once, and a server
     /// that closed it made their next call fail with "connection reset".
+    /// python-etcd3 (PyPI's etcd3 on grpcio) over gRPC: the same script against etcd
+    /// 3.4 and against coordproxy prints the same lines.
+    @Test func pythonEtcd3OverGRPCGetsTheSameAnswersFromCoordproxyAsFromEtcd() async throws {
+        let python = try await Self.etcd3gwPython()
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Python/python_etcd3_check.py").path
+        func check(_ endpoint: String) async throws -> [String] {
+            // etcd3 0.12's generated code predates protobuf 4: the pure-Python runtime reads it.
+            let result = try await run(python, [script, String(endpoint.dropFirst("http://".count))],
+                                       environment: ["PATH": "/usr/bin:/bin", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"], timeout: .seconds(120))
+            #expect(result.status == 0, "python-etcd3 against \(endpoint): \(result.output)\(result.error)")
+            return result.output.split(separator: "\n").map(String.init)
+        }
+        let reference = try await ReferenceEtcd.withServer { etcd in try await check(etcd.endpoint) }
+        let ours = try await withProxy { proxy in try await check(proxy.endpoint) }
+        #expect(reference.count >= 20, "\(reference)")
+        #expect(ours == reference)
+        #expect(reference.contains("watch from a revision: [('PutEvent', b'w', b'first', 1, 0, b''), ('PutEvent', b'w', b'second', 2, 1, b'first'), ('DeleteEvent', b'w', b'', 0, 2, b'second')]"))
+        #expect(reference.contains("empty key: ('_InactiveRpcError', '\"etcdserver: key is not provided\"')"), "\(reference)")
+    }
+
     @Test func aKeepAliveAnswerLeavesTheConnectionOpenForTheNextRequest() async throws {
         let script = #"""
             import http.client, json, socket, sys, time, urllib.parse
