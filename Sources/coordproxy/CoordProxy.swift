@@ -14,7 +14,7 @@ import ServiceLifecycle
 struct CoordProxy: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coordproxy",
-        abstract: "Serve etcd's v3 API (gRPC) from a Redis, so that every etcd client works unchanged.",
+        abstract: "Serve etcd's v3 API (gRPC, JSON gateway) and the Redis protocol with COORD.* commands from a Redis, so that every etcd client and every Redis client gets etcd's coordination.",
         discussion: """
             coordproxy keeps etcd's semantics (revisions, leases, multi-key transactions, \
             watches that never skip an event, locks and elections) in a Redis database: \
@@ -22,7 +22,10 @@ struct CoordProxy: AsyncParsableCommand {
             coordproxy processes may front one Redis and clients may use any of them.
 
             The store is the namespace --namespace (default "coord"): Redis keys \
-            {coord}:*. Point etcdctl, Go's clientv3 or any etcd v3 client at a listen URL.
+            {coord}:*. Point etcdctl, Go's clientv3 or any etcd v3 client at a listen URL, \
+            and redis-cli, redis-py or any Redis client at --listen-resp: COORD.PUT/GET/DEL/TXN, \
+            COORD.WATCH, COORD.LEASE, COORD.LOCK, COORD.CAMPAIGN, COORD.FORTRESS, \
+            COORD.SEMAPHORE on a session bound to the connection; other commands go to Redis.
 
             Every flag can also be set in the environment, as etcd's: COORDPROXY_<FLAG> \
             with dashes as underscores (COORDPROXY_LISTEN_CLIENT_URLS); the Redis URL also \
