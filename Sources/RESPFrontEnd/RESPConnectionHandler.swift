@@ -41,6 +41,8 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         /// channel; `takesPushes`: those messages are RESP3 pushes.
         var framesLeft = 1
         var takesPushes = false
+        /// Rewrites the backend's reply before it is written (COMMAND's lists gain ours).
+        var transform: ((ByteBuffer) -> ByteBuffer)?
         init(fromBackend: Bool, reply: ByteBuffer? = nil) {
             self.fromBackend = fromBackend
             self.reply = reply
@@ -581,6 +583,8 @@ final class RESPConnectionHandler: ChannelInboundHandler {
                     }
                     if authenticates { self.authenticationAnswered() }
                 }
+            case "command":
+                new.transform = commandListTransform(command)
             case "multi":
                 // Decided as the command is sent, so that a COORD.* command pipelined
                 // behind MULTI is refused (Redis would queue it).
@@ -602,6 +606,46 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         backend!.write(command.raw)
     }
 
+    /// For COMMAND, COMMAND COUNT, COMMAND LIST and COMMAND DOCS without names: Redis's
+    /// answer with the COORD.* commands added, so that clients' command hints (redis-cli
+    /// reads COMMAND DOCS) know them.
+    private func commandListTransform(_ command: RESPCommand) -> ((ByteBuffer) -> ByteBuffer)? {
+        let sub = command.arguments.count >= 2 ? command.text(1).lowercased() : ""
+        guard command.arguments.count <= 2, ["", "count", "list", "docs"].contains(sub) else { return nil }
+        let version = protocolVersion
+        let ours = RESPCommandTable.commands
+        return { reply in
+            var reply = reply
+            guard let line = reply.readableBytesView.firstIndex(of: UInt8(ascii: "\n")),
+                  let type = reply.readableBytesView.first,
+                  let count = Int(String(decoding: reply.readableBytesView[(reply.readableBytesView.startIndex + 1)..<(line - 1)], as: UTF8.self))
+            else { return reply }
+            let body = reply.readableBytesView[(line + 1)...]
+            var out = ByteBufferAllocator().buffer(capacity: reply.readableBytes + 4096)
+            switch (sub, type) {
+            case ("count", UInt8(ascii: ":")):
+                RESPValue.integer(Int64(count + ours.count)).encode(into: &out, protocol: version)
+                return out
+            case ("", UInt8(ascii: "*")), ("list", UInt8(ascii: "*")):
+                out.writeString("*\(count + ours.count)\r\n")
+                out.writeBytes(body)
+                for spec in ours { (sub == "list" ? RESPValue.bulk(spec.name.lowercased()) : spec.info).encode(into: &out, protocol: version) }
+                return out
+            case ("docs", UInt8(ascii: "*")), ("docs", UInt8(ascii: "%")):
+                out.writeString(type == UInt8(ascii: "%") ? "%\(count + ours.count)\r\n" : "*\(count + ours.count * 2)\r\n")
+                out.writeBytes(body)
+                for spec in ours {
+                    RESPValue.bulk(spec.name.lowercased()).encode(into: &out, protocol: version)
+                    spec.docs.encode(into: &out, protocol: version)
+                }
+                return out
+            default:
+                _ = reply.readBytes(length: 0)
+                return reply
+            }
+        }
+    }
+
     /// A reply from Redis.
     func backendReply(_ reply: ByteBuffer, isPush: Bool) {
         var slot = slots.first(where: { $0.fromBackend && $0.framesLeft > 0 })
@@ -618,6 +662,10 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         }
         slot.onReply?(reply)
         slot.framesLeft -= 1
+        if slot.framesLeft == 0, slot.reply == nil, let transform = slot.transform {
+            slot.reply = transform(reply)
+            return
+        }
         if var collected = slot.reply {
             var more = reply
             collected.writeBuffer(&more)

@@ -35,6 +35,17 @@ import Testing
             #expect(try await cli("EVAL", "return redis.call('del', KEYS[1])", "1", "{coord}:rev").hasPrefix("ERR coordproxy refuses"))
             #expect(try await cli("FLUSHALL").hasPrefix("ERR coordproxy refuses FLUSHALL"))
             #expect(try await cli("COORD.GET", "greeting", "COUNTONLY") == "revision\n3\ncount\n1\nmore\n0\nkvs\n\n")
+            // COMMAND's lists include the coordination commands (redis-cli's hints read COMMAND DOCS).
+            let redisCount = Int(try await redisCLI(proxy.redisPort, ["COMMAND", "COUNT"]).output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+            let proxyCount = Int(try await cli("COMMAND", "COUNT").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+            let ours = RESPCommandTable.commands.count
+            #expect(redisCount > 100 && proxyCount == redisCount + ours, "\(proxyCount) vs \(redisCount) + \(ours)")
+            let list = try await cli("COMMAND", "LIST")
+            #expect(list.contains("\nget\n") && list.contains("\ncoord.txn\n"), "\(list.suffix(300))")
+            for version in ["2", "3"] {
+                let docs = try await redisCLI(proxy.port, version == "3" ? ["-3", "COMMAND", "DOCS"] : ["COMMAND", "DOCS"]).output
+                #expect(docs.contains("coord.fortress") && docs.contains("Reads one key or a range of keys of the store") && docs.contains("summary"), "RESP\(version): \(docs.suffix(300))")
+            }
             // COMMAND INFO and DOCS describe the coordination commands.
             let info = try await cli("COMMAND", "INFO", "coord.lock")
             #expect(info.hasPrefix("coord.lock\n-2\nwrite\nblocking\n0\n0\n0\n@coordination\n"), "\(info)")
