@@ -378,28 +378,10 @@ actor ConnectionCoordination {
     }
 
     private func lock(_ command: RESPCommand) async throws -> RESPValue {
-        var timeout: Duration?
-        if command.arguments.count > 2 {
-            guard command.arguments.count == 4, command.text(2).uppercased() == "TIMEOUT" else { throw RESPReplyError.syntax }
-            let milliseconds = try Self.integer(command, 3)
-            guard milliseconds >= 0 else { throw RESPReplyError.err("timeout is negative") }
-            if milliseconds > 0 { timeout = .milliseconds(milliseconds) }
-        }
+        let timeout = try Self.timeout(command, at: 2)
         let mutex = try await mutex(command.bytes(1))
         if let token = mutex.fencingToken { return .array([.bulkString(mutex.key), .integer(token)]) }
-        let token: Int64?
-        if let timeout {
-            token = try await withThrowingTaskGroup(of: Int64?.self) { group in
-                group.addTask { try await mutex.lock() }
-                group.addTask { try await Task.sleep(for: timeout); return nil }
-                let first = try await group.next()!
-                group.cancelAll()
-                return first
-            }
-        } else {
-            token = try await mutex.lock()
-        }
-        guard let token else { return .nullArray }
+        guard let token = try await Self.within(timeout, { try await mutex.lock() }) else { return .nullArray }
         return .array([.bulkString(mutex.key), .integer(token)])
     }
 
@@ -440,13 +422,7 @@ actor ConnectionCoordination {
     /// COORD.CAMPAIGN name value [TIMEOUT ms]: waits to be elected; replies the
     /// leader key (name, key, revision, lease), or nil on timeout.
     private func campaign(_ command: RESPCommand) async throws -> RESPValue {
-        var timeout: Duration?
-        if command.arguments.count > 3 {
-            guard command.arguments.count == 5, command.text(3).uppercased() == "TIMEOUT" else { throw RESPReplyError.syntax }
-            let milliseconds = try Self.integer(command, 4)
-            guard milliseconds >= 0 else { throw RESPReplyError.err("timeout is negative") }
-            if milliseconds > 0 { timeout = .milliseconds(milliseconds) }
-        }
+        let timeout = try Self.timeout(command, at: 3)
         let name = command.text(1)
         let election = try await election(name)
         if election.isLeader {
@@ -454,18 +430,7 @@ actor ConnectionCoordination {
             return leaderKey(name, election)
         }
         let value = command.bytes(2)
-        if let timeout {
-            let elected = try await withThrowingTaskGroup(of: Bool.self) { group in
-                group.addTask { try await election.campaign(value); return true }
-                group.addTask { try await Task.sleep(for: timeout); return false }
-                let first = try await group.next()!
-                group.cancelAll()
-                return first
-            }
-            guard elected else { return .nullArray }
-        } else {
-            try await election.campaign(value)
-        }
+        guard try await Self.within(timeout, { try await election.campaign(value); return true }) != nil else { return .nullArray }
         return leaderKey(name, election)
     }
 

@@ -276,9 +276,7 @@ final class RESPConnectionHandler: ChannelInboundHandler {
                 let handler = me.value
                 handler.inFlight[taskID] = nil
                 guard handler.context != nil else { return }
-                var buffer = handler.context!.channel.allocator.buffer(capacity: 128)
-                value.encode(into: &buffer, protocol: handler.protocolVersion)
-                boundSlot.value.reply = buffer
+                boundSlot.value.reply = handler.encode(value)
                 handler.flushReady()
             }
         }
