@@ -22,10 +22,9 @@ final class PingAnswerer: ChannelInboundHandler, RemovableChannelHandler {
     private static let pingType: UInt8 = 0x6
     private static let ackFlag: UInt8 = 0x1
 
-    /// Bytes of the client connection preface ("PRI * HTTP/2.0...") still to pass.
-    private var prefaceRemaining = 24
-    /// Payload bytes of the current frame still to pass through.
-    private var passThrough = 0
+    /// Bytes still to pass through before the next frame header: at first the client
+    /// connection preface ("PRI * HTTP/2.0...", 24 bytes), then each frame's payload.
+    private var passThrough = 24
     /// An incomplete frame header, or an incomplete PING frame.
     private var pending: ByteBuffer?
 
@@ -34,13 +33,6 @@ final class PingAnswerer: ChannelInboundHandler, RemovableChannelHandler {
         var output = context.channel.allocator.buffer(capacity: input.readableBytes)
         var answered = false
         while input.readableBytes > 0 {
-            if prefaceRemaining > 0 {
-                let count = min(prefaceRemaining, input.readableBytes)
-                var slice = input.readSlice(length: count)!
-                output.writeBuffer(&slice)
-                prefaceRemaining -= count
-                continue
-            }
             if passThrough > 0 {
                 let count = min(passThrough, input.readableBytes)
                 var slice = input.readSlice(length: count)!
