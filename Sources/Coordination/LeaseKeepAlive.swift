@@ -12,7 +12,7 @@ import Synchronization
 /// therefore kept as long as a refresh reaches Redis within the TTL and its answer
 /// comes back, whatever the cooperative pool is doing.
 ///
-/// Get one from ``CoordinationClient/keepAliveInBackground(_:ttl:aliveSince:)``.
+/// Get one from ``CoordinationClient/keepAliveInBackground(_:ttl:aliveSince:activity:)``.
 public final class LeaseKeepAlive: Sendable {
     /// Why background refreshing ended.
     public enum Ending: Sendable, Hashable {
@@ -132,10 +132,14 @@ extension CoordinationClient {
     ///   - ttl: Its granted TTL in seconds (refreshes go every TTL/3, at least every 100 ms).
     ///   - aliveSince: A moment at which the lease was surely alive with a full TTL
     ///     ahead, such as just before the grant or the last keep-alive was sent.
+    ///   - activity: When given, a refresh is sent only if the activity showed a sign
+    ///     of life since the previous one (see ``LeaseActivity``): the lease then lives
+    ///     as long as its owner is active, not merely as long as this process runs.
     /// - Throws: ``CoordinationError`` when the keeper's connection cannot be opened, or
     ///   `invalidArgument` for a client without a connection of its own to copy.
-    public func keepAliveInBackground(_ lease: Int64, ttl: Int64, aliveSince: ContinuousClock.Instant = .now) async throws -> LeaseKeepAlive {
+    public func keepAliveInBackground(_ lease: Int64, ttl: Int64, aliveSince: ContinuousClock.Instant = .now,
+                                      activity: LeaseActivity? = nil) async throws -> LeaseKeepAlive {
         guard ttl >= 1 else { throw CoordinationError(.invalidArgument, "a lease kept alive needs a TTL of at least 1 second, got \(ttl)") }
-        return try await leaseKeeper.add(lease: lease, ttl: ttl, aliveSince: aliveSince)
+        return try await leaseKeeper.add(lease: lease, ttl: ttl, aliveSince: aliveSince, activity: activity)
     }
 }

@@ -46,7 +46,7 @@ public final class Session: Sendable {
     /// refreshing it every TTL/3.
     ///
     /// Refreshes come from the client's keeper thread on a connection of their own
-    /// (``CoordinationClient/keepAliveInBackground(_:ttl:aliveSince:)``), so a busy
+    /// (``CoordinationClient/keepAliveInBackground(_:ttl:aliveSince:activity:)``), so a busy
     /// process (a saturated cooperative pool, a burst of requests on the client)
     /// does not starve them: the session lives as long as its refreshes reach Redis.
     /// - Parameters:
@@ -54,9 +54,13 @@ public final class Session: Sendable {
     ///   - ttl: The TTL of a new lease, in seconds (the store's minimum is 2).
     ///   - lease: An existing lease to adopt instead of granting one, for example
     ///     one a previous incarnation of this process left behind. Its own TTL is used.
+    ///   - activity: Refresh only while it shows signs of life (``LeaseActivity``):
+    ///     for a session held on behalf of someone else, such as a client connection,
+    ///     which then ends a TTL after its last sign of life however long this process
+    ///     runs. `nil` (the default): refresh for as long as the session is open.
     /// - Throws: `CoordinationError` `leaseNotFound` when `lease` does not exist;
     ///   `invalidArgument` for a TTL below 1.
-    public init(client: CoordinationClient, ttl: Int64 = 60, lease: Int64? = nil) async throws {
+    public init(client: CoordinationClient, ttl: Int64 = 60, lease: Int64? = nil, activity: LeaseActivity? = nil) async throws {
         self.client = client
         // The keeper's connection opens first, so that no time passes between the grant
         // and the first refresh but the grant's own reply.
@@ -78,7 +82,7 @@ public final class Session: Sendable {
             (id, grantedTTL) = (granted.id, granted.ttl)
         }
         do {
-            keeper = try await client.keepAliveInBackground(id, ttl: grantedTTL, aliveSince: aliveSince)
+            keeper = try await client.keepAliveInBackground(id, ttl: grantedTTL, aliveSince: aliveSince, activity: activity)
         } catch {
             if lease == nil { _ = try? await client.revokeLease(id) }
             throw error

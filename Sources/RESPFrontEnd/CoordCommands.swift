@@ -22,6 +22,10 @@ actor ConnectionCoordination {
     let store: CoordinationClient
     let logger: Logger
     private(set) var sessionTTL: Int64
+    private(set) var keepAlive: RESPFrontEnd.SessionKeepAlive
+    /// The client's signs of life (the handler notes each command): in `activity`
+    /// mode the session's lease is refreshed only while they come.
+    let activity: LeaseActivity
     private var session: Session?
     private var mutexes: [String: DistributedMutex] = [:]
     private var elections: [String: Election] = [:]
@@ -31,9 +35,11 @@ actor ConnectionCoordination {
     private var visits: [String: (task: Task<Void, Never>, leave: AsyncStream<Void>.Continuation)] = [:]
     private var closed = false
 
-    init(store: CoordinationClient, sessionTTL: Int64, logger: Logger) {
+    init(store: CoordinationClient, sessionTTL: Int64, keepAlive: RESPFrontEnd.SessionKeepAlive, activity: LeaseActivity, logger: Logger) {
         self.store = store
         self.sessionTTL = sessionTTL
+        self.keepAlive = keepAlive
+        self.activity = activity
         self.logger = logger
     }
 
@@ -41,7 +47,7 @@ actor ConnectionCoordination {
     func currentSession() async throws -> Session {
         if let session, !session.isDone { return session }
         guard !closed else { throw CancellationError() }
-        let opened = try await Session(client: store, ttl: sessionTTL)
+        let opened = try await Session(client: store, ttl: sessionTTL, activity: keepAlive == .activity ? activity : nil)
         if closed {
             try? await opened.close()
             throw CancellationError()
@@ -51,7 +57,7 @@ actor ConnectionCoordination {
         elections = [:]
         semaphores = [:]
         visits = [:]
-        logger.debug("RESP session opened", metadata: ["lease": "\(String(opened.lease, radix: 16))", "ttl": "\(opened.ttl)"])
+        logger.debug("RESP session opened", metadata: ["lease": "\(String(opened.lease, radix: 16))", "ttl": "\(opened.ttl)", "keepalive": "\(keepAlive.rawValue)"])
         return opened
     }
 
@@ -353,19 +359,37 @@ actor ConnectionCoordination {
         }
     }
 
+    /// COORD.SESSION [TTL seconds] [KEEPALIVE ACTIVITY|CONNECTION]: with options, sets
+    /// how the connection's next session is made; without, opens it (if need be) and
+    /// describes it.
     private func sessionCommand(_ command: RESPCommand) async throws -> RESPValue {
         if command.arguments.count > 1 {
-            guard command.arguments.count == 3, command.text(1).uppercased() == "TTL" else { throw RESPReplyError.syntax }
-            let ttl = try Self.integer(command, 2)
-            guard ttl > 0 else { throw RESPReplyError.err("the session TTL must be at least 1 second") }
-            if let session, !session.isDone {
-                throw RESPReplyError.err("this connection's session is open (lease \(session.lease)); set its TTL before the first coordination command")
+            var (ttl, keepAlive) = (sessionTTL, self.keepAlive)
+            var index = 1
+            while index < command.arguments.count {
+                guard index + 1 < command.arguments.count else { throw RESPReplyError.syntax }
+                switch command.text(index).uppercased() {
+                case "TTL":
+                    ttl = try Self.integer(command, index + 1)
+                    guard ttl > 0 else { throw RESPReplyError.err("the session TTL must be at least 1 second") }
+                case "KEEPALIVE":
+                    guard let mode = RESPFrontEnd.SessionKeepAlive(rawValue: command.text(index + 1).lowercased()) else {
+                        throw RESPReplyError.err("KEEPALIVE is ACTIVITY (the session lives while the client sends commands) or CONNECTION (while the connection is open)")
+                    }
+                    keepAlive = mode
+                default:
+                    throw RESPReplyError.syntax
+                }
+                index += 2
             }
-            sessionTTL = ttl
+            if let session, !session.isDone {
+                throw RESPReplyError.err("this connection's session is open (lease \(session.lease)); set its TTL and KEEPALIVE before the first coordination command")
+            }
+            (sessionTTL, self.keepAlive) = (ttl, keepAlive)
             return .simpleString("OK")
         }
         let session = try await currentSession()
-        return .fields(["lease": .integer(session.lease), "ttl": .integer(session.ttl)])
+        return .fields(["lease": .integer(session.lease), "ttl": .integer(session.ttl), "keepalive": .bulk(keepAlive.rawValue)])
     }
 
     private func mutex(_ name: [UInt8]) async throws -> DistributedMutex {
@@ -399,9 +423,12 @@ actor ConnectionCoordination {
     private func unlock(_ command: RESPCommand) async throws -> RESPValue {
         let name = String(decoding: command.bytes(1), as: UTF8.self)
         guard let mutex = mutexes[name], mutex.fencingToken != nil else { return .integer(0) }
-        try await mutex.unlock()
+        // Deleting the key tells whether the lock was still held: a session that lapsed
+        // (a stopped client) took its key with it, and the lock was not this
+        // connection's to release any more.
+        let deleted = try await store.delete(mutex.key).deleted
         mutexes[name] = nil
-        return .integer(1)
+        return .integer(deleted > 0 ? 1 : 0)
     }
 
     // MARK: - Elections

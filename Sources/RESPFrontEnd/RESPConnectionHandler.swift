@@ -56,13 +56,21 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     private var protocolVersion = 2
     private var authenticated: Bool
     private var inMulti = false
-    /// After (P|S)SUBSCRIBE or MONITOR on RESP2: Redis's replies are no longer one per
-    /// command, so they are forwarded as they come.
-    private var rawMode = false
+    /// The connection's subscriptions, as Redis will have them once the commands sent
+    /// so far run: channels, patterns and shard channels.
+    private var subscriptions: [String: Set<[UInt8]>] = ["subscribe": [], "psubscribe": [], "ssubscribe": []]
+    private var monitoring = false
+    /// In RESP2 subscribe mode or after MONITOR, Redis accepts only the pub/sub
+    /// commands, so coordination commands are refused too.
+    private var rawMode: Bool {
+        monitoring || (protocolVersion == 2 && subscriptions.values.contains { !$0.isEmpty })
+    }
     private var closing = false
     private var context: ChannelHandlerContext?
     private var backend: Backend?
     private let coordination: ConnectionCoordination
+    /// The client's signs of life: every command, and busy while replies are owed.
+    private let activity = LeaseActivity()
     /// The last coordination command, which the next one waits for.
     private var tail: Task<Void, Never>?
     /// Every coordination command still running (a blocked one and those queued
@@ -85,7 +93,8 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     init(shared: RESPFrontEndContext) {
         self.shared = shared
         self.authenticated = !shared.requiresAuth
-        self.coordination = ConnectionCoordination(store: shared.store, sessionTTL: shared.configuration.sessionTTL, logger: shared.logger)
+        self.coordination = ConnectionCoordination(store: shared.store, sessionTTL: shared.configuration.sessionTTL,
+                                                   keepAlive: shared.configuration.sessionKeepAlive, activity: activity, logger: shared.logger)
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -142,6 +151,7 @@ final class RESPConnectionHandler: ChannelInboundHandler {
 
     private func handle(_ command: RESPCommand, context: ChannelHandlerContext) {
         let name = command.name
+        activity.note()
         if inWatchMode && !["coord.watch", "coord.observe", "coord.unwatch", "ping", "quit", "reset"].contains(name) {
             reply(.error("ERR Can't execute '\(name)': only COORD.WATCH / COORD.OBSERVE / COORD.UNWATCH / PING / QUIT / RESET are allowed in this context (RESP2 watch mode; HELLO 3 allows every command beside watches)"))
             return
@@ -548,17 +558,25 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         switch name {
         case "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe":
             // One message per channel named (pushes in RESP3); an UNSUBSCRIBE of
-            // everything answers at least one. Messages beyond those are published
-            // messages, forwarded as they come.
+            // everything answers one per subscription it ends, or one when there was
+            // none. Messages beyond those are published messages, forwarded as they come.
+            let family = name.hasPrefix("p") ? "psubscribe" : name.hasPrefix("ss") || name.hasPrefix("sun") ? "ssubscribe" : "subscribe"
+            let named = command.arguments.dropFirst().map { Array($0.readableBytesView) }
             let new = Slot(fromBackend: true)
-            new.framesLeft = max(command.arguments.count - 1, 1)
-            new.takesPushes = protocolVersion >= 3
-            if protocolVersion == 2 && name.hasSuffix("subscribe") && !name.hasPrefix("un") && !name.hasPrefix("pun") && !name.hasPrefix("sun") {
-                rawMode = true
+            if !name.contains("unsubscribe") {
+                subscriptions[family, default: []].formUnion(named)
+                new.framesLeft = max(named.count, 1)
+            } else if named.isEmpty {
+                new.framesLeft = max(subscriptions[family]?.count ?? 0, 1)
+                subscriptions[family] = []
+            } else {
+                subscriptions[family]?.subtract(named)
+                new.framesLeft = named.count
             }
+            new.takesPushes = protocolVersion >= 3
             slot = new
         case "monitor":
-            rawMode = true
+            monitoring = true
             slot = Slot(fromBackend: true)
         default:
             let new = Slot(fromBackend: true)
@@ -590,6 +608,9 @@ final class RESPConnectionHandler: ChannelInboundHandler {
             case "exec", "discard":
                 inMulti = false
             case "reset":
+                // RESET ends subscriptions and MONITOR as it is sent, as Redis will.
+                subscriptions = subscriptions.mapValues { _ in [] }
+                monitoring = false
                 new.onReply = { [unowned self] _ in
                     self.inMulti = false
                     self.protocolVersion = 2
@@ -734,6 +755,9 @@ final class RESPConnectionHandler: ChannelInboundHandler {
             }
         }
         if wrote { context.flush() }
+        // A command still owed a reply (a blocked COORD.LOCK, a BLPOP) keeps the
+        // session alive however long it takes.
+        activity.setBusy(!slots.isEmpty)
     }
 }
 

@@ -40,6 +40,22 @@ public final class RESPFrontEnd: Service, Sendable {
         }
     }
 
+    /// What keeps a connection's session lease alive. Either way the lease is revoked
+    /// the moment the connection closes, and expires by its TTL if coordproxy dies.
+    public enum SessionKeepAlive: String, Sendable, CaseIterable {
+        /// The client's own activity: the lease is refreshed while a command of the
+        /// connection is in progress (a blocked COORD.LOCK too), and otherwise only if
+        /// the client sent a command since the previous refresh. A client that stops
+        /// (SIGSTOP, a debugger, a hung process) with its connection open loses its
+        /// session between one and four thirds of a TTL after its last command; a
+        /// client that holds a lock longer than the TTL sends PING (or any command)
+        /// more often than the TTL, as etcd clients send keep-alives.
+        case activity
+        /// The connection alone: the lease is refreshed for as long as the connection
+        /// is open, whatever the client does.
+        case connection
+    }
+
     /// What the listener serves and how.
     public struct Configuration: Sendable {
         /// The listen addresses.
@@ -55,6 +71,8 @@ public final class RESPFrontEnd: Service, Sendable {
         public var allowFlush = false
         /// The TTL of a connection's session lease, in seconds.
         public var sessionTTL: Int64 = 60
+        /// What keeps a connection's session alive (`--session-keepalive`).
+        public var sessionKeepAlive = SessionKeepAlive.activity
         /// At most this many client connections (Redis's maxclients).
         public var maxClients = 10_000
 
@@ -144,7 +162,7 @@ public final class RESPFrontEnd: Service, Sendable {
         for waiter in boundWaiters.withLockedValue({ value in defer { value = [] }; return value }) { waiter.resume(returning: addresses) }
         for address in addresses {
             logger.info("serving the Redis protocol (COORD.* commands\(configuration.passthrough ? ", other commands passed through to Redis" : ""))",
-                        metadata: ["address": "\(address)", "redis_requires_auth": "\(requiresAuth)", "session_ttl": "\(configuration.sessionTTL)"])
+                        metadata: ["address": "\(address)", "redis_requires_auth": "\(requiresAuth)", "session_ttl": "\(configuration.sessionTTL)", "session_keepalive": "\(configuration.sessionKeepAlive.rawValue)"])
         }
         let open = listeners
         await withGracefulShutdownHandler {

@@ -67,6 +67,9 @@ struct CoordProxy: AsyncParsableCommand {
     @Option(name: .customLong("session-ttl"), help: ArgumentHelp("TTL in seconds of the lease of a Redis-protocol connection's session (default 60): revoked when the connection closes, expiring after this long if coordproxy dies.", valueName: "seconds"))
     var sessionTTL: Int64?
 
+    @Option(name: .customLong("session-keepalive"), help: ArgumentHelp("What keeps a Redis-protocol connection's session alive: 'activity' (default: refreshed while the client sends commands or waits on one, so a stopped client's locks go a TTL after its last command; a holder idle longer than the TTL sends PING) or 'connection' (refreshed while the connection is open).", valueName: "activity|connection"))
+    var sessionKeepAlive: String?
+
     @Option(help: ArgumentHelp("The member's name, as etcd's --name.", valueName: "name"))
     var name: String?
 
@@ -109,6 +112,10 @@ struct CoordProxy: AsyncParsableCommand {
         let respListen = try (setting(listenRESP, "LISTEN_RESP") ?? "").split(separator: ",").map { try RESPFrontEnd.Address(parsing: String($0)) }
         let respSessionTTL = sessionTTL ?? setting(nil, "SESSION_TTL").flatMap { Int64($0) } ?? 60
         guard respSessionTTL >= 1 else { throw ValidationError("--session-ttl must be at least 1 second") }
+        let keepAliveText = setting(sessionKeepAlive, "SESSION_KEEPALIVE", default: "activity")!
+        guard let respKeepAlive = RESPFrontEnd.SessionKeepAlive(rawValue: keepAliveText.lowercased()) else {
+            throw ValidationError("--session-keepalive is 'activity' or 'connection', not '\(keepAliveText)'")
+        }
         let registry = Self.bootstrapMetrics()
         let advertised = setting(advertiseClientURLs, "ADVERTISE_CLIENT_URLS")?
             .split(separator: ",").map { String($0) } ?? listen.map { "http://\($0)" }
@@ -158,6 +165,7 @@ struct CoordProxy: AsyncParsableCommand {
             configuration.passthrough = !(noPassthrough || setting(nil, "NO_PASSTHROUGH") == "1")
             configuration.allowFlush = allowFlush || setting(nil, "ALLOW_FLUSH") == "1"
             configuration.sessionTTL = respSessionTTL
+            configuration.sessionKeepAlive = respKeepAlive
             services.append(.init(service: RESPFrontEnd(store: store, configuration: configuration, logger: logger)))
         }
         if !metricsListen.isEmpty {

@@ -39,6 +39,45 @@ import Testing
         }
     }
 
+    @Test func aSessionWithAnActivityLivesWhileItsOwnerShowsSignsOfLifeAndExpiresATTLAfterTheLast() async throws {
+        try await withStore { store, _ in
+            let activity = LeaseActivity()
+            let session = try await Session(client: store, ttl: 3, activity: activity)
+            _ = try await store.put("k", "v", options: PutOptions(lease: session.lease))
+            // Signs of life every 500 ms for 2.5 TTLs keep it.
+            for _ in 0..<15 {
+                try await Task.sleep(for: .milliseconds(500))
+                activity.note()
+            }
+            #expect(try await store.get("k").count == 1)
+            #expect(!session.isDone)
+            // Then none: a refresh follows the last sign of life, so the lease lives at
+            // least a TTL past it, and then it goes.
+            let last = ContinuousClock.now
+            try await Task.sleep(for: .milliseconds(1_500))
+            #expect(try await store.get("k").count == 1, "the lease expired less than a TTL after the last sign of life")
+            let gone = await eventually(timeout: .seconds(20)) { (try? await store.get("k").count) == 0 }
+            #expect(gone, "the lease outlived its owner's activity")
+            #expect(ContinuousClock.now - last >= .seconds(3))
+            let ended = await eventually(timeout: .seconds(10)) { session.isDone }
+            #expect(ended && session.isExpired)
+        }
+    }
+
+    @Test func aBusyActivityKeepsItsSessionAliveWithoutSignsOfLife() async throws {
+        try await withStore { store, _ in
+            let activity = LeaseActivity()
+            let session = try await Session(client: store, ttl: 3, activity: activity)
+            _ = try await store.put("k", "v", options: PutOptions(lease: session.lease))
+            activity.setBusy(true)
+            try await Task.sleep(for: .milliseconds(7_500))
+            #expect(try await store.get("k").count == 1, "a busy owner lost its lease")
+            activity.setBusy(false)
+            let gone = await eventually(timeout: .seconds(20)) { (try? await store.get("k").count) == 0 }
+            #expect(gone, "the lease outlived its owner's activity")
+        }
+    }
+
     @Test func closeRevokesTheLeaseAndItsKeys() async throws {
         try await withStore { store, _ in
             let session = try await Session(client: store, ttl: 60)

@@ -274,6 +274,75 @@ import Testing
         }
     }
 
+    /// Starts `fenced_hold` and returns it with the token it holds.
+    static func fencedHolder(_ proxy: RESPProxy, lock: String, file: String, keepAlive: String, ttl: Int, pingSeconds: Int) async throws -> (ChildProcess, Int64) {
+        let python = try await redisPython()
+        let holder = try ChildProcess.spawn(python, arguments: [redisPyScript, "fenced_hold", String(proxy.port), lock, file, keepAlive, String(ttl), String(pingSeconds)],
+                                            logPath: file + ".log")
+        let started = await eventually(timeout: .seconds(60)) { FileManager.default.fileExists(atPath: file) }
+        #expect(started, "the holder never took \(lock): \(ChildProcess.tail(of: file + ".log"))")
+        let token = Int64(((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        return (holder, token)
+    }
+
+    @Test func aStoppedHoldersLockIsTakenAfterItsSessionTTLAndItsLateWriteIsRejectedByTheFence() async throws {
+        try await withRESPProxy { proxy in
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("resp-stopped-\(UUID().uuidString)").path
+            defer { for suffix in ["", ".log", ".go", ".done"] { unlink(file + suffix) } }
+            // A 3 s session kept alive by the client's activity (the default), no PINGs.
+            let (holder, heldToken) = try await Self.fencedHolder(proxy, lock: "fenced", file: file, keepAlive: "activity", ttl: 3, pingSeconds: 0)
+            defer { Task { await holder.terminate(signal: SIGKILL) } }
+            #expect(heldToken > 0)
+            holder.send(SIGSTOP)
+            let busy = try await redisCLI(proxy.port, ["COORD.TRYLOCK", "fenced"])
+            #expect(busy.output == "\n", "the lock was free while held: \(busy.output)")
+            // The stopped holder's connection stays open; its session lapses a TTL after
+            // its last command, and the next locker gets a greater token.
+            let started = ContinuousClock.now
+            let taken = try await redisPy(["fenced_take", String(proxy.port), "fenced", "successor's write"])
+            let waited = ContinuousClock.now - started
+            let words = taken.output.split(whereSeparator: \.isWhitespace)
+            #expect(taken.status == 0 && words.count == 4 && words[3] == "1", "\(taken.output)\(taken.error)")
+            let successorToken = words.count == 4 ? Int64(words[1]) ?? 0 : 0
+            #expect(successorToken > heldToken, "the successor's token \(successorToken) is not above \(heldToken)")
+            #expect(waited < .seconds(60))
+            // The old holder wakes up and writes with its old token: the fence refuses it,
+            // and it no longer holds the lock.
+            holder.send(SIGCONT)
+            _ = FileManager.default.createFile(atPath: file + ".go", contents: Data())
+            let done = await eventually(timeout: .seconds(60)) { FileManager.default.fileExists(atPath: file + ".done") }
+            #expect(done, "the resumed holder never reported: \(ChildProcess.tail(of: file + ".log"))")
+            let report = ((try? String(contentsOfFile: file + ".done", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(report == "write 0 unlock 0", "\(report)")
+            let resource = try await redisCLI(proxy.port, ["HGET", "resource", "value"])
+            #expect(resource.output == "successor's write\n")
+        }
+    }
+
+    @Test func aHolderThatPingsKeepsItsLockPastTheTTLAndAConnectionBoundSessionOutlivesAStop() async throws {
+        try await withRESPProxy { proxy in
+            let pinging = FileManager.default.temporaryDirectory.appendingPathComponent("resp-pinging-\(UUID().uuidString)").path
+            let bound = FileManager.default.temporaryDirectory.appendingPathComponent("resp-bound-\(UUID().uuidString)").path
+            defer { for file in [pinging, bound] { for suffix in ["", ".log"] { unlink(file + suffix) } } }
+            // One holder idles but PINGs (activity keep-alive); the other is stopped, its
+            // session bound to the connection alone. Both have 3 s sessions.
+            let (pinger, _) = try await Self.fencedHolder(proxy, lock: "pinged", file: pinging, keepAlive: "activity", ttl: 3, pingSeconds: 600)
+            defer { Task { await pinger.terminate(signal: SIGKILL) } }
+            let (stopped, _) = try await Self.fencedHolder(proxy, lock: "bound", file: bound, keepAlive: "connection", ttl: 3, pingSeconds: 0)
+            defer { Task { await stopped.terminate(signal: SIGKILL) } }
+            stopped.send(SIGSTOP)
+            try await Task.sleep(for: .seconds(9))   // three TTLs
+            for lock in ["pinged", "bound"] {
+                let held = try await redisCLI(proxy.port, ["COORD.TRYLOCK", lock])
+                #expect(held.output == "\n", "\(lock) was free after three TTLs: \(held.output)")
+            }
+            // Closing the connection frees it at once, stopped or not.
+            await stopped.terminate(signal: SIGKILL)
+            let freed = try await redisCLI(proxy.port, ["COORD.LOCK", "bound", "TIMEOUT", "20000"])
+            #expect(freed.output.split(separator: "\n").count == 2, "\(freed.output)\(freed.error)")
+        }
+    }
+
     @Test func aClientKilledWhileWaitingForALockLeavesNoWaiterKey() async throws {
         try await withRESPProxy { proxy in
             let python = try await redisPython()
@@ -409,6 +478,16 @@ import Testing
             #expect(unwatched == "+OK|*3|$5|watch|:1|:2|:1|+OK|", "\(unwatched)")
             // RESP2 SUBSCRIBE behind a SET: every reply, in order, then the close.
             #expect(try await Self.exchange(proxy.port, "AUTH pw\\nSET a 1\\nSUBSCRIBE c\\nQUIT\\n") == "+OK|+OK|*3|$9|subscribe|$1|c|:1|+OK|")
+            // Subscribe mode refuses coordination commands, as Redis refuses its own, and
+            // ends with the last UNSUBSCRIBE; one that ends every subscription answers once
+            // per channel (in Redis's order), ahead of the commands behind it.
+            let subscribed = try await Self.exchange(proxy.port, "AUTH pw\\nSUBSCRIBE c d\\nCOORD.REV\\nUNSUBSCRIBE\\nCOORD.REV\\nQUIT\\n")
+            #expect(subscribed == "+OK|*3|$9|subscribe|$1|c|:1|*3|$9|subscribe|$1|d|:2|"
+                        + "-ERR Can't execute 'coord.rev': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context|"
+                        + "*3|$11|unsubscribe|$1|c|:1|*3|$11|unsubscribe|$1|d|:0|:2|+OK|"
+                        || subscribed.hasSuffix("|*3|$11|unsubscribe|$1|d|:1|*3|$11|unsubscribe|$1|c|:0|:2|+OK|"), "\(subscribed)")
+            let patterns = try await Self.exchange(proxy.port, "AUTH pw\\nPSUBSCRIBE p*\\nSUBSCRIBE c\\nPUNSUBSCRIBE p*\\nCOORD.REV\\nUNSUBSCRIBE c\\nCOORD.REV\\nQUIT\\n")
+            #expect(patterns.hasSuffix("*3|$11|unsubscribe|$1|c|:0|:2|+OK|") && patterns.contains("|-ERR Can't execute 'coord.rev'"), "\(patterns)")
         }
     }
 

@@ -14,12 +14,16 @@ import Synchronization
 /// after the previous confirmed one was sent; a transient error is retried after a
 /// short delay; the lease ends `unconfirmed` when a TTL passes after the last
 /// confirmed refresh was sent without another one confirmed, and `notFound` when the
-/// store says it is gone.
+/// store says it is gone. A lease with a ``LeaseActivity`` is refreshed only when its
+/// owner showed activity since the previous refresh was sent (or is busy); otherwise
+/// the thread waits for the activity's wake-up or the deadline.
 final class LeaseKeeper: @unchecked Sendable {
     private struct Entry {
         let handle: LeaseKeepAlive
         let ttl: Duration
         let interval: Duration
+        /// Refreshes wait for it (see ``LeaseActivity``); nil: always refresh.
+        let activity: LeaseActivity?
         var confirmed: ContinuousClock.Instant
         var nextSend: ContinuousClock.Instant
         /// When the refresh in flight was sent; nil when none is.
@@ -80,7 +84,7 @@ final class LeaseKeeper: @unchecked Sendable {
     }
 
     /// Starts refreshing `lease`.
-    func add(lease: Int64, ttl: Int64, aliveSince: ContinuousClock.Instant) throws -> LeaseKeepAlive {
+    func add(lease: Int64, ttl: Int64, aliveSince: ContinuousClock.Instant, activity: LeaseActivity?) throws -> LeaseKeepAlive {
         let handle = LeaseKeepAlive(lease: lease, ttl: ttl, aliveSince: aliveSince) { [weak self] lease in
             self?.remove(lease)
         }
@@ -89,7 +93,7 @@ final class LeaseKeeper: @unchecked Sendable {
             if state.closed { return (true, nil) }
             // A second keep-alive of the same lease replaces the first, which ends stopped.
             let previous = state.entries[lease]?.handle
-            state.entries[lease] = Entry(handle: handle, ttl: .seconds(ttl), interval: interval,
+            state.entries[lease] = Entry(handle: handle, ttl: .seconds(ttl), interval: interval, activity: activity,
                                          confirmed: aliveSince, nextSend: aliveSince + interval, inFlight: nil)
             return (false, previous)
         }
@@ -147,12 +151,19 @@ final class LeaseKeeper: @unchecked Sendable {
                         lost.append(entry.handle)
                         continue
                     }
+                    var parked = false
                     if entry.inFlight == nil && now >= entry.nextSend {
-                        entry.inFlight = now
-                        state.entries[lease] = entry
-                        due.append((lease, now, entry.deadline - now))
+                        // An owner without activity since the last refresh gets none:
+                        // the lease runs out unless it shows a sign of life first.
+                        if let activity = entry.activity, !activity.active(since: entry.confirmed, orWake: { [weak self] in self?.wake() }) {
+                            parked = true
+                        } else {
+                            entry.inFlight = now
+                            state.entries[lease] = entry
+                            due.append((lease, now, entry.deadline - now))
+                        }
                     }
-                    let next = entry.inFlight == nil ? min(entry.nextSend, entry.deadline) : entry.deadline
+                    let next = entry.inFlight == nil && !parked ? min(entry.nextSend, entry.deadline) : entry.deadline
                     earliest = earliest.map { min($0, next) } ?? next
                 }
                 return (false, earliest)

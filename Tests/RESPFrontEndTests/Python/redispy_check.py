@@ -20,6 +20,14 @@ Usage:
       takes the lock, writes its token to <file>, then waits forever (the test kills it)
   redispy_check.py wait <port> <name> <file>
       writes "waiting" to <file>, then blocks in COORD.LOCK until killed
+  redispy_check.py fenced_hold <port> <name> <file> <keepalive> <ttl> <ping seconds>
+      opens a session of <ttl> s kept alive by <keepalive>, takes the lock, writes its
+      token to <file>, PINGs every 0.5 s for <ping seconds>, then waits for
+      <file>.go and writes the resource with its token through the fence
+      (FENCED_WRITE), reporting "write <1|0> unlock <n>" to <file>.done
+  redispy_check.py fenced_take <port> <name> <value>
+      takes the lock (waiting up to 60 s), writes <value> through the fence and
+      prints "token <t> write <1|0>"
 """
 import os
 import sys
@@ -381,6 +389,48 @@ def wait(port, name, path):
         time.sleep(1)
 
 
+# The protected resource checks the fencing token (a lock's create revision): a write
+# with a token below the highest it has accepted is refused, so a holder that lost
+# its lock while stopped cannot overwrite its successor's work.
+FENCED_WRITE = """
+local fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
+if tonumber(ARGV[1]) < fence then return 0 end
+redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'value', ARGV[2])
+return 1
+"""
+
+
+def fenced_hold(port, name, path, keepalive, ttl, ping_seconds):
+    r = connect(port)
+    assert r.execute_command("COORD.SESSION", "TTL", ttl, "KEEPALIVE", keepalive) == b"OK"
+    key, token = r.execute_command("COORD.LOCK", name)
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{token}\n")
+    os.rename(path + ".tmp", path)
+    until = time.monotonic() + float(ping_seconds)
+    while time.monotonic() < until:
+        r.ping()
+        time.sleep(0.5)
+    while not os.path.exists(path + ".go"):
+        time.sleep(0.05)
+    wrote = r.eval(FENCED_WRITE, 1, "resource", token, f"late write of {token}")
+    unlocked = r.execute_command("COORD.UNLOCK", name)
+    with open(path + ".done.tmp", "w") as f:
+        f.write(f"write {wrote} unlock {unlocked}\n")
+    os.rename(path + ".done.tmp", path + ".done")
+    while True:
+        time.sleep(1)
+
+
+def fenced_take(port, name, value):
+    r = connect(port)
+    key, token = r.execute_command("COORD.LOCK", name, "TIMEOUT", "60000")
+    wrote = r.eval(FENCED_WRITE, 1, "resource", token, value)
+    print(f"token {token} write {wrote}", flush=True)
+    r.close()
+
+
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
-    {"coord": coord, "passthrough": passthrough, "watch": watch, "election": election, "fortress": fortress, "lockers": lockers, "hold": hold, "wait": wait}[mode](*args)
+    {"coord": coord, "passthrough": passthrough, "watch": watch, "election": election, "fortress": fortress, "lockers": lockers, "hold": hold, "wait": wait,
+     "fenced_hold": fenced_hold, "fenced_take": fenced_take}[mode](*args)
