@@ -28,7 +28,10 @@
 #                         RESP listener in the same run, with the ratio and coordproxy's
 #                         CPU per request, COORD.PUT/COORD.GET from 16 clients, and
 #                         coordbench resp: COORD.PUT and COORD.LOCK/UNLOCK, uncontended
-#                         and handed off between 16 connections (skip with LOADTEST_RESP=0; LOADTEST_RESP_REQUESTS, default
+#                         and handed off between 16 connections, beside etcd's v3lock
+#                         Lock/Unlock from the Go load generator against a private etcd
+#                         in the same run (skip etcd with LOADTEST_RESP_ETCD=0; skip the
+#                         section with LOADTEST_RESP=0; LOADTEST_RESP_REQUESTS, default
 #                         200000, and LOADTEST_RESP_COORD_REQUESTS, default 20000).
 #
 # Without REDIS_URL, coordbench starts a private redis-server on a loopback port
@@ -200,6 +203,31 @@ loadtest_coordproxy() {
     fi
 }
 
+# loadtest_start_etcd: starts a private etcd 3.4 (single member, fsync on every write,
+# its default) with its data under $loadtest_dir, waits until it is healthy, and sets
+# etcd_port, etcd_pid and etcd_version.
+loadtest_start_etcd() {
+    local etcd_peer_port etcd_url etcd_peer
+    mkdir -p "$loadtest_dir/etcd-data"
+    loadtest_free_port etcd_port
+    loadtest_free_port etcd_peer_port
+    etcd_url=http://127.0.0.1:$etcd_port
+    etcd_peer=http://127.0.0.1:$etcd_peer_port
+    etcd --name loadtest --data-dir "$loadtest_dir/etcd-data" \
+        --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
+        --listen-peer-urls "$etcd_peer" --initial-advertise-peer-urls "$etcd_peer" \
+        --initial-cluster "loadtest=$etcd_peer" --initial-cluster-state new \
+        --logger zap --log-outputs "$loadtest_dir/etcd.log" \
+        >"$loadtest_dir/etcd-stdout.log" 2>&1 &
+    etcd_pid=$!
+    loadtest_servers+=("etcd:$etcd_pid")
+    echo "$etcd_pid" >"$loadtest_dir/etcd.pid"
+    loadtest_wait etcd "$etcd_pid" "$loadtest_dir/etcd.log" \
+        env ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$etcd_port" --dial-timeout 2s --command-timeout 3s endpoint health
+    etcd_version=$(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p')
+    coord_log "etcd ${etcd_version:-?} (pid $etcd_pid) serves 127.0.0.1:$etcd_port"
+}
+
 loadtest_redis_ready() {
     [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]
 }
@@ -226,24 +254,7 @@ if [ "$LOADTEST_ETCD" != 0 ]; then
     mkdir -p "$loadtest_dir/etcd-data" "$loadtest_dir/redis"
     fs_type=$(stat -f -c %T "$loadtest_dir" 2>/dev/null || echo unknown)
 
-    # etcd 3.4, single member, fsync on every write (its default).
-    loadtest_free_port etcd_port
-    loadtest_free_port etcd_peer_port
-    etcd_url=http://127.0.0.1:$etcd_port
-    etcd_peer=http://127.0.0.1:$etcd_peer_port
-    etcd --name loadtest --data-dir "$loadtest_dir/etcd-data" \
-        --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
-        --listen-peer-urls "$etcd_peer" --initial-advertise-peer-urls "$etcd_peer" \
-        --initial-cluster "loadtest=$etcd_peer" --initial-cluster-state new \
-        --logger zap --log-outputs "$loadtest_dir/etcd.log" \
-        >"$loadtest_dir/etcd-stdout.log" 2>&1 &
-    etcd_pid=$!
-    loadtest_servers+=("etcd:$etcd_pid")
-    echo "$etcd_pid" >"$loadtest_dir/etcd.pid"
-    loadtest_wait etcd "$etcd_pid" "$loadtest_dir/etcd.log" \
-        env ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$etcd_port" --dial-timeout 2s --command-timeout 3s endpoint health
-    etcd_version=$(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p')
-    coord_log "etcd ${etcd_version:-?} (pid $etcd_pid) serves 127.0.0.1:$etcd_port"
+    loadtest_start_etcd
 
     # Redis with its append-only file, fsync once a second; coordproxy over it.
     loadtest_free_port redis_port
@@ -361,6 +372,23 @@ if [ "${LOADTEST_RESP:-1}" != 0 ]; then
     requests=${LOADTEST_RESP_REQUESTS:-200000}
     coord_requests=${LOADTEST_RESP_COORD_REQUESTS:-20000}
 
+    # The reference for lock+unlock: etcd's own Lock service (v3lock), driven by the Go
+    # load generator from 16 workers with a lock each, as coordbench resp's "lock".
+    v3lock_json=$report_dir/resp-etcd-v3lock.json
+    rm -f "$v3lock_json"
+    if [ "${LOADTEST_RESP_ETCD:-1}" != 0 ]; then
+        coord_log "building the load generator (Go, clientv3)"
+        coord_build_go_loadgen "$(pwd)/.build/go/loadgen"
+        loadgen=$COORD_GO_LOADGEN
+        loadtest_start_etcd
+        coord_log "running: loadgen run -workloads v3lock against etcd (the reference for COORD.LOCK/UNLOCK)"
+        loadtest_loadgen run -endpoints "127.0.0.1:$etcd_port" -label "etcd 3.4" -workloads v3lock \
+            -pids "etcd=$etcd_pid" -out "$v3lock_json" -duration "${LOADTEST_DURATION:-3s}" -rounds "${LOADTEST_ROUNDS:-3}" \
+            -notes "etcd ${etcd_version:-?}, single member, fsync per write" \
+            || coord_log "loadgen v3lock against etcd failed; the report leaves the comparison out"
+        loadtest_stop_servers
+    fi
+
     loadtest_free_port resp_redis_port
     redis-server --port "$resp_redis_port" --bind 127.0.0.1 --daemonize no \
         --appendonly yes --appendfsync everysec --save '' \
@@ -422,6 +450,21 @@ if [ "${LOADTEST_RESP:-1}" != 0 ]; then
         done
         echo "durability: Redis appendonly yes, appendfsync everysec; coordproxy's CPU from /proc/<pid>/stat over each run"
         cat "$report_dir/resp-coordbench.txt"
+        resp_lock=$(awk '$1 == "lock" { print $2 }' "$report_dir/resp-coordbench.txt")
+        etcd_lock=
+        if [ -f "$v3lock_json" ]; then
+            etcd_lock=$(python3 -c 'import json, sys
+for r in json.load(open(sys.argv[1]))["results"]:
+    if r["workload"] == "v3lock": print(round(r["ops_per_sec"]))' "$v3lock_json" 2>/dev/null || true)
+        fi
+        if [ -n "$resp_lock" ] && [ -n "$etcd_lock" ]; then
+            echo
+            echo "lock+unlock pairs/s, 16 workers with a lock each, same run (medians of ${LOADTEST_ROUNDS:-3} rounds):"
+            awk -v p="$resp_lock" -v e="$etcd_lock" 'BEGIN {
+                printf "  %-48s %8.0f\n  %-48s %8.0f\n  %-48s %8.2f  (target >= 3; %s)\n",
+                    "COORD.LOCK/UNLOCK through coordproxy (RESP)", p, "etcd v3lock Lock/Unlock (Go clientv3)", e,
+                    "ratio", p / e, (p / e >= 3 ? "met" : "not met") }'
+        fi
     } | tee "$report_dir/resp-report.txt"
     coord_log "results in $report_dir: resp-report.txt, resp.tsv, resp-coordbench.txt, resp-logs/"
 fi

@@ -78,8 +78,8 @@ public final class EtcdAPIServer: Service, Sendable {
     /// Serves until cancelled or shut down gracefully.
     public func run() async throws {
         let servers = addresses.map { address in
-            GRPCServer(transport: .http2NIOPosix(address: .ipv4(host: address.host, port: address.port),
-                                                 transportSecurity: .plaintext, config: Self.transportConfig),
+            GRPCServer(transport: MethodCheckingTransport(HTTP2ServerTransport.Posix(address: .ipv4(host: address.host, port: address.port),
+                                                                                     transportSecurity: .plaintext, config: Self.transportConfig)),
                        services: services(), interceptors: [MetricsInterceptor()])
         }
         try await withGracefulShutdownHandler {
