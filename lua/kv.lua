@@ -16,7 +16,14 @@
 --   9 lkeys    ZSET    score 0, members %019d(lease ID).."\0"..key: the keys attached to each lease
 --  10 ldue     ZSET    lease ID -> deadline (Redis server time, milliseconds)
 --  11 leaseseq STRING  the last lease ID chosen by the store
---  12 ttlkey   STRING  (lease requests only) "{ns}:lease:<id>", whose TTL mirrors the lease's,
+--  12 id       HASH    the store's identity, created with the namespace (or when it is
+--                      found missing: the data was lost): "id" (32 hex digits, new for
+--                      every incarnation of the data), "epoch" (microseconds), "base"
+--                      (the revision at which the epoch began), "run" (the Redis run_id
+--                      the epoch belongs to), "epochs" (msgpack list of {base, epoch},
+--                      oldest first). A fencing token of a key created at revision r in
+--                      an epoch is epoch + (r - base): see the "hello" request.
+--  13 ttlkey   STRING  (lease requests only) "{ns}:lease:<id>", whose TTL mirrors the lease's,
 --                      so that its keyspace `expired` event can wake reapers
 -- ARGV:
 --   1 msgpack request, one of
@@ -27,19 +34,26 @@
 --       {"txn", {compare...}, {successOp...}, {failureOp...}}
 --       {"grant", id ("0": the store chooses), ttl}   {"revoke", id}   {"keepalive", id}
 --       {"ttl", id, withKeys}   {"leases"}   {"reap"}
+--       {"hello", runID}: sent by every client connection when it (re)connects, with the
+--         run_id of the Redis process it reached: a different one than the epoch's
+--         means Redis restarted or failed over since, possibly losing writes, so a new
+--         epoch begins, at the server's time in microseconds and above every token of
+--         the previous one; tokens therefore never repeat (provided the servers' clocks
+--         do not step back and the store commits under a million revisions a second)
 --         compare = {target ("value"|"version"|"create"|"mod"|"lease"),
 --                    result ("="|"!="|"<"|">"), key, rangeEnd, operand}
 --     lease IDs travel as decimal strings (they do not fit a Lua number).
--- Reply: msgpack {revision, result} or {false, errorCode, message}, where result is
+-- Reply: msgpack {revision, result, storeID, epoch, base} or {false, errorCode, message}, where result is
 --   {"range", {kv...}, more, count}   kv = {key, create, mod, version, lease, value}
 --   {"put", prevKV or false}
 --   {"delete", deleted, {prevKV...}}
 --   {"txn", succeeded, {result...}}
 --   {"grant", id, ttl}   {"revoke"}   {"keepalive", id, ttl}
 --   {"ttl", id, ttl (-1: not found), grantedTTL, {key...}}   {"leases", {id...}}   {"reap", revoked}
+--   {"hello", {{base, epoch}...}} (every epoch of the store, oldest first)
 
 local K_REV, K_COMPACT, K_KV, K_KEYS, K_HIST, K_HKEYS, K_LOG, K_LEASES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local K_LKEYS, K_LDUE, K_LEASESEQ, K_TTLKEY = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local K_LKEYS, K_LDUE, K_LEASESEQ, K_ID, K_TTLKEY = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
 local request = cmsgpack.unpack(ARGV[1])
 
 local current = tonumber(redis.call('GET', K_REV) or '1')
@@ -49,6 +63,35 @@ local changed = false
 local events = {}
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local nowMicros = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+
+-- The store's identity (see KEYS[12]); a namespace without one gets one now.
+local identity = redis.call('HMGET', K_ID, 'id', 'epoch', 'base')
+local storeID, epoch, base = identity[1], tonumber(identity[2]), tonumber(identity[3])
+local created = not storeID
+if created then
+  -- The server's time to the microsecond makes it unique (math.random is seeded alike
+  -- in every fresh Redis process; it only adds noise).
+  storeID = string.format('%08x%05x%06x%05x', tonumber(clock[1]) % 4294967296, tonumber(clock[2]),
+    math.random(0, 16777215), math.random(0, 1048575))
+  epoch, base = nowMicros, current
+  redis.call('HSET', K_ID, 'id', storeID, 'epoch', epoch, 'base', base, 'run', '', 'epochs', cmsgpack.pack({{base, epoch}}))
+end
+
+if request[1] == 'hello' then
+  local run = request[2]
+  local epochs = cmsgpack.unpack(redis.call('HGET', K_ID, 'epochs') or cmsgpack.pack({}))
+  if created then
+    redis.call('HSET', K_ID, 'run', run)
+  elseif run ~= '' and run ~= redis.call('HGET', K_ID, 'run') then
+    -- Above every token of the epoch that ends (epoch + revisions since its base) and
+    -- at the server's time, which is above every token of any epoch begun earlier.
+    epoch, base = math.max(nowMicros, epoch + (current - base) + 1), current
+    epochs[#epochs + 1] = {base, epoch}
+    redis.call('HSET', K_ID, 'epoch', epoch, 'base', base, 'run', run, 'epochs', cmsgpack.pack(epochs))
+  end
+  return cmsgpack.pack({current, {'hello', epochs}, storeID, epoch, base})
+end
 
 local function fail(code, message)
   error({code = code, message = message})
@@ -483,6 +526,6 @@ end
 if changed then
   redis.call('SET', K_REV, nextRevision)
   redis.call('XADD', K_LOG, nextRevision .. '-0', 't', now, 'e', cmsgpack.pack(events))
-  return cmsgpack.pack({nextRevision, outcome})
+  return cmsgpack.pack({nextRevision, outcome, storeID, epoch, base})
 end
-return cmsgpack.pack({current, outcome})
+return cmsgpack.pack({current, outcome, storeID, epoch, base})

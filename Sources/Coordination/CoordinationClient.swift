@@ -37,6 +37,9 @@ public final class CoordinationClient: Sendable {
     private let keys: [[UInt8]]
     private let ownedConnection: RedisConnection?
     private let hubStorage = Mutex<WatchHub?>(nil)
+    /// What this client knows of the store's identity and history (storeReset detection).
+    let incarnation = Mutex(StoreIncarnation())
+    private let resetObservers = Mutex<(next: Int, handlers: [Int: @Sendable (CoordinationError) -> Void])>((0, [:]))
     private let keeperStorage = Mutex<Task<LeaseKeeper, any Error>?>(nil)
 
     /// The lease keeper of this client (its own thread and connection), started on first use.
@@ -46,7 +49,10 @@ public final class CoordinationClient: Sendable {
                 if let task = storage { return task }
                 let configuration = try readerConfiguration
                 let (namespace, keys) = (namespace, keys)
-                let task = Task { try await LeaseKeeper.start(configuration: configuration, namespace: namespace, keys: keys) }
+                let identity = LeaseKeeper.Identity(
+                    ticket: { [weak self] in self?.incarnation.withLock { $0.ticket() } ?? StoreIncarnation.Ticket(highest: 0, generation: 0) },
+                    check: { [weak self] reply, ticket in try? self?.check(reply, sentWith: ticket) })
+                let task = Task { try await LeaseKeeper.start(configuration: configuration, namespace: namespace, keys: keys, identity: identity) }
                 storage = task
                 return task
             }
@@ -111,7 +117,17 @@ public final class CoordinationClient: Sendable {
     /// ``status(allowEvictingPolicy:)``: an `allkeys-*` maxmemory-policy is refused unless
     /// `allowEvictingPolicy`, and a missing ACL permission is reported naming the command.
     public static func connect(url: String, namespace: String = "coord", limits: Limits = Limits(), allowEvictingPolicy: Bool = false) async throws -> CoordinationClient {
-        let connection = try await RedisConnection.connect(url: url)
+        try await connect(RedisConfiguration(url: url), namespace: namespace, limits: limits, allowEvictingPolicy: allowEvictingPolicy)
+    }
+
+    /// Connects with `configuration` (timeouts, client name), as ``connect(url:namespace:limits:allowEvictingPolicy:)``.
+    ///
+    /// The connection tells the store, at every connect and reconnect and before any
+    /// request, which Redis process it reached (its `run_id`, from INFO): a different
+    /// process than before (a restart, a failover) begins a new epoch, so that fencing
+    /// tokens stay above every token handed out before, whatever Redis lost.
+    public static func connect(_ configuration: RedisConfiguration, namespace: String = "coord", limits: Limits = Limits(), allowEvictingPolicy: Bool = false) async throws -> CoordinationClient {
+        let connection = try await RedisConnection.connect(configuration, setup: connectionSetup(namespace: namespace))
         let client = CoordinationClient(connection: connection, namespace: namespace, limits: limits)
         do {
             _ = try await client.status(allowEvictingPolicy: allowEvictingPolicy)
@@ -120,6 +136,25 @@ public final class CoordinationClient: Sendable {
             throw error
         }
         return client
+    }
+
+    /// What every store connection runs when it (re)connects: INFO's run_id, then the
+    /// script's "hello", which begins a new epoch when the process is not the one the
+    /// current epoch began on. A user whose ACL refuses INFO gets no new epochs; a
+    /// failing hello is left for the first request to report.
+    static func connectionSetup(namespace: String) -> @Sendable (RedisSetupChannel) throws -> Void {
+        let keys = redisKeys(namespace)
+        return { channel in
+            let info = try channel.send([Array("INFO".utf8), Array("server".utf8)])
+            guard let text = info.string,
+                  let line = text.split(separator: "\r\n").first(where: { $0.hasPrefix("run_id:") }) else { return }
+            let request = MessagePack.array([.string("hello"), .string(String(line.dropFirst("run_id:".count)))]).encoded()
+            let count = Array(String(keys.count).utf8)
+            let reply = try channel.send([Array("EVALSHA".utf8), Array(kvScript.sha1.utf8), count] + keys + [request])
+            if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
+                _ = try channel.send([Array("EVAL".utf8), Array(kvScript.source.utf8), count] + keys + [request])
+            }
+        }
     }
 
     /// Stops the watch reader (active watches end) and closes the connection this
@@ -140,7 +175,7 @@ public final class CoordinationClient: Sendable {
 
     /// The Redis keys of a namespace, in the order the KV script expects them.
     public static func redisKeys(_ namespace: String) -> [[UInt8]] {
-        ["rev", "compact", "kv", "keys", "hist", "hkeys", "log", "leases", "lkeys", "ldue", "leaseseq"].map { Array("{\(namespace)}:\($0)".utf8) }
+        ["rev", "compact", "kv", "keys", "hist", "hkeys", "log", "leases", "lkeys", "ldue", "leaseseq", "id"].map { Array("{\(namespace)}:\($0)".utf8) }
     }
 
     // MARK: - Requests
@@ -378,8 +413,79 @@ public final class CoordinationClient: Sendable {
 
     /// Runs one encoded request through the store script; `lease` adds the lease's TTL key.
     private func call(_ request: MessagePack, lease: Int64? = nil) async throws -> (Int64, MessagePack) {
+        let ticket = incarnation.withLock { $0.ticket() }
         let reply = try await redis.run(Self.kvScript, keys: scriptKeys(lease: lease), arguments: [request.encoded()], timeout: nil)
-        return try Self.decodeScriptReply(reply)
+        let decoded = try Self.decodeScriptReply(reply)
+        try check(decoded, sentWith: ticket)
+        return (decoded.revision, decoded.result)
+    }
+
+    /// Checks a reply's store identity against what this client knows; a reply that
+    /// shows a reset ends every watch and session of the client and throws
+    /// ``CoordinationError/Code/storeReset``.
+    func check(_ reply: ScriptReply, sentWith ticket: StoreIncarnation.Ticket) throws {
+        guard let identity = reply.identity else { return }
+        let verdict = incarnation.withLock { $0.observe(id: identity.id, revision: reply.revision, epoch: identity.epoch, sentWith: ticket) }
+        try act(on: verdict, revision: reply.revision)
+    }
+
+    /// Reports a verdict: a reset ends every watch (the reader goes on from `revision`
+    /// of the new history) and every session; both reset verdicts throw.
+    func act(on verdict: StoreIncarnation.Verdict, revision: Int64) throws {
+        switch verdict {
+        case .consistent:
+            return
+        case .reset(let message):
+            let error = CoordinationError(.storeReset, message + "; every watch, session and lock of this client on the old history has ended: re-read the state and start again",
+                                          compactRevision: revision)
+            storeWasReset(error, revision: revision)
+            throw error
+        case .crossedReset:
+            throw CoordinationError(.storeReset, "the store was reset while this request was in flight (Redis lost data); it ran against the new history", compactRevision: revision)
+        }
+    }
+
+    /// Ends what hangs on the old history: every watch (with `error`) and, through
+    /// the observers, every session.
+    func storeWasReset(_ error: CoordinationError, revision: Int64) {
+        let hub = hubStorage.withLock { $0 }
+        hub?.endAll(error, revision: revision, generation: incarnation.withLock { $0.generation })
+        let handlers = resetObservers.withLock { Array($0.handlers.values) }
+        for handler in handlers { handler(error) }
+    }
+
+    /// Calls `handler` when this client detects a store reset (see
+    /// ``CoordinationError/Code/storeReset``), until the returned registration is
+    /// removed with ``removeStoreResetObserver(_:)``. Sessions use it to end.
+    public func onStoreReset(_ handler: @escaping @Sendable (CoordinationError) -> Void) -> Int {
+        resetObservers.withLock { observers in
+            defer { observers.next += 1 }
+            observers.handlers[observers.next] = handler
+            return observers.next
+        }
+    }
+
+    /// Stops calling an observer registered with ``onStoreReset(_:)``.
+    public func removeStoreResetObserver(_ registration: Int) {
+        _ = resetObservers.withLock { $0.handlers.removeValue(forKey: registration) }
+    }
+
+    /// The fencing token of a key created at `createRevision`: its create revision
+    /// carried into the store's epoch, so that tokens never repeat, also across a
+    /// Redis restart or failover that lost writes (each one begins a new epoch whose
+    /// tokens are above every earlier token). Within one epoch tokens differ exactly as
+    /// create revisions do. Compare tokens as plain integers.
+    public func fencingToken(forCreateRevision createRevision: Int64) async throws -> Int64 {
+        if let token = incarnation.withLock({ $0.token(createRevision: createRevision) }) { return token }
+        let (_, result) = try await call(.array([.string("hello"), .string("")]))
+        let epochs = (result.array?.dropFirst().first?.array ?? []).compactMap { pair -> StoreIncarnation.Epoch? in
+            guard let values = pair.array, values.count == 2, let base = values[0].int, let start = values[1].int else { return nil }
+            return StoreIncarnation.Epoch(base: base, start: start)
+        }
+        guard let token = StoreIncarnation.token(createRevision: createRevision, epochs: epochs) else {
+            throw CoordinationError(.protocolError, "the store has no epoch for revision \(createRevision)")
+        }
+        return token
     }
 
     /// The KEYS of one KV script call; `lease` adds the lease's TTL key.
@@ -389,8 +495,16 @@ public final class CoordinationClient: Sendable {
         return scriptKeys
     }
 
-    /// The revision and result of a KV script reply, or the store's error.
-    static func decodeScriptReply(_ reply: RedisReply) throws -> (Int64, MessagePack) {
+    /// A decoded KV script reply.
+    struct ScriptReply {
+        var revision: Int64
+        var result: MessagePack
+        /// The store's ID and epoch, when the script sent them.
+        var identity: (id: String, epoch: StoreIncarnation.Epoch)?
+    }
+
+    /// The revision, result and store identity of a KV script reply, or the store's error.
+    static func decodeScriptReply(_ reply: RedisReply) throws -> ScriptReply {
         guard let bytes = reply.bytes, case .array(let parts) = try MessagePack.decode(bytes), parts.count >= 2 else {
             throw CoordinationError(.protocolError, "kv.lua returned \(reply)")
         }
@@ -399,7 +513,11 @@ public final class CoordinationClient: Sendable {
             throw CoordinationError(CoordinationError.Code(name: code), parts.count > 2 ? parts[2].text ?? "" : "")
         }
         guard let revision = parts[0].int else { throw CoordinationError(.protocolError, "kv.lua returned no revision") }
-        return (revision, parts[1])
+        var decoded = ScriptReply(revision: revision, result: parts[1])
+        if parts.count >= 5, let id = parts[2].text, let start = parts[3].int, let base = parts[4].int {
+            decoded.identity = (id, StoreIncarnation.Epoch(base: base, start: start))
+        }
+        return decoded
     }
 
     static let emptyKey = CoordinationError(.emptyKey, "key is not provided: etcd keys must not be empty")

@@ -26,6 +26,13 @@ public struct CoordinationError: Error, Sendable, Hashable, CustomStringConverti
         public static let unsafeConfiguration = Code(name: "unsafeConfiguration")
         /// The store returned something this client does not understand.
         public static let protocolError = Code(name: "protocolError")
+        /// Redis lost data behind the store's back: the store's identity changed (a
+        /// restart without persistence, FLUSHALL, a failover to an empty replica) or its
+        /// revision went below one already seen (a restore from an older RDB, a failover
+        /// to a replica that lagged). Watches, sessions and the locks and campaigns on
+        /// them end with it: their history is gone. Requests made afterwards run on the
+        /// new history; re-read what you need and start again.
+        public static let storeReset = Code(name: "storeReset")
         /// Another invalid argument.
         public static let invalidArgument = Code(name: "invalidArgument")
 
@@ -37,7 +44,8 @@ public struct CoordinationError: Error, Sendable, Hashable, CustomStringConverti
     public var message: String
 
     /// For ``Code/compacted``: the oldest revision still available (etcd's
-    /// `compact_revision`, what a watcher resumes from after re-listing); else nil.
+    /// `compact_revision`, what a watcher resumes from after re-listing); for
+    /// ``Code/storeReset``, the revision of the new history when the reset was found.
     public var compactRevision: Int64?
 
     public init(_ code: Code, _ message: String, compactRevision: Int64? = nil) {

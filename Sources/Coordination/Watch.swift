@@ -116,6 +116,8 @@ final class WatchHub: Sendable {
         var notified = false
         /// Every entry up to here has been handed to every watcher.
         var dispatched: Int64 = -1
+        /// The store generation (resets detected) the position belongs to.
+        var generation = 0
     }
 
     /// The revision up to which every watcher has been given its events.
@@ -126,17 +128,23 @@ final class WatchHub: Sendable {
 
     let store: CoordinationClient
     let logKey: [UInt8]
+    let idKey: [UInt8]
+    let revKey: [UInt8]
     let state = Mutex(State())
 
     init(store: CoordinationClient) {
         self.store = store
         self.logKey = Array("{\(store.namespace)}:log".utf8)
+        self.idKey = Array("{\(store.namespace)}:id".utf8)
+        self.revKey = Array("{\(store.namespace)}:rev".utf8)
     }
 
-    /// Starts the reader on first use, at the store's current revision.
-    func ensureReader() async throws -> Int64 {
-        if let position = state.withLock({ $0.reader == nil ? nil : $0.position }) { return position }
+    /// Starts the reader on first use, at the store's current revision; returns the
+    /// position and the store generation it belongs to.
+    func ensureReader() async throws -> (position: Int64, generation: Int) {
+        if let started = state.withLock({ $0.reader == nil ? nil : ($0.position, $0.generation) }) { return started }
         let current = try await store.currentRevision()
+        let generation = store.incarnation.withLock { $0.generation }
         var configuration = try store.readerConfiguration
         configuration.commandTimeout = .seconds(10)
         configuration.clientName = "coord-watch-\(store.namespace)"
@@ -151,6 +159,7 @@ final class WatchHub: Sendable {
             if state.reader == nil {
                 state.position = current
                 state.dispatched = current
+                state.generation = generation
                 state.notified = subscriber != nil
                 state.reader = Task { [self] in
                     if let subscriber {
@@ -173,8 +182,23 @@ final class WatchHub: Sendable {
                     await subscriber?.close()
                 }
             }
-            return state.position
+            return (state.position, state.generation)
         }
+    }
+
+    /// The store was reset (see ``CoordinationError/Code/storeReset``): every watch
+    /// ends with `error`, and the reader goes on from `revision` of the new history.
+    func endAll(_ error: CoordinationError, revision: Int64, generation: Int) {
+        let watchers = state.withLock { state -> [Watcher] in
+            defer { state.watchers = [:] }
+            if state.reader != nil && generation > state.generation {
+                state.position = revision
+                state.dispatched = revision
+                state.generation = generation
+            }
+            return Array(state.watchers.values)
+        }
+        for watcher in watchers { watcher.continuation.finish(throwing: error) }
     }
 
     /// Stops the reader and ends every watch.
@@ -188,8 +212,11 @@ final class WatchHub: Sendable {
         for watcher in watchers { watcher.continuation.finish() }
     }
 
-    func add(_ watcher: Watcher) -> Int {
+    /// Adds a watcher that started from a position of store generation `generation`;
+    /// nil when the store has been reset since (its start belongs to the old history).
+    func add(_ watcher: Watcher, generation: Int) -> Int? {
         state.withLock { state in
+            guard state.generation == generation else { return nil }
             let id = state.nextID
             state.nextID += 1
             state.watchers[id] = watcher
@@ -206,12 +233,16 @@ final class WatchHub: Sendable {
     /// it, a blocking XREAD waits for the next entry.
     private func readLoop(_ connection: RedisConnection, wake: WakeSignal?) async {
         while !Task.isCancelled {
-            let position = state.withLock { $0.position }
+            let (position, generation) = state.withLock { ($0.position, $0.generation) }
             do {
                 var command: [[UInt8]] = [Array("XREAD".utf8), Array("COUNT".utf8), Array("512".utf8)]
                 if wake == nil { command += [Array("BLOCK".utf8), Array("1000".utf8)] }
                 command += [Array("STREAMS".utf8), logKey, Array("\(position)-0".utf8)]
                 let reply = try await connection.send(command, timeout: .seconds(10))
+                // After every read (at least once a second): is this still the history
+                // the position belongs to? Entries read before a check that finds it so
+                // belong to it; otherwise they are never handed out.
+                guard try await sameHistory(connection, position: position, generation: generation) else { continue }
                 let entries = Self.parseXRead(reply)
                 guard let last = entries.last else {
                     await wake?.wait(timeout: .seconds(1))
@@ -229,6 +260,7 @@ final class WatchHub: Sendable {
                     }
                 }
                 let watchers = state.withLock { state -> [Watcher] in
+                    guard state.generation == generation else { return [] }
                     state.position = last.revision
                     return Array(state.watchers.values)
                 }
@@ -241,6 +273,36 @@ final class WatchHub: Sendable {
         }
         await connection.close()
     }
+
+    /// Reads the store's identity and revision and checks them against what the client
+    /// knows, with `position` as a revision already seen; false (and every watch
+    /// ended, by the client) when the store was reset.
+    private func sameHistory(_ connection: RedisConnection, position: Int64, generation: Int) async throws -> Bool {
+        let reply = try await connection.send([Array("EVAL".utf8), Array(Self.identityScript.utf8), Array("2".utf8), idKey, revKey], timeout: .seconds(10))
+        guard let parts = reply.array, parts.count == 4 else {
+            throw CoordinationError(.protocolError, "the identity check returned \(reply)")
+        }
+        let revision = parts[3].int ?? 1
+        let verdict = store.incarnation.withLock { incarnation -> StoreIncarnation.Verdict in
+            let ticket = StoreIncarnation.Ticket(highest: max(position, 0), generation: generation)
+            guard let id = parts[0].string, let start = parts[1].int, let base = parts[2].int else {
+                return incarnation.observeMissing(sentWith: ticket)
+            }
+            return incarnation.observe(id: id, revision: revision, epoch: StoreIncarnation.Epoch(base: base, start: start), sentWith: ticket)
+        }
+        switch verdict {
+        case .consistent:
+            return true
+        case .crossedReset:
+            return false
+        case .reset:
+            try? store.act(on: verdict, revision: revision)
+            return false
+        }
+    }
+
+    /// The store's ID, epoch and base, and its revision, in one round trip.
+    static let identityScript = "local i = redis.call('HMGET', KEYS[1], 'id', 'epoch', 'base'); return {i[1], i[2], i[3], redis.call('GET', KEYS[2]) or '1'}"
 
     /// Hands live entries to a watcher, or buffers them while it replays history.
     func deliver(_ entries: [LogEntry], to watcher: Watcher) async {
@@ -336,10 +398,12 @@ extension CoordinationClient {
     private func startWatch(_ key: [UInt8], options: WatchOptions, hub: WatchHub, registration: WatchRegistration,
                             continuation: AsyncThrowingStream<WatchResponse, any Error>.Continuation) async throws {
         guard !key.isEmpty else { throw CoordinationError(.emptyKey, "key is not provided: a watch needs a key") }
-        let position = try await hub.ensureReader()
+        let (position, generation) = try await hub.ensureReader()
         let start = options.startRevision > 0 ? options.startRevision : position + 1
         let watcher = WatchHub.Watcher(key: key, options: options, delivered: start - 1, continuation: continuation)
-        let id = hub.add(watcher)
+        guard let id = hub.add(watcher, generation: generation) else {
+            throw CoordinationError(.storeReset, "the store was reset while this watch started (Redis lost data); re-read the state and watch again")
+        }
         guard registration.begin(id) else {
             // The consumer left before the watch was registered.
             hub.remove(id)

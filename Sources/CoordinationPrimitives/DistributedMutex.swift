@@ -11,9 +11,13 @@ import Synchronization
 /// **Fencing.** A lock held through a lease can be lost without the holder noticing
 /// in time: the process stalls (GC pause, SIGSTOP, a slow disk) past the TTL, the
 /// lease expires and the next waiter takes over while the first still believes it
-/// holds the lock. ``fencingToken`` — the create revision of the holder's key — is
-/// strictly greater for every later holder; a resource that remembers the highest
-/// token it has seen and rejects lower ones cannot be written by a stale holder.
+/// holds the lock. ``fencingToken`` — the create revision of the holder's key carried
+/// into the store's epoch — is strictly greater for every later holder, also when
+/// Redis restarts or fails over and loses writes (each new Redis process begins an
+/// epoch whose tokens are above all earlier ones); a resource that remembers the
+/// highest token it has seen and rejects lower ones cannot be written by a stale
+/// holder. Compare tokens as plain integers; ``createRevision`` is etcd's revision of
+/// the lock key.
 /// Within the store itself, ``isOwner`` is a compare that makes any transaction
 /// conditional on still holding the lock.
 ///
@@ -30,6 +34,8 @@ public final class DistributedMutex: Sendable {
     private struct State {
         var key: [UInt8] = []
         var revision: Int64 = -1
+        /// The fencing token of `revision` (see ``fencingToken``).
+        var token: Int64 = -1
         var header: ResponseHeader?
     }
 
@@ -54,9 +60,17 @@ public final class DistributedMutex: Sendable {
     /// The header of the request that acquired the lock.
     public var header: ResponseHeader? { state.withLock { $0.header } }
 
-    /// The fencing token of the held lock: the create revision of its key, strictly
-    /// increasing across holders. `nil` when not locked.
+    /// The fencing token of the held lock, strictly increasing across holders, also
+    /// across a Redis restart or failover that lost writes: the create revision of its
+    /// key carried into the store's epoch (``CoordinationClient/fencingToken(forCreateRevision:)``).
+    /// Within one epoch tokens differ as create revisions do. `nil` when not locked.
     public var fencingToken: Int64? {
+        state.withLock { $0.revision > 0 && $0.header != nil ? $0.token : nil }
+    }
+
+    /// The create revision of the held lock's key (etcd's notion of the lock's
+    /// revision, as etcd's Lock service reports it); `nil` when not locked.
+    public var createRevision: Int64? {
         state.withLock { $0.revision > 0 && $0.header != nil ? $0.revision : nil }
     }
 
@@ -79,11 +93,12 @@ public final class DistributedMutex: Sendable {
     @discardableResult
     public func lock() async throws -> Int64 {
         let (revision, _) = try await enqueue()
-        if header != nil { return revision }
+        let token = state.withLock { $0.token }
+        if header != nil { return token }
         do {
             let header = try await client.waitDeletes(prefix: prefix, maxCreateRevision: revision - 1, ownKey: ownKey)
             state.withLock { $0.header = header }
-            return revision
+            return token
         } catch {
             // Leave the queue even though this task may be cancelled or the connection lost.
             await session.abandon(ownKey)
@@ -97,8 +112,8 @@ public final class DistributedMutex: Sendable {
     /// - Throws: ``ConcurrencyError/Code/locked`` when another session holds it.
     @discardableResult
     public func tryLock() async throws -> Int64 {
-        let (revision, owner) = try await enqueue()
-        if header != nil { return revision }
+        let (_, owner) = try await enqueue()
+        if header != nil { return state.withLock { $0.token } }
         await session.abandon(ownKey)
         reset()
         throw ConcurrencyError(.locked, "mutex \(String(decoding: prefix, as: UTF8.self)) is locked by another session (create revision \(owner ?? 0))")
@@ -121,7 +136,7 @@ public final class DistributedMutex: Sendable {
         let token = try await lock()
         let key = ownKey
         do {
-            let value = try await session.guarded(key: key, from: (header?.revision ?? token) + 1, lost: {
+            let value = try await session.guarded(key: key, from: (header?.revision ?? createRevision ?? 0) + 1, lost: {
                 ConcurrencyError(.sessionExpired, "the session's lease was lost while holding \(String(decoding: key, as: UTF8.self)); the protected work was cancelled")
             }) {
                 try await body(token)
@@ -166,9 +181,17 @@ public final class DistributedMutex: Sendable {
             throw CoordinationError(.protocolError, "unexpected transaction response while locking")
         }
         let owner = owners.kvs.first?.createRevision
+        let token: Int64
+        do {
+            token = try await client.fencingToken(forCreateRevision: revision)
+        } catch {
+            await session.abandon(key)
+            throw error
+        }
         state.withLock { state in
             state.key = key
             state.revision = revision
+            state.token = token
             state.header = owner == nil || owner == revision ? response.header : nil
         }
         return (revision, owner)

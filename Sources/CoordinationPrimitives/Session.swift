@@ -8,7 +8,8 @@ import Synchronization
 /// when the lease does: when the session is closed (``close()`` revokes it at once)
 /// or when the process dies or stalls past the TTL (nobody refreshes it and the
 /// store reaps it). ``done()`` returns when the session has ended, for any reason;
-/// ``isExpired`` tells whether the lease was lost rather than given up.
+/// ``isExpired`` tells whether the lease was lost rather than given up; a session
+/// also ends, with ``Ending/storeReset``, when its client finds that Redis lost data.
 ///
 /// Transient connection errors are retried for as long as the lease can still be
 /// alive; the session ends when the store says the lease is gone or when a whole
@@ -30,6 +31,9 @@ public final class Session: Sendable {
         case orphaned
         /// The lease expired or was revoked by someone else.
         case expired
+        /// Redis lost data behind the store's back (see `CoordinationError.Code.storeReset`):
+        /// the session's history is gone, whatever became of its lease.
+        case storeReset
     }
 
     /// The store the session's lease lives in.
@@ -95,11 +99,19 @@ public final class Session: Sendable {
         Task(priority: .high) {
             if let ending = await keeper.ended(), ending != .stopped { life.finish(.expired) }
         }
+        // A store reset ends the session at once: its keys belong to the old history.
+        resetObserver = client.onStoreReset { _ in
+            life.finish(.storeReset)
+            keeper.stop()
+        }
     }
+
+    private let resetObserver: Int
 
     deinit {
         keeper.stop()
         life.finish(.orphaned)
+        client.removeStoreResetObserver(resetObserver)
     }
 
     /// The lease ID in lowercase hex, as etcd names the keys of a session (`prefix/<hex>`).
@@ -127,6 +139,7 @@ public final class Session: Sendable {
     public func orphan() async {
         life.finish(.orphaned)
         keeper.stop()
+        client.removeStoreResetObserver(resetObserver)
     }
 
     /// Stops refreshing and revokes the lease, deleting every key attached to it (also
@@ -135,6 +148,7 @@ public final class Session: Sendable {
     public func close() async throws {
         life.finish(.closed)
         keeper.stop()
+        client.removeStoreResetObserver(resetObserver)
         do {
             _ = try await client.revokeLease(lease)
         } catch let error as CoordinationError where error.code == .leaseNotFound {

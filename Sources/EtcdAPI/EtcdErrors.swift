@@ -40,6 +40,10 @@ public enum EtcdErrors {
             if error.message.hasPrefix("too large lease TTL") { return RPCError(code: .outOfRange, message: "etcdserver: too large lease TTL") }
             return RPCError(code: .invalidArgument, message: "etcdserver: \(error.message)")
         case .unsafeConfiguration: return RPCError(code: .unavailable, message: "etcdserver: not capable")
+        case .storeReset:
+            // No etcd error means "the data went back in time"; the request ran on the
+            // new history. UNAVAILABLE: clients re-read (and re-watch) on it.
+            return RPCError(code: .unavailable, message: "coordproxy: the store was reset (\(error.message))")
         default: return RPCError(code: .unknown, message: "coordproxy: \(error)")
         }
     }

@@ -188,8 +188,13 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
                 }
             } catch is CancellationError {
                 return
-            } catch let error as CoordinationError where error.code == .compacted {
+            } catch let error as CoordinationError where error.code == .compacted || error.code == .storeReset {
                 // etcd: a response with the compact revision, canceled, header revision 0.
+                // A store reset is told the same way (the old history is gone, as if
+                // compacted up to the new history's revision), so that clients re-list.
+                if error.code == .storeReset {
+                    logger.warning("watch cancelled: Redis lost the store's data", metadata: ["watch_id": "\(id)", "error": "\(error.message)"])
+                }
                 var answer = Etcdserverpb_WatchResponse()
                 answer.header = member.header(0)
                 answer.watchID = id

@@ -46,6 +46,12 @@ actor ConnectionCoordination {
     /// The connection's session, opened on first use.
     func currentSession() async throws -> Session {
         if let session, !session.isDone { return session }
+        if let session, session.endedBecause == .storeReset {
+            // Said once, so that a holder does not carry on as if it still held its locks.
+            self.session = nil
+            (mutexes, elections, semaphores) = ([:], [:], [:])
+            throw CoordinationError(.storeReset, "Redis lost the store's data: this connection's session (lease \(session.lease)) ended, and its locks, candidacies, permits and visits with it; start again")
+        }
         guard !closed else { throw CancellationError() }
         let opened = try await Session(client: store, ttl: sessionTTL, activity: keepAlive == .activity ? activity : nil)
         if closed {
@@ -680,6 +686,7 @@ actor ConnectionCoordination {
             case .valueTooLarge: return "ERR request is too large (etcdserver: request is too large)"
             case .keyNotFound: return "ERR key not found (etcdserver: key not found)"
             case .invalidArgument: return "ERR \(error.message)"
+            case .storeReset: return "STORERESET \(error.message)"
             default: return "ERR \(error.message)"
             }
         }

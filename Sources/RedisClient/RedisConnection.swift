@@ -67,6 +67,16 @@ public final class RedisConnection: RedisCommandExecutor {
         return RedisConnection(engine: engine)
     }
 
+    /// Opens a connection that runs `setup` on every connect and reconnect, after AUTH
+    /// and SELECT and before any request is written: the store uses it to tell Redis
+    /// which server process each connection reached. `setup` runs on the connection's
+    /// thread with blocking I/O; throwing fails that connect attempt.
+    package static func connect(_ configuration: RedisConfiguration, setup: @escaping @Sendable (RedisSetupChannel) throws -> Void) async throws -> RedisConnection {
+        let engine = ConnectionEngine(configuration: configuration, hooks: .init(setup: { handshake in try setup(RedisSetupChannel(handshake: handshake)) }))
+        try await engine.start(name: "redis \(configuration.endpoint)")
+        return RedisConnection(engine: engine)
+    }
+
     /// Parses `url` (see ``RedisConfiguration/init(url:)``) and opens a connection.
     public static func connect(url: String) async throws -> RedisConnection {
         try await connect(RedisConfiguration(url: url))
@@ -97,5 +107,17 @@ public final class RedisConnection: RedisCommandExecutor {
 
     deinit {
         engine.shutdown()
+    }
+}
+
+/// The blocking command channel a connection setup runs on (see
+/// `RedisConnection.connect(_:setup:)`).
+package struct RedisSetupChannel {
+    let handshake: BlockingHandshake
+
+    /// Runs one command and returns its reply, error replies included; throws when the
+    /// connection fails.
+    package func send(_ arguments: [[UInt8]]) throws -> RedisReply {
+        try handshake.rawCommand(arguments)
     }
 }

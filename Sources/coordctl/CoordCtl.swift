@@ -135,10 +135,7 @@ struct GlobalOptions: ParsableArguments {
             var configuration = try RedisConfiguration(url: url)
             if let dial { configuration.connectTimeout = dial }
             if let command { configuration.commandTimeout = command }
-            let connection = try await RedisConnection.connect(configuration)
-            let client = CoordinationClient(redis: connection, namespace: storeNamespace)
-            _ = try await client.status(allowEvictingPolicy: allowEvictingPolicy)
-            return client
+            return try await CoordinationClient.connect(configuration, namespace: storeNamespace, allowEvictingPolicy: allowEvictingPolicy)
         } catch {
             throw CommandFailure(error)
         }

@@ -15,9 +15,12 @@ struct LockCommand: AsyncParsableCommand {
             releases it. With a command (after the name, or after --), it runs the command \
             while holding the lock, releases it when the command exits, and exits with the \
             command's status. The command sees COORD_LOCK_KEY (the lock key), \
-            COORD_LOCK_REV and COORD_FENCING_TOKEN (the key's create revision, strictly \
-            greater for every later holder: pass it to whatever the lock protects, so that \
-            a holder that stalled past its lease cannot overwrite a newer holder's work).
+            COORD_LOCK_REV (the key's create revision, as etcd's lock reports it) and \
+            COORD_FENCING_TOKEN (that revision carried into the store's epoch: strictly \
+            greater for every later holder, also after Redis restarted or failed over and \
+            lost writes; pass it to whatever the lock protects and have it refuse tokens \
+            below the highest it has seen, so that a holder that stalled past its lease \
+            cannot overwrite a newer holder's work).
 
             The lock hangs on a lease of --ttl seconds, refreshed while this process runs. \
             If the lease is lost (this process stalled past the TTL, or the lease was \
@@ -53,7 +56,7 @@ struct LockCommand: AsyncParsableCommand {
                         while true { try await Task.sleep(for: .seconds(3600)) }   // until interrupted
                     }
                     return try await runCommand(command, environment: [
-                        "COORD_LOCK_KEY": key, "COORD_LOCK_REV": String(token), "COORD_FENCING_TOKEN": String(token),
+                        "COORD_LOCK_KEY": key, "COORD_LOCK_REV": String(mutex.createRevision ?? 0), "COORD_FENCING_TOKEN": String(token),
                         "COORD_LOCK_NAME": name,
                     ])
                 }

@@ -6,16 +6,19 @@ import Testing
 @Suite struct CoordCtlLockTests {
     @Test func lockRunsTheCommandHoldingTheLockWithTheFencingTokenAndPassesItsExitStatus() async throws {
         try await withStore { store, server in
-            let child = try Worker(["lock", "jobs", "--", "sh", "-c", "echo $COORD_LOCK_KEY $COORD_FENCING_TOKEN; exit 7"],
+            let child = try Worker(["lock", "jobs", "--", "sh", "-c", "echo $COORD_LOCK_KEY $COORD_LOCK_REV $COORD_FENCING_TOKEN; exit 7"],
                                    executable: "coordctl", environment: ["REDIS_URL": server.url])
             let line = try #require(await child.readLine())
             #expect(await child.wait() == 7)
             let fields = line.split(separator: " ")
-            #expect(fields.count == 2 && fields[0].hasPrefix("jobs/"), "\(line)")
-            let token = try #require(Int64(fields.last ?? ""))
-            // The key was created at the token's revision and is gone after the command.
-            let history = try await store.get(String(fields[0]), options: RangeOptions(revision: token))
-            #expect(history.kvs.first?.createRevision == token)
+            #expect(fields.count == 3 && fields[0].hasPrefix("jobs/"), "\(line)")
+            let revision = try #require(Int64(fields[1]))
+            let token = try #require(Int64(fields[2]))
+            // The key was created at COORD_LOCK_REV, the token is that revision in the
+            // store's epoch, and the key is gone after the command.
+            let history = try await store.get(String(fields[0]), options: RangeOptions(revision: revision))
+            #expect(history.kvs.first?.createRevision == revision)
+            #expect(try await store.fencingToken(forCreateRevision: revision) == token)
             #expect(try await store.get("jobs/", options: .prefix(Array("jobs/".utf8))).count == 0)
         }
     }
@@ -26,7 +29,7 @@ import Testing
             let token = try await holder.lock()
             let child = try Worker(["lock", "jobs", "sh", "-c", "echo $COORD_FENCING_TOKEN"], executable: "coordctl", environment: ["REDIS_URL": server.url])
             #expect(await eventually { (try? await store.get("jobs/", options: .prefix(Array("jobs/".utf8))).count) == 2 })
-            #expect(child.process.isRunning)
+            #expect(child.isRunning)
             try await holder.unlock()
             let printed = await child.readLine()
             #expect(await child.wait() == 0)

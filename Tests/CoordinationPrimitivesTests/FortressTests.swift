@@ -421,7 +421,7 @@ struct FortressTests {
             defer { if visitor.isRunning { kill(visitor.processIdentifier, SIGKILL) } }
             #expect(try await eventually(timeout: .seconds(20)) { try await store.get("charm/visits/", options: .prefix(Array("charm/visits/".utf8))).count == 1 })
             let lockdown = try OutputCapture()
-            let guardian = try startCoordctl(["fortress", "lockdown", "charm"], url: url, output: lockdown.handle)
+            let guardian = try startCoordctl(["fortress", "lockdown", "charm"], url: url, output: lockdown.path)
             defer { if guardian.isRunning { kill(guardian.processIdentifier, SIGKILL) } }
             #expect(await eventually(timeout: .seconds(20)) { lockdown.text.contains("waiting for 1 visit to leave") })
             #expect(guardian.isRunning, "lockdown returned while a visit was running")
@@ -589,20 +589,14 @@ private func coordctlExecutable() throws -> URL {
 
 /// Starts coordctl with `arguments` against the store at `url`; its output goes to
 /// `output` (default: nowhere).
-private func startCoordctl(_ arguments: [String], url: String, output: FileHandle = .nullDevice, error: FileHandle = .nullDevice) throws -> Process {
-    let process = Process()
-    process.executableURL = try coordctlExecutable()
-    process.arguments = arguments
-    process.environment = ["REDIS_URL": url, "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
-    process.standardInput = FileHandle.nullDevice
-    process.standardOutput = output
-    process.standardError = error
-    try ChildProcess.launching { try process.run() }
-    return process
+private func startCoordctl(_ arguments: [String], url: String, output: String? = nil, error: String? = nil) throws -> PipedProcess {
+    try PipedProcess(try coordctlExecutable().path, arguments,
+                     environment: ["REDIS_URL": url, "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"],
+                     stdin: .null, stdout: output.map { .file($0) } ?? .null, stderr: error.map { .file($0) } ?? .null)
 }
 
 /// Waits for `process` to exit, on a thread of its own (never blocking the cooperative pool).
-private func waitForExit(_ process: Process) async {
+private func waitForExit(_ process: PipedProcess) async {
     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
         Thread.detachNewThread {
             process.waitUntilExit()
@@ -612,7 +606,7 @@ private func waitForExit(_ process: Process) async {
 }
 
 /// Whether `process` is still running after `delay` (it should be waiting).
-private func stillRunning(_ process: Process, after delay: Duration) async -> Bool {
+private func stillRunning(_ process: PipedProcess, after delay: Duration) async -> Bool {
     try? await Task.sleep(for: delay)
     return process.isRunning
 }
@@ -620,18 +614,15 @@ private func stillRunning(_ process: Process, after delay: Duration) async -> Bo
 /// A file that collects a child's output, readable while the child runs.
 private final class OutputCapture: Sendable {
     let path: String
-    let handle: FileHandle
 
     init() throws {
         path = FileManager.default.temporaryDirectory.appendingPathComponent("output-\(UUID().uuidString)").path
         _ = FileManager.default.createFile(atPath: path, contents: nil)
-        handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
     }
 
     var text: String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
 
     deinit {
-        try? handle.close()
         unlink(path)
     }
 }
@@ -644,9 +635,7 @@ private func runCoordctl(_ arguments: [String], url: String, timeout: Duration =
     let outputURL = directory.appendingPathComponent("out"), errorURL = directory.appendingPathComponent("err")
     _ = FileManager.default.createFile(atPath: outputURL.path, contents: nil)
     _ = FileManager.default.createFile(atPath: errorURL.path, contents: nil)
-    let output = try FileHandle(forWritingTo: outputURL), error = try FileHandle(forWritingTo: errorURL)
-    defer { try? output.close(); try? error.close() }
-    let process = try startCoordctl(arguments, url: url, output: output, error: error)
+    let process = try startCoordctl(arguments, url: url, output: outputURL.path, error: errorURL.path)
     let deadline = ContinuousClock.now + timeout
     while process.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
     if process.isRunning {

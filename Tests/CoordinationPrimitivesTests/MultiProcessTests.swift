@@ -6,9 +6,7 @@ import Testing
 /// A running child process built by this package: the PrimitivesWorker
 /// (Tests/PrimitivesWorker) by default, or coordctl.
 final class Worker: @unchecked Sendable {
-    let process = Process()
-    private let output = Pipe()
-    private let input = Pipe()
+    let process: PipedProcess
     private var buffered = Data()
 
     init(_ arguments: [String], executable name: String = "PrimitivesWorker", environment: [String: String] = [:]) throws {
@@ -20,17 +18,15 @@ final class Worker: @unchecked Sendable {
         guard let executable = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
             throw RedisError(.serverNotFound, "\(name) is not built; run swift build --build-tests first")
         }
-        process.executableURL = executable
-        process.arguments = arguments
-        if !environment.isEmpty {
-            process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
-        }
-        process.standardOutput = output
-        process.standardInput = input
-        try ChildProcess.launching { try process.run() }
+        process = try PipedProcess(executable.path, arguments,
+                                   environment: environment.isEmpty ? nil : ProcessInfo.processInfo.environment.merging(environment) { _, new in new },
+                                   stdin: .pipe, stdout: .pipe, stderr: .inherit)
     }
 
     var pid: pid_t { process.processIdentifier }
+
+    /// Whether the worker has not exited yet.
+    var isRunning: Bool { process.isRunning }
 
     /// The next line the worker prints (blocking a thread of its own).
     func readLine() async -> String? {
@@ -43,7 +39,7 @@ final class Worker: @unchecked Sendable {
                         continuation.resume(returning: line)
                         return
                     }
-                    let chunk = self.output.fileHandleForReading.availableData
+                    let chunk = self.process.standardOutput?.availableData ?? Data()
                     if chunk.isEmpty {
                         continuation.resume(returning: nil)
                         return
@@ -55,7 +51,7 @@ final class Worker: @unchecked Sendable {
     }
 
     func send(_ line: String) {
-        input.fileHandleForWriting.write(Data((line + "\n").utf8))
+        try? process.standardInput?.write(contentsOf: Data((line + "\n").utf8))
     }
 
     func signal(_ signal: Int32) { kill(pid, signal) }

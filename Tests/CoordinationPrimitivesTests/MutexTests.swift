@@ -77,7 +77,9 @@ import Testing
                 let token = try await mutex.lock()
                 #expect(token > last)
                 #expect(mutex.fencingToken == token)
-                #expect(try await store.get(mutex.key).kvs.first?.createRevision == token)
+                let created = try #require(try await store.get(mutex.key).kvs.first?.createRevision)
+                #expect(mutex.createRevision == created)
+                #expect(try await store.fencingToken(forCreateRevision: created) == token)
                 last = token
                 try await mutex.unlock()
                 #expect(mutex.fencingToken == nil)

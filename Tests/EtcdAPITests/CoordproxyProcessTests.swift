@@ -125,10 +125,10 @@ import Testing
 final class CoordproxyProcess: @unchecked Sendable {
     let endpoint: String
     let metricsPort: Int?
-    private let process: Process
+    private let process: PipedProcess
     private let logPath: String
 
-    private init(endpoint: String, metricsPort: Int?, process: Process, logPath: String) {
+    private init(endpoint: String, metricsPort: Int?, process: PipedProcess, logPath: String) {
         self.endpoint = endpoint
         self.metricsPort = metricsPort
         self.process = process
@@ -143,15 +143,10 @@ final class CoordproxyProcess: @unchecked Sendable {
         let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-proxy")
         let logPath = directory + "/coordproxy.log"
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["--redis-url", redisURL, "--listen-client-urls", "http://127.0.0.1:\(port)", "--name", name]
-            + (metricsPort.map { ["--listen-metrics-urls", "http://127.0.0.1:\($0)"] } ?? [])
-        process.environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-        process.standardInput = FileHandle.nullDevice
-        try ChildProcess.launching { try process.run() }
+        let process = try PipedProcess(executable, ["--redis-url", redisURL, "--listen-client-urls", "http://127.0.0.1:\(port)", "--name", name]
+            + (metricsPort.map { ["--listen-metrics-urls", "http://127.0.0.1:\($0)"] } ?? []),
+            environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"],
+            stdin: .null, stdout: .null, stderr: .file(logPath))
         let proxy = CoordproxyProcess(endpoint: "http://127.0.0.1:\(port)", metricsPort: metricsPort, process: process, logPath: logPath)
         let serving = await eventually(timeout: .seconds(60)) { proxy.log().contains("serving the etcd v3 API") || !process.isRunning }
         guard serving, process.isRunning else {

@@ -106,7 +106,8 @@ import Testing
 
     @Test func aLockHolderKilledWithSIGKILLLosesTheLockWhenItsLeaseExpires() async throws {
         try await withProxy { proxy in
-            let holder = try Background(etcdctl: ["lock", "--ttl", "3", "jobs"], endpoint: proxy.endpoint)
+            // A TTL long enough that the holder keeps its session on a loaded machine.
+            let holder = try Background(etcdctl: ["lock", "--ttl", "8", "jobs"], endpoint: proxy.endpoint)
             defer { holder.signal(SIGKILL) }
             // Without a command, etcdctl prints the lock key and holds on.
             let key = await holder.waitForLines(1).first ?? ""

@@ -121,8 +121,7 @@ func run(_ executable: String, _ arguments: [String], environment: [String: Stri
 
 /// A long-running etcdctl (watch, lock, elect, keep-alive) whose output is read line by line.
 final class Background: @unchecked Sendable {
-    let process = Process()
-    private let output = Pipe()
+    let process: PipedProcess
     private let lines = Shared<[String]>([])
 
     convenience init(etcdctl arguments: [String], endpoint: String) throws {
@@ -134,14 +133,8 @@ final class Background: @unchecked Sendable {
     }
 
     init(executable: String, arguments: [String], environment: [String: String]) throws {
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.environment = environment
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        try ChildProcess.launching { try process.run() }
-        let (handle, lines) = (output.fileHandleForReading, lines)
+        process = try PipedProcess(executable, arguments, environment: environment, stdin: .null, stdout: .pipe, stderr: .null)
+        let (handle, lines) = (process.standardOutput!, lines)
         Thread.detachNewThread {
             var buffer = Data()
             while true {

@@ -38,19 +38,27 @@ final class LeaseKeeper: @unchecked Sendable {
         var exitWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
+    /// How refresh replies reach the client's storeReset detection.
+    struct Identity: Sendable {
+        var ticket: @Sendable () -> StoreIncarnation.Ticket
+        var check: @Sendable (CoordinationClient.ScriptReply, StoreIncarnation.Ticket) -> Void
+    }
+
     private let connection: RedisConnection
     private let namespace: String
     private let keys: [[UInt8]]
+    private let identity: Identity?
     private let state = Mutex(State())
     /// A pipe: the thread polls its read end, ``wake()`` writes a byte to the other.
     private let wakeRead: Int32
     private let wakeWrite: Int32
     private static let keepAliveScript = CoordinationClient.kvScript
 
-    private init(connection: RedisConnection, namespace: String, keys: [[UInt8]]) {
+    private init(connection: RedisConnection, namespace: String, keys: [[UInt8]], identity: Identity?) {
         self.connection = connection
         self.namespace = namespace
         self.keys = keys
+        self.identity = identity
         var fds: [Int32] = [-1, -1]
         if pipe(&fds) == 0 {
             for fd in fds {
@@ -69,9 +77,9 @@ final class LeaseKeeper: @unchecked Sendable {
     }
 
     /// Opens the keeper's connection and starts its thread.
-    static func start(configuration: RedisConfiguration, namespace: String, keys: [[UInt8]]) async throws -> LeaseKeeper {
+    static func start(configuration: RedisConfiguration, namespace: String, keys: [[UInt8]], identity: Identity? = nil) async throws -> LeaseKeeper {
         let connection = try await RedisConnection.connect(configuration)
-        let keeper = LeaseKeeper(connection: connection, namespace: namespace, keys: keys)
+        let keeper = LeaseKeeper(connection: connection, namespace: namespace, keys: keys, identity: identity)
         guard keeper.wakeRead >= 0 else {
             await connection.close()
             throw CoordinationError(.protocolError, "could not create a pipe for the lease keeper: \(String(cString: strerror(errno)))")
@@ -204,12 +212,18 @@ final class LeaseKeeper: @unchecked Sendable {
             : [Array("EVALSHA".utf8), Array(script.sha1.utf8), Array(String(scriptKeys.count).utf8)]
         command.append(contentsOf: scriptKeys)
         command.append(request)
+        let ticket = identity?.ticket()
         connection.send(command, timeout: max(timeout, .milliseconds(1))) { [weak self] result in
             guard let self else { return }
             if !loaded, case .failure(let error as RedisError) = result, error.serverErrorPrefix == "NOSCRIPT" {
                 // The server lost its scripts (restart, failover, flush): EVAL loads it again.
                 self.refresh(lease, sentAt: sent, timeout: timeout, loaded: true)
                 return
+            }
+            // Refreshes are requests too: an idle session's keeper notices a reset.
+            if let identity = self.identity, let ticket, case .success(let reply) = result,
+               let decoded = try? CoordinationClient.decodeScriptReply(reply) {
+                identity.check(decoded, ticket)
             }
             self.handle(result, lease: lease, sentAt: sent)
         }
@@ -221,7 +235,7 @@ final class LeaseKeeper: @unchecked Sendable {
         switch result {
         case .success(let reply):
             do {
-                let (_, body) = try CoordinationClient.decodeScriptReply(reply)
+                let body = try CoordinationClient.decodeScriptReply(reply).result
                 let ttl = body.array.flatMap { $0.count == 3 ? $0[2].int : nil } ?? 0
                 outcome = ttl > 0 ? .confirmed : .gone
             } catch let error as CoordinationError where error.code == .leaseNotFound {

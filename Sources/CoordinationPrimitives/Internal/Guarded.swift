@@ -44,6 +44,9 @@ extension Session {
                 case .lost:
                     group.cancelAll()
                     _ = try? await group.next()
+                    if endedBecause == .storeReset {
+                        throw CoordinationError(.storeReset, "Redis lost the store's data while \(String(decoding: key, as: UTF8.self)) was held; the protected work was cancelled")
+                    }
                     throw lost()
                 }
             }

@@ -172,31 +172,40 @@ extension ChildProcess {
                     timeout: Duration = .seconds(60)) async throws -> Finished {
         try await withCheckedThrowingContinuation { continuation in
             Thread.detachNewThread {
-                let process = Process()
-                process.executableURL = URL(fileURLWithPath: executable)
-                process.arguments = arguments
-                process.environment = environment
-                let output = Pipe(), error = Pipe(), stdin = Pipe()
-                process.standardOutput = output
-                process.standardError = error
-                process.standardInput = stdin
-                do { try launching { try process.run() } } catch { continuation.resume(throwing: error); return }
-                let killer = DispatchWorkItem { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+                let process: PipedProcess
+                do {
+                    process = try PipedProcess(executable, arguments, environment: environment, stdin: .pipe, stdout: .pipe, stderr: .pipe)
+                } catch {
+                    continuation.resume(throwing: error)
+                    return
+                }
+                let killer = DispatchWorkItem { process.send(SIGKILL) }
                 let (seconds, attoseconds) = timeout.components
                 DispatchQueue.global().asyncAfter(deadline: .now() + Double(seconds) + Double(attoseconds) / 1e18, execute: killer)
-                stdin.fileHandleForWriting.write(Data(input.utf8))
-                try? stdin.fileHandleForWriting.close()
                 let errorData = Mutex(Data())
                 let errorDone = DispatchSemaphore(value: 0)
                 Thread.detachNewThread {
-                    let data = error.fileHandleForReading.readDataToEndOfFile()
+                    let data = process.standardError?.readDataToEndOfFile() ?? Data()
                     errorData.withLock { $0 = data }
                     errorDone.signal()
                 }
-                let out = output.fileHandleForReading.readDataToEndOfFile()
+                let inputDone = DispatchSemaphore(value: 0)
+                Thread.detachNewThread {
+                    // A child that exits without reading its input makes the write fail
+                    // with EPIPE (SIGPIPE is blocked on this thread), not kill us.
+                    var blocked = sigset_t()
+                    sigemptyset(&blocked)
+                    sigaddset(&blocked, SIGPIPE)
+                    pthread_sigmask(SIG_BLOCK, &blocked, nil)
+                    try? process.standardInput?.write(contentsOf: Data(input.utf8))
+                    try? process.standardInput?.close()
+                    inputDone.signal()
+                }
+                let out = process.standardOutput?.readDataToEndOfFile() ?? Data()
                 errorDone.wait()
                 process.waitUntilExit()
                 killer.cancel()
+                inputDone.wait()
                 continuation.resume(returning: Finished(status: process.terminationStatus, output: String(decoding: out, as: UTF8.self),
                                                         error: String(decoding: errorData.withLock { $0 }, as: UTF8.self)))
             }

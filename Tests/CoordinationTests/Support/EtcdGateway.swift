@@ -126,21 +126,21 @@ extension EtcdServer {
         return try await withCheckedThrowingContinuation { continuation in
             // A thread of its own: blocking reads must not hold a cooperative-pool thread.
             Thread.detachNewThread {
-                let process = Process()
-                process.executableURL = URL(fileURLWithPath: etcdctl)
-                process.arguments = ["--endpoints", self.clientURL, "watch", "--prefix", "", "--rev", String(revision), "-w", "json"]
-                process.environment = ["ETCDCTL_API": "3"]
-                let output = Pipe()
-                process.standardOutput = output
-                process.standardError = FileHandle.nullDevice
-                do { try ChildProcess.launching { try process.run() } } catch { continuation.resume(throwing: error); return }
+                let process: PipedProcess
+                do {
+                    process = try PipedProcess(etcdctl, ["--endpoints", self.clientURL, "watch", "--prefix", "", "--rev", String(revision), "-w", "json"],
+                                               environment: ["ETCDCTL_API": "3"], stdin: .null, stdout: .pipe, stderr: .null)
+                } catch {
+                    continuation.resume(throwing: error)
+                    return
+                }
                 let timer = DispatchWorkItem { process.terminate() }
                 DispatchQueue.global().asyncAfter(deadline: .now() + 10, execute: timer)
                 var buffer = Data()
                 var events: [String] = []
                 var done = false
                 while !done {
-                    let chunk = output.fileHandleForReading.availableData
+                    let chunk = process.standardOutput?.availableData ?? Data()
                     if chunk.isEmpty { break }
                     buffer.append(chunk)
                     while let newline = buffer.firstIndex(of: 10) {

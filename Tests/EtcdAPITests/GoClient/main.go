@@ -102,13 +102,14 @@ func timeout() (context.Context, context.CancelFunc) {
 func session(endpoint string) {
 	client := connect(endpoint)
 	defer client.Close()
-	s, err := concurrency.NewSession(client, concurrency.WithTTL(3))
+	// A TTL with room for a loaded machine's scheduling delays.
+	s, err := concurrency.NewSession(client, concurrency.WithTTL(5))
 	check(err, "new session")
 	ctx, cancel := timeout()
 	defer cancel()
 	_, err = client.Put(ctx, "session/key", "v", clientv3.WithLease(s.Lease()))
 	check(err, "put with the session's lease")
-	time.Sleep(6 * time.Second) // two TTLs: kept alive by the session
+	time.Sleep(10 * time.Second) // two TTLs: kept alive by the session
 	resp, err := client.Get(ctx, "session/key")
 	check(err, "get")
 	if len(resp.Kvs) != 1 {

@@ -120,8 +120,8 @@ def coord(port, protocol, parser):
     show("session ttl", session["ttl"])
     lock = x("COORD.LOCK", "jobs")
     show("lock key is the session's", lock[0] == b"jobs/" + format(session["lease"], "x").encode())
-    show("lock token is the key's create revision",
-         as_map(x("COORD.GET", lock[0]))["kvs"][0]["create_revision"] == lock[1])
+    created = as_map(x("COORD.GET", lock[0]))["kvs"][0]["create_revision"]
+    show("lock token is above the key's create revision (it carries the store's epoch)", lock[1] > created)
     other = connect(port, protocol, parser)
     show("trylock by another connection", other.execute_command("COORD.TRYLOCK", "jobs"))
     before = time.monotonic()
@@ -131,6 +131,8 @@ def coord(port, protocol, parser):
     show("unlock", x("COORD.UNLOCK", "jobs"))
     second = other.execute_command("COORD.TRYLOCK", "jobs")
     show("the next holder's token is greater", second[1] > lock[1])
+    show("tokens of one epoch differ as create revisions do",
+         second[1] - lock[1] == as_map(x("COORD.GET", second[0]))["kvs"][0]["create_revision"] - created)
     other.connection_pool.disconnect()
     # The proxy revokes the closed connection's session as soon as it sees the close.
     deadline = time.monotonic() + 10
