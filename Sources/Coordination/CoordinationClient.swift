@@ -28,8 +28,23 @@ public final class CoordinationClient: Sendable {
         }
     }
 
+    /// How many Redis replicas must have a write before the client reports it done.
+    public struct Durability: Sendable, Hashable {
+        /// Replicas that must acknowledge each write (Redis's `WAIT numreplicas`).
+        public var replicas: Int
+        /// How long to wait for them; past it the write's outcome is unknown.
+        public var timeout: Duration
+
+        public init(replicas: Int, timeout: Duration = .seconds(1)) {
+            self.replicas = replicas
+            self.timeout = timeout
+        }
+    }
+
     /// The namespace (an independent store).
     public let namespace: String
+    /// With a value, every write waits for that many replicas (see ``Durability``).
+    public let durability: Durability?
     /// The connection (or pool) requests go through.
     public let redis: any RedisCommandExecutor
     /// The request limits.
@@ -101,14 +116,16 @@ public final class CoordinationClient: Sendable {
         self.redis = redis
         self.namespace = namespace
         self.limits = limits
+        self.durability = nil
         self.ownedConnection = nil
         self.keys = Self.redisKeys(namespace)
     }
 
-    private init(connection: RedisConnection, namespace: String, limits: Limits) {
+    private init(connection: RedisConnection, namespace: String, limits: Limits, durability: Durability?) {
         self.redis = connection
         self.namespace = namespace
         self.limits = limits
+        self.durability = durability
         self.ownedConnection = connection
         self.keys = Self.redisKeys(namespace)
     }
@@ -116,8 +133,9 @@ public final class CoordinationClient: Sendable {
     /// Connects to Redis at `url`, opens the store `namespace` and checks the server with
     /// ``status(allowEvictingPolicy:)``: an `allkeys-*` maxmemory-policy is refused unless
     /// `allowEvictingPolicy`, and a missing ACL permission is reported naming the command.
-    public static func connect(url: String, namespace: String = "coord", limits: Limits = Limits(), allowEvictingPolicy: Bool = false) async throws -> CoordinationClient {
-        try await connect(RedisConfiguration(url: url), namespace: namespace, limits: limits, allowEvictingPolicy: allowEvictingPolicy)
+    public static func connect(url: String, namespace: String = "coord", limits: Limits = Limits(), allowEvictingPolicy: Bool = false,
+                               durability: Durability? = nil) async throws -> CoordinationClient {
+        try await connect(RedisConfiguration(url: url), namespace: namespace, limits: limits, allowEvictingPolicy: allowEvictingPolicy, durability: durability)
     }
 
     /// Connects with `configuration` (timeouts, client name), as ``connect(url:namespace:limits:allowEvictingPolicy:)``.
@@ -126,9 +144,19 @@ public final class CoordinationClient: Sendable {
     /// request, which Redis process it reached (its `run_id`, from INFO): a different
     /// process than before (a restart, a failover) begins a new epoch, so that fencing
     /// tokens stay above every token handed out before, whatever Redis lost.
-    public static func connect(_ configuration: RedisConfiguration, namespace: String = "coord", limits: Limits = Limits(), allowEvictingPolicy: Bool = false) async throws -> CoordinationClient {
+    ///
+    /// With `durability`, every write (put, delete, txn, lease grant, revoke and
+    /// keep-alive) is reported done only once `WAIT` confirms that many replicas have
+    /// it; when they do not within the timeout, the request throws `RedisError`
+    /// ``RedisError/Code/outcomeUnknown``: it was applied on the master but may be lost
+    /// by a failover, never a false success.
+    public static func connect(_ configuration: RedisConfiguration, namespace: String = "coord", limits: Limits = Limits(), allowEvictingPolicy: Bool = false,
+                               durability: Durability? = nil) async throws -> CoordinationClient {
+        if let durability, durability.replicas < 1 {
+            throw CoordinationError(.invalidArgument, "durability needs at least 1 replica, not \(durability.replicas); leave it out to acknowledge writes once the master has them")
+        }
         let connection = try await RedisConnection.connect(configuration, setup: connectionSetup(namespace: namespace))
-        let client = CoordinationClient(connection: connection, namespace: namespace, limits: limits)
+        let client = CoordinationClient(connection: connection, namespace: namespace, limits: limits, durability: durability)
         do {
             _ = try await client.status(allowEvictingPolicy: allowEvictingPolicy)
         } catch {
@@ -417,7 +445,25 @@ public final class CoordinationClient: Sendable {
         let reply = try await redis.run(Self.kvScript, keys: scriptKeys(lease: lease), arguments: [request.encoded()], timeout: nil)
         let decoded = try Self.decodeScriptReply(reply)
         try check(decoded, sentWith: ticket)
+        if let durability, let kind = request.array?.first?.text, Self.writingRequests.contains(kind) {
+            try await waitForReplicas(durability)
+        }
         return (decoded.revision, decoded.result)
+    }
+
+    /// The requests that can write (every one of them waits for ``durability``).
+    static let writingRequests: Set<String> = ["put", "delete", "txn", "grant", "revoke", "keepalive", "reap"]
+
+    /// `WAIT`: the writes this connection sent so far (this request's among them) have
+    /// reached `durability.replicas` replicas, or the outcome is unknown.
+    private func waitForReplicas(_ durability: Durability) async throws {
+        let (seconds, attoseconds) = durability.timeout.components
+        let milliseconds = max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000)
+        let reached = try await redis.send([Array("WAIT".utf8), Array(String(durability.replicas).utf8), Array(String(milliseconds).utf8)],
+                                           timeout: durability.timeout + .seconds(5)).int ?? 0
+        if reached < Int64(durability.replicas) {
+            throw RedisError(.outcomeUnknown, "the write reached \(reached) of the \(durability.replicas) replica(s) required within \(durability.timeout): the master has it, but a failover now may lose it; read it back before relying on it")
+        }
     }
 
     /// Checks a reply's store identity against what this client knows; a reply that

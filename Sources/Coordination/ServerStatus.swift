@@ -16,6 +16,10 @@ public struct ServerStatus: Sendable, Hashable {
     public var rdbSnapshots: Bool?
     /// `notify-keyspace-events`, when CONFIG GET is allowed.
     public var keyspaceEvents: String?
+    /// `appendfsync` (`always`, `everysec`, `no`), when CONFIG GET is allowed.
+    public var appendFsync: String?
+    /// The replicas connected to this master (INFO replication's `connected_slaves`).
+    public var connectedReplicas: Int = 0
     /// Things that are allowed but risky, in words an operator can act on.
     public var warnings: [String]
 }
@@ -37,7 +41,7 @@ extension CoordinationClient {
         let revision = try await currentRevision()
         let compactRevision = try await compactedRevision()
         // INFO is readable by most users, unlike CONFIG.
-        let info = try await redis.send([Array("INFO".utf8)], timeout: nil).string ?? ""
+        let info = try await redis.send([Array("INFO".utf8)], timeout: nil).string ?? ""   // every section
         var fields: [Substring: Substring] = [:]
         for line in info.split(separator: "\r\n") {
             if let colon = line.firstIndex(of: ":") { fields[line[..<colon]] = line[line.index(after: colon)...] }
@@ -52,6 +56,11 @@ extension CoordinationClient {
         if let notify = try? await redis.send([Array("CONFIG".utf8), Array("GET".utf8), Array("notify-keyspace-events".utf8)], timeout: nil).array, notify.count == 2 {
             events = notify[1].string
         }
+        var fsync: String?
+        if let policy = try? await redis.send([Array("CONFIG".utf8), Array("GET".utf8), Array("appendfsync".utf8)], timeout: nil).array, policy.count == 2 {
+            fsync = policy[1].string
+        }
+        let replicas = Int(fields["connected_slaves"] ?? "") ?? 0
         var warnings: [String] = []
         if Self.evictingPolicies.contains(policy) {
             let message = "Redis maxmemory-policy is \(policy): under memory pressure Redis may evict coordination keys (locks, leases, history), silently breaking their guarantees; run CONFIG SET maxmemory-policy noeviction"
@@ -64,8 +73,13 @@ extension CoordinationClient {
             warnings.append("Redis persistence is off (no appendonly, no RDB snapshots): a Redis restart loses the whole store; for durability run CONFIG SET appendonly yes")
         } else if !appendOnly {
             warnings.append("Redis persists only by RDB snapshots: a crash loses the writes since the last snapshot; CONFIG SET appendonly yes narrows that window")
+        } else if let fsync, fsync != "always" {
+            warnings.append("Redis appendfsync is \(fsync): a crash of the machine can lose the last \(fsync == "everysec" ? "second" : "seconds") of acknowledged writes (the store then reports storeReset to clients that saw them); CONFIG SET appendfsync always loses none")
         }
-        return ServerStatus(revision: revision, compactRevision: compactRevision, redisVersion: String(fields["redis_version"] ?? "unknown"),
-                            maxmemoryPolicy: policy, appendOnly: appendOnly, rdbSnapshots: rdb, keyspaceEvents: events, warnings: warnings)
+        var status = ServerStatus(revision: revision, compactRevision: compactRevision, redisVersion: String(fields["redis_version"] ?? "unknown"),
+                                  maxmemoryPolicy: policy, appendOnly: appendOnly, rdbSnapshots: rdb, keyspaceEvents: events, warnings: warnings)
+        status.appendFsync = fsync
+        status.connectedReplicas = replicas
+        return status
     }
 }

@@ -278,7 +278,7 @@ final class WatchHub: Sendable {
     /// knows, with `position` as a revision already seen; false (and every watch
     /// ended, by the client) when the store was reset.
     private func sameHistory(_ connection: RedisConnection, position: Int64, generation: Int) async throws -> Bool {
-        let reply = try await connection.send([Array("EVAL".utf8), Array(Self.identityScript.utf8), Array("2".utf8), idKey, revKey], timeout: .seconds(10))
+        let reply = try await connection.run(Self.identityScript, keys: [idKey, revKey], timeout: .seconds(10))
         guard let parts = reply.array, parts.count == 4 else {
             throw CoordinationError(.protocolError, "the identity check returned \(reply)")
         }
@@ -302,7 +302,7 @@ final class WatchHub: Sendable {
     }
 
     /// The store's ID, epoch and base, and its revision, in one round trip.
-    static let identityScript = "local i = redis.call('HMGET', KEYS[1], 'id', 'epoch', 'base'); return {i[1], i[2], i[3], redis.call('GET', KEYS[2]) or '1'}"
+    static let identityScript = RedisScript("local i = redis.call('HMGET', KEYS[1], 'id', 'epoch', 'base'); return {i[1], i[2], i[3], redis.call('GET', KEYS[2]) or '1'}")
 
     /// Hands live entries to a watcher, or buffers them while it replays history.
     func deliver(_ entries: [LogEntry], to watcher: Watcher) async {

@@ -61,6 +61,10 @@ public enum EtcdErrors {
 
     static func rpcError(for error: RedisError) -> RPCError {
         switch error.code {
+        case .outcomeUnknown where error.message.hasPrefix("the write reached"):
+            // --wait-replicas not met in time: applied on the master, not confirmed by
+            // enough replicas (etcd's answer when a proposal does not commit in time).
+            return RPCError(code: .unavailable, message: "etcdserver: request timed out")
         case .outcomeUnknown:
             return RPCError(code: .unavailable, message: "etcdserver: request timed out, possibly due to connection lost")
         case .timeout:

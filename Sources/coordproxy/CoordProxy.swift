@@ -67,6 +67,12 @@ struct CoordProxy: AsyncParsableCommand {
     @Option(name: .customLong("session-ttl"), help: ArgumentHelp("TTL in seconds of the lease of a Redis-protocol connection's session (default 60): revoked when the connection closes, expiring after this long if coordproxy dies.", valueName: "seconds"))
     var sessionTTL: Int64?
 
+    @Option(name: .customLong("wait-replicas"), help: ArgumentHelp("Acknowledge a write only once this many Redis replicas have it (Redis WAIT); when they do not within --wait-timeout, the request fails as 'request timed out' (gRPC) or TRYAGAIN (RESP): applied on the master, but a failover may lose it. Default 0: acknowledged once the master has it.", valueName: "n"))
+    var waitReplicas: Int?
+
+    @Option(name: .customLong("wait-timeout"), help: ArgumentHelp("How long a write waits for --wait-replicas, in milliseconds (default 1000).", valueName: "ms"))
+    var waitTimeout: Int?
+
     @Option(name: .customLong("session-keepalive"), help: ArgumentHelp("What keeps a Redis-protocol connection's session alive: 'activity' (default: refreshed while the client sends commands or waits on one, so a stopped client's locks go a TTL after its last command; a holder idle longer than the TTL sends PING) or 'connection' (refreshed while the connection is open).", valueName: "activity|connection"))
     var sessionKeepAlive: String?
 
@@ -112,6 +118,10 @@ struct CoordProxy: AsyncParsableCommand {
         let respListen = try (setting(listenRESP, "LISTEN_RESP") ?? "").split(separator: ",").map { try RESPFrontEnd.Address(parsing: String($0)) }
         let respSessionTTL = sessionTTL ?? setting(nil, "SESSION_TTL").flatMap { Int64($0) } ?? 60
         guard respSessionTTL >= 1 else { throw ValidationError("--session-ttl must be at least 1 second") }
+        let replicas = waitReplicas ?? setting(nil, "WAIT_REPLICAS").flatMap { Int($0) } ?? 0
+        let replicaTimeout = waitTimeout ?? setting(nil, "WAIT_TIMEOUT").flatMap { Int($0) } ?? 1000
+        guard replicas >= 0, replicaTimeout >= 1 else { throw ValidationError("--wait-replicas must be 0 or more and --wait-timeout at least 1 ms") }
+        let durability = replicas > 0 ? CoordinationClient.Durability(replicas: replicas, timeout: .milliseconds(replicaTimeout)) : nil
         let keepAliveText = setting(sessionKeepAlive, "SESSION_KEEPALIVE", default: "activity")!
         guard let respKeepAlive = RESPFrontEnd.SessionKeepAlive(rawValue: keepAliveText.lowercased()) else {
             throw ValidationError("--session-keepalive is 'activity' or 'connection', not '\(keepAliveText)'")
@@ -138,7 +148,7 @@ struct CoordProxy: AsyncParsableCommand {
 
         let store: CoordinationClient
         do {
-            store = try await CoordinationClient.connect(url: url!, namespace: namespace, allowEvictingPolicy: allowEvictingPolicy)
+            store = try await CoordinationClient.connect(url: url!, namespace: namespace, allowEvictingPolicy: allowEvictingPolicy, durability: durability)
         } catch {
             logger.critical("cannot use the Redis at \(Self.redacted(url!)): \(error)")
             if let privateServer { await privateServer.stop() }
@@ -148,8 +158,12 @@ struct CoordProxy: AsyncParsableCommand {
         logger.info("connected to Redis", metadata: [
             "redis": "\(Self.redacted(url!))", "redis_version": "\(status.redisVersion)",
             "namespace": "\(namespace)", "revision": "\(status.revision)",
-            "appendonly": "\(status.appendOnly)", "maxmemory_policy": "\(status.maxmemoryPolicy)",
+            "appendonly": "\(status.appendOnly)", "appendfsync": "\(status.appendFsync ?? "unknown")",
+            "replicas": "\(status.connectedReplicas)", "wait_replicas": "\(replicas)", "maxmemory_policy": "\(status.maxmemoryPolicy)",
         ])
+        if replicas > status.connectedReplicas {
+            logger.warning("--wait-replicas is \(replicas) but Redis has \(status.connectedReplicas) replica(s) connected: every write will fail as timed out until enough replicas connect")
+        }
         for warning in status.warnings { logger.warning("\(warning)") }
 
         let member = EtcdMember(name: memberName, namespace: namespace, clientURLs: advertised)

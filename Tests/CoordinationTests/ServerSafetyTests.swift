@@ -25,9 +25,16 @@ import Testing
             #expect(status.warnings.contains { $0.contains("persistence is off") })
             await store.close()
         }
-        try await RedisServer.withServer(.init(appendOnly: true)) { server in
+        try await RedisServer.withServer(.init(appendOnly: true, appendFsync: "always")) { server in
             let store = try await CoordinationClient.connect(url: server.url)
-            #expect(try await store.status().warnings.isEmpty)
+            let status = try await store.status()
+            #expect(status.warnings.isEmpty, "\(status.warnings)")
+            #expect(status.appendFsync == "always" && status.connectedReplicas == 0)
+            await store.close()
+        }
+        try await RedisServer.withServer(.init(appendOnly: true, appendFsync: "everysec")) { server in
+            let store = try await CoordinationClient.connect(url: server.url)
+            #expect(try await store.status().warnings.contains { $0.contains("appendfsync is everysec") })
             await store.close()
         }
     }

@@ -36,8 +36,22 @@ final class ChildProcess: Sendable {
         posix_spawn_file_actions_addopen(&fileActions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&fileActions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&fileActions, 1, 2)
-        // The calling thread may block signals (Dispatch's threads do); the child must
-        // start with an empty mask and default handlers, or SIGTERM would not stop it.
+        var child: pid_t = 0
+        let status = Self.withSpawnAttributes { attributes in
+            Self.launching { posix_spawn(&child, executable, &fileActions, &attributes, &argv, environ) }
+        }
+        guard status == 0 else {
+            throw RedisError(.serverStartFailed, "could not launch \(executable): \(String(cString: strerror(status)))")
+        }
+        ChildRegistry.shared.add(child)
+        if let pidFile { try? "\(child)\n".write(toFile: pidFile, atomically: true, encoding: .utf8) }
+        return ChildProcess(pid: child)
+    }
+
+    /// Runs `body` with posix_spawn attributes for a clean child: the calling thread may
+    /// block signals (Dispatch's threads do), and the child must start with an empty
+    /// mask and default handlers, or SIGTERM would not stop it.
+    static func withSpawnAttributes<T>(_ body: (inout posix_spawnattr_t) -> T) -> T {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -49,14 +63,7 @@ final class ChildProcess: Sendable {
         for signal in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD] { sigaddset(&defaults, signal) }
         posix_spawnattr_setsigdefault(&attributes, &defaults)
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var child: pid_t = 0
-        let status = Self.launching { posix_spawn(&child, executable, &fileActions, &attributes, &argv, environ) }
-        guard status == 0 else {
-            throw RedisError(.serverStartFailed, "could not launch \(executable): \(String(cString: strerror(status)))")
-        }
-        ChildRegistry.shared.add(child)
-        if let pidFile { try? "\(child)\n".write(toFile: pidFile, atomically: true, encoding: .utf8) }
-        return ChildProcess(pid: child)
+        return body(&attributes)
     }
 
     /// Whether the process has exited (reaping it if so).

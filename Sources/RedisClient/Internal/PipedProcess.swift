@@ -71,19 +71,10 @@ final class PipedProcess: Sendable {
                 posix_spawn_file_actions_adddup2(&actions, child, fd)
             }
         }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var emptyMask = sigset_t()
-        sigemptyset(&emptyMask)
-        posix_spawnattr_setsigmask(&attributes, &emptyMask)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var pid: pid_t = 0
-        let status = ChildProcess.launching { posix_spawn(&pid, executable, &actions, &attributes, &argv, &envp) }
+        let status = ChildProcess.withSpawnAttributes { attributes in
+            ChildProcess.launching { posix_spawn(&pid, executable, &actions, &attributes, &argv, &envp) }
+        }
         guard status == 0 else {
             parentEnds.compactMap { $0 }.forEach { Glibc.close($0) }
             throw RedisError(.serverStartFailed, "could not launch \(executable): \(String(cString: strerror(status)))")

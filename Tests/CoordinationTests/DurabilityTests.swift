@@ -1,0 +1,55 @@
+import Coordination
+import Foundation
+import Testing
+
+/// Writes acknowledged only once replicas have them (Redis WAIT), against a real
+/// master and replica on loopback.
+@Suite struct DurabilityTests {
+    @Test func aWriteWaitsForItsReplicaAndIsOutcomeUnknownWhenTheReplicaDoesNotConfirmIt() async throws {
+        try await RedisServer.withServer(.init(transport: .tcp())) { master in
+            try await RedisServer.withServer(.init(transport: .tcp())) { replica in
+                guard case .tcp(let host, let port) = master.endpoint else { return }
+                let admin = try await RedisConnection.connect(replica.configuration)
+                defer { Task { await admin.close() } }
+                _ = try await admin.send([Array("REPLICAOF".utf8), Array(host.utf8), Array(String(port).utf8)])
+                let linked = await eventually(timeout: .seconds(30)) {
+                    (try? await admin.send([Array("INFO".utf8), Array("replication".utf8)]).string)?.contains("master_link_status:up") == true
+                }
+                #expect(linked, "the replica never linked to the master")
+
+                let store = try await CoordinationClient.connect(url: master.url, durability: .init(replicas: 1, timeout: .milliseconds(500)))
+                defer { Task { await store.close() } }
+                #expect(try await store.status().connectedReplicas == 1)
+                _ = try await store.put("durable", "1")   // confirmed by the replica
+                #expect(try await admin.send([Array("HEXISTS".utf8), Array("{coord}:kv".utf8), Array("durable".utf8)]).int == 1)
+
+                // A replica that does not answer: the write is applied on the master, but
+                // never reported as done.
+                kill(replica.pid, SIGSTOP)
+                defer { kill(replica.pid, SIGCONT) }
+                var outcome: RedisError?
+                do {
+                    _ = try await store.put("durable", "2")
+                } catch let error as RedisError {
+                    outcome = error
+                }
+                #expect(outcome?.code == .outcomeUnknown, "the unconfirmed write was reported \(String(describing: outcome))")
+                #expect(outcome?.message.contains("reached 0 of the 1 replica(s)") == true, "\(String(describing: outcome))")
+                #expect(try await store.get("durable").kvs.first?.valueString == "2")
+                // Reads do not wait for replicas.
+                #expect(try await store.get("missing").count == 0)
+                kill(replica.pid, SIGCONT)
+            }
+        }
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+private func eventually(timeout: Duration, _ condition: () async -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return await condition()
+}
