@@ -164,7 +164,7 @@ struct Endpoint: AsyncParsableCommand {
                 await store.close()
                 switch global.writeOut {
                 case .simple, .fields:
-                    print("\(RedisConfigurationText.redacted(global.url)), namespace \(global.storeNamespace), revision \(status.revision), compacted at \(status.compactRevision), redis \(status.redisVersion), maxmemory-policy \(status.maxmemoryPolicy), appendonly \(status.appendOnly ? "yes" : "no")")
+                    print("\(RedisConfigurationText.redacted(global.url)), namespace \(global.storeNamespace), revision \(status.revision), compacted at \(status.compactRevision), redis \(status.redisVersion), maxmemory-policy \(status.maxmemoryPolicy), appendonly \(status.appendOnly ? "yes" : "no"), appendfsync \(status.appendFsync ?? "unknown"), replicas \(status.connectedReplicas)")
                 case .json:
                     // etcdctl's shape (an array, one entry per endpoint), with Redis's
                     // facts beside etcd's fields.
@@ -175,7 +175,8 @@ struct Endpoint: AsyncParsableCommand {
                             "version": "3.4.0", "raftIndex": status.revision, "raftAppliedIndex": status.revision,
                             "namespace": global.storeNamespace, "compact_revision": status.compactRevision,
                             "redis_version": status.redisVersion, "maxmemory_policy": status.maxmemoryPolicy,
-                            "appendonly": status.appendOnly, "warnings": status.warnings,
+                            "appendonly": status.appendOnly, "appendfsync": status.appendFsync ?? "unknown",
+                            "replicas": status.connectedReplicas, "warnings": status.warnings,
                         ] as [String: Any],
                     ]
                     let data = (try? JSONSerialization.data(withJSONObject: [entry], options: [.sortedKeys])) ?? Data("[]".utf8)

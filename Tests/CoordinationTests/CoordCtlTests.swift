@@ -72,7 +72,8 @@ func runToCompletion(_ executable: URL, _ arguments: [String], environment: [Str
             #expect(compacted.status == 1)
             #expect(compacted.error.contains("Error: required revision 2 has been compacted"))
             let status = try await coordctl(["endpoint", "status"], url: url)
-            #expect(status.output.contains("revision 8,") && status.error.contains("warning: Redis persistence is off"))
+            #expect(status.output.contains("revision 8,") && status.output.contains("appendfsync everysec, replicas 0")
+                    && status.error.contains("warning: Redis persistence is off"), "\(status)")
             let refused = try await coordctl(["get", "a", "--endpoints", "redis://127.0.0.1:1"], url: url)
             #expect(refused.status == 1 && refused.error.contains("could not connect to redis://127.0.0.1:1"))
         }

@@ -65,6 +65,8 @@ import Testing
             #expect(entries.first?["Endpoint"] as? String == server.url)
             #expect(Set((status["header"] as? [String: Any] ?? [:]).keys) == ["cluster_id", "member_id", "revision", "raft_term"])
             #expect(status["raftIndex"] as? Int == 1 && status["version"] as? String == "3.4.0")
+            // Redis's durability facts beside etcd's fields.
+            #expect(status["replicas"] as? Int == 0 && status["appendfsync"] as? String == "everysec" && status["appendonly"] as? Bool == false)
         }
     }
 }
