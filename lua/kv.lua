@@ -17,7 +17,7 @@
 --  10 ldue     ZSET    lease ID -> deadline (Redis server time, milliseconds)
 --  11 leaseseq STRING  the last lease ID chosen by the store
 --  12 id       HASH    the store's identity, created with the namespace (or when it is
---                      found missing: the data was lost): "id" (32 hex digits, new for
+--                      found missing: the data was lost): "id" (24 hex digits, new for
 --                      every incarnation of the data), "epoch" (microseconds), "base"
 --                      (the revision at which the epoch began), "run" (the Redis run_id
 --                      the epoch belongs to), "epochs" (msgpack list of {base, epoch},

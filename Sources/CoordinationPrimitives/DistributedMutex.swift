@@ -120,9 +120,13 @@ public final class DistributedMutex: Sendable {
     }
 
     /// Releases the lock (or leaves the queue) by deleting this session's key.
-    public func unlock() async throws {
-        _ = try await client.delete(ownKey)
+    /// - Returns: whether the key was still there to delete; `false` when the lock had
+    ///   already been lost with the session's lease (a stalled holder's lease expired).
+    @discardableResult
+    public func unlock() async throws -> Bool {
+        let deleted = try await client.delete(ownKey).deleted
         reset()
+        return deleted > 0
     }
 
     /// Runs `body` holding the lock, passing the fencing token, and releases the lock

@@ -429,12 +429,11 @@ actor ConnectionCoordination {
     private func unlock(_ command: RESPCommand) async throws -> RESPValue {
         let name = String(decoding: command.bytes(1), as: UTF8.self)
         guard let mutex = mutexes[name], mutex.fencingToken != nil else { return .integer(0) }
-        // Deleting the key tells whether the lock was still held: a session that lapsed
-        // (a stopped client) took its key with it, and the lock was not this
-        // connection's to release any more.
-        let deleted = try await store.delete(mutex.key).deleted
+        // 0 also when a lapsed session (a stopped client) took the key with it: the lock
+        // was not this connection's to release any more.
+        let released = try await mutex.unlock()
         mutexes[name] = nil
-        return .integer(deleted > 0 ? 1 : 0)
+        return .integer(released ? 1 : 0)
     }
 
     // MARK: - Elections
