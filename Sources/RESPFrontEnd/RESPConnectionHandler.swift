@@ -705,13 +705,21 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         context?.flush()
     }
 
+    /// Sentinel switched the master: a pass-through connection to the old one is
+    /// closed, as when Redis goes away (its state for this client stays behind).
+    func masterSwitched(to master: RedisConfiguration.Endpoint) {
+        guard let backend, let at = backend.endpoint, at != master else { return }
+        backend.close()
+        backendFailed(RedisError(.connectionLost, "Sentinel switched the master from \(at) to \(master)"), connected: true, from: backend)
+    }
+
     /// The Redis connection closed or could not open.
     func backendFailed(_ error: any Error, connected: Bool, from failed: Backend) {
         guard backend === failed else { return }
         backend = nil
         let message = connected
             ? "ERR coordproxy lost its connection to Redis (\(error)); the connection is closed, reconnect"
-            : "ERR coordproxy cannot reach Redis at \(shared.configuration.redis.endpoint) (\(error)); retry once it is up"
+            : "ERR coordproxy cannot reach Redis at \(shared.configuration.redis.redactedURL) (\(error)); retry once it is up"
         for slot in slots where slot.fromBackend && slot.framesLeft > 0 {
             slot.framesLeft = 0
             slot.reply = encode(.error(message))
@@ -764,6 +772,8 @@ final class RESPConnectionHandler: ChannelInboundHandler {
 /// The Redis connection of one client, opened at its first pass-through command.
 final class Backend {
     private var channel: Channel?
+    /// The server connected to, once connected.
+    private(set) var endpoint: RedisConfiguration.Endpoint?
     private var pending: [ByteBuffer] = []
     private var closed = false
     private let eventLoop: any EventLoop
@@ -778,10 +788,16 @@ final class Backend {
                     try channel.pipeline.syncOperations.addHandler(BackendHandler(owner: owner))
                 }
             }
-        let connecting: EventLoopFuture<Channel>
-        switch configuration.endpoint {
-        case .tcp(let host, let port): connecting = bootstrap.connect(host: host, port: port)
-        case .unixSocket(let path): connecting = bootstrap.connect(unixDomainSocketPath: path)
+        let connecting: EventLoopFuture<(Channel, RedisConfiguration.Endpoint)>
+        if let sentinel = configuration.sentinel {
+            // The master's address, asked of the sentinels off the event loop.
+            let timeout = configuration.connectTimeout
+            connecting = NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) {
+                try SentinelResolver.master(of: sentinel, connectTimeout: timeout)
+            }.flatMap { endpoint in Self.connect(bootstrap, to: endpoint).map { ($0, endpoint) } }
+        } else {
+            let endpoint = configuration.endpoint
+            connecting = Self.connect(bootstrap, to: endpoint).map { ($0, endpoint) }
         }
         let me = NIOLoopBound(self, eventLoop: eventLoop)
         // Handled on a later tick even when the connect fails at once (a missing unix
@@ -792,9 +808,17 @@ final class Backend {
         }
     }
 
-    private func connected(_ result: Result<any Channel, any Error>, owner: NIOLoopBound<RESPConnectionHandler>) {
+    private static func connect(_ bootstrap: ClientBootstrap, to endpoint: RedisConfiguration.Endpoint) -> EventLoopFuture<Channel> {
+        switch endpoint {
+        case .tcp(let host, let port): return bootstrap.connect(host: host, port: port)
+        case .unixSocket(let path): return bootstrap.connect(unixDomainSocketPath: path)
+        }
+    }
+
+    private func connected(_ result: Result<(any Channel, RedisConfiguration.Endpoint), any Error>, owner: NIOLoopBound<RESPConnectionHandler>) {
         switch result {
-        case .success(let channel):
+        case .success(let (channel, endpoint)):
+            self.endpoint = endpoint
             if closed {
                 channel.close(promise: nil)
                 return

@@ -90,6 +90,14 @@ public final class RESPFrontEnd: Service, Sendable {
         func remove(_ channel: any Channel) { channels.withLockedValue { _ = $0.removeValue(forKey: ObjectIdentifier(channel)) } }
         var count: Int { channels.withLockedValue { $0.count } }
         func closeAll() { for channel in channels.withLockedValue({ Array($0.values) }) { channel.close(promise: nil) } }
+        /// Sentinel switched the master: pass-through connections to the old one close.
+        func masterSwitched(to master: RedisConfiguration.Endpoint) {
+            for channel in channels.withLockedValue({ Array($0.values) }) {
+                channel.eventLoop.execute {
+                    (try? channel.pipeline.syncOperations.handler(type: RESPConnectionHandler.self))?.masterSwitched(to: master)
+                }
+            }
+        }
     }
 
     private let store: CoordinationClient
@@ -165,6 +173,13 @@ public final class RESPFrontEnd: Service, Sendable {
                         metadata: ["address": "\(address)", "redis_requires_auth": "\(requiresAuth)", "session_ttl": "\(configuration.sessionTTL)", "session_keepalive": "\(configuration.sessionKeepAlive.rawValue)"])
         }
         let open = listeners
+        var observation: UInt64?
+        if let sentinel = configuration.redis.sentinel {
+            observation = SentinelMonitor.observe(sentinel, connectTimeout: configuration.redis.connectTimeout) { master in
+                connections.masterSwitched(to: master)
+            }
+        }
+        defer { if let observation, let sentinel = configuration.redis.sentinel { SentinelMonitor.stopObserving(observation, of: sentinel) } }
         await withGracefulShutdownHandler {
             await withTaskGroup(of: Void.self) { group in
                 for listener in open {
@@ -182,6 +197,7 @@ public final class RESPFrontEnd: Service, Sendable {
     /// Whether Redis answers an unauthenticated PING with NOAUTH.
     static func redisRequiresAuth(_ configuration: RedisConfiguration) async -> Bool {
         var probe = RedisConfiguration(endpoint: configuration.endpoint)
+        probe.sentinel = configuration.sentinel
         probe.connectTimeout = .seconds(2)
         probe.commandTimeout = .seconds(2)
         do {

@@ -9,7 +9,40 @@ import Foundation
 ///   IPv6 hosts go in brackets: `redis://[::1]:6379`. Percent-escapes in the user and
 ///   password are decoded.
 /// - `unix:///path/to/redis.sock[?db=N][&user=U][&password=P]` — a unix domain socket.
+/// - `redis-sentinel://[user:password@]host1[:port1],host2[:port2]/mymaster[/db][?sentinel_user=U&sentinel_password=P]`
+///   — the master that Redis Sentinel names `mymaster`, asked of the sentinels in
+///   turn (port 26379 by default). The user and password are the master's; the
+///   sentinels' own credentials, if they have any, go in the query. Connections
+///   follow a failover: see ``Sentinel``.
 public struct RedisConfiguration: Sendable, Hashable {
+    /// Redis Sentinel: where the sentinels are and which master to ask them for.
+    ///
+    /// Every connection (and every reconnect) asks the sentinels, in order, for the
+    /// master's address (`SENTINEL get-master-addr-by-name`), connects there, and
+    /// checks with `ROLE` that it reached a master. A connection is dropped, and
+    /// opened again at the new master, when a sentinel announces `+switch-master`
+    /// or when the server answers `READONLY` (it was demoted to a replica); requests
+    /// it carried fail with ``RedisError/Code/outcomeUnknown``, as on any lost
+    /// connection.
+    public struct Sentinel: Sendable, Hashable {
+        /// The sentinels, asked in this order.
+        public var endpoints: [Endpoint]
+        /// The name the sentinels monitor the master under (`sentinel monitor <name> ...`).
+        public var masterName: String
+        /// The ACL user for the sentinels; `nil` authenticates as their default user.
+        public var username: String?
+        /// The sentinels' password (`requirepass` in sentinel.conf); `nil` skips AUTH.
+        public var password: String?
+
+        /// Creates a Sentinel configuration.
+        public init(endpoints: [Endpoint], masterName: String, username: String? = nil, password: String? = nil) {
+            self.endpoints = endpoints
+            self.masterName = masterName
+            self.username = username
+            self.password = password
+        }
+    }
+
     /// The address of a Redis server.
     public enum Endpoint: Sendable, Hashable, CustomStringConvertible {
         /// A TCP host and port.
@@ -25,8 +58,11 @@ public struct RedisConfiguration: Sendable, Hashable {
         }
     }
 
-    /// The server's address.
+    /// The server's address. With ``sentinel``, the address the sentinels last
+    /// named (the first sentinel's until a connection has asked them).
     public var endpoint: Endpoint
+    /// Redis Sentinel to ask for the master's address; `nil` connects to ``endpoint``.
+    public var sentinel: Sentinel?
     /// The ACL user name; `nil` authenticates as the default user.
     public var username: String?
     /// The password; `nil` skips AUTH.
@@ -67,7 +103,7 @@ public struct RedisConfiguration: Sendable, Hashable {
     ///   naming the part that is wrong.
     public init(url: String) throws {
         func bad(_ why: String) -> RedisError {
-            RedisError(.invalidURL, "invalid Redis URL '\(Self.redact(url))': \(why); expected redis://[user:password@]host[:port][/db] or unix:///path/to/socket[?db=N]")
+            RedisError(.invalidURL, "invalid Redis URL '\(Self.redact(url))': \(why); expected redis://[user:password@]host[:port][/db], unix:///path/to/socket[?db=N] or redis-sentinel://[user:password@]host[:port][,host[:port]...]/master-name[/db]")
         }
         guard let schemeEnd = url.range(of: "://") else { throw bad("it has no scheme") }
         let scheme = url[..<schemeEnd.lowerBound].lowercased()
@@ -77,7 +113,9 @@ public struct RedisConfiguration: Sendable, Hashable {
             try self.init(redisURLRest: rest, bad: bad)
         case "unix":
             try self.init(unixURLRest: rest, bad: bad)
-        case "rediss":
+        case "redis-sentinel":
+            try self.init(sentinelURLRest: rest, bad: bad)
+        case "rediss", "rediss-sentinel":
             throw bad("TLS (rediss://) is not supported by this client; connect through a local TLS proxy with redis://")
         default:
             throw bad("unknown scheme '\(scheme)'")
@@ -142,6 +180,56 @@ public struct RedisConfiguration: Sendable, Hashable {
         self.init(endpoint: .tcp(host: host, port: port), username: username, password: password, database: database)
     }
 
+    private init(sentinelURLRest rest: String, bad: (String) -> RedisError) throws {
+        var main = Substring(rest)
+        var query = Substring("")
+        if let mark = main.firstIndex(of: "?") {
+            query = main[main.index(after: mark)...]
+            main = main[..<mark]
+        }
+        var authority = main
+        var path = Substring("")
+        if let slash = main.firstIndex(of: "/") {
+            authority = main[..<slash]
+            path = main[main.index(after: slash)...]
+        }
+        var userInfo = ""
+        if let at = authority.lastIndex(of: "@") {
+            userInfo = String(authority[..<at]) + "@"
+            authority = authority[authority.index(after: at)...]
+        }
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+        guard let name = parts.first, !name.isEmpty else {
+            throw bad("a Sentinel URL names the master after the hosts: redis-sentinel://host:26379/mymaster")
+        }
+        guard parts.count <= 2 else { throw bad("unexpected path '/\(path)' after the master name") }
+        let masterName = try Self.percentDecode(name, bad: bad)
+        var endpoints: [Endpoint] = []
+        for host in authority.split(separator: ",", omittingEmptySubsequences: false) {
+            guard !host.isEmpty else { throw bad("an empty sentinel address in the host list") }
+            let hasPort = host.hasPrefix("[") ? host.contains("]:") : host.contains(":")
+            let parsed = try RedisConfiguration(redisURLRest: String(host) + (hasPort ? "" : ":26379"), bad: bad)
+            endpoints.append(parsed.endpoint)
+        }
+        guard !endpoints.isEmpty else { throw bad("no sentinel addresses") }
+        // The master's credentials and database, parsed as a redis:// URL's.
+        let database = parts.count == 2 ? String(parts[1]) : ""
+        let master = try RedisConfiguration(redisURLRest: userInfo + "127.0.0.1" + (database.isEmpty ? "" : "/" + database), bad: bad)
+        var sentinelUser: String?
+        var sentinelPassword: String?
+        for item in query.split(separator: "&") where !item.isEmpty {
+            let pair = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let value = pair.count > 1 ? pair[1] : ""
+            switch pair[0] {
+            case "sentinel_user", "sentinel_username": sentinelUser = try Self.percentDecode(value, bad: bad)
+            case "sentinel_password": sentinelPassword = try Self.percentDecode(value, bad: bad)
+            default: throw bad("unknown parameter '\(pair[0])' (known: sentinel_user, sentinel_password)")
+            }
+        }
+        self.init(endpoint: endpoints[0], username: master.username, password: master.password, database: master.database)
+        self.sentinel = Sentinel(endpoints: endpoints, masterName: masterName, username: sentinelUser, password: sentinelPassword)
+    }
+
     private init(unixURLRest rest: String, bad: (String) -> RedisError) throws {
         var path = Substring(rest)
         var query = Substring("")
@@ -188,24 +276,40 @@ public struct RedisConfiguration: Sendable, Hashable {
 
     /// The URL with any password replaced by `***`, for messages and logs.
     static func redact(_ url: String) -> String {
-        guard let schemeEnd = url.range(of: "://"), let at = url[schemeEnd.upperBound...].lastIndex(of: "@") else {
-            if let passwordRange = url.range(of: "password=") {
-                let end = url[passwordRange.upperBound...].firstIndex(of: "&") ?? url.endIndex
-                return url.replacingCharacters(in: passwordRange.upperBound..<end, with: "***")
+        var result = url
+        if let schemeEnd = result.range(of: "://") {
+            let queryStart = result[schemeEnd.upperBound...].firstIndex(of: "?") ?? result.endIndex
+            if let at = result[schemeEnd.upperBound..<queryStart].lastIndex(of: "@") {
+                let userInfo = result[schemeEnd.upperBound..<at]
+                if let colon = userInfo.firstIndex(of: ":") {
+                    result.replaceSubrange(result.index(after: colon)..<at, with: "***")
+                } else {
+                    result.replaceSubrange(schemeEnd.upperBound..<at, with: "***")
+                }
             }
-            return url
         }
-        let userInfo = url[schemeEnd.upperBound..<at]
-        if let colon = userInfo.firstIndex(of: ":") {
-            return url.replacingCharacters(in: url.index(after: colon)..<at, with: "***")
+        if let mark = result.firstIndex(of: "?") {
+            let items = result[result.index(after: mark)...].split(separator: "&", omittingEmptySubsequences: false).map { item -> String in
+                let pair = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                if pair.count == 2, ["password", "sentinel_password"].contains(pair[0]) { return "\(pair[0])=***" }
+                return String(item)
+            }
+            result = String(result[...mark]) + items.joined(separator: "&")
         }
-        return url.replacingCharacters(in: schemeEnd.upperBound..<at, with: "***")
+        return result
     }
 
     /// A URL for this configuration with the password hidden, for messages and logs.
     public var redactedURL: String {
         var auth = ""
         if username != nil || password != nil { auth = "\(username ?? ""):\(password == nil ? "" : "***")@" }
+        if let sentinel {
+            var query: [String] = []
+            if let user = sentinel.username { query.append("sentinel_user=\(user)") }
+            if sentinel.password != nil { query.append("sentinel_password=***") }
+            return "redis-sentinel://\(auth)\(sentinel.endpoints.map(\.description).joined(separator: ","))/\(sentinel.masterName)"
+                + (database == 0 ? "" : "/\(database)") + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))
+        }
         switch endpoint {
         case .tcp:
             return "redis://\(auth)\(endpoint)\(database == 0 ? "" : "/\(database)")"

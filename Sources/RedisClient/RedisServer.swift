@@ -39,6 +39,36 @@ public final class RedisServer: Sendable {
         case tcp(port: Int? = nil)
     }
 
+    /// Runs the server as a Redis Sentinel (`redis-server sentinel.conf --sentinel`)
+    /// that monitors one master.
+    public struct SentinelSettings: Sendable, Hashable {
+        /// The name the master is monitored under (`sentinel monitor <name> ...`).
+        public var masterName: String
+        /// The master's loopback host and port.
+        public var masterHost: String
+        public var masterPort: Int
+        /// How many sentinels must agree that the master is down.
+        public var quorum: Int
+        /// How long the master must not answer before it is considered down.
+        public var downAfter: Duration
+        /// `sentinel failover-timeout`.
+        public var failoverTimeout: Duration
+        /// The master's and replicas' password (`sentinel auth-pass`), if they have one.
+        public var masterPassword: String?
+
+        /// Creates sentinel settings.
+        public init(masterName: String = "mymaster", masterHost: String = "127.0.0.1", masterPort: Int, quorum: Int = 1,
+                    downAfter: Duration = .seconds(1), failoverTimeout: Duration = .seconds(10), masterPassword: String? = nil) {
+            self.masterName = masterName
+            self.masterHost = masterHost
+            self.masterPort = masterPort
+            self.quorum = quorum
+            self.downAfter = downAfter
+            self.failoverTimeout = failoverTimeout
+            self.masterPassword = masterPassword
+        }
+    }
+
     /// What to launch and with which settings.
     public struct Options: Sendable {
         /// How clients reach the server.
@@ -61,6 +91,9 @@ public final class RedisServer: Sendable {
         public var searchPath: String?
         /// How long to wait for the server to answer PING.
         public var startTimeout: Duration
+        /// Run a Redis Sentinel instead of a data server (TCP transport only); ``password``
+        /// is then the sentinel's own.
+        public var sentinel: SentinelSettings?
 
         /// Creates options; the defaults give a unix-socket server without persistence.
         public init(
@@ -73,8 +106,10 @@ public final class RedisServer: Sendable {
             settings: [String: String] = [:],
             executable: String? = nil,
             searchPath: String? = nil,
-            startTimeout: Duration = .seconds(10)
+            startTimeout: Duration = .seconds(10),
+            sentinel: SentinelSettings? = nil
         ) {
+            self.sentinel = sentinel
             self.transport = transport
             self.password = password
             self.aclUsers = aclUsers
@@ -215,10 +250,19 @@ public final class RedisServer: Sendable {
             "dir \(Self.quote(directory))",
             "logfile \(Self.quote(directory + "/redis.log"))",
             "pidfile \(Self.quote(directory + "/redis.pid"))",
-            "save \"\"",
-            "appendonly \(options.appendOnly ? "yes" : "no")",
-            "databases 16",
         ]
+        if let sentinel = options.sentinel {
+            let name = sentinel.masterName
+            lines += [
+                "sentinel monitor \(name) \(sentinel.masterHost) \(sentinel.masterPort) \(sentinel.quorum)",
+                "sentinel down-after-milliseconds \(name) \(MonotonicClock.nanoseconds(sentinel.downAfter) / 1_000_000)",
+                "sentinel failover-timeout \(name) \(MonotonicClock.nanoseconds(sentinel.failoverTimeout) / 1_000_000)",
+                "sentinel parallel-syncs \(name) 1",
+            ]
+            if let password = sentinel.masterPassword { lines.append("sentinel auth-pass \(name) \(Self.quote(password))") }
+        } else {
+            lines += ["save \"\"", "appendonly \(options.appendOnly ? "yes" : "no")", "databases 16"]
+        }
         switch endpoint {
         case .unixSocket(let path):
             lines += ["port 0", "unixsocket \(path)", "unixsocketperm 700"]
@@ -237,7 +281,7 @@ public final class RedisServer: Sendable {
 
     private func launch() async throws {
         if case .unixSocket(let path) = endpoint { unlink(path) }
-        let child = try ChildProcess.spawn(executable, arguments: [directory + "/redis.conf"], logPath: directory + "/stdout.log")
+        let child = try ChildProcess.spawn(executable, arguments: [directory + "/redis.conf"] + (options.sentinel == nil ? [] : ["--sentinel"]), logPath: directory + "/stdout.log")
         process.withLock { $0 = child }
 
         let deadline = ContinuousClock.now + options.startTimeout

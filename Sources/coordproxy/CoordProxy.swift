@@ -39,7 +39,7 @@ struct CoordProxy: AsyncParsableCommand {
               redis-cli -p 6380 COORD.LOCK reports TIMEOUT 5000   # [key, fencing token]
             """)
 
-    @Option(name: .customLong("redis-url"), help: ArgumentHelp("Redis URL: redis://[user:password@]host[:port][/db] or unix:///path?db=N.",
+    @Option(name: .customLong("redis-url"), help: ArgumentHelp("Redis URL: redis://[user:password@]host[:port][/db], unix:///path?db=N, or redis-sentinel://[user:password@]host:26379,host:26380/mymaster[/db] to follow the master Redis Sentinel names (failovers included).",
                                discussion: "Default: $COORDPROXY_REDIS_URL, else $REDIS_URL.", valueName: "url"))
     var redisURL: String?
 

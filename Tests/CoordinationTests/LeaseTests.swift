@@ -67,12 +67,13 @@ import Testing
             _ = try #require(vanished, "keys of an expired lease were still there 15 s after the grant")
             // Measured on the server's clock: the revision that deleted the keys was written
             // soon after the lease's deadline, with nobody writing. (A reaper that needed a
-            // writer would never get there; the typical delay, under 100 ms, is coordbench's
-            // to measure: the bound here holds on a busy machine.)
+            // writer would never get there, nor would one that swept every few seconds; the
+            // typical delay, under 100 ms, is coordbench's to measure. The bound holds on a
+            // CI machine whose 2 cores run the whole suite at once: 3 s was seen there.)
             let entry = try await redis.send("XRANGE", "{coord}:log", "5-0", "5-0").array?.first?.array?.last?.array ?? []
             let reapedAt = try #require(entry.count >= 2 ? entry[1].int : nil)
             #expect(reapedAt >= deadline)
-            #expect(reapedAt - deadline < 2_500, "reaped \(reapedAt - deadline) ms after the deadline")
+            #expect(reapedAt - deadline < 5_000, "reaped \(reapedAt - deadline) ms after the deadline")
             #expect(entry.count == 4)   // "t" and "e": one entry for the revision
             #expect(try await store.get("exp/", options: .prefix(Array("exp/".utf8))).header.revision == 5)
             let after = try await store.get("exp/", options: .prefix(Array("exp/".utf8)))

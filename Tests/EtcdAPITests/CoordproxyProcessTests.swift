@@ -136,7 +136,7 @@ final class CoordproxyProcess: @unchecked Sendable {
     }
 
     /// Starts coordproxy on `redisURL` and waits until its gRPC port answers.
-    static func start(redisURL: String, name: String = "default", metrics: Bool = false) async throws -> CoordproxyProcess {
+    static func start(redisURL: String, name: String = "default", metrics: Bool = false, arguments extra: [String] = []) async throws -> CoordproxyProcess {
         let executable = try builtExecutable("coordproxy")
         let port = try ChildProcess.freeLoopbackPort()
         let metricsPort = metrics ? try ChildProcess.freeLoopbackPort() : nil
@@ -144,7 +144,7 @@ final class CoordproxyProcess: @unchecked Sendable {
         let logPath = directory + "/coordproxy.log"
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let process = try PipedProcess(executable, ["--redis-url", redisURL, "--listen-client-urls", "http://127.0.0.1:\(port)", "--name", name]
-            + (metricsPort.map { ["--listen-metrics-urls", "http://127.0.0.1:\($0)"] } ?? []),
+            + (metricsPort.map { ["--listen-metrics-urls", "http://127.0.0.1:\($0)"] } ?? []) + extra,
             environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"],
             stdin: .null, stdout: .null, stderr: .file(logPath))
         let proxy = CoordproxyProcess(endpoint: "http://127.0.0.1:\(port)", metricsPort: metricsPort, process: process, logPath: logPath)

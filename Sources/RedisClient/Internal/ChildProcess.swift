@@ -36,6 +36,7 @@ final class ChildProcess: Sendable {
         posix_spawn_file_actions_addopen(&fileActions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&fileActions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&fileActions, 1, 2)
+        Self.closeInheritedDescriptors(&fileActions)
         var child: pid_t = 0
         let status = Self.withSpawnAttributes { attributes in
             Self.launching { posix_spawn(&child, executable, &fileActions, &attributes, &argv, environ) }
@@ -47,6 +48,25 @@ final class ChildProcess: Sendable {
         if let pidFile { try? "\(child)\n".write(toFile: pidFile, atomically: true, encoding: .utf8) }
         return ChildProcess(pid: child)
     }
+
+    /// Adds to `actions` the closing of every descriptor from 3 up in the child. NIO's
+    /// sockets are not close-on-exec: without this, a long-lived child (a redis-server
+    /// a test starts) would keep a copy of every socket open at that moment, and a
+    /// connection another thread closes would never reach its peer as closed.
+    static func closeInheritedDescriptors(_ actions: inout posix_spawn_file_actions_t) {
+        typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+        // glibc 2.34+ has posix_spawn_file_actions_addclosefrom_np; Swift's Glibc
+        // module does not declare it.
+        if let symbol = closeFromSymbol {
+            _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3)
+            return
+        }
+        // Older C libraries: a close action for every descriptor the process may have
+        // (glibc ignores EBADF for descriptors within the limit).
+        for fd in 3..<min(Int32(getdtablesize()), 65_536) { posix_spawn_file_actions_addclose(&actions, fd) }
+    }
+
+    private nonisolated(unsafe) static let closeFromSymbol: UnsafeMutableRawPointer? = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np")
 
     /// Runs `body` with posix_spawn attributes for a clean child: the calling thread may
     /// block signals (Dispatch's threads do), and the child must start with an empty

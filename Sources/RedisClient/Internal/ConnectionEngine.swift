@@ -74,6 +74,11 @@ final class ConnectionEngine: @unchecked Sendable {
         var socket: Int32 = -1
         /// Request ids start at 1; 0 means "not queued".
         var nextID: UInt64 = 1
+        /// Set when the connection must be dropped and opened again (Sentinel switched
+        /// the master); the reason, for the errors of the requests it carried.
+        var reconnectRequested: String?
+        /// The server of the current connection (the master, with Sentinel).
+        var connectedEndpoint: RedisConfiguration.Endpoint?
     }
 
     let configuration: RedisConfiguration
@@ -97,6 +102,10 @@ final class ConnectionEngine: @unchecked Sendable {
     private var spareRequests = Deque<Pending>()
     /// When the thread last had work; it polls without sleeping for a short while after that.
     private var lastBusy: UInt64 = 0
+    /// The Sentinel monitor observation of this connection, if it uses Sentinel.
+    private var sentinelObservation: UInt64?
+    /// A reply said the server is a read-only replica now (with Sentinel: reconnect).
+    private var sawReadOnly = false
 
     init(configuration: RedisConfiguration, hooks: Hooks = Hooks()) {
         self.configuration = configuration
@@ -132,6 +141,7 @@ final class ConnectionEngine: @unchecked Sendable {
                 do {
                     try connect()
                     everConnected = true
+                    followSentinel()
                     continuation.resume()
                 } catch {
                     shared.withLock { state in
@@ -258,6 +268,24 @@ final class ConnectionEngine: @unchecked Sendable {
         }
     }
 
+    /// With Sentinel: a connection to a server that is no longer the master is dropped
+    /// when a sentinel announces the switch, and opened again at the new master.
+    private func followSentinel() {
+        guard let sentinel = configuration.sentinel else { return }
+        sentinelObservation = SentinelMonitor.observe(sentinel, connectTimeout: configuration.connectTimeout) { [weak self] master in
+            self?.masterSwitched(to: master)
+        }
+    }
+
+    private func masterSwitched(to master: RedisConfiguration.Endpoint) {
+        let needsWake = shared.withLock { state -> Bool in
+            guard let connected = state.connectedEndpoint, connected != master, !state.closing else { return false }
+            state.reconnectRequested = "Sentinel switched the master of '\(configuration.sentinel?.masterName ?? "")' from \(connected) to \(master)"
+            return true
+        }
+        if needsWake { wake() }
+    }
+
     private func wake() {
         var one: UInt64 = 1
         _ = withUnsafeBytes(of: &one) { write(wakeFD, $0.baseAddress, 8) }
@@ -275,6 +303,13 @@ final class ConnectionEngine: @unchecked Sendable {
             if !flushOutput() { continue }
             if !pollAndRead() { continue }
             checkDeadlines()
+            if context != nil, let reason = shared.withLock({ state -> String? in
+                defer { state.reconnectRequested = nil }
+                return state.reconnectRequested
+            }) {
+                connectionLost(reason: reason)
+                continue
+            }
             let exit = shared.withLock { state in
                 state.closing && state.pending.isEmpty
             }
@@ -288,6 +323,10 @@ final class ConnectionEngine: @unchecked Sendable {
     }
 
     private func finish() {
+        if let sentinelObservation, let sentinel = configuration.sentinel {
+            SentinelMonitor.stopObserving(sentinelObservation, of: sentinel)
+            self.sentinelObservation = nil
+        }
         let (waiters, leftovers) = shared.withLock { state -> ([CheckedContinuation<Void, Never>], Deque<Pending>) in
             state.finished = true
             state.closing = true
@@ -519,12 +558,21 @@ final class ConnectionEngine: @unchecked Sendable {
             if now == 0 { now = MonotonicClock.now() }
             RedisMetrics.roundTrip.recordNanoseconds(Int64(truncatingIfNeeded: now &- request.queued))
             if case .error(let message) = reply {
+                if configuration.sentinel != nil && (message.hasPrefix("READONLY") || message.contains("write against a read only replica")) {
+                    sawReadOnly = true
+                }
                 request.continuation.resume(throwing: RedisError.fromServerReply(message))
             } else {
                 request.continuation.resume(returning: reply)
             }
         }
         guard dispatched else { return true }
+        if sawReadOnly {
+            // Demoted to a replica by a failover: the master is elsewhere now.
+            sawReadOnly = false
+            connectionLost(reason: "\(shared.withLock { $0.connectedEndpoint.map { "\($0)" } ?? "the server" }) answered READONLY: it is a replica now, after a failover")
+            return false
+        }
         lastBusy = MonotonicClock.now()
         if inFlight.isEmpty {
             earliestDeadline = .max
@@ -553,7 +601,11 @@ final class ConnectionEngine: @unchecked Sendable {
     /// Fails what the connection carried and schedules an immediate reconnect.
     private func connectionLost(reason: String, code: RedisError.Code = .outcomeUnknown, timedOutAt: UInt64? = nil) {
         if context != nil { RedisMetrics.connectionsLost.increment() }
-        shared.withLock { $0.socket = -1 }
+        shared.withLock { state in
+            state.socket = -1
+            state.connectedEndpoint = nil
+            state.reconnectRequested = nil
+        }
         if let context { redisFree(context) }
         context = nil
         let endpoint = configuration.redactedURL
@@ -582,9 +634,16 @@ final class ConnectionEngine: @unchecked Sendable {
     /// Opens a context, authenticates, selects the database, runs the setup hook and
     /// switches the socket to non-blocking mode.
     private func connect() throws {
-        let handshake = try BlockingHandshake.open(configuration)
+        var target = configuration
+        if let sentinel = configuration.sentinel {
+            // Asked again at every connect: after a failover the master is elsewhere.
+            target.endpoint = try SentinelResolver.master(of: sentinel, connectTimeout: configuration.connectTimeout)
+            target.sentinel = nil
+        }
+        let handshake = try BlockingHandshake.open(target)
         do {
             try handshake.authenticate()
+            if let sentinel = configuration.sentinel { try SentinelResolver.checkIsMaster(handshake, masterName: sentinel.masterName) }
             try hooks.setup?(handshake)
             guard chiredis_set_nonblocking(handshake.context) == 0 else {
                 throw RedisError(.connectionRefused, "could not make the socket non-blocking", cause: String(cString: strerror(chiredis_errno())))
@@ -594,7 +653,10 @@ final class ConnectionEngine: @unchecked Sendable {
             throw error
         }
         context = handshake.context
-        shared.withLock { $0.socket = handshake.context.pointee.fd }
+        shared.withLock { state in
+            state.socket = handshake.context.pointee.fd
+            state.connectedEndpoint = target.endpoint
+        }
         backoff.connected()
     }
 }

@@ -71,6 +71,7 @@ final class PipedProcess: Sendable {
                 posix_spawn_file_actions_adddup2(&actions, child, fd)
             }
         }
+        ChildProcess.closeInheritedDescriptors(&actions)
         var pid: pid_t = 0
         let status = ChildProcess.withSpawnAttributes { attributes in
             ChildProcess.launching { posix_spawn(&pid, executable, &actions, &attributes, &argv, &envp) }

@@ -1,0 +1,194 @@
+import CHiredis
+import Foundation
+import Glibc
+import Synchronization
+
+/// Asks Redis Sentinel where the master is, and checks that a server is one.
+package enum SentinelResolver {
+    /// The master's address, from the first sentinel that knows it (blocking; each
+    /// sentinel gets the connect timeout).
+    package static func master(of sentinel: RedisConfiguration.Sentinel, connectTimeout: Duration) throws -> RedisConfiguration.Endpoint {
+        var failures: [String] = []
+        for endpoint in sentinel.endpoints {
+            do {
+                let handshake = try open(endpoint, sentinel, connectTimeout: connectTimeout)
+                defer { redisFree(handshake.context) }
+                let reply = try handshake.rawCommand(["SENTINEL", "get-master-addr-by-name", sentinel.masterName].map { Array($0.utf8) })
+                switch reply {
+                case .array(let parts) where parts.count == 2:
+                    guard let host = parts[0].string, let port = parts[1].string.flatMap({ Int($0) }) else {
+                        failures.append("\(endpoint): unexpected reply \(reply)")
+                        continue
+                    }
+                    return .tcp(host: host, port: port)
+                case .error(let message):
+                    failures.append("\(endpoint): \(message)")
+                default:
+                    failures.append("\(endpoint) does not monitor a master named '\(sentinel.masterName)'")
+                }
+            } catch let error as RedisError {
+                failures.append("\(endpoint): \(error.message)")
+            }
+        }
+        throw RedisError(.connectionRefused, "no sentinel named the master '\(sentinel.masterName)': \(failures.joined(separator: "; ")); check the sentinel addresses and the master name (sentinel monitor <name> ...)")
+    }
+
+    /// A blocking connection to one sentinel, authenticated.
+    static func open(_ endpoint: RedisConfiguration.Endpoint, _ sentinel: RedisConfiguration.Sentinel, connectTimeout: Duration) throws -> BlockingHandshake {
+        var configuration = RedisConfiguration(endpoint: endpoint, username: sentinel.username, password: sentinel.password)
+        configuration.connectTimeout = connectTimeout
+        let handshake = try BlockingHandshake.open(configuration)
+        do {
+            try handshake.authenticate()
+        } catch {
+            redisFree(handshake.context)
+            throw error
+        }
+        return handshake
+    }
+
+    /// Throws unless the server says it is a master (`ROLE`): right after a failover a
+    /// sentinel may still name a server that is a replica now. A user not allowed
+    /// ROLE is taken at the sentinel's word.
+    static func checkIsMaster(_ handshake: BlockingHandshake, masterName: String) throws {
+        let reply = try handshake.rawCommand([Array("ROLE".utf8)])
+        if case .array(let parts) = reply, let role = parts.first?.string, role != "master" {
+            throw RedisError(.connectionRefused, "the sentinels name \(handshake.configuration.endpoint) as the master of '\(masterName)', but it is a \(role == "slave" ? "replica" : role) (ROLE): a failover is in progress; retrying")
+        }
+    }
+}
+
+/// Follows a Sentinel's `+switch-master` announcements for one master, on a thread
+/// of its own, and tells the connections that use it (which then reconnect to the
+/// new master). One per sentinel configuration in the process, alive while some
+/// connection observes it.
+package final class SentinelMonitor: Sendable {
+    private struct State {
+        var observers: [UInt64: @Sendable (RedisConfiguration.Endpoint) -> Void] = [:]
+        var nextID: UInt64 = 0
+        var master: RedisConfiguration.Endpoint?
+        var running = false
+    }
+
+    private static let monitors = Mutex<[RedisConfiguration.Sentinel: SentinelMonitor]>([:])
+
+    let sentinel: RedisConfiguration.Sentinel
+    private let connectTimeout: Duration
+    private let state = Mutex(State())
+
+    private init(sentinel: RedisConfiguration.Sentinel, connectTimeout: Duration) {
+        self.sentinel = sentinel
+        self.connectTimeout = connectTimeout
+    }
+
+    /// Calls `onSwitch` with the new master's address whenever the sentinels switch
+    /// the master; returns the token for ``stopObserving(_:of:)``.
+    package static func observe(_ sentinel: RedisConfiguration.Sentinel, connectTimeout: Duration, _ onSwitch: @escaping @Sendable (RedisConfiguration.Endpoint) -> Void) -> UInt64 {
+        let monitor = monitors.withLock { monitors in
+            if let existing = monitors[sentinel] { return existing }
+            let created = SentinelMonitor(sentinel: sentinel, connectTimeout: connectTimeout)
+            monitors[sentinel] = created
+            return created
+        }
+        let (id, start) = monitor.state.withLock { state -> (UInt64, Bool) in
+            state.nextID += 1
+            state.observers[state.nextID] = onSwitch
+            defer { state.running = true }
+            return (state.nextID, !state.running)
+        }
+        if start {
+            let thread = Thread { monitor.run() }
+            thread.name = "redis sentinel \(sentinel.masterName)"
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+        return id
+    }
+
+    /// The master the sentinels named last, if the monitor has heard from one.
+    static func knownMaster(of sentinel: RedisConfiguration.Sentinel) -> RedisConfiguration.Endpoint? {
+        monitors.withLock { $0[sentinel] }?.state.withLock { $0.master }
+    }
+
+    /// Stops calling an observer; the monitor's thread ends within a second of the last one.
+    package static func stopObserving(_ id: UInt64, of sentinel: RedisConfiguration.Sentinel) {
+        guard let monitor = monitors.withLock({ $0[sentinel] }) else { return }
+        monitor.state.withLock { _ = $0.observers.removeValue(forKey: id) }
+    }
+
+    /// Whether the thread should stop (no observers left); unregisters the monitor if so.
+    private func shouldStop() -> Bool {
+        Self.monitors.withLock { monitors in
+            state.withLock { state in
+                guard state.observers.isEmpty else { return false }
+                state.running = false
+                if monitors[sentinel] === self { monitors[sentinel] = nil }
+                return true
+            }
+        }
+    }
+
+    private func announce(_ master: RedisConfiguration.Endpoint) {
+        let observers = state.withLock { state -> [@Sendable (RedisConfiguration.Endpoint) -> Void] in
+            guard state.master != master else { return [] }
+            state.master = master
+            // Observers connected there already ignore it.
+            return Array(state.observers.values)
+        }
+        for observer in observers { observer(master) }
+    }
+
+    private func run() {
+        var blocked = sigset_t()
+        sigemptyset(&blocked)
+        sigaddset(&blocked, SIGPIPE)
+        pthread_sigmask(SIG_BLOCK, &blocked, nil)
+        var index = 0
+        while !shouldStop() {
+            let endpoint = sentinel.endpoints[index % sentinel.endpoints.count]
+            index += 1
+            guard let handshake = try? SentinelResolver.open(endpoint, sentinel, connectTimeout: connectTimeout) else {
+                if !pause(milliseconds: 200) { return }
+                continue
+            }
+            defer { redisFree(handshake.context) }
+            do {
+                try handshake.sendOnly(["SUBSCRIBE", "+switch-master"].map { Array($0.utf8) })
+                _ = try handshake.readReply()
+                // A switch announced while no sentinel was followed shows here.
+                let answer = try Self.masterAddress(from: handshake, name: sentinel.masterName)
+                if let answer { announce(answer) }
+                while !shouldStop() {
+                    var descriptor = pollfd(fd: handshake.context.pointee.fd, events: Int16(POLLIN), revents: 0)
+                    let ready = poll(&descriptor, 1, 1_000)
+                    if ready < 0 && chiredis_errno() == EINTR { continue }
+                    if ready <= 0 { continue }
+                    let message = try handshake.readReply()
+                    // ["message", "+switch-master", "<name> <old ip> <old port> <new ip> <new port>"]
+                    guard case .array(let parts) = message, parts.count == 3, let text = parts[2].string else { continue }
+                    let fields = text.split(separator: " ")
+                    guard fields.count == 5, fields[0] == sentinel.masterName, let port = Int(fields[4]) else { continue }
+                    announce(.tcp(host: String(fields[3]), port: port))
+                }
+                return
+            } catch {
+                if !pause(milliseconds: 200) { return }
+            }
+        }
+    }
+
+    /// `SENTINEL get-master-addr-by-name` on a connection that is subscribed already
+    /// is refused, so a second, short connection asks.
+    private static func masterAddress(from subscribed: BlockingHandshake, name: String) throws -> RedisConfiguration.Endpoint? {
+        let endpoint = subscribed.configuration.endpoint
+        let sentinel = RedisConfiguration.Sentinel(endpoints: [endpoint], masterName: name,
+                                                   username: subscribed.configuration.username, password: subscribed.configuration.password)
+        return try? SentinelResolver.master(of: sentinel, connectTimeout: subscribed.configuration.connectTimeout)
+    }
+
+    /// Sleeps; `false` if the monitor should stop meanwhile.
+    private func pause(milliseconds: Int) -> Bool {
+        usleep(UInt32(milliseconds * 1_000))
+        return !shouldStop()
+    }
+}

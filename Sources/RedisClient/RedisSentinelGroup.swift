@@ -1,0 +1,148 @@
+import Foundation
+import Synchronization
+
+/// A private Redis Sentinel deployment on loopback, for tests, demos and fault
+/// drills: one master, its replicas and the sentinels that monitor them, each a
+/// ``RedisServer`` of its own.
+///
+/// ```swift
+/// let group = try await RedisSentinelGroup.start(replicas: 1, sentinels: 3)
+/// let connection = try await RedisConnection.connect(url: group.url)
+/// let old = try await group.killMaster()          // kill -9, as a crash would
+/// let new = try await group.waitForFailover(from: old)
+/// await group.stop()
+/// ```
+public final class RedisSentinelGroup: Sendable {
+    /// The name the sentinels monitor the master under.
+    public let masterName: String
+    /// The data servers: the first one started as the master.
+    public let servers: [RedisServer]
+    /// The sentinels.
+    public let sentinels: [RedisServer]
+
+    private init(masterName: String, servers: [RedisServer], sentinels: [RedisServer]) {
+        self.masterName = masterName
+        self.servers = servers
+        self.sentinels = sentinels
+    }
+
+    /// `redis-sentinel://` URL for the group's master (with `password`, the data
+    /// servers' password, if they have one).
+    public func url(password: String? = nil) -> String {
+        let auth = password.map { ":\($0.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? $0)@" } ?? ""
+        return "redis-sentinel://\(auth)\(sentinels.map { "\($0.endpoint)" }.joined(separator: ","))/\(masterName)"
+    }
+
+    /// The URL for the group's master, without a password.
+    public var url: String { url() }
+
+    /// Starts a master, `replicas` replicas of it and `sentinels` sentinels (quorum:
+    /// a majority), and waits until every sentinel knows the master, the replicas
+    /// (in sync) and the other sentinels, so that a failover can happen.
+    public static func start(replicas: Int = 1, sentinels count: Int = 3, masterName: String = "mymaster",
+                             downAfter: Duration = .seconds(1), options: RedisServer.Options = RedisServer.Options(transport: .tcp())) async throws -> RedisSentinelGroup {
+        var servers: [RedisServer] = []
+        var sentinels: [RedisServer] = []
+        do {
+            var masterOptions = options
+            masterOptions.transport = .tcp()
+            let master = try await RedisServer.start(masterOptions)
+            servers.append(master)
+            guard case .tcp(let host, let port) = master.endpoint else { throw RedisError(.serverStartFailed, "the master needs a TCP port") }
+            for _ in 0..<replicas {
+                var replicaOptions = masterOptions
+                replicaOptions.settings["replicaof"] = "\(host) \(port)"
+                if let password = options.password { replicaOptions.settings["masterauth"] = "\"\(password)\"" }
+                servers.append(try await RedisServer.start(replicaOptions))
+            }
+            let settings = RedisServer.SentinelSettings(masterName: masterName, masterHost: host, masterPort: port, quorum: count / 2 + 1,
+                                                        downAfter: downAfter, masterPassword: options.password)
+            for _ in 0..<count {
+                sentinels.append(try await RedisServer.start(RedisServer.Options(transport: .tcp(), sentinel: settings)))
+            }
+            let group = RedisSentinelGroup(masterName: masterName, servers: servers, sentinels: sentinels)
+            try await group.waitUntilReady(replicas: replicas)
+            return group
+        } catch {
+            for server in sentinels + servers { await server.stop() }
+            throw error
+        }
+    }
+
+    /// Waits until every sentinel names one master, sees `replicas` replicas in sync
+    /// with it and knows every other sentinel.
+    public func waitUntilReady(replicas: Int, timeout: Duration = .seconds(60)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        var last = "no answer yet"
+        while ContinuousClock.now < deadline {
+            do {
+                if let problem = try await readiness(replicas: replicas) { last = problem } else { return }
+            } catch {
+                last = "\(error)"
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        throw RedisError(.timeout, "the sentinel group did not become ready within \(timeout): \(last)")
+    }
+
+    /// Why the group is not ready for a failover, or nil when it is.
+    private func readiness(replicas: Int) async throws -> String? {
+        var masters: Set<String> = []
+        for sentinel in sentinels {
+            let connection = try await RedisConnection.connect(sentinel.configuration)
+            defer { Task { await connection.close() } }
+            let fields = Self.fields(try await connection.send("SENTINEL", "master", masterName))
+            masters.insert("\(fields["ip"] ?? "?"):\(fields["port"] ?? "?")")
+            if fields["flags"] != "master" { return "sentinel \(sentinel.endpoint) flags the master \(fields["flags"] ?? "?")" }
+            if Int(fields["num-other-sentinels"] ?? "") != sentinels.count - 1 {
+                return "sentinel \(sentinel.endpoint) knows \(fields["num-other-sentinels"] ?? "?") other sentinels"
+            }
+            let known = try await connection.send("SENTINEL", "replicas", masterName).array ?? []
+            let good = known.map { Self.fields($0) }.filter { $0["flags"] == "slave" && $0["master-link-status"] == "ok" }
+            if good.count < replicas { return "sentinel \(sentinel.endpoint) sees \(good.count) of \(replicas) replicas in sync" }
+        }
+        return masters.count == 1 ? nil : "the sentinels disagree on the master: \(masters.sorted())"
+    }
+
+    /// The data server the sentinels name as master now.
+    public func master() async throws -> RedisServer {
+        let endpoint = try SentinelResolver.master(of: RedisConfiguration.Sentinel(endpoints: sentinels.map(\.endpoint), masterName: masterName),
+                                                   connectTimeout: .seconds(2))
+        guard let server = servers.first(where: { $0.endpoint == endpoint }) else {
+            throw RedisError(.protocolError, "the sentinels name \(endpoint), which is not one of the group's servers")
+        }
+        return server
+    }
+
+    /// Kills the master with SIGKILL (keeping its directory for ``RedisServer/restart()``)
+    /// and returns it.
+    @discardableResult
+    public func killMaster() async throws -> RedisServer {
+        let master = try await master()
+        await master.kill()
+        return master
+    }
+
+    /// Waits until the sentinels name a master other than `old`, and returns it.
+    public func waitForFailover(from old: RedisServer, timeout: Duration = .seconds(60)) async throws -> RedisServer {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let current = try? await master(), current !== old { return current }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw RedisError(.timeout, "the sentinels did not fail over from \(old.endpoint) within \(timeout)")
+    }
+
+    /// Stops every server of the group.
+    public func stop() async {
+        for server in sentinels + servers { await server.stop() }
+    }
+
+    /// A reply of name/value pairs (SENTINEL MASTER, an entry of SENTINEL REPLICAS) as a dictionary.
+    static func fields(_ reply: RedisReply) -> [String: String] {
+        let items = reply.array?.compactMap(\.string) ?? []
+        var fields: [String: String] = [:]
+        for index in stride(from: 0, to: items.count - 1, by: 2) { fields[items[index]] = items[index + 1] }
+        return fields
+    }
+}

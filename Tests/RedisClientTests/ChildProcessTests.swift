@@ -1,0 +1,37 @@
+import Foundation
+import Testing
+@testable import RedisClient
+
+/// Children start with only stdin, stdout and stderr: NIO's sockets are not
+/// close-on-exec, and a child that inherited one would keep a connection open after
+/// the process closed it (its peer would never see the close).
+@Suite struct ChildProcessTests {
+    /// A socket that is not close-on-exec, as NIO's are, for the duration of `body`.
+    private func withInheritableSocket<T>(_ body: (Int32) async throws -> T) async throws -> T {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        try #require(fcntl(fd, F_GETFD) & FD_CLOEXEC == 0)
+        return try await body(fd)
+    }
+
+    @Test func aRunChildInheritsOnlyItsStandardStreams() async throws {
+        try await withInheritableSocket { _ in
+            // ls's own directory handle is 3; an inherited socket would be listed too.
+            let result = try await ChildProcess.run("/bin/sh", ["-c", "exec ls /proc/self/fd"], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(60))
+            #expect(result.status == 0, "\(result.error)")
+            #expect(Set(result.output.split(separator: "\n")) == ["0", "1", "2", "3"], "\(result.output)")
+        }
+    }
+
+    @Test func aSpawnedServerInheritsOnlyItsStandardStreams() async throws {
+        try await withInheritableSocket { socketFD in
+            let log = FileManager.default.temporaryDirectory.appendingPathComponent("child-fds-\(UUID().uuidString).log").path
+            defer { try? FileManager.default.removeItem(atPath: log) }
+            let child = try ChildProcess.spawn("/bin/sleep", arguments: ["30"], logPath: log)
+            let open = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(child.pid)/fd")
+            await child.terminate(signal: SIGTERM)
+            #expect(Set(open) == ["0", "1", "2"], "the child holds \(open.sorted()), the parent's socket is \(socketFD)")
+        }
+    }
+}

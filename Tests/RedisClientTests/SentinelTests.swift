@@ -1,0 +1,139 @@
+import Foundation
+import Synchronization
+import Testing
+@testable import RedisClient
+
+/// Redis Sentinel: real redis-sentinel processes (`redis-server --sentinel`), a
+/// master and a replica on loopback; the master killed with SIGKILL or handed over
+/// with SENTINEL FAILOVER.
+@Suite(.serialized) struct SentinelTests {
+    @Test func sentinelURLsNameTheSentinelsTheMasterAndBothCredentials() throws {
+        let configuration = try RedisConfiguration(url: "redis-sentinel://app:s%40cret@10.0.0.1,10.0.0.2:26380,[::1]/cache/2?sentinel_password=spw&sentinel_user=watch")
+        #expect(configuration.sentinel == RedisConfiguration.Sentinel(
+            endpoints: [.tcp(host: "10.0.0.1", port: 26379), .tcp(host: "10.0.0.2", port: 26380), .tcp(host: "::1", port: 26379)],
+            masterName: "cache", username: "watch", password: "spw"))
+        #expect(configuration.username == "app")
+        #expect(configuration.password == "s@cret")
+        #expect(configuration.database == 2)
+        #expect(configuration.redactedURL == "redis-sentinel://app:***@10.0.0.1:26379,10.0.0.2:26380,[::1]:26379/cache/2?sentinel_user=watch&sentinel_password=***")
+        for (url, reason) in [
+            ("redis-sentinel://10.0.0.1", "names the master"),
+            ("redis-sentinel://10.0.0.1,/m", "empty sentinel address"),
+            ("redis-sentinel://10.0.0.1/m/x", "database 'x'"),
+            ("redis-sentinel://10.0.0.1/m?sentinel_pasword=x", "unknown parameter 'sentinel_pasword'"),
+        ] {
+            #expect(throws: RedisError.self) { try RedisConfiguration(url: url) }
+            do { _ = try RedisConfiguration(url: url) } catch let error as RedisError {
+                #expect(error.message.contains(reason), "\(url): \(error.message)")
+            }
+        }
+        do { _ = try RedisConfiguration(url: "redis-sentinel://10.0.0.1/m?sentinel_password=hidden&x=1") } catch let error as RedisError {
+            #expect(!error.message.contains("hidden"), "\(error.message)")
+        }
+    }
+
+    @Test func aSentinelThatDoesNotKnowTheMasterNameIsAClearError() async throws {
+        let group = try await RedisSentinelGroup.start(replicas: 0, sentinels: 1)
+        defer { Task { await group.stop() } }
+        let error = await #expect(throws: RedisError.self) {
+            _ = try await RedisConnection.connect(url: "redis-sentinel://\(group.sentinels[0].endpoint)/nosuchmaster")
+        }
+        #expect(error?.code == .connectionRefused)
+        #expect(error?.message.contains("does not monitor a master named 'nosuchmaster'") == true, "\(String(describing: error))")
+        let unreachable = await #expect(throws: RedisError.self) {
+            var configuration = try RedisConfiguration(url: "redis-sentinel://127.0.0.1:\(try ChildProcess.freeLoopbackPort())/mymaster")
+            configuration.connectTimeout = .seconds(1)
+            _ = try await RedisConnection.connect(configuration)
+        }
+        #expect(unreachable?.message.contains("no sentinel named the master 'mymaster'") == true, "\(String(describing: unreachable))")
+    }
+
+    /// The port of the server a connection reached.
+    static func port(of connection: RedisConnection) async throws -> Int? {
+        let reply = try await connection.send("CONFIG", "GET", "port")
+        return reply.array?.last?.string.flatMap { Int($0) }
+    }
+
+    static func port(_ server: RedisServer) -> Int? {
+        if case .tcp(_, let port) = server.endpoint { return port }
+        return nil
+    }
+
+    /// Runs `operation` until it succeeds (errors while the failover is under way are
+    /// expected); returns how long that took.
+    static func untilItSucceeds(within limit: Duration = .seconds(60), _ operation: () async throws -> Bool) async throws -> Duration {
+        let started = ContinuousClock.now
+        while ContinuousClock.now - started < limit {
+            if (try? await operation()) == true { return ContinuousClock.now - started }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        Issue.record("did not succeed within \(limit)")
+        return limit
+    }
+
+    @Test func aConnectionAndASubscriberFollowTheMasterWhenItIsKilledAndWhenItIsHandedOver() async throws {
+        let group = try await RedisSentinelGroup.start(replicas: 1, sentinels: 3)
+        defer { Task { await group.stop() } }
+        let configuration = try RedisConfiguration(url: group.url)
+        let connection = try await RedisConnection.connect(configuration)
+        defer { Task { await connection.close() } }
+        let first = group.servers[0]
+        #expect(try await Self.port(of: connection) == Self.port(first))
+        try await connection.send("SET", "k", "1")
+        _ = try await connection.send("WAIT", "1", "5000")
+
+        let subscriber = try await RedisSubscriber.connect(configuration)
+        defer { Task { await subscriber.close() } }
+        let received = Mutex<[String]>([])
+        let (subscribed, subscribing) = AsyncStream.makeStream(of: Void.self)
+        let listener = Task {
+            try await subscriber.subscribe(channels: ["news"]) { events in
+                subscribing.yield()
+                for try await event in events {
+                    if case .message(let message) = event { received.withLock { $0.append(String(decoding: message.payload, as: UTF8.self)) } }
+                }
+            }
+        }
+        defer { listener.cancel() }
+        for await _ in subscribed { break }
+
+        // 1. kill -9: the sentinels promote the replica; the connection finds it.
+        let killed = try await group.killMaster()
+        let recovery = try await Self.untilItSucceeds {
+            try await connection.send("SET", "after-kill", "1")
+            return true
+        }
+        let promoted = try await group.master()
+        #expect(promoted !== killed)
+        #expect(try await Self.port(of: connection) == Self.port(promoted))
+        #expect(try await connection.send("GET", "k").string == "1")
+        #expect(try await connection.send("ROLE").array?.first?.string == "master")
+        // The subscriber re-subscribed at the new master.
+        let delivered = try await Self.untilItSucceeds(within: .seconds(30)) {
+            try await connection.send("PUBLISH", "news", "after-kill")
+            try await Task.sleep(for: .milliseconds(50))
+            return received.withLock { $0.contains("after-kill") }
+        }
+        print("sentinel failover (kill -9 of the master): writes served again \(recovery) after the kill, pub/sub \(delivered) later")
+
+        // 2. The old master comes back (as a replica, the sentinels see to it); then a
+        // handover with SENTINEL FAILOVER: the old master stays up, so only the
+        // +switch-master announcement (or its READONLY answers) moves the connection.
+        try await killed.restart()
+        try await group.waitUntilReady(replicas: 1)
+        let sentinel = try await RedisConnection.connect(group.sentinels[0].configuration)
+        defer { Task { await sentinel.close() } }
+        #expect(try await sentinel.send("SENTINEL", "FAILOVER", group.masterName).string == "OK")
+        let moved = try await Self.untilItSucceeds {
+            try await connection.send("SET", "after-handover", "1")
+            return try await Self.port(of: connection) == Self.port(killed)
+        }
+        #expect(try await connection.send("GET", "after-kill").string == "1")
+        let movedPubSub = try await Self.untilItSucceeds(within: .seconds(30)) {
+            try await connection.send("PUBLISH", "news", "after-handover")
+            try await Task.sleep(for: .milliseconds(50))
+            return received.withLock { $0.contains("after-handover") }
+        }
+        print("sentinel handover (SENTINEL FAILOVER): the connection moved in \(moved), pub/sub \(movedPubSub) later")
+    }
+}
