@@ -719,7 +719,7 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         backend = nil
         let message = connected
             ? "ERR coordproxy lost its connection to Redis (\(error)); the connection is closed, reconnect"
-            : "ERR coordproxy cannot reach Redis at \(shared.configuration.redis.redactedURL) (\(error)); retry once it is up"
+            : "ERR coordproxy cannot reach Redis at \(shared.configuration.redis.sentinel == nil ? "\(shared.configuration.redis.endpoint)" : shared.configuration.redis.redactedURL) (\(error)); retry once it is up"
         for slot in slots where slot.fromBackend && slot.framesLeft > 0 {
             slot.framesLeft = 0
             slot.reply = encode(.error(message))

@@ -10,7 +10,8 @@ struct CoordCtl: AsyncParsableCommand {
         abstract: "An etcdctl (v3.4) lookalike for etcd semantics stored in Redis.",
         discussion: """
             The store lives in a Redis database; --endpoints takes its URL \
-            (redis://[user:password@]host[:port][/db] or unix:///path?db=N), default $REDIS_URL \
+            (redis://[user:password@]host[:port][/db], unix:///path?db=N, or \
+            redis-sentinel://host:26379,host2:26379/mymaster for the master Redis Sentinel names), default $REDIS_URL \
             or redis://127.0.0.1:6379. --namespace (default $COORD_NAMESPACE or "coord") picks \
             one independent store inside it.
 

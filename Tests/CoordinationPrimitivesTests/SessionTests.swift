@@ -46,15 +46,16 @@ import Testing
             _ = try await store.put("k", "v", options: PutOptions(lease: session.lease))
             // Signs of life every 500 ms for 2 TTLs keep it (a loaded machine may delay
             // a sign by seconds: the TTL leaves room for that).
+            var last = ContinuousClock.now
             for _ in 0..<24 {
                 try await Task.sleep(for: .milliseconds(500))
+                last = .now
                 activity.note()
             }
             #expect(try await store.get("k").count == 1)
             #expect(!session.isDone)
             // Then none: a refresh follows the last sign of life, so the lease lives at
-            // least a TTL past it, and then it goes.
-            let last = ContinuousClock.now
+            // least a TTL past it (measured from just before it), and then it goes.
             try await Task.sleep(for: .milliseconds(2_000))
             #expect(try await store.get("k").count == 1, "the lease expired less than a TTL after the last sign of life")
             let gone = await eventually(timeout: .seconds(40)) { (try? await store.get("k").count) == 0 }
