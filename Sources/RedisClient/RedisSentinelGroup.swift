@@ -26,21 +26,26 @@ public final class RedisSentinelGroup: Sendable {
         self.sentinels = sentinels
     }
 
-    /// `redis-sentinel://` URL for the group's master (with `password`, the data
-    /// servers' password, if they have one).
-    public func url(password: String? = nil) -> String {
-        let auth = password.map { ":\($0.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? $0)@" } ?? ""
+    /// `redis-sentinel://` URL for the group's master, with the data servers' and the
+    /// sentinels' passwords, if they have them.
+    public func url(password: String? = nil, sentinelPassword: String? = nil) -> String {
+        func encoded(_ text: String) -> String { text.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? text }
+        let auth = password.map { ":\(encoded($0))@" } ?? ""
         return "redis-sentinel://\(auth)\(sentinels.map { "\($0.endpoint)" }.joined(separator: ","))/\(masterName)"
+            + (sentinelPassword.map { "?sentinel_password=\(encoded($0))" } ?? "")
     }
 
-    /// The URL for the group's master, without a password.
-    public var url: String { url() }
+    /// The URL for the group's master, with the passwords the group was started with.
+    public var url: String { url(password: servers.first?.options.password, sentinelPassword: sentinels.first?.options.password) }
 
     /// Starts a master, `replicas` replicas of it and `sentinels` sentinels (quorum:
     /// a majority), and waits until every sentinel knows the master, the replicas
-    /// (in sync) and the other sentinels, so that a failover can happen.
+    /// (in sync) and the other sentinels, so that a failover can happen. The data
+    /// servers get `options` (its password too); `sentinelPassword` is the sentinels'
+    /// `requirepass` (for a single sentinel: peers would need it too).
     public static func start(replicas: Int = 1, sentinels count: Int = 3, masterName: String = "mymaster",
-                             downAfter: Duration = .seconds(1), options: RedisServer.Options = RedisServer.Options(transport: .tcp())) async throws -> RedisSentinelGroup {
+                             downAfter: Duration = .seconds(1), options: RedisServer.Options = RedisServer.Options(transport: .tcp()),
+                             sentinelPassword: String? = nil) async throws -> RedisSentinelGroup {
         var servers: [RedisServer] = []
         var sentinels: [RedisServer] = []
         do {
@@ -58,7 +63,7 @@ public final class RedisSentinelGroup: Sendable {
             let settings = RedisServer.SentinelSettings(masterName: masterName, masterHost: host, masterPort: port, quorum: count / 2 + 1,
                                                         downAfter: downAfter, masterPassword: options.password)
             for _ in 0..<count {
-                sentinels.append(try await RedisServer.start(RedisServer.Options(transport: .tcp(), sentinel: settings)))
+                sentinels.append(try await RedisServer.start(RedisServer.Options(transport: .tcp(), password: sentinelPassword, sentinel: settings)))
             }
             let group = RedisSentinelGroup(masterName: masterName, servers: servers, sentinels: sentinels)
             try await group.waitUntilReady(replicas: replicas)
@@ -106,8 +111,8 @@ public final class RedisSentinelGroup: Sendable {
 
     /// The data server the sentinels name as master now.
     public func master() async throws -> RedisServer {
-        let endpoint = try SentinelResolver.master(of: RedisConfiguration.Sentinel(endpoints: sentinels.map(\.endpoint), masterName: masterName),
-                                                   connectTimeout: .seconds(2))
+        let sentinel = RedisConfiguration.Sentinel(endpoints: sentinels.map(\.endpoint), masterName: masterName, password: sentinels.first?.options.password)
+        let endpoint = try SentinelResolver.master(of: sentinel, connectTimeout: .seconds(2))
         guard let server = servers.first(where: { $0.endpoint == endpoint }) else {
             throw RedisError(.protocolError, "the sentinels name \(endpoint), which is not one of the group's servers")
         }

@@ -32,6 +32,8 @@ import Testing
             var faults: [ContinuousClock.Instant] = []
             var recovered: [ContinuousClock.Instant?] = []
             var stop = false
+            /// The newest revision the live watch delivered.
+            var watched: Int64 = 0
         }
         let values = Mutex(Values())
     }
@@ -46,6 +48,10 @@ import Testing
         var tokensRepeated: Int
         /// Accepted writes whose token was below one accepted before them.
         var staleAccepted: Int
+        /// Whether the live watch delivered exactly the store's history, or how it ended.
+        var watchMatched: Bool
+        var watchEnded: String?
+        var watchEvents: Int
     }
 
     /// Runs 8 lock-takers against `group` while `faults` masters are killed, and checks
@@ -64,6 +70,22 @@ import Testing
         }
         let background = Task { try await clients[0].run(interval: .milliseconds(100)) }
         defer { background.cancel() }
+        // A watch of the protected puts, live across the failovers, through a client
+        // of its own.
+        let watcher = try await CoordinationClient.connect(url: group.url, durability: durability)
+        let from = try await watcher.currentRevision() + 1
+        let watched = Task { () -> (revisions: [Int64], error: (any Error)?) in
+            var revisions: [Int64] = []
+            do {
+                for try await response in watcher.watch("acked/", options: .prefix(Array("acked/".utf8), startRevision: from)) {
+                    revisions += response.events.map(\.kv.modRevision)
+                    figures.values.withLock { $0.watched = revisions.last ?? 0 }
+                }
+                return (revisions, nil)
+            } catch {
+                return (revisions, Task.isCancelled ? nil : error)
+            }
+        }
 
         let takers = clients.enumerated().map { index, client in
             Task { await Self.take(client, index: index, fenced: fenced, figures: figures) }
@@ -96,6 +118,19 @@ import Testing
         let stored = Set(try await checker.get("acked/", options: .prefix(Array("acked/".utf8))).kvs.map { String(decoding: $0.key, as: UTF8.self) })
         let values = figures.values.withLock { $0 }
         let lost = values.acknowledged.filter { !stored.contains($0) }
+        // The live watch saw the store's history of acked/ exactly: no gap, no repeat.
+        let last = try await checker.get("acked/", options: .prefix(Array("acked/".utf8))).kvs.map(\.modRevision).max() ?? 0
+        let caughtUp = await eventually(timeout: .seconds(60)) { figures.values.withLock { $0.watched } >= last }
+        watched.cancel()
+        let (live, watchError) = await watched.value
+        await watcher.close()
+        var history: [Int64] = []
+        if caughtUp && watchError == nil {
+            for try await response in checker.watch("acked/", options: .prefix(Array("acked/".utf8), startRevision: from)) {
+                history += response.events.map(\.kv.modRevision)
+                if (history.last ?? 0) >= last { break }
+            }
+        }
         // The resource's accepted writes: each critical section closes (exit or
         // abandon) before another token enters; a section another holder entered is an
         // overlap that the fence caught (the holder's later writes were rejected).
@@ -119,7 +154,8 @@ import Testing
         for client in clients { await client.close() }
         let recoveries = zip(values.faults, values.recovered).map { fault, recovered in (recovered ?? .now) - fault }
         return Outcome(operations: values.operations, lost: lost, overlaps: overlaps, rejected: values.fencedRejected, resets: values.resets,
-                       recoveries: recoveries, tokensRepeated: values.tokens.count - Set(values.tokens).count, staleAccepted: staleAccepted)
+                       recoveries: recoveries, tokensRepeated: values.tokens.count - Set(values.tokens).count, staleAccepted: staleAccepted,
+                       watchMatched: caughtUp && watchError == nil && live == history, watchEnded: watchError.map { "\($0)" }, watchEvents: live.count)
     }
 
     /// One write through the fence; true if applied.
@@ -189,7 +225,7 @@ import Testing
         let sorted = outcome.recoveries.sorted()
         let median = sorted.isEmpty ? .zero : sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
         let each = outcome.recoveries.map { String(format: "%.2f s", Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18) }
-        print("\(title): \(outcome.operations) locked operations by 8 lock-takers, \(faults) fault(s) (kill -9 of the master), recovery (kill to the next acknowledged put) \(each.joined(separator: ", ")): p50 \(median) max \(sorted.last ?? .zero), \(outcome.lost.count) acknowledged puts lost, \(outcome.overlaps) overlapping holders caught by the fence, \(outcome.rejected) stale-token writes rejected, \(outcome.staleAccepted) accepted, \(outcome.resets) store resets reported, \(outcome.tokensRepeated) tokens repeated")
+        print("\(title): \(outcome.operations) locked operations by 8 lock-takers, \(faults) fault(s) (kill -9 of the master), recovery (kill to the next acknowledged put) \(each.joined(separator: ", ")): p50 \(median) max \(sorted.last ?? .zero), \(outcome.lost.count) acknowledged puts lost, \(outcome.overlaps) overlapping holders caught by the fence, \(outcome.rejected) stale-token writes rejected, \(outcome.staleAccepted) accepted, \(outcome.resets) store resets reported, \(outcome.tokensRepeated) tokens repeated, a live watch \(outcome.watchMatched ? "delivered all \(outcome.watchEvents) events in order" : "ended or differed (\(outcome.watchEnded ?? "a gap or a repeat"))")")
     }
 
     @Test func withWaitForOneReplicaAFailoverLosesNoAcknowledgedWriteAndNoLock() async throws {
@@ -203,6 +239,7 @@ import Testing
         #expect(outcome.tokensRepeated == 0)
         #expect(outcome.staleAccepted == 0)
         #expect(outcome.resets == 0, "a failover with WAIT 1 was taken for a store reset")
+        #expect(outcome.watchMatched, "the live watch: \(outcome.watchEnded ?? "a gap or a repeat")")
     }
 
     @Test func withoutWaitEveryLossIsReportedNeverSilent() async throws {
@@ -215,6 +252,7 @@ import Testing
         // holder's writes and the first one's apart.
         #expect(outcome.lost.isEmpty || outcome.resets > 0, "\(outcome.lost.count) acknowledged puts were lost silently")
         #expect(outcome.overlaps == 0 || outcome.resets > 0, "two holders at once, silently")
+        #expect(outcome.watchMatched || outcome.resets > 0, "the live watch missed or repeated events, silently: \(outcome.watchEnded ?? "")")
         #expect(outcome.tokensRepeated == 0)
         #expect(outcome.staleAccepted == 0)
     }

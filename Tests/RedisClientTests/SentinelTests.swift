@@ -48,6 +48,26 @@ import Testing
         #expect(unreachable?.message.contains("no sentinel named the master 'mymaster'") == true, "\(String(describing: unreachable))")
     }
 
+    @Test func theMastersAndTheSentinelsPasswordsComeFromTheURL() async throws {
+        let group = try await RedisSentinelGroup.start(replicas: 0, sentinels: 1, options: RedisServer.Options(transport: .tcp(), password: "master pw"),
+                                                       sentinelPassword: "sentinel pw")
+        defer { Task { await group.stop() } }
+        let connection = try await RedisConnection.connect(url: group.url)
+        #expect(try await connection.send("SET", "k", "v").string == "OK")
+        await connection.close()
+        let withoutSentinelPassword = await #expect(throws: RedisError.self) {
+            _ = try await RedisConnection.connect(url: group.url(password: "master pw"))
+        }
+        #expect(withoutSentinelPassword?.message.contains("no sentinel named the master 'mymaster'") == true
+                && withoutSentinelPassword?.message.contains("requires a password: add ?sentinel_password=") == true, "\(String(describing: withoutSentinelPassword))")
+        #expect(withoutSentinelPassword?.code == .authenticationFailed)
+        let wrongMasterPassword = await #expect(throws: RedisError.self) {
+            _ = try await RedisConnection.connect(url: group.url(password: "wrong", sentinelPassword: "sentinel pw"))
+        }
+        #expect(wrongMasterPassword?.code == .authenticationFailed, "\(String(describing: wrongMasterPassword))")
+        #expect(wrongMasterPassword?.message.contains("wrong") == false)
+    }
+
     /// The port of the server a connection reached.
     static func port(of connection: RedisConnection) async throws -> Int? {
         let reply = try await connection.send("CONFIG", "GET", "port")

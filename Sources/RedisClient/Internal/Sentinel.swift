@@ -9,6 +9,7 @@ package enum SentinelResolver {
     /// sentinel gets the connect timeout).
     package static func master(of sentinel: RedisConfiguration.Sentinel, connectTimeout: Duration) throws -> RedisConfiguration.Endpoint {
         var failures: [String] = []
+        var authenticationFailures = 0
         for endpoint in sentinel.endpoints {
             do {
                 let handshake = try open(endpoint, sentinel, connectTimeout: connectTimeout)
@@ -26,11 +27,17 @@ package enum SentinelResolver {
                 default:
                     failures.append("\(endpoint) does not monitor a master named '\(sentinel.masterName)'")
                 }
+            } catch let error as RedisError where error.code == .authenticationFailed {
+                authenticationFailures += 1
+                failures.append(sentinel.password == nil
+                    ? "\(endpoint) requires a password: add ?sentinel_password=... to the redis-sentinel:// URL (the user and password before @ are the master's)"
+                    : "\(endpoint) rejected the sentinel_password of the URL")
             } catch let error as RedisError {
                 failures.append("\(endpoint): \(error.message)")
             }
         }
-        throw RedisError(.connectionRefused, "no sentinel named the master '\(sentinel.masterName)': \(failures.joined(separator: "; ")); check the sentinel addresses and the master name (sentinel monitor <name> ...)")
+        let code: RedisError.Code = authenticationFailures == sentinel.endpoints.count ? .authenticationFailed : .connectionRefused
+        throw RedisError(code, "no sentinel named the master '\(sentinel.masterName)': \(failures.joined(separator: "; ")); check the sentinel addresses and the master name (sentinel monitor <name> ...)")
     }
 
     /// A blocking connection to one sentinel, authenticated.
