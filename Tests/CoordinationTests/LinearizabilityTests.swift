@@ -43,14 +43,17 @@ import Testing
                               Self.op(on: "b", .put("1"), .put, 0, 10), Self.op(on: "b", .get, .get(nil), 20, 30)]) == ["b"])
     }
 
-    /// `clients` clients, each with a connection of its own, run random puts, gets and
+    /// Clients, each with a connection of its own, run random puts, gets and
     /// compare-and-sets on three keys until `stop` says so; every put writes a value
     /// of its own.
-    static func record(url: String, clients: Int, durability: CoordinationClient.Durability? = nil,
-                       until stop: @escaping @Sendable () -> Bool) async throws -> [L.Operation] {
-        let recorder = L.Recorder()
+    static func connect(url: String, clients: Int, durability: CoordinationClient.Durability? = nil) async throws -> [CoordinationClient] {
         var stores: [CoordinationClient] = []
         for _ in 0..<clients { stores.append(try await CoordinationClient.connect(url: url, durability: durability)) }
+        return stores
+    }
+
+    static func record(_ stores: [CoordinationClient], until stop: @escaping @Sendable () -> Bool) async -> [L.Operation] {
+        let recorder = L.Recorder()
         await withTaskGroup(of: Void.self) { group in
             for (client, store) in stores.enumerated() {
                 group.addTask {
@@ -96,12 +99,13 @@ import Testing
     @Test func aHistoryAcrossAKillWithAppendfsyncAlwaysIsLinearizable() async throws {
         try await RedisServer.withServer(.init(appendOnly: true, appendFsync: "always")) { server in
             let started = ContinuousClock.now
+            let stores = try await Self.connect(url: server.url, clients: 6)
             let killed = Moment()
-            let recording = Task { try await Self.record(url: server.url, clients: 6) { killed.passed(.seconds(2)) } }
+            let recording = Task { await Self.record(stores) { killed.passed(.seconds(2)) } }
             try await Task.sleep(for: .seconds(1))
             try await server.restart()   // SIGKILL mid-stream; the AOF brings everything back
             killed.set()
-            let history = try await recording.value
+            let history = await recording.value
             let checking = ContinuousClock.now
             let violations = L.violations(history)
             #expect(violations.isEmpty, "not linearizable on \(violations)")
@@ -131,15 +135,14 @@ import Testing
         let group = try await RedisSentinelGroup.start(replicas: 2, sentinels: 3)
         defer { Task { await group.stop() } }
         let started = ContinuousClock.now
+        let stores = try await Self.connect(url: group.url, clients: 6, durability: .init(replicas: 1, timeout: .seconds(1)))
         let recovered = Moment()
-        let recording = Task {
-            try await Self.record(url: group.url, clients: 6, durability: .init(replicas: 1, timeout: .seconds(1))) { recovered.passed(.seconds(2)) }
-        }
+        let recording = Task { await Self.record(stores) { recovered.passed(.seconds(2)) } }
         try await Task.sleep(for: .seconds(1))
         let killed = try await group.killMaster()
         _ = try await group.waitForFailover(from: killed)
         recovered.set()
-        let history = try await recording.value
+        let history = await recording.value
         let checking = ContinuousClock.now
         let violations = L.violations(history)
         #expect(violations.isEmpty, "not linearizable on \(violations)")
