@@ -44,22 +44,22 @@ import Testing
     }
 
     /// Clients, each with a connection of its own, run random puts, gets and
-    /// compare-and-sets on three keys until `stop` says so; every put writes a value
-    /// of its own.
+    /// compare-and-sets on three keys until `stop` says so (given how many operations
+    /// were recorded); every put writes a value of its own.
     static func connect(url: String, clients: Int, durability: CoordinationClient.Durability? = nil) async throws -> [CoordinationClient] {
         var stores: [CoordinationClient] = []
         for _ in 0..<clients { stores.append(try await CoordinationClient.connect(url: url, durability: durability)) }
         return stores
     }
 
-    static func record(_ stores: [CoordinationClient], until stop: @escaping @Sendable () -> Bool) async -> [L.Operation] {
+    static func record(_ stores: [CoordinationClient], until stop: @escaping @Sendable (_ recorded: Int) -> Bool) async -> [L.Operation] {
         let recorder = L.Recorder()
         await withTaskGroup(of: Void.self) { group in
             for (client, store) in stores.enumerated() {
                 group.addTask {
                     var sequence = 0
                     var lastSeen: [String: String] = [:]
-                    while !stop() {
+                    while !stop(recorder.count) {
                         let key = "k\(Int.random(in: 0..<3))"
                         sequence += 1
                         let value = "\(client).\(sequence)"
@@ -101,7 +101,7 @@ import Testing
             let started = ContinuousClock.now
             let stores = try await Self.connect(url: server.url, clients: 6)
             let killed = Moment()
-            let recording = Task { await Self.record(stores) { killed.passed(.seconds(2)) } }
+            let recording = Task { await Self.record(stores) { killed.passed(.seconds(2)) && $0 >= 1_000 || killed.passed(.seconds(60)) } }
             try await Task.sleep(for: .seconds(1))
             try await server.restart()   // SIGKILL mid-stream; the AOF brings everything back
             killed.set()
@@ -137,7 +137,7 @@ import Testing
         let started = ContinuousClock.now
         let stores = try await Self.connect(url: group.url, clients: 6, durability: .init(replicas: 1, timeout: .seconds(1)))
         let recovered = Moment()
-        let recording = Task { await Self.record(stores) { recovered.passed(.seconds(2)) } }
+        let recording = Task { await Self.record(stores) { recovered.passed(.seconds(2)) && $0 >= 1_000 || recovered.passed(.seconds(60)) } }
         try await Task.sleep(for: .seconds(1))
         let killed = try await group.killMaster()
         _ = try await group.waitForFailover(from: killed)

@@ -154,11 +154,15 @@ enum Linearizability {
                     let response = try await store.txn(Txn(compares: [compare], success: [.put(key: Array(key.utf8), value: Array(new.utf8), options: PutOptions())]))
                     output = .compareAndSet(response.succeeded)
                 }
-            } catch let error as RedisError where error.code == .connectionLost || error.code == .connectionRefused {
-                return nil   // not sent: it did not run
-            } catch let error as CoordinationError where error.code == .storeReset {
-                output = nil
+            } catch let error as RedisError where [.connectionLost, .connectionRefused, .connectionClosed, .server, .noPermission, .authenticationFailed].contains(error.code) {
+                return nil   // not sent, or refused by Redis (LOADING after a restart): it did not run
+            } catch let error as CoordinationError where error.code != .storeReset {
+                return nil   // refused by the store's checks before writing anything
             } catch {
+                // Sent and not answered (outcomeUnknown, a timeout, a WAIT that fell
+                // short), or answered from a history that was reset. A read's lost reply
+                // tells nothing: it is left out.
+                if case .get = input { return nil }
                 output = nil
             }
             let response = output == nil ? UInt64.max : now()
@@ -167,5 +171,6 @@ enum Linearizability {
         }
 
         var history: [Operation] { operations.withLock { $0 } }
+        var count: Int { operations.withLock { $0.count } }
     }
 }
