@@ -91,9 +91,14 @@ import Testing
         func passed(_ duration: Duration) -> Bool { instant.withLock { $0.map { ContinuousClock.now - $0 > duration } ?? false } }
     }
 
-    static func summary(_ history: [L.Operation]) -> String {
+    /// Checks a recorded history across one fault, and prints its figures.
+    static func expectLinearizable(_ history: [L.Operation], _ title: String, recordedIn duration: Duration) {
+        let checking = ContinuousClock.now
+        let violations = L.violations(history)
+        #expect(violations.isEmpty, "not linearizable on \(violations)")
+        #expect(history.count > 100)
         let unknown = history.filter { $0.output == nil }.count
-        return "\(history.count) operations (\(unknown) with a lost reply) on 3 keys"
+        print("linearizability, \(title): \(history.count) operations (\(unknown) with a lost reply) on 3 keys in \(duration), 1 fault, \(violations.count) violations (checked in \(ContinuousClock.now - checking))")
     }
 
     @Test func aHistoryAcrossAKillWithAppendfsyncAlwaysIsLinearizable() async throws {
@@ -106,11 +111,7 @@ import Testing
             try await server.restart()   // SIGKILL mid-stream; the AOF brings everything back
             killed.set()
             let history = await recording.value
-            let checking = ContinuousClock.now
-            let violations = L.violations(history)
-            #expect(violations.isEmpty, "not linearizable on \(violations)")
-            #expect(history.count > 100)
-            print("linearizability, kill -9 with appendfsync always: \(Self.summary(history)) in \(checking - started), 1 fault, \(violations.count) violations (checked in \(ContinuousClock.now - checking))")
+            Self.expectLinearizable(history, "kill -9 with appendfsync always", recordedIn: ContinuousClock.now - started)
         }
     }
 
@@ -143,10 +144,6 @@ import Testing
         _ = try await group.waitForFailover(from: killed)
         recovered.set()
         let history = await recording.value
-        let checking = ContinuousClock.now
-        let violations = L.violations(history)
-        #expect(violations.isEmpty, "not linearizable on \(violations)")
-        #expect(history.count > 100)
-        print("linearizability, sentinel failover with WAIT 1: \(Self.summary(history)) in \(checking - started), 1 fault, \(violations.count) violations (checked in \(ContinuousClock.now - checking))")
+        Self.expectLinearizable(history, "sentinel failover with WAIT 1", recordedIn: ContinuousClock.now - started)
     }
 }
