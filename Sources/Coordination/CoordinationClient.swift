@@ -149,7 +149,9 @@ public final class CoordinationClient: Sendable {
     /// keep-alive) is reported done only once `WAIT` confirms that many replicas have
     /// it; when they do not within the timeout, the request throws `RedisError`
     /// ``RedisError/Code/outcomeUnknown``: it was applied on the master but may be lost
-    /// by a failover, never a false success.
+    /// by a failover, never a false success. Reads answer only once what they saw has
+    /// reached the replicas too (a write to `{namespace}:barrier`, then `WAIT`), so that
+    /// a failover cannot take back a value that was read.
     public static func connect(_ configuration: RedisConfiguration, namespace: String = "coord", limits: Limits = Limits(), allowEvictingPolicy: Bool = false,
                                durability: Durability? = nil) async throws -> CoordinationClient {
         if let durability, durability.replicas < 1 {
@@ -445,10 +447,28 @@ public final class CoordinationClient: Sendable {
         let reply = try await redis.run(Self.kvScript, keys: scriptKeys(lease: lease), arguments: [request.encoded()], timeout: nil)
         let decoded = try Self.decodeScriptReply(reply)
         try check(decoded, sentWith: ticket)
-        if let durability, let kind = request.array?.first?.text, Self.writingRequests.contains(kind) {
-            try await waitForReplicas(durability)
+        if let durability, let kind = request.array?.first?.text {
+            if Self.writingRequests.contains(kind) {
+                try await waitForReplicas(durability)
+            } else {
+                try await readBarrier(durability)
+            }
         }
         return (decoded.revision, decoded.result)
+    }
+
+    /// After a read, with ``durability``: what the read saw has reached the replicas too,
+    /// so that a failover cannot undo a value once it was read (another client's write
+    /// can be read while its own WAIT is still under way). A tiny write behind the
+    /// read, then `WAIT`: Redis waits for the replication offset of this connection's
+    /// last write, which is past everything the read saw.
+    private func readBarrier(_ durability: Durability) async throws {
+        _ = try await redis.send([Array("INCR".utf8), Array("{\(namespace)}:barrier".utf8)], timeout: nil)
+        do {
+            try await waitForReplicas(durability)
+        } catch let error as RedisError where error.code == .outcomeUnknown {
+            throw RedisError(.outcomeUnknown, "the read saw writes that have not reached \(durability.replicas) replica(s) within \(durability.timeout): a failover now may undo what it returned; retry it")
+        }
     }
 
     /// The requests that can write (every one of them waits for ``durability``).
