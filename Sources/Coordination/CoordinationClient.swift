@@ -448,30 +448,28 @@ public final class CoordinationClient: Sendable {
         let decoded = try Self.decodeScriptReply(reply)
         try check(decoded, sentWith: ticket)
         if let durability, let kind = request.array?.first?.text {
-            if Self.writingRequests.contains(kind) {
-                try await waitForReplicas(durability)
-            } else {
-                try await readBarrier(durability)
-            }
+            try await replicationBarrier(durability, afterWrite: Self.writingRequests.contains(kind))
         }
         return (decoded.revision, decoded.result)
     }
 
-    /// After a read, with ``durability``: what the read saw has reached the replicas too,
-    /// so that a failover cannot undo a value once it was read (another client's write
-    /// can be read while its own WAIT is still under way). A tiny write behind the
-    /// read, then `WAIT`: Redis waits for the replication offset of this connection's
-    /// last write, which is past everything the read saw.
-    private func readBarrier(_ durability: Durability) async throws {
+    /// With ``durability``: what the request wrote and what it saw has reached the
+    /// replicas, so that a failover cannot take back a write that was acknowledged nor
+    /// a value that was read (another client's write can be read, or decide a txn's
+    /// compare, while its own WAIT is still under way). A one-key write behind the
+    /// request, then `WAIT`: Redis waits for the replication offset of this
+    /// connection's last write, which is past everything the request saw, also when
+    /// the request itself wrote nothing (a read, a txn whose branch only reads).
+    private func replicationBarrier(_ durability: Durability, afterWrite: Bool) async throws {
         _ = try await redis.send([Array("INCR".utf8), Array("{\(namespace)}:barrier".utf8)], timeout: nil)
         do {
             try await waitForReplicas(durability)
-        } catch let error as RedisError where error.code == .outcomeUnknown {
+        } catch let error as RedisError where error.code == .outcomeUnknown && !afterWrite {
             throw RedisError(.outcomeUnknown, "the read saw writes that have not reached \(durability.replicas) replica(s) within \(durability.timeout): a failover now may undo what it returned; retry it")
         }
     }
 
-    /// The requests that can write (every one of them waits for ``durability``).
+    /// The requests that can write (a shortfall of ``durability`` is reported as the write's).
     static let writingRequests: Set<String> = ["put", "delete", "txn", "grant", "revoke", "keepalive", "reap"]
 
     /// `WAIT`: the writes this connection sent so far (this request's among them) have
