@@ -104,8 +104,6 @@ final class ConnectionEngine: @unchecked Sendable {
     private var lastBusy: UInt64 = 0
     /// The Sentinel monitor observation of this connection, if it uses Sentinel.
     private var sentinelObservation: UInt64?
-    /// A reply said the server is a read-only replica now (with Sentinel: reconnect).
-    private var sawReadOnly = false
 
     init(configuration: RedisConfiguration, hooks: Hooks = Hooks()) {
         self.configuration = configuration
@@ -303,15 +301,14 @@ final class ConnectionEngine: @unchecked Sendable {
             if !flushOutput() { continue }
             if !pollAndRead() { continue }
             checkDeadlines()
-            if context != nil, let reason = shared.withLock({ state -> String? in
+            // One lock for both: whether to exit, and a reconnect Sentinel asked for.
+            let (exit, reconnect) = shared.withLock { state -> (Bool, String?) in
                 defer { state.reconnectRequested = nil }
-                return state.reconnectRequested
-            }) {
-                connectionLost(reason: reason)
-                continue
+                return (state.closing && state.pending.isEmpty, state.reconnectRequested)
             }
-            let exit = shared.withLock { state in
-                state.closing && state.pending.isEmpty
+            if context != nil, let reconnect {
+                connectionLost(reason: reconnect)
+                continue
             }
             if exit && inFlight.isEmpty && outputOffset == output.count { break }
         }
@@ -538,6 +535,8 @@ final class ConnectionEngine: @unchecked Sendable {
         guard let context else { return false }
         let reader = context.pointee.reader
         var dispatched = false
+        /// A reply said the server is a read-only replica now (with Sentinel: reconnect).
+        var sawReadOnly = false
         var now: UInt64 = 0
         while true {
             var raw: UnsafeMutableRawPointer?
@@ -569,7 +568,6 @@ final class ConnectionEngine: @unchecked Sendable {
         guard dispatched else { return true }
         if sawReadOnly {
             // Demoted to a replica by a failover: the master is elsewhere now.
-            sawReadOnly = false
             connectionLost(reason: "\(shared.withLock { $0.connectedEndpoint.map { "\($0)" } ?? "the server" }) answered READONLY: it is a replica now, after a failover")
             return false
         }
