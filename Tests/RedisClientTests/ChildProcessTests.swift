@@ -28,10 +28,23 @@ import Testing
         try await withInheritableSocket { socketFD in
             let log = FileManager.default.temporaryDirectory.appendingPathComponent("child-fds-\(UUID().uuidString).log").path
             defer { try? FileManager.default.removeItem(atPath: log) }
+            let parentSocket = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(socketFD)")
             let child = try ChildProcess.spawn("/bin/sleep", arguments: ["30"], logPath: log)
-            let open = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(child.pid)/fd")
+            // Right after exec the child's dynamic loader briefly holds the files it
+            // maps (as descriptor 3); wait until the child has settled, for at most 10 s.
+            // An inherited socket never goes away, so it fails the test.
+            var open: [String] = []
+            var links: [String] = []
+            let deadline = ContinuousClock.now + .seconds(10)
+            repeat {
+                open = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(child.pid)/fd")) ?? []
+                links = open.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(child.pid)/fd/\($0)") }
+                if Set(open) == ["0", "1", "2"] { break }
+                try await Task.sleep(for: .milliseconds(20))
+            } while ContinuousClock.now < deadline
             await child.terminate(signal: SIGTERM)
-            #expect(Set(open) == ["0", "1", "2"], "the child holds \(open.sorted()), the parent's socket is \(socketFD)")
+            #expect(!links.contains(parentSocket), "the child holds the parent's socket \(parentSocket): \(links)")
+            #expect(Set(open) == ["0", "1", "2"], "the child holds \(open.sorted()) (\(links)), the parent's socket is \(socketFD)")
         }
     }
 }
