@@ -53,6 +53,9 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     private var parser = RESPCommandParser()
     private var input: ByteBuffer?
     private var slots = CircularBuffer<Slot>()
+    /// The slots still owed backend replies, oldest first: the next backend reply
+    /// belongs to the first (found without walking the pipeline's slots).
+    private var awaitingBackend = CircularBuffer<Slot>()
     private var protocolVersion = 2
     private var authenticated: Bool
     private var inMulti = false
@@ -131,6 +134,8 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         } else {
             input!.writeBuffer(&bytes)
         }
+        // One sign of life per read, however many commands it carried.
+        activity.note()
         do {
             while !closing, let command = try parser.next(&input!) {
                 handle(command, context: context)
@@ -151,7 +156,6 @@ final class RESPConnectionHandler: ChannelInboundHandler {
 
     private func handle(_ command: RESPCommand, context: ChannelHandlerContext) {
         let name = command.name
-        activity.note()
         if inWatchMode && !["coord.watch", "coord.observe", "coord.unwatch", "ping", "quit", "reset"].contains(name) {
             reply(.error("ERR Can't execute '\(name)': only COORD.WATCH / COORD.OBSERVE / COORD.UNWATCH / PING / QUIT / RESET are allowed in this context (RESP2 watch mode; HELLO 3 allows every command beside watches)"))
             return
@@ -621,7 +625,10 @@ final class RESPConnectionHandler: ChannelInboundHandler {
             }
             slot = new
         }
-        if let slot { slots.append(slot) }
+        if let slot {
+            slots.append(slot)
+            if slot.framesLeft > 0 { awaitingBackend.append(slot) }
+        }
         backend!.write(command.raw)
     }
 
@@ -667,7 +674,7 @@ final class RESPConnectionHandler: ChannelInboundHandler {
 
     /// A reply from Redis.
     func backendReply(_ reply: ByteBuffer, isPush: Bool) {
-        var slot = slots.first(where: { $0.fromBackend && $0.framesLeft > 0 })
+        var slot = awaitingBackend.first
         if isPush && protocolVersion >= 3 && slot?.takesPushes != true { slot = nil }
         guard let slot else {
             // Out of band (a published message, a RESP3 push, MONITOR's stream,
@@ -681,6 +688,7 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         }
         slot.onReply?(reply)
         slot.framesLeft -= 1
+        if slot.framesLeft == 0 { awaitingBackend.removeFirst() }
         if slot.framesLeft == 0, slot.reply == nil, let transform = slot.transform {
             slot.reply = transform(reply)
             return
@@ -720,10 +728,11 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         let message = connected
             ? "ERR coordproxy lost its connection to Redis (\(error)); the connection is closed, reconnect"
             : "ERR coordproxy cannot reach Redis at \(shared.configuration.redis.sentinel == nil ? "\(shared.configuration.redis.endpoint)" : shared.configuration.redis.redactedURL) (\(error)); retry once it is up"
-        for slot in slots where slot.fromBackend && slot.framesLeft > 0 {
+        for slot in awaitingBackend {
             slot.framesLeft = 0
             slot.reply = encode(.error(message))
         }
+        awaitingBackend.removeAll()
         if connected {
             // Redis's state for this client (MULTI, SELECT, subscriptions) is gone:
             // so is the connection, as when Redis itself goes away.
@@ -734,6 +743,9 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     }
 
     // MARK: - Replies
+
+    /// Replies up to this size are coalesced before they are written.
+    private static let coalescedReplySize = 16 * 1024
 
     private func encode(_ value: RESPValue) -> ByteBuffer {
         var buffer = ByteBufferAllocator().buffer(capacity: 64)
@@ -751,17 +763,37 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     private func flushReady() {
         guard let context else { return }
         var wrote = false
+        // Small replies are copied into one buffer and written together: one channel
+        // write per read from Redis instead of one per reply.
+        var batch: ByteBuffer?
+        func writeBatch() {
+            if let pending = batch {
+                context.write(wrapOutboundOut(pending), promise: nil)
+                batch = nil
+            }
+        }
         while let first = slots.first, let reply = first.reply, !first.fromBackend || first.framesLeft <= 0 {
             slots.removeFirst()
-            context.write(wrapOutboundOut(reply), promise: nil)
-            for push in first.then { writePush(push, context: context) }
+            if reply.readableBytes <= Self.coalescedReplySize {
+                if batch == nil { batch = context.channel.allocator.buffer(capacity: 4096) }
+                batch!.writeImmutableBuffer(reply)
+            } else {
+                writeBatch()
+                context.write(wrapOutboundOut(reply), promise: nil)
+            }
+            if !first.then.isEmpty {
+                writeBatch()
+                for push in first.then { writePush(push, context: context) }
+            }
             wrote = true
             if first.closeAfter {
+                writeBatch()
                 let channel = context.channel
                 context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in channel.close(promise: nil) }
                 return
             }
         }
+        writeBatch()
         if wrote { context.flush() }
         // A command still owed a reply (a blocked COORD.LOCK, a BLPOP) keeps the
         // session alive however long it takes.
@@ -794,7 +826,9 @@ final class Backend {
             let timeout = configuration.connectTimeout
             connecting = NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) {
                 try SentinelResolver.master(of: sentinel, connectTimeout: timeout)
-            }.flatMap { endpoint in Self.connect(bootstrap, to: endpoint).map { ($0, endpoint) } }
+            }.flatMap { [bootstrap = NIOLoopBound(bootstrap, eventLoop: eventLoop)] endpoint in
+                Self.connect(bootstrap.value, to: endpoint).map { ($0, endpoint) }
+            }
         } else {
             let endpoint = configuration.endpoint
             connecting = Self.connect(bootstrap, to: endpoint).map { ($0, endpoint) }
@@ -835,20 +869,44 @@ final class Backend {
 
     /// Queues a command; ``flush()`` sends what is queued (once per read from the
     /// client, so that a pipeline goes to Redis in as few writes as it came in).
+    ///
+    /// Small commands are copied into one buffer and written with one channel write
+    /// at the flush: a write per command costs more than the copy.
     func write(_ buffer: ByteBuffer) {
-        if let channel {
-            channel.write(buffer, promise: nil)
-        } else {
+        guard let channel else {
             pending.append(buffer)
+            return
         }
+        if buffer.readableBytes <= Self.coalescedCommandSize {
+            if outgoing == nil { outgoing = channel.allocator.buffer(capacity: 4096) }
+            outgoing!.writeImmutableBuffer(buffer)
+            return
+        }
+        if let queued = outgoing {
+            channel.write(queued, promise: nil)
+            outgoing = nil
+        }
+        channel.write(buffer, promise: nil)
     }
 
     func flush() {
-        channel?.flush()
+        guard let channel else { return }
+        if let queued = outgoing {
+            outgoing = nil
+            channel.writeAndFlush(queued, promise: nil)
+        } else {
+            channel.flush()
+        }
     }
+
+    /// Commands up to this size are coalesced before they are written.
+    private static let coalescedCommandSize = 16 * 1024
+    /// Small commands queued since the last flush, in order.
+    private var outgoing: ByteBuffer?
 
     func close() {
         closed = true
+        outgoing = nil
         channel?.close(promise: nil)
         channel = nil
     }

@@ -493,6 +493,53 @@ import Testing
         }
     }
 
+    /// The proxy coalesces small commands and replies into one write each way and
+    /// writes large ones on their own: a pipeline mixing both comes back in order and
+    /// byte for byte, as Redis answers it directly.
+    @Test func aPipelineMixingSmallAndLargeValuesComesBackInOrderAndByteForByte() async throws {
+        try await withRESPProxy { proxy in
+            let script = #"""
+                import socket, sys
+                def command(*args):
+                    out = b"*%d\r\n" % len(args)
+                    for a in args:
+                        a = a if isinstance(a, bytes) else a.encode()
+                        out += b"$%d\r\n%s\r\n" % (len(a), a)
+                    return out
+                big = bytes((i * 7) % 251 for i in range(300 * 1024))
+                request = b""
+                expected = b""
+                for i in range(200):
+                    request += command("SET", "s%d" % i, "v%d" % i)
+                    expected += b"+OK\r\n"
+                    if i % 50 == 7:
+                        request += command("SET", "big%d" % i, big) + command("GET", "big%d" % i)
+                        expected += b"+OK\r\n" + b"$%d\r\n" % len(big) + big + b"\r\n"
+                    request += command("GET", "s%d" % i)
+                    expected += b"$%d\r\nv%d\r\n" % (len(b"v%d" % i), i)
+                request += command("QUIT")
+                expected += b"+OK\r\n"
+                s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=60)
+                s.sendall(request)
+                data = b""
+                while True:
+                    chunk = s.recv(1 << 20)
+                    if not chunk:
+                        break
+                    data += chunk
+                if data != expected:
+                    at = next((i for i in range(min(len(data), len(expected))) if data[i] != expected[i]), min(len(data), len(expected)))
+                    print("replies differ at byte %d of %d (got %d bytes): %r" % (at, len(expected), len(data), data[max(0, at - 40):at + 40]))
+                    sys.exit(1)
+                print("ok %d bytes" % len(data))
+                """#
+            let python = try #require(ChildProcess.locate("python3"))
+            let result = try await ChildProcess.run(python, ["-c", script, String(proxy.port)], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(120))
+            #expect(result.status == 0, "\(result.output)\(result.error)")
+            #expect(result.output.hasPrefix("ok "), "\(result.output)")
+        }
+    }
+
     @Test func aBackendRedisThatCannotBeReachedGetsAnErrorAndTheConnectionStaysUsable() async throws {
         try await withRESPProxy(configure: { $0.redis = RedisConfiguration(endpoint: .unixSocket(path: "/nonexistent/coord-test/redis.sock")) }) { proxy in
             let answer = try await Self.exchange(proxy.port, "GET k\\nCOORD.PUT k v\\nGET k\\nQUIT\\n")

@@ -11,7 +11,18 @@ public struct RESPCommand: Sendable {
     /// The command name in lower case (`coord.put`).
     public var name: String {
         guard let first = arguments.first else { return "" }
-        return String(decoding: first.readableBytesView.map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }, as: UTF8.self)
+        let view = first.readableBytesView
+        // Lowered straight into the string's storage (no array in between): this runs
+        // for every command.
+        let lowered = String(unsafeUninitializedCapacity: view.count) { storage in
+            var count = 0
+            for byte in view {
+                storage[count] = byte >= 0x41 && byte <= 0x5A ? byte + 0x20 : byte
+                count += 1
+            }
+            return count
+        }
+        return lowered
     }
 
     /// One argument, read as bytes or text.
