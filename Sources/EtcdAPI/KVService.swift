@@ -1,6 +1,7 @@
 import Coordination
 import GRPCCore
 import Logging
+import SwiftProtobuf
 
 /// etcd's `KV` service (v3rpc `key.go`): Range, Put, DeleteRange, Txn and Compact,
 /// each one store request with etcd's semantics and errors.
@@ -16,40 +17,77 @@ public struct KVService: Etcdserverpb_KV.SimpleServiceProtocol {
     }
 
     public func range(request: Etcdserverpb_RangeRequest, context: ServerContext) async throws -> Etcdserverpb_RangeResponse {
-        try await answer("Range") {
-            let response = try await store.get(request.key.bytes, options: RangeOptions(request))
-            return WireConversion.rangeResponse(response, header: member.header(response.header.revision))
-        }
+        try await answer("Range") { try await range(request) }
     }
 
     public func put(request: Etcdserverpb_PutRequest, context: ServerContext) async throws -> Etcdserverpb_PutResponse {
-        try await answer("Put") {
-            let response = try await store.put(request.key.bytes, request.value.bytes, options: PutOptions(request))
-            return WireConversion.putResponse(response, header: member.header(response.header.revision))
-        }
+        try await answer("Put") { try await put(request) }
     }
 
     public func deleteRange(request: Etcdserverpb_DeleteRangeRequest, context: ServerContext) async throws -> Etcdserverpb_DeleteRangeResponse {
-        try await answer("DeleteRange") {
-            let response = try await store.delete(request.key.bytes, rangeEnd: request.rangeEnd.bytes, prevKV: request.prevKv)
-            return WireConversion.deleteResponse(response, header: member.header(response.header.revision))
-        }
+        try await answer("DeleteRange") { try await deleteRange(request) }
     }
 
     public func txn(request: Etcdserverpb_TxnRequest, context: ServerContext) async throws -> Etcdserverpb_TxnResponse {
-        try await answer("Txn") {
-            let response = try await store.txn(try WireConversion.txn(request))
-            return WireConversion.txnResponse(response, header: member.header)
-        }
+        try await answer("Txn") { try await txn(request) }
     }
 
     public func compact(request: Etcdserverpb_CompactionRequest, context: ServerContext) async throws -> Etcdserverpb_CompactionResponse {
-        try await answer("Compact") {
-            let header = try await store.compact(request.revision)
-            var response = Etcdserverpb_CompactionResponse()
-            response.header = member.header(header.revision)
-            return response
+        try await answer("Compact") { try await compact(request) }
+    }
+
+    // The calls themselves, shared with ``UnaryFastPath`` (which maps and logs their
+    // errors as ``answer(_:_:)`` does).
+
+    func range(_ request: Etcdserverpb_RangeRequest) async throws -> Etcdserverpb_RangeResponse {
+        let response = try await store.get(request.key.bytes, options: RangeOptions(request))
+        return WireConversion.rangeResponse(response, header: member.header(response.header.revision))
+    }
+
+    func put(_ request: Etcdserverpb_PutRequest) async throws -> Etcdserverpb_PutResponse {
+        let response = try await store.put(request.key.bytes, request.value.bytes, options: PutOptions(request))
+        return WireConversion.putResponse(response, header: member.header(response.header.revision))
+    }
+
+    func deleteRange(_ request: Etcdserverpb_DeleteRangeRequest) async throws -> Etcdserverpb_DeleteRangeResponse {
+        let response = try await store.delete(request.key.bytes, rangeEnd: request.rangeEnd.bytes, prevKV: request.prevKv)
+        return WireConversion.deleteResponse(response, header: member.header(response.header.revision))
+    }
+
+    func txn(_ request: Etcdserverpb_TxnRequest) async throws -> Etcdserverpb_TxnResponse {
+        let response = try await store.txn(try WireConversion.txn(request))
+        return WireConversion.txnResponse(response, header: member.header)
+    }
+
+    func compact(_ request: Etcdserverpb_CompactionRequest) async throws -> Etcdserverpb_CompactionResponse {
+        let header = try await store.compact(request.revision)
+        var response = Etcdserverpb_CompactionResponse()
+        response.header = member.header(header.revision)
+        return response
+    }
+
+    /// The five calls, for ``UnaryFastPath``, by gRPC path.
+    func fastPathMethods() -> UnaryFastPath.Table {
+        func method<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
+            _ name: String, _ body: @escaping @Sendable (Request) async throws -> Response
+        ) -> (String, UnaryFastPath.Method) {
+            ("/etcdserverpb.KV/\(name)", UnaryFastPath.Method(service: "etcdserverpb.KV", name: name) { bytes in
+                let request: Request
+                do {
+                    request = try Request(serializedBytes: bytes)
+                } catch {
+                    throw UnaryFastPath.DecodingFailure(type: "\(Request.self)")
+                }
+                return try await body(request).serializedBytes()
+            })
         }
+        return Dictionary(uniqueKeysWithValues: [
+            method("Range") { try await range($0) },
+            method("Put") { try await put($0) },
+            method("DeleteRange") { try await deleteRange($0) },
+            method("Txn") { try await txn($0) },
+            method("Compact") { try await compact($0) },
+        ])
     }
 
     private func answer<T>(_ method: String, _ body: () async throws -> T) async throws -> T {

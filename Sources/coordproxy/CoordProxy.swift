@@ -94,6 +94,9 @@ struct CoordProxy: AsyncParsableCommand {
     @Flag(help: "Refuse a Redis whose maxmemory-policy may evict keys (allkeys-*) unless this is given.")
     var allowEvictingPolicy = false
 
+    @Flag(name: .customLong("no-grpc-fast-path"), help: "Serve KV's Range, Put, DeleteRange, Txn and Compact through grpc-swift like every other call, instead of coordproxy's own unary path for them (the same answers, at less CPU per call); for comparison and diagnosis.")
+    var noGRPCFastPath = false
+
     func run() async throws {
         let environment = ProcessInfo.processInfo.environment
         func setting(_ value: String?, _ flag: String, default fallback: String? = nil) -> String? {
@@ -167,7 +170,8 @@ struct CoordProxy: AsyncParsableCommand {
         for warning in status.warnings { logger.warning("\(warning)") }
 
         let member = EtcdMember(name: memberName, namespace: namespace, clientURLs: advertised)
-        let api = EtcdAPIServer(store: store, listen: listen, member: member, logger: logger)
+        let fastPath = !(noGRPCFastPath || setting(nil, "NO_GRPC_FAST_PATH") == "1")
+        let api = EtcdAPIServer(store: store, listen: listen, member: member, unaryFastPath: fastPath, logger: logger)
         let background = StoreBackground(store: store, retainRevisions: retention > 0 ? retention : nil)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: background), .init(service: api)]
         let exposition = Self.exposition(registry: registry, store: store)
@@ -192,6 +196,7 @@ struct CoordProxy: AsyncParsableCommand {
         logger.info("coordproxy starting", metadata: [
             "name": "\(memberName)", "member_id": "\(String(member.memberID, radix: 16))",
             "listen": "\(listen.map(\.description).joined(separator: ","))",
+            "kv_fast_path": "\(fastPath ? "on" : "off")",
         ])
         do {
             try await group.run()

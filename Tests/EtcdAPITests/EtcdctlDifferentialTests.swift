@@ -93,6 +93,13 @@ import Testing
         for (theirs, mine) in zip(reference, ours) {
             #expect(mine == theirs)
         }
+        // KV's unary calls through grpc-swift's own path (coordproxy's fast path off)
+        // answer the same: both paths are held to etcd.
+        let throughGRPCSwift = try await withProxy(unaryFastPath: false) { proxy in try await Self.transcript(proxy.endpoint) }
+        #expect(throughGRPCSwift.count == reference.count)
+        for (theirs, mine) in zip(reference, throughGRPCSwift) {
+            #expect(mine == theirs, "with the unary fast path off")
+        }
         if let directory = ProcessInfo.processInfo.environment["COORD_TRANSCRIPTS"] {
             try reference.joined(separator: "\n\n").write(toFile: directory + "/etcd.txt", atomically: true, encoding: .utf8)
             try ours.joined(separator: "\n\n").write(toFile: directory + "/coordproxy.txt", atomically: true, encoding: .utf8)
