@@ -66,20 +66,19 @@ public struct KVService: Etcdserverpb_KV.SimpleServiceProtocol {
         return response
     }
 
-    /// The five calls, for ``UnaryFastPath``, by gRPC path.
+    /// The five calls, for ``UnaryFastPath``, by gRPC path, their errors mapped and
+    /// logged as through grpc-swift.
     func fastPathMethods() -> UnaryFastPath.Table {
-        func method<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
+        func method<Request: SwiftProtobuf.Message & Sendable, Response: SwiftProtobuf.Message>(
             _ name: String, _ body: @escaping @Sendable (Request) async throws -> Response
         ) -> (String, UnaryFastPath.Method) {
-            ("/etcdserverpb.KV/\(name)", UnaryFastPath.Method(service: "etcdserverpb.KV", name: name) { bytes in
-                let request: Request
+            UnaryFastPath.method(service: "etcdserverpb.KV", name) { request in
                 do {
-                    request = try Request(serializedBytes: bytes)
+                    return try await body(request)
                 } catch {
-                    throw UnaryFastPath.DecodingFailure(type: "\(Request.self)")
+                    throw EtcdAPIServer.refuse(name, error, logger: logger)
                 }
-                return try await body(request).serializedBytes()
-            })
+            }
         }
         return Dictionary(uniqueKeysWithValues: [
             method("Range") { try await range($0) },

@@ -24,6 +24,10 @@ public struct LeaseService: Etcdserverpb_Lease.SimpleServiceProtocol {
     }
 
     public func leaseGrant(request: Etcdserverpb_LeaseGrantRequest, context: ServerContext) async throws -> Etcdserverpb_LeaseGrantResponse {
+        try await leaseGrant(request)
+    }
+
+    func leaseGrant(_ request: Etcdserverpb_LeaseGrantRequest) async throws -> Etcdserverpb_LeaseGrantResponse {
         do {
             // etcd raises a TTL below its minimum to the minimum; the store does the same
             // from 1 s, so a TTL of 0 or less asks for the minimum.
@@ -40,6 +44,10 @@ public struct LeaseService: Etcdserverpb_Lease.SimpleServiceProtocol {
     }
 
     public func leaseRevoke(request: Etcdserverpb_LeaseRevokeRequest, context: ServerContext) async throws -> Etcdserverpb_LeaseRevokeResponse {
+        try await leaseRevoke(request)
+    }
+
+    func leaseRevoke(_ request: Etcdserverpb_LeaseRevokeRequest) async throws -> Etcdserverpb_LeaseRevokeResponse {
         do {
             let header = try await store.revokeLease(request.id)
             APIMetrics.leasesRevoked.increment()
@@ -87,6 +95,10 @@ public struct LeaseService: Etcdserverpb_Lease.SimpleServiceProtocol {
     }
 
     public func leaseTimeToLive(request: Etcdserverpb_LeaseTimeToLiveRequest, context: ServerContext) async throws -> Etcdserverpb_LeaseTimeToLiveResponse {
+        try await leaseTimeToLive(request)
+    }
+
+    func leaseTimeToLive(_ request: Etcdserverpb_LeaseTimeToLiveRequest) async throws -> Etcdserverpb_LeaseTimeToLiveResponse {
         do {
             let live = try await store.timeToLive(request.id, keys: request.keys)
             var response = Etcdserverpb_LeaseTimeToLiveResponse()
@@ -104,6 +116,10 @@ public struct LeaseService: Etcdserverpb_Lease.SimpleServiceProtocol {
     }
 
     public func leaseLeases(request: Etcdserverpb_LeaseLeasesRequest, context: ServerContext) async throws -> Etcdserverpb_LeaseLeasesResponse {
+        try await leaseLeases(request)
+    }
+
+    func leaseLeases(_ request: Etcdserverpb_LeaseLeasesRequest) async throws -> Etcdserverpb_LeaseLeasesResponse {
         do {
             let ids = try await store.leases()
             let revision = try await store.currentRevision()
@@ -118,5 +134,16 @@ public struct LeaseService: Etcdserverpb_Lease.SimpleServiceProtocol {
         } catch {
             throw EtcdAPIServer.refuse("LeaseLeases", error, logger: logger)
         }
+    }
+
+    /// The unary calls, for ``UnaryFastPath``, by gRPC path (they map and log their
+    /// own errors).
+    func fastPathMethods() -> UnaryFastPath.Table {
+        Dictionary(uniqueKeysWithValues: [
+            UnaryFastPath.method(service: "etcdserverpb.Lease", "LeaseGrant") { try await leaseGrant($0) },
+            UnaryFastPath.method(service: "etcdserverpb.Lease", "LeaseRevoke") { try await leaseRevoke($0) },
+            UnaryFastPath.method(service: "etcdserverpb.Lease", "LeaseTimeToLive") { try await leaseTimeToLive($0) },
+            UnaryFastPath.method(service: "etcdserverpb.Lease", "LeaseLeases") { try await leaseLeases($0) },
+        ])
     }
 }

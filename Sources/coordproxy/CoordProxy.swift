@@ -94,7 +94,7 @@ struct CoordProxy: AsyncParsableCommand {
     @Flag(help: "Refuse a Redis whose maxmemory-policy may evict keys (allkeys-*) unless this is given.")
     var allowEvictingPolicy = false
 
-    @Flag(name: .customLong("no-grpc-fast-path"), help: "Serve KV's Range, Put, DeleteRange, Txn and Compact through grpc-swift like every other call, instead of coordproxy's own unary path for them (the same answers, at less CPU per call); for comparison and diagnosis.")
+    @Flag(name: .customLong("no-grpc-fast-path"), help: "Serve the unary calls of etcd's KV and Lease services (Range, Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke, LeaseTimeToLive, LeaseLeases) through grpc-swift like every other call, instead of coordproxy's own unary path for them (the same answers, at less CPU per call); for comparison and diagnosis.")
     var noGRPCFastPath = false
 
     func run() async throws {

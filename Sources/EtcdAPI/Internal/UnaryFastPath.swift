@@ -3,16 +3,18 @@ import Logging
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
+import SwiftProtobuf
 
-/// Serves the KV service's unary calls (Range, Put, DeleteRange, Txn, Compact)
+/// Serves the unary calls of the KV service (Range, Put, DeleteRange, Txn, Compact)
+/// and the Lease service (LeaseGrant, LeaseRevoke, LeaseTimeToLive, LeaseLeases)
 /// straight from the HTTP/2 stream's frames, before grpc-swift's own stream handler.
 ///
 /// A unary call through grpc-swift's server passes each request and response through
 /// its stream state machine, an async channel, an async sequence, the RPC executor's
 /// tasks and an async writer: a profile of the load test's put workload put most of
-/// coordproxy's CPU there, several times what the store call itself costs. These five
-/// calls are the hot path of every etcd client (and the whole of the load test's put,
-/// get, txn and STM workloads), and they are plain: one request message, one response
+/// coordproxy's CPU there, several times what the store call itself costs. These
+/// calls are the hot path of every etcd client (the whole of the load test's put, get,
+/// txn and STM workloads, and most of its lock workloads), and they are plain: one request message, one response
 /// message or an error, no blocking. So this handler, added first to each HTTP/2
 /// stream's pipeline, takes a stream whose `:path` is one of them and whose request is
 /// uncompressed gRPC, collects the request message, runs the service's method in a
@@ -38,6 +40,23 @@ final class UnaryFastPath: ChannelInboundHandler {
 
     /// The methods by `:path` (`/etcdserverpb.KV/Put`).
     typealias Table = [String: Method]
+
+    /// A table entry for `service`'s method `name`: the request decoded (a message that
+    /// does not decode is INVALID_ARGUMENT, as through grpc-swift), `body` run, the
+    /// response encoded. `body` throws only `RPCError`s it has already logged.
+    static func method<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
+        service: String, _ name: String, _ body: @escaping @Sendable (Request) async throws -> Response
+    ) -> (String, Method) {
+        ("/\(service)/\(name)", Method(service: service, name: name) { bytes in
+            let request: Request
+            do {
+                request = try Request(serializedBytes: bytes)
+            } catch {
+                throw DecodingFailure(type: "\(Request.self)")
+            }
+            return try await body(request).serializedBytes()
+        })
+    }
 
     private enum State {
         /// Waiting for the request headers.
@@ -163,6 +182,8 @@ final class UnaryFastPath: ChannelInboundHandler {
                 result = .success(try await method.call(message))
             } catch let error as DecodingFailure {
                 result = .failure(RPCError(code: .invalidArgument, message: "Can't deserialize to message of type \(error.type)."))
+            } catch let error as RPCError {
+                result = .failure(error)
             } catch {
                 result = .failure(EtcdAPIServer.refuse(method.name, error, logger: logger))
             }
