@@ -110,11 +110,13 @@ final class UnaryFastPath: ChannelInboundHandler {
                 // The message's length is known from its first 5 bytes: past the
                 // limit, the call is refused before the rest arrives.
                 if let body, body.readableBytes >= 5, let length = body.getInteger(at: body.readerIndex + 1, as: UInt32.self),
-                   Int(length) > maxRequestSize {
+                   Int(length) > maxRequestSize || body.readableBytes > maxRequestSize + 5 {
+                    // (Or more bytes than one message of the limit: whatever the length
+                    // said, nothing is buffered past it.)
                     state = .done
                     self.body = nil
                     fail(context: context, method: method, status: .resourceExhausted,
-                         message: "Message has exceeded the configured maximum payload size (max: \(maxRequestSize), actual: \(length))",
+                         message: "Message has exceeded the configured maximum payload size (max: \(maxRequestSize), actual: \(max(Int(length), body.readableBytes - 5)))",
                          reset: true)
                     return
                 }
