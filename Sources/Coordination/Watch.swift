@@ -235,14 +235,26 @@ final class WatchHub: Sendable {
         while !Task.isCancelled {
             let (position, generation) = state.withLock { ($0.position, $0.generation) }
             do {
-                var command: [[UInt8]] = [Array("XREAD".utf8), Array("COUNT".utf8), Array("512".utf8)]
-                if wake == nil { command += [Array("BLOCK".utf8), Array("1000".utf8)] }
-                command += [Array("STREAMS".utf8), logKey, Array("\(position)-0".utf8)]
-                let reply = try await connection.send(command, timeout: .seconds(10))
-                // After every read (at least once a second): is this still the history
-                // the position belongs to? Entries read before a check that finds it so
-                // belong to it; otherwise they are never handed out.
-                guard try await sameHistory(connection, position: position, generation: generation) else { continue }
+                // With every read (at least once a second): is this still the history
+                // the position belongs to? Entries read with (or before) a check that
+                // finds it so belong to it; otherwise they are never handed out.
+                let reply: RedisReply
+                if wake != nil {
+                    // Reads that do not block: the entries and the identity in one
+                    // script, so one round trip per batch and the same instant for both.
+                    let parts = try await connection.run(Self.readScript, keys: [idKey, revKey, logKey],
+                                                         arguments: [Array("\(position)-0".utf8)], timeout: .seconds(10))
+                    guard let array = parts.array, array.count == 5 else {
+                        throw CoordinationError(.protocolError, "the log read returned \(parts)")
+                    }
+                    guard try checkHistory(Array(array[0..<4]), position: position, generation: generation) else { continue }
+                    reply = array[4]
+                } else {
+                    let command: [[UInt8]] = [Array("XREAD".utf8), Array("COUNT".utf8), Array("512".utf8), Array("BLOCK".utf8), Array("1000".utf8),
+                                              Array("STREAMS".utf8), logKey, Array("\(position)-0".utf8)]
+                    reply = try await connection.send(command, timeout: .seconds(10))
+                    guard try await sameHistory(connection, position: position, generation: generation) else { continue }
+                }
                 let entries = Self.parseXRead(reply)
                 guard let last = entries.last else {
                     await wake?.wait(timeout: .seconds(1))
@@ -282,6 +294,12 @@ final class WatchHub: Sendable {
         guard let parts = reply.array, parts.count == 4 else {
             throw CoordinationError(.protocolError, "the identity check returned \(reply)")
         }
+        return try checkHistory(parts, position: position, generation: generation)
+    }
+
+    /// The check of ``sameHistory(_:position:generation:)`` on `parts`: the store's ID,
+    /// epoch, base and revision.
+    private func checkHistory(_ parts: [RedisReply], position: Int64, generation: Int) throws -> Bool {
         let revision = parts[3].int ?? 1
         let verdict = store.incarnation.withLock { incarnation -> StoreIncarnation.Verdict in
             let ticket = StoreIncarnation.Ticket(highest: max(position, 0), generation: generation)
@@ -303,6 +321,14 @@ final class WatchHub: Sendable {
 
     /// The store's ID, epoch and base, and its revision, in one round trip.
     static let identityScript = RedisScript("local i = redis.call('HMGET', KEYS[1], 'id', 'epoch', 'base'); return {i[1], i[2], i[3], redis.call('GET', KEYS[2]) or '1'}")
+
+    /// The identity as ``identityScript`` returns it, and the log's entries after
+    /// ARGV[1] (at most 512, as XREAD replies; nil when there are none).
+    static let readScript = RedisScript("""
+        local i = redis.call('HMGET', KEYS[1], 'id', 'epoch', 'base')
+        local r = redis.call('GET', KEYS[2]) or '1'
+        return {i[1], i[2], i[3], r, redis.call('XREAD', 'COUNT', '512', 'STREAMS', KEYS[3], ARGV[1])}
+        """)
 
     /// Hands live entries to a watcher, or buffers them while it replays history.
     func deliver(_ entries: [LogEntry], to watcher: Watcher) async {

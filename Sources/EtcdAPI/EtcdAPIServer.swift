@@ -1,4 +1,5 @@
 import Coordination
+import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2Posix
 import Logging
@@ -89,14 +90,38 @@ public final class EtcdAPIServer: Service, Sendable {
                                                                                      transportSecurity: .plaintext, config: transportConfig())),
                        services: services(), interceptors: [MetricsInterceptor()])
         }
+        // Why a listener stopped (a bind that failed: address in use, no permission), to
+        // name the cause when its address never comes: grpc-swift's own error for that
+        // says only that no address is bound.
+        let failures = ListenFailures()
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
-                for server in servers {
-                    group.addTask { try await server.serve() }
+                for (index, server) in servers.enumerated() {
+                    group.addTask {
+                        do {
+                            try await server.serve()
+                        } catch {
+                            failures.causes.withLock { $0[index] = "\(error)" }
+                            throw error
+                        }
+                    }
                 }
                 var resolved: [Address] = []
-                for (server, address) in zip(servers, addresses) {
-                    guard let listening = try await server.listeningAddress?.ipv4 else {
+                for (index, (server, address)) in zip(servers, addresses).enumerated() {
+                    let bound: GRPCNIOTransportCore.SocketAddress?
+                    do {
+                        bound = try await server.listeningAddress
+                    } catch {
+                        // serve() reports the cause as it returns: wait for it briefly.
+                        var cause: String?
+                        for _ in 0..<50 {
+                            cause = failures.causes.withLock { $0[index] }
+                            if cause != nil { break }
+                            try? await Task.sleep(for: .milliseconds(20))
+                        }
+                        throw ListenError(address: address, cause: cause ?? "\(error)")
+                    }
+                    guard let listening = bound?.ipv4 else {
                         throw RPCError(code: .unavailable, message: "coordproxy could not listen on \(address)")
                     }
                     resolved.append(Address(host: listening.host, port: listening.port))
@@ -165,6 +190,33 @@ public final class EtcdAPIServer: Service, Sendable {
             "method": "\(method)", "code": "\(rpcError.code)", "message": "\(rpcError.message)", "reason": "\(error)",
         ])
         return rpcError
+    }
+}
+
+/// Why each listener's serve() ended, by listener index.
+final class ListenFailures: Sendable {
+    let causes = Mutex<[Int: String]>([:])
+}
+
+/// A client listener that could not be opened, with the reason (the socket error).
+public struct ListenError: Error, CustomStringConvertible, Sendable {
+    public var address: EtcdAPIServer.Address
+    public var reason: String
+
+    init(address: EtcdAPIServer.Address, cause text: String) {
+        self.address = address
+        // The socket error inside grpc-swift's wrapping ("... bind(descriptor:ptr:bytes:):
+        // Address already in use (errno: 98) ..."): its errno, in the system's words.
+        if let range = text.range(of: #"errno: [0-9]+"#, options: .regularExpression),
+           let number = Int32(text[range].dropFirst("errno: ".count)) {
+            self.reason = String(cString: strerror(number)) + " (errno \(number))"
+        } else {
+            self.reason = text
+        }
+    }
+
+    public var description: String {
+        "cannot listen for clients on \(address): \(reason); choose another --listen-client-urls, or stop what listens there"
     }
 }
 

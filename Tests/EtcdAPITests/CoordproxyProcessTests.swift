@@ -86,6 +86,33 @@ import Testing
         }
     }
 
+    /// A client port another process holds: coordproxy exits non-zero with the socket
+    /// error and the flag to change, not grpc-swift's "no listening address bound".
+    @Test func aClientPortInUseIsNamedInTheErrorAndTheExitStatus() async throws {
+        try await RedisServer.withServer { server in
+            let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            try #require(holder >= 0)
+            defer { close(holder) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            address.sin_port = 0
+            let bound = withUnsafePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            try #require(bound == 0 && listen(holder, 1) == 0)
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            _ = withUnsafeMutablePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(holder, $0, &length) }
+            }
+            let port = Int(UInt16(bigEndian: address.sin_port))
+            let result = try await run(try builtExecutable("coordproxy"), ["--redis-url", server.url, "--listen-client-urls", "http://127.0.0.1:\(port)"],
+                                       environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"], timeout: .seconds(60))
+            #expect(result.status != 0)
+            #expect(result.error.contains("cannot listen for clients on 127.0.0.1:\(port): Address already in use (errno 98); choose another --listen-client-urls"), "\(result.error)")
+        }
+    }
+
     @Test func metricsCountRequestsByMethodAndCodeAndShowOpenWatchers() async throws {
         try await RedisServer.withServer { server in
             let proxy = try await CoordproxyProcess.start(redisURL: server.url, metrics: true)
@@ -137,6 +164,19 @@ final class CoordproxyProcess: @unchecked Sendable {
 
     /// Starts coordproxy on `redisURL` and waits until its gRPC port answers.
     static func start(redisURL: String, name: String = "default", metrics: Bool = false, arguments extra: [String] = []) async throws -> CoordproxyProcess {
+        // A free port can be taken by another test's server before coordproxy binds it
+        // (the suite runs many at once): then coordproxy says so, and gets another.
+        var attempt = 1
+        while true {
+            do {
+                return try await startOnce(redisURL: redisURL, name: name, metrics: metrics, arguments: extra)
+            } catch let error as RedisError where attempt < 3 && error.message.contains("Address already in use") {
+                attempt += 1
+            }
+        }
+    }
+
+    private static func startOnce(redisURL: String, name: String, metrics: Bool, arguments extra: [String]) async throws -> CoordproxyProcess {
         let executable = try builtExecutable("coordproxy")
         let port = try ChildProcess.freeLoopbackPort()
         let metricsPort = metrics ? try ChildProcess.freeLoopbackPort() : nil
