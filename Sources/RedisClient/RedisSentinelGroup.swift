@@ -138,6 +138,25 @@ public final class RedisSentinelGroup: Sendable {
         throw RedisError(.timeout, "the sentinels did not fail over from \(old.endpoint) within \(timeout)")
     }
 
+    /// Runs `body` with a fresh group (as ``start(replicas:sentinels:masterName:downAfter:options:sentinelPassword:)``)
+    /// and stops every server of it afterwards, whether `body` returns or throws.
+    public static func withGroup<Result: Sendable>(
+        replicas: Int = 1, sentinels count: Int = 3, masterName: String = "mymaster",
+        downAfter: Duration = .seconds(1), options: RedisServer.Options = RedisServer.Options(transport: .tcp()),
+        sentinelPassword: String? = nil, _ body: (RedisSentinelGroup) async throws -> Result
+    ) async throws -> Result {
+        let group = try await start(replicas: replicas, sentinels: count, masterName: masterName, downAfter: downAfter,
+                                    options: options, sentinelPassword: sentinelPassword)
+        do {
+            let result = try await body(group)
+            await group.stop()
+            return result
+        } catch {
+            await group.stop()
+            throw error
+        }
+    }
+
     /// Stops every server of the group.
     public func stop() async {
         for server in sentinels + servers { await server.stop() }

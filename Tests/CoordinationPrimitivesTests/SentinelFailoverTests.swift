@@ -61,117 +61,117 @@ import Testing
     /// acknowledged after it never leave the master; they are resumed once it is dead.
     static func run(group: RedisSentinelGroup, replicas: Int, durability: CoordinationClient.Durability?, faults: Int,
                     lagReplicas: Bool = false) async throws -> Outcome {
-        let resource = try await RedisServer.start()
-        defer { Task { await resource.stop() } }
-        let fenced = try await RedisConnection.connect(resource.configuration)
-        defer { Task { await fenced.close() } }
-        let figures = Figures()
-        var clients: [CoordinationClient] = []
-        for _ in 0..<8 {
-            let client = try await CoordinationClient.connect(url: group.url, durability: durability)
-            _ = client.onStoreReset { _ in figures.values.withLock { $0.resets += 1 } }
-            clients.append(client)
-        }
-        let background = Task { try await clients[0].run(interval: .milliseconds(100)) }
-        defer { background.cancel() }
-        // A watch of the protected puts, live across the failovers, through a client
-        // of its own.
-        let watcher = try await CoordinationClient.connect(url: group.url, durability: durability)
-        let from = try await watcher.currentRevision() + 1
-        let watched = Task { () -> (revisions: [Int64], error: (any Error)?) in
-            var revisions: [Int64] = []
-            do {
-                for try await response in watcher.watch("acked/", options: .prefix(Array("acked/".utf8), startRevision: from)) {
-                    revisions += response.events.map(\.kv.modRevision)
-                    figures.values.withLock { $0.watched = revisions.last ?? 0 }
+        try await RedisServer.withServer { resource in
+            let fenced = try await RedisConnection.connect(resource.configuration)
+            defer { Task { await fenced.close() } }
+            let figures = Figures()
+            var clients: [CoordinationClient] = []
+            for _ in 0..<8 {
+                let client = try await CoordinationClient.connect(url: group.url, durability: durability)
+                _ = client.onStoreReset { _ in figures.values.withLock { $0.resets += 1 } }
+                clients.append(client)
+            }
+            let background = Task { try await clients[0].run(interval: .milliseconds(100)) }
+            defer { background.cancel() }
+            // A watch of the protected puts, live across the failovers, through a client
+            // of its own.
+            let watcher = try await CoordinationClient.connect(url: group.url, durability: durability)
+            let from = try await watcher.currentRevision() + 1
+            let watched = Task { () -> (revisions: [Int64], error: (any Error)?) in
+                var revisions: [Int64] = []
+                do {
+                    for try await response in watcher.watch("acked/", options: .prefix(Array("acked/".utf8), startRevision: from)) {
+                        revisions += response.events.map(\.kv.modRevision)
+                        figures.values.withLock { $0.watched = revisions.last ?? 0 }
+                    }
+                    return (revisions, nil)
+                } catch {
+                    return (revisions, Task.isCancelled ? nil : error)
                 }
-                return (revisions, nil)
-            } catch {
-                return (revisions, Task.isCancelled ? nil : error)
             }
-        }
 
-        let takers = clients.enumerated().map { index, client in
-            Task { await Self.take(client, index: index, fenced: fenced, figures: figures) }
-        }
+            let takers = clients.enumerated().map { index, client in
+                Task { await Self.take(client, index: index, fenced: fenced, figures: figures) }
+            }
 
-        func operations() -> Int { figures.values.withLock { $0.operations } }
-        for fault in 0..<faults {
+            func operations() -> Int { figures.values.withLock { $0.operations } }
+            for fault in 0..<faults {
+                let target = operations() + 30
+                #expect(await eventually(timeout: .seconds(120)) { operations() >= target }, "the lock-takers stalled before fault \(fault + 1)")
+                if fault > 0 { try await group.waitUntilReady(replicas: replicas) }
+                var lagging: [RedisServer] = []
+                if lagReplicas {
+                    let master = try await group.master()
+                    lagging = group.servers.filter { $0 !== master && $0.pid > 0 }
+                    for replica in lagging { kill(replica.pid, SIGSTOP) }
+                    let direct = try await RedisConnection.connect(master.configuration)
+                    try await direct.send("SET", "filler", [UInt8](repeating: 0x78, count: 16 << 20))
+                    await direct.close()
+                    let behind = operations() + 5
+                    #expect(await eventually(timeout: .seconds(30)) { operations() >= behind }, "no puts while the replicas were stopped")
+                }
+                let victim = try await group.killMaster()   // returns once the process is gone
+                for replica in lagging { kill(replica.pid, SIGCONT) }
+                figures.values.withLock {
+                    $0.faults.append(.now)
+                    $0.recovered.append(nil)
+                }
+                // Once the sentinels have promoted its replica, the killed master comes back
+                // (empty, it has no persistence) and they make it the new master's replica:
+                // with WAIT, writes wait for it.
+                _ = try await group.waitForFailover(from: victim)
+                try await victim.restart()
+            }
             let target = operations() + 30
-            #expect(await eventually(timeout: .seconds(120)) { operations() >= target }, "the lock-takers stalled before fault \(fault + 1)")
-            if fault > 0 { try await group.waitUntilReady(replicas: replicas) }
-            var lagging: [RedisServer] = []
-            if lagReplicas {
-                let master = try await group.master()
-                lagging = group.servers.filter { $0 !== master && $0.pid > 0 }
-                for replica in lagging { kill(replica.pid, SIGSTOP) }
-                let direct = try await RedisConnection.connect(master.configuration)
-                try await direct.send("SET", "filler", [UInt8](repeating: 0x78, count: 16 << 20))
-                await direct.close()
-                let behind = operations() + 5
-                #expect(await eventually(timeout: .seconds(30)) { operations() >= behind }, "no puts while the replicas were stopped")
-            }
-            let victim = try await group.killMaster()   // returns once the process is gone
-            for replica in lagging { kill(replica.pid, SIGCONT) }
-            figures.values.withLock {
-                $0.faults.append(.now)
-                $0.recovered.append(nil)
-            }
-            // Once the sentinels have promoted its replica, the killed master comes back
-            // (empty, it has no persistence) and they make it the new master's replica:
-            // with WAIT, writes wait for it.
-            _ = try await group.waitForFailover(from: victim)
-            try await victim.restart()
-        }
-        let target = operations() + 30
-        #expect(await eventually(timeout: .seconds(120)) { operations() >= target }, "the lock-takers stalled after the last fault")
-        figures.values.withLock { $0.stop = true }
-        for taker in takers { _ = await taker.value }
+            #expect(await eventually(timeout: .seconds(120)) { operations() >= target }, "the lock-takers stalled after the last fault")
+            figures.values.withLock { $0.stop = true }
+            for taker in takers { _ = await taker.value }
 
-        // Every acknowledged put is in the store.
-        let checker = try await CoordinationClient.connect(url: group.url)
-        defer { Task { await checker.close() } }
-        let stored = Set(try await checker.get("acked/", options: .prefix(Array("acked/".utf8))).kvs.map { String(decoding: $0.key, as: UTF8.self) })
-        let values = figures.values.withLock { $0 }
-        let lost = values.acknowledged.filter { !stored.contains($0) }
-        // The live watch saw the store's history of acked/ exactly: no gap, no repeat.
-        let last = try await checker.get("acked/", options: .prefix(Array("acked/".utf8))).kvs.map(\.modRevision).max() ?? 0
-        let caughtUp = await eventually(timeout: .seconds(60)) { figures.values.withLock { $0.watched } >= last }
-        watched.cancel()
-        let (live, watchError) = await watched.value
-        await watcher.close()
-        var history: [Int64] = []
-        if caughtUp && watchError == nil {
-            for try await response in checker.watch("acked/", options: .prefix(Array("acked/".utf8), startRevision: from)) {
-                history += response.events.map(\.kv.modRevision)
-                if (history.last ?? 0) >= last { break }
+            // Every acknowledged put is in the store.
+            let checker = try await CoordinationClient.connect(url: group.url)
+            defer { Task { await checker.close() } }
+            let stored = Set(try await checker.get("acked/", options: .prefix(Array("acked/".utf8))).kvs.map { String(decoding: $0.key, as: UTF8.self) })
+            let values = figures.values.withLock { $0 }
+            let lost = values.acknowledged.filter { !stored.contains($0) }
+            // The live watch saw the store's history of acked/ exactly: no gap, no repeat.
+            let last = try await checker.get("acked/", options: .prefix(Array("acked/".utf8))).kvs.map(\.modRevision).max() ?? 0
+            let caughtUp = await eventually(timeout: .seconds(60)) { figures.values.withLock { $0.watched } >= last }
+            watched.cancel()
+            let (live, watchError) = await watched.value
+            await watcher.close()
+            var history: [Int64] = []
+            if caughtUp && watchError == nil {
+                for try await response in checker.watch("acked/", options: .prefix(Array("acked/".utf8), startRevision: from)) {
+                    history += response.events.map(\.kv.modRevision)
+                    if (history.last ?? 0) >= last { break }
+                }
             }
-        }
-        // The resource's accepted writes: each critical section closes (exit or
-        // abandon) before another token enters; a section another holder entered is an
-        // overlap that the fence caught (the holder's later writes were rejected).
-        let log = (try await fenced.send("LRANGE", "fence:log", "0", "-1").array ?? []).compactMap(\.string)
-        var open: String?
-        var overlaps = 0
-        var previous: Int64 = 0
-        var staleAccepted = 0
-        for entry in log {
-            let parts = entry.split(separator: " ")
-            let token = Int64(parts[2]) ?? 0
-            if token < previous { staleAccepted += 1 }
-            previous = max(previous, token)
-            if parts[0] == "enter" {
-                if open != nil { overlaps += 1 }
-                open = String(parts[2])
-            } else if open == String(parts[2]) {
-                open = nil
+            // The resource's accepted writes: each critical section closes (exit or
+            // abandon) before another token enters; a section another holder entered is an
+            // overlap that the fence caught (the holder's later writes were rejected).
+            let log = (try await fenced.send("LRANGE", "fence:log", "0", "-1").array ?? []).compactMap(\.string)
+            var open: String?
+            var overlaps = 0
+            var previous: Int64 = 0
+            var staleAccepted = 0
+            for entry in log {
+                let parts = entry.split(separator: " ")
+                let token = Int64(parts[2]) ?? 0
+                if token < previous { staleAccepted += 1 }
+                previous = max(previous, token)
+                if parts[0] == "enter" {
+                    if open != nil { overlaps += 1 }
+                    open = String(parts[2])
+                } else if open == String(parts[2]) {
+                    open = nil
+                }
             }
+            for client in clients { await client.close() }
+            let recoveries = zip(values.faults, values.recovered).map { fault, recovered in (recovered ?? .now) - fault }
+            return Outcome(operations: values.operations, lost: lost, overlaps: overlaps, rejected: values.fencedRejected, resets: values.resets,
+                           recoveries: recoveries, tokensRepeated: values.tokens.count - Set(values.tokens).count, staleAccepted: staleAccepted,
+                           watchMatched: caughtUp && watchError == nil && live == history, watchEnded: watchError.map { "\($0)" }, watchEvents: live.count)
         }
-        for client in clients { await client.close() }
-        let recoveries = zip(values.faults, values.recovered).map { fault, recovered in (recovered ?? .now) - fault }
-        return Outcome(operations: values.operations, lost: lost, overlaps: overlaps, rejected: values.fencedRejected, resets: values.resets,
-                       recoveries: recoveries, tokensRepeated: values.tokens.count - Set(values.tokens).count, staleAccepted: staleAccepted,
-                       watchMatched: caughtUp && watchError == nil && live == history, watchEnded: watchError.map { "\($0)" }, watchEvents: live.count)
     }
 
     /// One write through the fence; true if applied.
@@ -248,32 +248,32 @@ import Testing
         // One replica and WAIT 1: the replica the sentinels promote is one that
         // confirmed every acknowledged write. (With two replicas and WAIT 1 they may
         // promote the one that had not: a loss, reported as storeReset.)
-        let group = try await RedisSentinelGroup.start(replicas: 1, sentinels: 3)
-        defer { Task { await group.stop() } }
-        let outcome = try await Self.run(group: group, replicas: 1, durability: .init(replicas: 1, timeout: .seconds(1)), faults: 2)
-        Self.report("sentinel failover with WAIT 1", outcome, faults: 2)
-        #expect(outcome.lost.isEmpty, "acknowledged puts lost: \(outcome.lost)")
-        #expect(outcome.overlaps == 0, "\(outcome.overlaps) lock hand-offs were lost (two holders at once)")
-        #expect(outcome.tokensRepeated == 0)
-        #expect(outcome.staleAccepted == 0)
-        #expect(outcome.resets == 0, "a failover with WAIT 1 was taken for a store reset")
-        #expect(outcome.watchMatched, "the live watch: \(outcome.watchEnded ?? "a gap or a repeat")")
+        try await RedisSentinelGroup.withGroup(replicas: 1, sentinels: 3) { group in
+            let outcome = try await Self.run(group: group, replicas: 1, durability: .init(replicas: 1, timeout: .seconds(1)), faults: 2)
+            Self.report("sentinel failover with WAIT 1", outcome, faults: 2)
+            #expect(outcome.lost.isEmpty, "acknowledged puts lost: \(outcome.lost)")
+            #expect(outcome.overlaps == 0, "\(outcome.overlaps) lock hand-offs were lost (two holders at once)")
+            #expect(outcome.tokensRepeated == 0)
+            #expect(outcome.staleAccepted == 0)
+            #expect(outcome.resets == 0, "a failover with WAIT 1 was taken for a store reset")
+            #expect(outcome.watchMatched, "the live watch: \(outcome.watchEnded ?? "a gap or a repeat")")
+        }
     }
 
     @Test func withoutWaitEveryLossIsReportedNeverSilent() async throws {
-        let group = try await RedisSentinelGroup.start(replicas: 1, sentinels: 3)
-        defer { Task { await group.stop() } }
-        // The replica lags behind the master when it dies, so the failover loses the
-        // last acknowledged puts, as asynchronous replication can.
-        let outcome = try await Self.run(group: group, replicas: 1, durability: nil, faults: 1, lagReplicas: true)
-        Self.report("sentinel failover without WAIT, to a lagging replica", outcome, faults: 1)
-        #expect(!outcome.lost.isEmpty, "the promoted replica had every acknowledged put: the test lost nothing to detect")
-        // The clients said so (the revision went back: storeReset), and the fence kept
-        // a second holder's writes and the first one's apart.
-        #expect(outcome.resets > 0, "\(outcome.lost.count) acknowledged puts were lost silently")
-        #expect(outcome.overlaps == 0 || outcome.resets > 0, "two holders at once, silently")
-        #expect(outcome.watchMatched || outcome.resets > 0, "the live watch missed or repeated events, silently: \(outcome.watchEnded ?? "")")
-        #expect(outcome.tokensRepeated == 0)
-        #expect(outcome.staleAccepted == 0)
+        try await RedisSentinelGroup.withGroup(replicas: 1, sentinels: 3) { group in
+            // The replica lags behind the master when it dies, so the failover loses the
+            // last acknowledged puts, as asynchronous replication can.
+            let outcome = try await Self.run(group: group, replicas: 1, durability: nil, faults: 1, lagReplicas: true)
+            Self.report("sentinel failover without WAIT, to a lagging replica", outcome, faults: 1)
+            #expect(!outcome.lost.isEmpty, "the promoted replica had every acknowledged put: the test lost nothing to detect")
+            // The clients said so (the revision went back: storeReset), and the fence kept
+            // a second holder's writes and the first one's apart.
+            #expect(outcome.resets > 0, "\(outcome.lost.count) acknowledged puts were lost silently")
+            #expect(outcome.overlaps == 0 || outcome.resets > 0, "two holders at once, silently")
+            #expect(outcome.watchMatched || outcome.resets > 0, "the live watch missed or repeated events, silently: \(outcome.watchEnded ?? "")")
+            #expect(outcome.tokensRepeated == 0)
+            #expect(outcome.staleAccepted == 0)
+        }
     }
 }

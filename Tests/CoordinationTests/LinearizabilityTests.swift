@@ -139,19 +139,19 @@ import Testing
     @Test func aHistoryAcrossASentinelFailoverWithWaitIsLinearizable() async throws {
         // One replica and WAIT 1, so that the promoted replica confirmed every
         // acknowledged write; the killed master comes back as its replica.
-        let group = try await RedisSentinelGroup.start(replicas: 1, sentinels: 3)
-        defer { Task { await group.stop() } }
-        let started = ContinuousClock.now
-        let stores = try await Self.connect(url: group.url, clients: 6, durability: .init(replicas: 1, timeout: .seconds(1)))
-        let recovered = Moment()
-        let recording = Task { await Self.record(stores) { recovered.passed(.seconds(2)) && $0 >= 1_000 || recovered.passed(.seconds(60)) } }
-        try await Task.sleep(for: .seconds(1))
-        let killed = try await group.killMaster()
-        _ = try await group.waitForFailover(from: killed)
-        try await killed.restart()
-        try await group.waitUntilReady(replicas: 1)
-        recovered.set()
-        let history = await recording.value
-        Self.expectLinearizable(history, "sentinel failover with WAIT 1", recordedIn: ContinuousClock.now - started)
+        try await RedisSentinelGroup.withGroup(replicas: 1, sentinels: 3) { group in
+            let started = ContinuousClock.now
+            let stores = try await Self.connect(url: group.url, clients: 6, durability: .init(replicas: 1, timeout: .seconds(1)))
+            let recovered = Moment()
+            let recording = Task { await Self.record(stores) { recovered.passed(.seconds(2)) && $0 >= 1_000 || recovered.passed(.seconds(60)) } }
+            try await Task.sleep(for: .seconds(1))
+            let killed = try await group.killMaster()
+            _ = try await group.waitForFailover(from: killed)
+            try await killed.restart()
+            try await group.waitUntilReady(replicas: 1)
+            recovered.set()
+            let history = await recording.value
+            Self.expectLinearizable(history, "sentinel failover with WAIT 1", recordedIn: ContinuousClock.now - started)
+        }
     }
 }

@@ -6,37 +6,37 @@ import Testing
 /// replica on loopback, etcdctl and redis-cli as clients, the master killed with SIGKILL.
 @Suite(.serialized) struct SentinelProxyTests {
     @Test func etcdctlAndRedisCliThroughCoordproxyFollowASentinelFailover() async throws {
-        let group = try await RedisSentinelGroup.start(replicas: 1, sentinels: 3)
-        defer { Task { await group.stop() } }
-        let respPort = try ChildProcess.freeLoopbackPort()
-        let proxy = try await CoordproxyProcess.start(redisURL: group.url, arguments: ["--listen-resp", "127.0.0.1:\(respPort)"])
-        defer { proxy.kill() }
-        let redisCli = try #require(ChildProcess.locate("redis-cli"))
-        func cli(_ arguments: [String]) async throws -> ProgramOutput {
-            try await run(redisCli, ["-p", String(respPort)] + arguments, environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(30))
-        }
-        #expect(try await etcdctl(["put", "k", "before"], endpoint: proxy.endpoint).output == "OK\n")
-        #expect(try await cli(["COORD.PUT", "r", "before"]).status == 0)
-        #expect(try await cli(["SET", "plain", "before"]).output == "OK\n")
-        // On the replica before the kill, so that the failover loses nothing.
-        let master = try await RedisConnection.connect(group.servers[0].configuration)
-        #expect(try await master.send("WAIT", "1", "5000").int == 1)
-        await master.close()
+        try await RedisSentinelGroup.withGroup(replicas: 1, sentinels: 3) { group in
+            let respPort = try ChildProcess.freeLoopbackPort()
+            let proxy = try await CoordproxyProcess.start(redisURL: group.url, arguments: ["--listen-resp", "127.0.0.1:\(respPort)"])
+            defer { proxy.kill() }
+            let redisCli = try #require(ChildProcess.locate("redis-cli"))
+            func cli(_ arguments: [String]) async throws -> ProgramOutput {
+                try await run(redisCli, ["-p", String(respPort)] + arguments, environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(30))
+            }
+            #expect(try await etcdctl(["put", "k", "before"], endpoint: proxy.endpoint).output == "OK\n")
+            #expect(try await cli(["COORD.PUT", "r", "before"]).status == 0)
+            #expect(try await cli(["SET", "plain", "before"]).output == "OK\n")
+            // On the replica before the kill, so that the failover loses nothing.
+            let master = try await RedisConnection.connect(group.servers[0].configuration)
+            #expect(try await master.send("WAIT", "1", "5000").int == 1)
+            await master.close()
 
-        let killed = try await group.killMaster()
-        let started = ContinuousClock.now
-        var put = try await etcdctl(["put", "k", "after"], endpoint: proxy.endpoint)
-        while put.status != 0 && ContinuousClock.now - started < .seconds(60) {
-            try await Task.sleep(for: .milliseconds(100))
-            put = try await etcdctl(["put", "k", "after"], endpoint: proxy.endpoint)
+            let killed = try await group.killMaster()
+            let started = ContinuousClock.now
+            var put = try await etcdctl(["put", "k", "after"], endpoint: proxy.endpoint)
+            while put.status != 0 && ContinuousClock.now - started < .seconds(60) {
+                try await Task.sleep(for: .milliseconds(100))
+                put = try await etcdctl(["put", "k", "after"], endpoint: proxy.endpoint)
+            }
+            let recovered = ContinuousClock.now - started
+            #expect(put.output == "OK\n", "\(put)\n\(proxy.log())")
+            #expect(try await group.master() !== killed)
+            #expect(try await etcdctl(["get", "k"], endpoint: proxy.endpoint).output == "k\nafter\n")
+            #expect(try await cli(["COORD.GET", "r"]).output.contains("before"))
+            #expect(try await cli(["GET", "plain"]).output == "before\n")
+            #expect(try await cli(["SET", "plain", "after"]).output == "OK\n")
+            print("coordproxy on redis-sentinel://: etcdctl put served again \(recovered) after kill -9 of the master; COORD.* and pass-through at the new master")
         }
-        let recovered = ContinuousClock.now - started
-        #expect(put.output == "OK\n", "\(put)\n\(proxy.log())")
-        #expect(try await group.master() !== killed)
-        #expect(try await etcdctl(["get", "k"], endpoint: proxy.endpoint).output == "k\nafter\n")
-        #expect(try await cli(["COORD.GET", "r"]).output.contains("before"))
-        #expect(try await cli(["GET", "plain"]).output == "before\n")
-        #expect(try await cli(["SET", "plain", "after"]).output == "OK\n")
-        print("coordproxy on redis-sentinel://: etcdctl put served again \(recovered) after kill -9 of the master; COORD.* and pass-through at the new master")
     }
 }

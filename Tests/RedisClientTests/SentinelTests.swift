@@ -33,39 +33,39 @@ import Testing
     }
 
     @Test func aSentinelThatDoesNotKnowTheMasterNameIsAClearError() async throws {
-        let group = try await RedisSentinelGroup.start(replicas: 0, sentinels: 1)
-        defer { Task { await group.stop() } }
-        let error = await #expect(throws: RedisError.self) {
-            _ = try await RedisConnection.connect(url: "redis-sentinel://\(group.sentinels[0].endpoint)/nosuchmaster")
+        try await RedisSentinelGroup.withGroup(replicas: 0, sentinels: 1) { group in
+            let error = await #expect(throws: RedisError.self) {
+                _ = try await RedisConnection.connect(url: "redis-sentinel://\(group.sentinels[0].endpoint)/nosuchmaster")
+            }
+            #expect(error?.code == .connectionRefused)
+            #expect(error?.message.contains("does not monitor a master named 'nosuchmaster'") == true, "\(String(describing: error))")
+            let unreachable = await #expect(throws: RedisError.self) {
+                var configuration = try RedisConfiguration(url: "redis-sentinel://127.0.0.1:\(try ChildProcess.freeLoopbackPort())/mymaster")
+                configuration.connectTimeout = .seconds(1)
+                _ = try await RedisConnection.connect(configuration)
+            }
+            #expect(unreachable?.message.contains("no sentinel named the master 'mymaster'") == true, "\(String(describing: unreachable))")
         }
-        #expect(error?.code == .connectionRefused)
-        #expect(error?.message.contains("does not monitor a master named 'nosuchmaster'") == true, "\(String(describing: error))")
-        let unreachable = await #expect(throws: RedisError.self) {
-            var configuration = try RedisConfiguration(url: "redis-sentinel://127.0.0.1:\(try ChildProcess.freeLoopbackPort())/mymaster")
-            configuration.connectTimeout = .seconds(1)
-            _ = try await RedisConnection.connect(configuration)
-        }
-        #expect(unreachable?.message.contains("no sentinel named the master 'mymaster'") == true, "\(String(describing: unreachable))")
     }
 
     @Test func theMastersAndTheSentinelsPasswordsComeFromTheURL() async throws {
-        let group = try await RedisSentinelGroup.start(replicas: 0, sentinels: 1, options: RedisServer.Options(transport: .tcp(), password: "master pw"),
-                                                       sentinelPassword: "sentinel pw")
-        defer { Task { await group.stop() } }
-        let connection = try await RedisConnection.connect(url: group.url)
-        #expect(try await connection.send("SET", "k", "v").string == "OK")
-        await connection.close()
-        let withoutSentinelPassword = await #expect(throws: RedisError.self) {
-            _ = try await RedisConnection.connect(url: group.url(password: "master pw"))
+        try await RedisSentinelGroup.withGroup(replicas: 0, sentinels: 1, options: RedisServer.Options(transport: .tcp(), password: "master pw"),
+                                                       sentinelPassword: "sentinel pw") { group in
+            let connection = try await RedisConnection.connect(url: group.url)
+            #expect(try await connection.send("SET", "k", "v").string == "OK")
+            await connection.close()
+            let withoutSentinelPassword = await #expect(throws: RedisError.self) {
+                _ = try await RedisConnection.connect(url: group.url(password: "master pw"))
+            }
+            #expect(withoutSentinelPassword?.message.contains("no sentinel named the master 'mymaster'") == true
+                    && withoutSentinelPassword?.message.contains("requires a password: add ?sentinel_password=") == true, "\(String(describing: withoutSentinelPassword))")
+            #expect(withoutSentinelPassword?.code == .authenticationFailed)
+            let wrongMasterPassword = await #expect(throws: RedisError.self) {
+                _ = try await RedisConnection.connect(url: group.url(password: "wrong", sentinelPassword: "sentinel pw"))
+            }
+            #expect(wrongMasterPassword?.code == .authenticationFailed, "\(String(describing: wrongMasterPassword))")
+            #expect(wrongMasterPassword?.message.contains("wrong") == false)
         }
-        #expect(withoutSentinelPassword?.message.contains("no sentinel named the master 'mymaster'") == true
-                && withoutSentinelPassword?.message.contains("requires a password: add ?sentinel_password=") == true, "\(String(describing: withoutSentinelPassword))")
-        #expect(withoutSentinelPassword?.code == .authenticationFailed)
-        let wrongMasterPassword = await #expect(throws: RedisError.self) {
-            _ = try await RedisConnection.connect(url: group.url(password: "wrong", sentinelPassword: "sentinel pw"))
-        }
-        #expect(wrongMasterPassword?.code == .authenticationFailed, "\(String(describing: wrongMasterPassword))")
-        #expect(wrongMasterPassword?.message.contains("wrong") == false)
     }
 
     /// The port of the server a connection reached.
@@ -92,68 +92,68 @@ import Testing
     }
 
     @Test func aConnectionAndASubscriberFollowTheMasterWhenItIsKilledAndWhenItIsHandedOver() async throws {
-        let group = try await RedisSentinelGroup.start(replicas: 1, sentinels: 3)
-        defer { Task { await group.stop() } }
-        let configuration = try RedisConfiguration(url: group.url)
-        let connection = try await RedisConnection.connect(configuration)
-        defer { Task { await connection.close() } }
-        let first = group.servers[0]
-        #expect(try await Self.port(of: connection) == Self.port(first))
-        try await connection.send("SET", "k", "1")
-        _ = try await connection.send("WAIT", "1", "5000")
+        try await RedisSentinelGroup.withGroup(replicas: 1, sentinels: 3) { group in
+            let configuration = try RedisConfiguration(url: group.url)
+            let connection = try await RedisConnection.connect(configuration)
+            defer { Task { await connection.close() } }
+            let first = group.servers[0]
+            #expect(try await Self.port(of: connection) == Self.port(first))
+            try await connection.send("SET", "k", "1")
+            _ = try await connection.send("WAIT", "1", "5000")
 
-        let subscriber = try await RedisSubscriber.connect(configuration)
-        defer { Task { await subscriber.close() } }
-        let received = Mutex<[String]>([])
-        let (subscribed, subscribing) = AsyncStream.makeStream(of: Void.self)
-        let listener = Task {
-            try await subscriber.subscribe(channels: ["news"]) { events in
-                subscribing.yield()
-                for try await event in events {
-                    if case .message(let message) = event { received.withLock { $0.append(String(decoding: message.payload, as: UTF8.self)) } }
+            let subscriber = try await RedisSubscriber.connect(configuration)
+            defer { Task { await subscriber.close() } }
+            let received = Mutex<[String]>([])
+            let (subscribed, subscribing) = AsyncStream.makeStream(of: Void.self)
+            let listener = Task {
+                try await subscriber.subscribe(channels: ["news"]) { events in
+                    subscribing.yield()
+                    for try await event in events {
+                        if case .message(let message) = event { received.withLock { $0.append(String(decoding: message.payload, as: UTF8.self)) } }
+                    }
                 }
             }
-        }
-        defer { listener.cancel() }
-        for await _ in subscribed { break }
+            defer { listener.cancel() }
+            for await _ in subscribed { break }
 
-        // 1. kill -9: the sentinels promote the replica; the connection finds it.
-        let killed = try await group.killMaster()
-        let recovery = try await Self.untilItSucceeds {
-            try await connection.send("SET", "after-kill", "1")
-            return true
-        }
-        let promoted = try await group.master()
-        #expect(promoted !== killed)
-        #expect(try await Self.port(of: connection) == Self.port(promoted))
-        #expect(try await connection.send("GET", "k").string == "1")
-        #expect(try await connection.send("ROLE").array?.first?.string == "master")
-        // The subscriber re-subscribed at the new master.
-        let delivered = try await Self.untilItSucceeds(within: .seconds(30)) {
-            try await connection.send("PUBLISH", "news", "after-kill")
-            try await Task.sleep(for: .milliseconds(50))
-            return received.withLock { $0.contains("after-kill") }
-        }
-        print("sentinel failover (kill -9 of the master): writes served again \(recovery) after the kill, pub/sub \(delivered) later")
+            // 1. kill -9: the sentinels promote the replica; the connection finds it.
+            let killed = try await group.killMaster()
+            let recovery = try await Self.untilItSucceeds {
+                try await connection.send("SET", "after-kill", "1")
+                return true
+            }
+            let promoted = try await group.master()
+            #expect(promoted !== killed)
+            #expect(try await Self.port(of: connection) == Self.port(promoted))
+            #expect(try await connection.send("GET", "k").string == "1")
+            #expect(try await connection.send("ROLE").array?.first?.string == "master")
+            // The subscriber re-subscribed at the new master.
+            let delivered = try await Self.untilItSucceeds(within: .seconds(30)) {
+                try await connection.send("PUBLISH", "news", "after-kill")
+                try await Task.sleep(for: .milliseconds(50))
+                return received.withLock { $0.contains("after-kill") }
+            }
+            print("sentinel failover (kill -9 of the master): writes served again \(recovery) after the kill, pub/sub \(delivered) later")
 
-        // 2. The old master comes back (as a replica, the sentinels see to it); then a
-        // handover with SENTINEL FAILOVER: the old master stays up, so only the
-        // +switch-master announcement (or its READONLY answers) moves the connection.
-        try await killed.restart()
-        try await group.waitUntilReady(replicas: 1)
-        let sentinel = try await RedisConnection.connect(group.sentinels[0].configuration)
-        defer { Task { await sentinel.close() } }
-        #expect(try await sentinel.send("SENTINEL", "FAILOVER", group.masterName).string == "OK")
-        let moved = try await Self.untilItSucceeds {
-            try await connection.send("SET", "after-handover", "1")
-            return try await Self.port(of: connection) == Self.port(killed)
+            // 2. The old master comes back (as a replica, the sentinels see to it); then a
+            // handover with SENTINEL FAILOVER: the old master stays up, so only the
+            // +switch-master announcement (or its READONLY answers) moves the connection.
+            try await killed.restart()
+            try await group.waitUntilReady(replicas: 1)
+            let sentinel = try await RedisConnection.connect(group.sentinels[0].configuration)
+            defer { Task { await sentinel.close() } }
+            #expect(try await sentinel.send("SENTINEL", "FAILOVER", group.masterName).string == "OK")
+            let moved = try await Self.untilItSucceeds {
+                try await connection.send("SET", "after-handover", "1")
+                return try await Self.port(of: connection) == Self.port(killed)
+            }
+            #expect(try await connection.send("GET", "after-kill").string == "1")
+            let movedPubSub = try await Self.untilItSucceeds(within: .seconds(30)) {
+                try await connection.send("PUBLISH", "news", "after-handover")
+                try await Task.sleep(for: .milliseconds(50))
+                return received.withLock { $0.contains("after-handover") }
+            }
+            print("sentinel handover (SENTINEL FAILOVER): the connection moved in \(moved), pub/sub \(movedPubSub) later")
         }
-        #expect(try await connection.send("GET", "after-kill").string == "1")
-        let movedPubSub = try await Self.untilItSucceeds(within: .seconds(30)) {
-            try await connection.send("PUBLISH", "news", "after-handover")
-            try await Task.sleep(for: .milliseconds(50))
-            return received.withLock { $0.contains("after-handover") }
-        }
-        print("sentinel handover (SENTINEL FAILOVER): the connection moved in \(moved), pub/sub \(movedPubSub) later")
     }
 }
