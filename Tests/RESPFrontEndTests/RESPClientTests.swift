@@ -290,8 +290,11 @@ import Testing
         try await withRESPProxy { proxy in
             let file = FileManager.default.temporaryDirectory.appendingPathComponent("resp-stopped-\(UUID().uuidString)").path
             defer { for suffix in ["", ".log", ".go", ".done"] { unlink(file + suffix) } }
-            // A 3 s session kept alive by the client's activity (the default), no PINGs.
-            let (holder, heldToken) = try await Self.fencedHolder(proxy, lock: "fenced", file: file, keepAlive: "activity", ttl: 3, pingSeconds: 0)
+            // A 6 s session kept alive by the client's activity (the default), no PINGs:
+            // the check that the lock is still held right after the stop must come within
+            // a TTL of the holder's last command, which a loaded machine can stretch (with
+            // 3 s, one CI run under full-suite load found the lock already free).
+            let (holder, heldToken) = try await Self.fencedHolder(proxy, lock: "fenced", file: file, keepAlive: "activity", ttl: 6, pingSeconds: 0)
             defer { Task { await holder.terminate(signal: SIGKILL) } }
             #expect(heldToken > 0)
             holder.send(SIGSTOP)
