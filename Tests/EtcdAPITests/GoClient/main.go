@@ -321,13 +321,15 @@ func lease(endpoint string) {
 	defer client.Close()
 	ctx, cancel := timeout()
 	defer cancel()
-	granted, err := client.Grant(ctx, 3)
+	// 6 s: room for a loaded machine between the grant and the TimeToLive (with 3 s,
+	// one CI run under full-suite load found the lease already expired).
+	granted, err := client.Grant(ctx, 6)
 	check(err, "grant")
 	_, err = client.Put(ctx, "lease/k", "v", clientv3.WithLease(granted.ID))
 	check(err, "put")
 	live, err := client.TimeToLive(ctx, granted.ID, clientv3.WithAttachedKeys())
 	check(err, "time to live")
-	if live.GrantedTTL != 3 || len(live.Keys) != 1 {
+	if live.GrantedTTL != 6 || len(live.Keys) != 1 {
 		fail("time to live: granted %d keys %d", live.GrantedTTL, len(live.Keys))
 	}
 	deadline := time.Now().Add(60 * time.Second)
