@@ -73,11 +73,7 @@ public struct KVService: Etcdserverpb_KV.SimpleServiceProtocol {
             _ name: String, _ body: @escaping @Sendable (Request) async throws -> Response
         ) -> (String, UnaryFastPath.Method) {
             UnaryFastPath.method(service: "etcdserverpb.KV", name) { request in
-                do {
-                    return try await body(request)
-                } catch {
-                    throw EtcdAPIServer.refuse(name, error, logger: logger)
-                }
+                try await answer(name) { try await body(request) }
             }
         }
         return Dictionary(uniqueKeysWithValues: [
