@@ -36,7 +36,7 @@ public struct KVService: Etcdserverpb_KV.SimpleServiceProtocol {
         try await answer("Compact") { try await compact(request) }
     }
 
-    // The calls themselves, shared with ``UnaryFastPath`` (which maps and logs their
+    // The calls themselves, shared with ``GRPCFastPath`` (which maps and logs their
     // errors as ``answer(_:_:)`` does).
 
     func range(_ request: Etcdserverpb_RangeRequest) async throws -> Etcdserverpb_RangeResponse {
@@ -66,13 +66,13 @@ public struct KVService: Etcdserverpb_KV.SimpleServiceProtocol {
         return response
     }
 
-    /// The five calls, for ``UnaryFastPath``, by gRPC path, their errors mapped and
+    /// The five calls, for ``GRPCFastPath``, by gRPC path, their errors mapped and
     /// logged as through grpc-swift.
-    func fastPathMethods() -> UnaryFastPath.Table {
+    func fastPathMethods() -> GRPCFastPath.Table {
         func method<Request: SwiftProtobuf.Message & Sendable, Response: SwiftProtobuf.Message>(
             _ name: String, _ body: @escaping @Sendable (Request) async throws -> Response
-        ) -> (String, UnaryFastPath.Method) {
-            UnaryFastPath.method(service: "etcdserverpb.KV", name) { request in
+        ) -> (String, GRPCFastPath.Method) {
+            GRPCFastPath.method(service: "etcdserverpb.KV", name) { request in
                 try await answer(name) { try await body(request) }
             }
         }

@@ -136,14 +136,14 @@ public struct LeaseService: Etcdserverpb_Lease.SimpleServiceProtocol {
         }
     }
 
-    /// The unary calls, for ``UnaryFastPath``, by gRPC path (they map and log their
+    /// The unary calls, for ``GRPCFastPath``, by gRPC path (they map and log their
     /// own errors).
-    func fastPathMethods() -> UnaryFastPath.Table {
+    func fastPathMethods() -> GRPCFastPath.Table {
         Dictionary(uniqueKeysWithValues: [
-            UnaryFastPath.method(service: "etcdserverpb.Lease", "LeaseGrant") { try await leaseGrant($0) },
-            UnaryFastPath.method(service: "etcdserverpb.Lease", "LeaseRevoke") { try await leaseRevoke($0) },
-            UnaryFastPath.method(service: "etcdserverpb.Lease", "LeaseTimeToLive") { try await leaseTimeToLive($0) },
-            UnaryFastPath.method(service: "etcdserverpb.Lease", "LeaseLeases") { try await leaseLeases($0) },
+            GRPCFastPath.method(service: "etcdserverpb.Lease", "LeaseGrant") { try await leaseGrant($0) },
+            GRPCFastPath.method(service: "etcdserverpb.Lease", "LeaseRevoke") { try await leaseRevoke($0) },
+            GRPCFastPath.method(service: "etcdserverpb.Lease", "LeaseTimeToLive") { try await leaseTimeToLive($0) },
+            GRPCFastPath.method(service: "etcdserverpb.Lease", "LeaseLeases") { try await leaseLeases($0) },
         ])
     }
 }

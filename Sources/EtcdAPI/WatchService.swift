@@ -95,20 +95,37 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
         context: ServerContext
     ) async throws {
         let (outgoing, send) = AsyncStream.makeStream(of: Etcdserverpb_WatchResponse.self)
-        let watchers = Watchers()
-        APIMetrics.watchStreams.increment()
-        defer {
-            watchers.cancelAll()
-            send.finish()
-            APIMetrics.watchStreams.decrement()
-        }
+        defer { send.finish() }
         try await withThrowingTaskGroup(of: Void.self) { group in
             // One writer, so that responses keep the order in which they were queued.
             group.addTask {
                 for await message in outgoing { try await response.write(message) }
             }
             group.addTask {
-                for try await message in request {
+                try await serve(request, send: { send.yield($0) })
+            }
+            defer { group.cancelAll() }
+            try await group.next()
+        }
+    }
+
+    /// One watch stream, whatever carries it (grpc-swift's stream, or
+    /// ``GRPCFastPath``'s): the client's requests in, `send` for every response, in
+    /// order. Returns only by throwing: the server stopping (UNAVAILABLE), a failed
+    /// request, or cancellation when the client goes away. Every watcher of the stream
+    /// is cancelled when it ends.
+    func serve<Requests: AsyncSequence & Sendable>(
+        _ requests: Requests, send: @escaping @Sendable (Etcdserverpb_WatchResponse) -> Void
+    ) async throws where Requests.Element == Etcdserverpb_WatchRequest {
+        let watchers = Watchers()
+        APIMetrics.watchStreams.increment()
+        defer {
+            watchers.cancelAll()
+            APIMetrics.watchStreams.decrement()
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for try await message in requests {
                     try await handle(message, watchers: watchers, send: send)
                 }
                 // The client closed its side; its watchers go on until it cancels the call.
@@ -123,7 +140,19 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
         }
     }
 
-    private func handle(_ message: Etcdserverpb_WatchRequest, watchers: Watchers, send: AsyncStream<Etcdserverpb_WatchResponse>.Continuation) async throws {
+    /// The Watch method for ``GRPCFastPath``, by gRPC path: request messages decoded
+    /// (one that does not decode ends the stream with INVALID_ARGUMENT, as through
+    /// grpc-swift), responses encoded.
+    func fastPathMethods() -> GRPCFastPath.StreamTable {
+        ["/etcdserverpb.Watch/Watch": GRPCFastPath.StreamMethod(service: "etcdserverpb.Watch", name: "Watch") { messages, sink in
+            let requests = GRPCFastPath.Messages<Etcdserverpb_WatchRequest>(bytes: messages)
+            try await serve(requests, send: { response in
+                if let bytes: [UInt8] = try? response.serializedBytes() { sink.send(bytes) }
+            })
+        }]
+    }
+
+    private func handle(_ message: Etcdserverpb_WatchRequest, watchers: Watchers, send: @escaping @Sendable (Etcdserverpb_WatchResponse) -> Void) async throws {
         switch message.requestUnion {
         case .createRequest(let create):
             try await self.create(create, watchers: watchers, send: send)
@@ -133,19 +162,19 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
                 answer.header = member.header(try await revision())
                 answer.watchID = cancel.watchID
                 answer.canceled = true
-                send.yield(answer)
+                send(answer)
             }
         case .progressRequest:
             var answer = Etcdserverpb_WatchResponse()
             answer.header = member.header(try await revision())
             answer.watchID = -1
-            send.yield(answer)
+            send(answer)
         case nil:
             break
         }
     }
 
-    private func create(_ create: Etcdserverpb_WatchCreateRequest, watchers: Watchers, send: AsyncStream<Etcdserverpb_WatchResponse>.Continuation) async throws {
+    private func create(_ create: Etcdserverpb_WatchCreateRequest, watchers: Watchers, send: @escaping @Sendable (Etcdserverpb_WatchResponse) -> Void) async throws {
         let current = try await revision()
         var created = Etcdserverpb_WatchResponse()
         created.header = member.header(current)
@@ -154,18 +183,18 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
             created.watchID = -1
             created.canceled = true
             created.cancelReason = "mvcc: watcher range is empty"
-            send.yield(created)
+            send(created)
             return
         }
         guard let id = watchers.reserve(create.watchID) else {
             created.watchID = -1
             created.canceled = true
             created.cancelReason = "mvcc: duplicate watch ID provided on the WatchStream"
-            send.yield(created)
+            send(created)
             return
         }
         created.watchID = id
-        send.yield(created)
+        send(created)
 
         let options = WatchOptions(
             rangeEnd: create.rangeEnd.bytes,
@@ -184,7 +213,7 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
                     answer.header = member.header(events.header.revision)
                     answer.watchID = id
                     answer.events = events.events.map(WireConversion.event)
-                    for part in fragment ? Self.fragments(of: answer, limit: limit) : [answer] { send.yield(part) }
+                    for part in fragment ? Self.fragments(of: answer, limit: limit) : [answer] { send(part) }
                 }
             } catch is CancellationError {
                 return
@@ -200,7 +229,7 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
                 answer.watchID = id
                 answer.compactRevision = error.compactRevision ?? 0
                 answer.canceled = true
-                send.yield(answer)
+                send(answer)
             } catch {
                 if Task.isCancelled { return }
                 logger.warning("watch ended", metadata: ["watch_id": "\(id)", "error": "\(error)"])
@@ -209,7 +238,7 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
                 answer.watchID = id
                 answer.canceled = true
                 answer.cancelReason = EtcdErrors.rpcError(for: error).message
-                send.yield(answer)
+                send(answer)
             }
             watchers.forget(id)
         }

@@ -94,7 +94,7 @@ struct CoordProxy: AsyncParsableCommand {
     @Flag(help: "Refuse a Redis whose maxmemory-policy may evict keys (allkeys-*) unless this is given.")
     var allowEvictingPolicy = false
 
-    @Flag(name: .customLong("no-grpc-fast-path"), help: "Serve the unary calls of etcd's KV and Lease services (Range, Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke, LeaseTimeToLive, LeaseLeases) through grpc-swift like every other call, instead of coordproxy's own unary path for them (the same answers, at less CPU per call); for comparison and diagnosis.")
+    @Flag(name: .customLong("no-grpc-fast-path"), help: "Serve the unary calls of etcd's KV and Lease services (Range, Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke, LeaseTimeToLive, LeaseLeases) and Watch streams through grpc-swift like every other call, instead of coordproxy's own path for them (the same answers, at less CPU per call and per watch event); for comparison and diagnosis.")
     var noGRPCFastPath = false
 
     func run() async throws {
@@ -171,7 +171,7 @@ struct CoordProxy: AsyncParsableCommand {
 
         let member = EtcdMember(name: memberName, namespace: namespace, clientURLs: advertised)
         let fastPath = !(noGRPCFastPath || setting(nil, "NO_GRPC_FAST_PATH") == "1")
-        let api = EtcdAPIServer(store: store, listen: listen, member: member, unaryFastPath: fastPath, logger: logger)
+        let api = EtcdAPIServer(store: store, listen: listen, member: member, fastPath: fastPath, logger: logger)
         let background = StoreBackground(store: store, retainRevisions: retention > 0 ? retention : nil)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: background), .init(service: api)]
         let exposition = Self.exposition(registry: registry, store: store)
@@ -196,7 +196,7 @@ struct CoordProxy: AsyncParsableCommand {
         logger.info("coordproxy starting", metadata: [
             "name": "\(memberName)", "member_id": "\(String(member.memberID, radix: 16))",
             "listen": "\(listen.map(\.description).joined(separator: ","))",
-            "kv_fast_path": "\(fastPath ? "on" : "off")",
+            "grpc_fast_path": "\(fastPath ? "on" : "off")",
         ])
         do {
             try await group.run()

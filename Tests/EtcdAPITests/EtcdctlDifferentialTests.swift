@@ -95,7 +95,7 @@ import Testing
         }
         // KV's unary calls through grpc-swift's own path (coordproxy's fast path off)
         // answer the same: both paths are held to etcd.
-        let throughGRPCSwift = try await withProxy(unaryFastPath: false) { proxy in try await Self.transcript(proxy.endpoint) }
+        let throughGRPCSwift = try await withProxy(fastPath: false) { proxy in try await Self.transcript(proxy.endpoint) }
         #expect(throughGRPCSwift.count == reference.count)
         for (theirs, mine) in zip(reference, throughGRPCSwift) {
             #expect(mine == theirs, "with the unary fast path off")

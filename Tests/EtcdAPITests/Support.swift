@@ -18,16 +18,16 @@ struct Proxy: Sendable {
     let gateway: String
 }
 
-/// `unaryFastPath`: whether KV's unary calls take ``UnaryFastPath`` (coordproxy's
+/// `fastPath`: whether KV's unary calls take ``GRPCFastPath`` (coordproxy's
 /// default) or grpc-swift's own path.
-func withProxy<Result: Sendable>(unaryFastPath: Bool = true, _ body: (Proxy) async throws -> Result) async throws -> Result {
+func withProxy<Result: Sendable>(fastPath: Bool = true, _ body: (Proxy) async throws -> Result) async throws -> Result {
     try await RedisServer.withServer { server in
         let store = try await CoordinationClient.connect(url: server.url)
         var logger = Logger(label: "coordproxy-test")
         logger.logLevel = .warning
         // Ports chosen up front, so that the member list advertises the real ones.
         let api = EtcdAPIServer(store: store, listen: [.init(host: "127.0.0.1", port: try ChildProcess.freeLoopbackPort())],
-                                unaryFastPath: unaryFastPath, logger: logger)
+                                fastPath: fastPath, logger: logger)
         let gateway = EtcdGateway(api: api, listen: [.init(host: "127.0.0.1", port: try ChildProcess.freeLoopbackPort())], logger: logger)
         // Stopped by graceful shutdown, as coordproxy is: cancelling a NIO server while
         // it has accepted a connection not yet served traps (swift-nio#2637).

@@ -72,6 +72,29 @@ func badinput(endpoint string) {
 	if err == nil || err.Error() != "etcdserver: request is too large" {
 		fail("a 1.6 MiB put answered %v, want etcdserver: request is too large", err)
 	}
+	// The same on a Watch stream: a request message that does not decode ends the
+	// stream with an error (etcd's grpc-go: Internal; grpc-swift's convention, which
+	// coordproxy keeps: InvalidArgument), one over the server's message limit (sent
+	// past the client's own limit) with ResourceExhausted.
+	watchStream := func(message []byte) error {
+		desc := &grpc.StreamDesc{StreamName: "Watch", ServerStreams: true, ClientStreams: true}
+		stream, err := conn.NewStream(ctx, desc, "/etcdserverpb.Watch/Watch", grpc.ForceCodec(rawCodec{}), grpc.MaxCallSendMsgSize(8<<20))
+		check(err, "open a raw watch stream")
+		if err := stream.SendMsg(message); err != nil {
+			return err
+		}
+		var reply []byte
+		return stream.RecvMsg(&reply)
+	}
+	if err = watchStream([]byte{0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f}); status.Code(err) != codes.InvalidArgument && status.Code(err) != codes.Internal {
+		fail("a malformed WatchRequest answered %v, want InvalidArgument (or etcd's Internal)", err)
+	}
+	oversized := &pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{Key: make([]byte, 3*1024*1024)}}}
+	big, err := oversized.Marshal()
+	check(err, "encode a 3 MiB watch request")
+	if err = watchStream(big); status.Code(err) != codes.ResourceExhausted {
+		fail("a 3 MiB WatchRequest answered %v, want ResourceExhausted", err)
+	}
 	if _, err = client.Put(ctx, "after", "ok"); err != nil {
 		fail("the server stopped serving after bad input: %v", err)
 	}

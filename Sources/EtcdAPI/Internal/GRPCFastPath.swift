@@ -1,0 +1,468 @@
+import GRPCCore
+import Logging
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+import SwiftProtobuf
+
+/// Serves the unary calls of the KV service (Range, Put, DeleteRange, Txn, Compact)
+/// and the Lease service (LeaseGrant, LeaseRevoke, LeaseTimeToLive, LeaseLeases), and
+/// the Watch service's stream, straight from the HTTP/2 stream's frames, before
+/// grpc-swift's own stream handler.
+///
+/// A call through grpc-swift's server passes each request and response through its
+/// stream state machine, an async channel, an async sequence, the RPC executor's tasks
+/// and an async writer: a profile of the load test's put workload put most of
+/// coordproxy's CPU there, several times what the store call itself costs. These
+/// calls are the hot path of every etcd client (the whole of the load test's put, get,
+/// txn and STM workloads, most of its lock workloads, and every watch event), and they
+/// are plain. So this handler, added first to each HTTP/2 stream's pipeline, takes a
+/// stream whose `:path` is one of them and whose request is uncompressed gRPC:
+///
+/// - a unary call: it collects the request message, runs the service's method in a
+///   task and writes the response headers, message and trailers itself;
+/// - a stream (``StreamMethod``): it hands each request message to the method's task
+///   as it completes, and writes each response message the method sends straight to
+///   the stream, flushed once per turn of the event loop, then the trailers with the
+///   status the method ends with.
+///
+/// Every other stream (other services, compressed requests, anything unusual) passes
+/// through untouched to grpc-swift.
+///
+/// Answers are the same as through grpc-swift: the same messages and status codes
+/// (the service methods are shared), RESOURCE_EXHAUSTED past the request size limit,
+/// INVALID_ARGUMENT for a message that does not decode, and the same metrics and logs.
+final class GRPCFastPath: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias InboundOut = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    /// A method served here: its names (for metrics and logs) and the call, from the
+    /// request message's bytes to the response message's bytes.
+    struct Method: Sendable {
+        var service: String
+        var name: String
+        var call: @Sendable ([UInt8]) async throws -> [UInt8]
+    }
+
+    /// The methods by `:path` (`/etcdserverpb.KV/Put`).
+    typealias Table = [String: Method]
+
+    /// A streaming method served here: its names and the call, from the request
+    /// messages' bytes (in order; finished when the client closes its side) to the
+    /// response messages, given to the ``Sink``. The call returns (OK) or throws (its
+    /// status) to end the stream; it is cancelled when the client resets the stream or
+    /// goes away. It throws only `RPCError`s it has already logged, cancellation, or
+    /// ``DecodingFailure``.
+    struct StreamMethod: Sendable {
+        var service: String
+        var name: String
+        var serve: @Sendable (AsyncThrowingStream<[UInt8], any Error>, Sink) async throws -> Void
+    }
+
+    /// The streaming methods by `:path` (`/etcdserverpb.Watch/Watch`).
+    typealias StreamTable = [String: StreamMethod]
+
+    /// Where a streaming method sends its response messages, from any task: each is
+    /// written to the stream in the order of the calls (the event loop runs them in
+    /// that order), and the writes of one turn of the loop go out in one flush.
+    /// Messages sent after the stream ended are dropped.
+    final class Sink: Sendable {
+        fileprivate let target: NIOLoopBound<(GRPCFastPath, ChannelHandlerContext)>
+        fileprivate let eventLoop: any EventLoop
+
+        fileprivate init(handler: GRPCFastPath, context: ChannelHandlerContext) {
+            target = NIOLoopBound((handler, context), eventLoop: context.eventLoop)
+            eventLoop = context.eventLoop
+        }
+
+        func send(_ message: [UInt8]) {
+            let target = self.target
+            eventLoop.execute {
+                let (handler, context) = target.value
+                handler.streamMessage(context: context, message)
+            }
+        }
+    }
+
+    /// Request messages decoded as `M` (one that does not decode ends the sequence with
+    /// ``DecodingFailure``, INVALID_ARGUMENT as through grpc-swift).
+    struct Messages<M: SwiftProtobuf.Message>: AsyncSequence, Sendable {
+        typealias Element = M
+        let bytes: AsyncThrowingStream<[UInt8], any Error>
+
+        struct AsyncIterator: AsyncIteratorProtocol {
+            var base: AsyncThrowingStream<[UInt8], any Error>.AsyncIterator
+
+            mutating func next() async throws -> M? {
+                guard let message = try await base.next() else { return nil }
+                do {
+                    return try M(serializedBytes: message)
+                } catch {
+                    throw DecodingFailure(type: "\(M.self)")
+                }
+            }
+        }
+
+        func makeAsyncIterator() -> AsyncIterator {
+            AsyncIterator(base: bytes.makeAsyncIterator())
+        }
+    }
+
+    /// A table entry for `service`'s method `name`: the request decoded (a message that
+    /// does not decode is INVALID_ARGUMENT, as through grpc-swift), `body` run, the
+    /// response encoded. `body` throws only `RPCError`s it has already logged.
+    static func method<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
+        service: String, _ name: String, _ body: @escaping @Sendable (Request) async throws -> Response
+    ) -> (String, Method) {
+        ("/\(service)/\(name)", Method(service: service, name: name) { bytes in
+            let request: Request
+            do {
+                request = try Request(serializedBytes: bytes)
+            } catch {
+                throw DecodingFailure(type: "\(Request.self)")
+            }
+            return try await body(request).serializedBytes()
+        })
+    }
+
+    private enum State {
+        /// Waiting for the request headers.
+        case idle
+        /// Not ours: every frame goes on to grpc-swift.
+        case passing
+        /// Ours: collecting the request message.
+        case collecting(Method)
+        /// Ours: the call runs; frames that still arrive are dropped.
+        case running
+        /// Ours, a stream: its method runs; request messages go to it as they complete.
+        case streaming(StreamMethod)
+        /// Answered (or reset).
+        case done
+    }
+
+    private let methods: Table
+    private let streams: StreamTable
+    private let maxRequestSize: Int
+    private let logger: Logger
+    private var state = State.idle
+    private var body: ByteBuffer?
+    private var task: Task<Void, Never>?
+    /// A stream's request messages, to its method.
+    private var requests: AsyncThrowingStream<[UInt8], any Error>.Continuation?
+    /// Whether a stream's response headers have been written.
+    private var headersSent = false
+    /// Whether a flush of a stream's messages is scheduled.
+    private var flushPending = false
+    /// The status of a stream this handler ended itself (refused, or reset by the client).
+    private var refusedWith: RPCError.Code?
+
+    init(methods: Table, streams: StreamTable = [:], maxRequestSize: Int, logger: Logger) {
+        self.methods = methods
+        self.streams = streams
+        self.maxRequestSize = maxRequestSize
+        self.logger = logger
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch state {
+        case .passing:
+            context.fireChannelRead(data)
+        case .idle:
+            let payload = unwrapInboundIn(data)
+            guard case .headers(let headers) = payload, let path = take(headers.headers) else {
+                state = .passing
+                context.fireChannelRead(data)
+                return
+            }
+            if let method = methods[path] {
+                state = .collecting(method)
+                if headers.endStream { finishRequest(context: context, method: method) }
+            } else if let method = streams[path] {
+                startStream(context: context, method: method)
+                if headers.endStream { requests?.finish() }
+            } else {
+                state = .passing
+                context.fireChannelRead(data)
+            }
+        case .streaming(let method):
+            streamRead(context: context, method: method, payload: unwrapInboundIn(data))
+        case .collecting(let method):
+            switch unwrapInboundIn(data) {
+            case .data(let frame):
+                if case .byteBuffer(var bytes) = frame.data {
+                    if body == nil {
+                        body = bytes
+                    } else {
+                        body!.writeBuffer(&bytes)
+                    }
+                }
+                // The message's length is known from its first 5 bytes: past the
+                // limit, the call is refused before the rest arrives.
+                if let body, body.readableBytes >= 5, let length = body.getInteger(at: body.readerIndex + 1, as: UInt32.self),
+                   Int(length) > maxRequestSize || body.readableBytes > maxRequestSize + 5 {
+                    // (Or more bytes than one message of the limit: whatever the length
+                    // said, nothing is buffered past it.)
+                    state = .done
+                    self.body = nil
+                    fail(context: context, method: method, status: .resourceExhausted,
+                         message: "Message has exceeded the configured maximum payload size (max: \(maxRequestSize), actual: \(max(Int(length), body.readableBytes - 5)))",
+                         reset: true)
+                    return
+                }
+                if frame.endStream { finishRequest(context: context, method: method) }
+            case .headers(let trailers):
+                if trailers.endStream { finishRequest(context: context, method: method) }
+            case .rstStream:
+                state = .done
+                body = nil
+            default:
+                break
+            }
+        case .running, .done:
+            if case .rstStream = unwrapInboundIn(data) {
+                task?.cancel()
+                state = .done
+            }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        task?.cancel()
+        task = nil
+        requests?.finish()
+        requests = nil
+        if case .passing = state {} else { state = .done }
+        context.fireChannelInactive()
+    }
+
+    /// The path, when the stream is a plain gRPC call to a method served here.
+    private func take(_ headers: HPACKHeaders) -> String? {
+        guard let path = headers.first(name: ":path"), methods[path] != nil || streams[path] != nil,
+              headers.first(name: ":method") == "POST",
+              let contentType = headers.first(name: "content-type"),
+              contentType == "application/grpc" || contentType == "application/grpc+proto"
+        else { return nil }
+        if let encoding = headers.first(name: "grpc-encoding"), encoding != "identity" { return nil }
+        return path
+    }
+
+    private func finishRequest(context: ChannelHandlerContext, method: Method) {
+        state = .running
+        var request = body ?? context.channel.allocator.buffer(capacity: 0)
+        body = nil
+        let empty = request.readableBytes == 0
+        // Exactly one uncompressed message: a flag byte, a 4-byte length, the bytes.
+        guard request.readableBytes >= 5,
+              let compressed = request.readInteger(as: UInt8.self),
+              let length = request.readInteger(as: UInt32.self),
+              compressed == 0, Int(length) == request.readableBytes
+        else {
+            state = .done
+            let message = empty
+                ? "Unary RPC requires exactly one request message"
+                : "Invalid gRPC message framing in the request"
+            fail(context: context, method: method, status: .internalError, message: message, reset: false)
+            return
+        }
+        let message = Array(request.readableBytesView)
+        let recorder = APIMetrics.start(service: method.service, method: method.name)
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        let logger = self.logger
+        task = Task {
+            let result: Result<[UInt8], RPCError>
+            do {
+                result = .success(try await method.call(message))
+            } catch let error as DecodingFailure {
+                result = .failure(RPCError(code: .invalidArgument, message: "Can't deserialize to message of type \(error.type)."))
+            } catch let error as RPCError {
+                result = .failure(error)
+            } catch {
+                result = .failure(EtcdAPIServer.refuse(method.name, error, logger: logger))
+            }
+            eventLoop.execute {
+                let (handler, context) = bound.value
+                handler.task = nil
+                switch result {
+                case .success(let bytes):
+                    recorder.finish(nil)
+                    handler.respond(context: context, message: bytes)
+                case .failure(let error):
+                    recorder.finish(error.code)
+                    handler.writeStatus(context: context, status: error.code, message: error.message, headersSent: false, reset: false)
+                }
+            }
+        }
+    }
+
+    /// Starts a stream's method in a task; its end writes the status.
+    private func startStream(context: ChannelHandlerContext, method: StreamMethod) {
+        state = .streaming(method)
+        let (messages, requests) = AsyncThrowingStream.makeStream(of: [UInt8].self)
+        self.requests = requests
+        let recorder = APIMetrics.start(service: method.service, method: method.name)
+        let sink = Sink(handler: self, context: context)
+        let bound = sink.target
+        let eventLoop = context.eventLoop
+        let logger = self.logger
+        task = Task {
+            let failure: RPCError?
+            do {
+                try await method.serve(messages, sink)
+                failure = nil
+            } catch let error as DecodingFailure {
+                failure = RPCError(code: .invalidArgument, message: "Can't deserialize to message of type \(error.type).")
+            } catch let error as RPCError {
+                failure = error
+            } catch {
+                failure = EtcdAPIServer.refuse(method.name, error, logger: logger)
+            }
+            eventLoop.execute {
+                let (handler, context) = bound.value
+                handler.task = nil
+                handler.requests?.finish()
+                handler.requests = nil
+                // A stream refused by this handler (an oversized message) ended with its
+                // own status, a reset one as cancelled.
+                recorder.finish(handler.refusedWith ?? failure?.code)
+                guard case .streaming = handler.state else { return }
+                handler.writeStatus(context: context, status: failure?.code, message: failure?.message ?? "",
+                                    headersSent: handler.headersSent, reset: false)
+            }
+        }
+    }
+
+    /// A frame of a stream: request messages handed on as they complete, the client's
+    /// end of its side, or a reset.
+    private func streamRead(context: ChannelHandlerContext, method: StreamMethod, payload: HTTP2Frame.FramePayload) {
+        switch payload {
+        case .data(let frame):
+            if case .byteBuffer(var bytes) = frame.data {
+                if body == nil {
+                    body = bytes
+                } else {
+                    body!.writeBuffer(&bytes)
+                }
+            }
+            while var buffer = body, buffer.readableBytes >= 5,
+                  let compressed = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
+                  let length = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt32.self) {
+                guard compressed == 0, Int(length) <= maxRequestSize else {
+                    body = nil
+                    task?.cancel()
+                    requests?.finish()
+                    requests = nil
+                    let (status, message): (RPCError.Code, String) = compressed != 0
+                        ? (.internalError, "Invalid gRPC message framing in the request")
+                        : (.resourceExhausted, "Message has exceeded the configured maximum payload size (max: \(maxRequestSize), actual: \(length))")
+                    refusedWith = status
+                    logger.notice("refused request", metadata: ["method": "\(method.name)", "code": "\(status)", "message": "\(message)"])
+                    writeStatus(context: context, status: status, message: message, headersSent: headersSent, reset: true)
+                    return
+                }
+                guard buffer.readableBytes >= 5 + Int(length) else { break }
+                buffer.moveReaderIndex(forwardBy: 5)
+                let message = buffer.readBytes(length: Int(length)) ?? []
+                body = buffer.readableBytes == 0 ? nil : buffer
+                requests?.yield(message)
+            }
+            if frame.endStream { requests?.finish() }
+        case .headers(let trailers):
+            if trailers.endStream { requests?.finish() }
+        case .rstStream:
+            state = .done
+            body = nil
+            refusedWith = .cancelled
+            task?.cancel()
+            requests?.finish()
+            requests = nil
+        default:
+            break
+        }
+    }
+
+    /// A response message of a stream: written now, flushed with the others of this
+    /// turn of the event loop.
+    fileprivate func streamMessage(context: ChannelHandlerContext, _ message: [UInt8]) {
+        guard case .streaming = state, context.channel.isActive else { return }
+        if !headersSent {
+            headersSent = true
+            let headers: HPACKHeaders = [":status": "200", "content-type": "application/grpc"]
+            context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+        }
+        var framed = context.channel.allocator.buffer(capacity: 5 + message.count)
+        framed.writeInteger(UInt8(0))
+        framed.writeInteger(UInt32(message.count))
+        framed.writeBytes(message)
+        context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(framed)))), promise: nil)
+        if !flushPending {
+            flushPending = true
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            context.eventLoop.execute {
+                let (handler, context) = bound.value
+                handler.flushPending = false
+                context.flush()
+            }
+        }
+    }
+
+    /// A failure answered before the call ran: counted and answered as grpc-swift would.
+    private func fail(context: ChannelHandlerContext, method: Method, status: RPCError.Code, message: String, reset: Bool) {
+        let recorder = APIMetrics.start(service: method.service, method: method.name)
+        recorder.finish(status)
+        logger.notice("refused request", metadata: ["method": "\(method.name)", "code": "\(status)", "message": "\(message)"])
+        writeStatus(context: context, status: status, message: message, headersSent: false, reset: reset)
+    }
+
+    private func respond(context: ChannelHandlerContext, message: [UInt8]) {
+        guard context.channel.isActive else { return }
+        state = .done
+        let headers: HPACKHeaders = [":status": "200", "content-type": "application/grpc"]
+        context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+        var framed = context.channel.allocator.buffer(capacity: 5 + message.count)
+        framed.writeInteger(UInt8(0))
+        framed.writeInteger(UInt32(message.count))
+        framed.writeBytes(message)
+        context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(framed)))), promise: nil)
+        writeStatus(context: context, status: nil, message: "", headersSent: true, reset: false)
+    }
+
+    /// The trailers (or, before any headers, a trailers-only response) with the status;
+    /// `reset` then ends the stream, so that a client still sending stops.
+    private func writeStatus(context: ChannelHandlerContext, status: RPCError.Code?, message: String, headersSent: Bool, reset: Bool) {
+        guard context.channel.isActive else { return }
+        state = .done
+        var trailers: HPACKHeaders = headersSent ? [:] : [":status": "200", "content-type": "application/grpc"]
+        trailers.add(name: "grpc-status", value: String(status?.rawValue ?? 0))
+        if status != nil, !message.isEmpty { trailers.add(name: "grpc-message", value: Self.percentEncoded(message)) }
+        let written = context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true))))
+        if reset {
+            let channel = context.channel
+            written.whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+
+    /// gRPC's percent-encoding of `grpc-message`: bytes outside printable ASCII, and
+    /// `%`, as `%XX`.
+    static func percentEncoded(_ message: String) -> String {
+        var out = [UInt8]()
+        out.reserveCapacity(message.utf8.count)
+        let hex = Array("0123456789ABCDEF".utf8)
+        for byte in message.utf8 {
+            if byte >= 0x20 && byte <= 0x7E && byte != UInt8(ascii: "%") {
+                out.append(byte)
+            } else {
+                out.append(UInt8(ascii: "%"))
+                out.append(hex[Int(byte >> 4)])
+                out.append(hex[Int(byte & 0x0F)])
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// A request message that does not decode: INVALID_ARGUMENT, with grpc-swift's message.
+    struct DecodingFailure: Error {
+        var type: String
+    }
+}
