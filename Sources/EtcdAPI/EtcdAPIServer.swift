@@ -64,7 +64,8 @@ public final class EtcdAPIServer: Service, Sendable {
         self.logger = logger
     }
 
-    /// The addresses actually bound (port 0 resolved), once every listener is up.
+    /// The addresses actually bound (port 0 resolved), once every listener is up;
+    /// empty when ``run()`` ended before that (it throws why: an address in use, say).
     public func boundAddresses() async -> [Address] {
         await boundSignal.wait()
         return bound.withLock { $0 }
@@ -86,6 +87,8 @@ public final class EtcdAPIServer: Service, Sendable {
 
     /// Serves until cancelled or shut down gracefully.
     public func run() async throws {
+        // Whoever waits for the addresses learns that there are none if serving ends first.
+        defer { boundSignal.open() }
         let servers = addresses.map { address in
             GRPCServer(transport: MethodCheckingTransport(HTTP2ServerTransport.Posix(address: .ipv4(host: address.host, port: address.port),
                                                                                      transportSecurity: .plaintext, config: transportConfig())),

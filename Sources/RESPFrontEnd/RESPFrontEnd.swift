@@ -114,7 +114,8 @@ public final class RESPFrontEnd: Service, Sendable {
         self.logger = logger
     }
 
-    /// The addresses listened on (with the ports the system chose for port 0), once listening.
+    /// The addresses listened on (with the ports the system chose for port 0), once
+    /// listening; empty when ``run()`` could not listen (it throws why).
     public func boundAddresses() async -> [Address] {
         if let bound = bound.withLockedValue({ $0 }) { return bound }
         return await withCheckedContinuation { continuation in
@@ -160,6 +161,9 @@ public final class RESPFrontEnd: Service, Sendable {
             }
         } catch {
             for listener in listeners { try? await listener.close() }
+            // Whoever waits for the addresses learns that there are none.
+            bound.withLockedValue { $0 = [] }
+            for waiter in boundWaiters.withLockedValue({ value in defer { value = [] }; return value }) { waiter.resume(returning: []) }
             throw RESPFrontEndError("cannot listen for RESP clients: \(error)")
         }
         let addresses = zip(configuration.listen, listeners).map { address, channel -> Address in

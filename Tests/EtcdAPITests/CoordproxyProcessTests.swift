@@ -1,5 +1,7 @@
 import Coordination
+import EtcdAPI
 import Foundation
+import Logging
 @testable import RedisClient
 import Synchronization
 import Testing
@@ -86,26 +88,63 @@ import Testing
         }
     }
 
+    /// In process, the same port taken: `run()` throws the ListenError and
+    /// `boundAddresses()` answers that nothing is bound instead of waiting forever
+    /// (the in-process tests start again on other ports on exactly that).
+    @Test func anAPIServerThatCannotBindSaysSoToWhoeverWaitsForItsAddresses() async throws {
+        try await RedisServer.withServer { server in
+            let (holder, port) = try Self.holdLoopbackPort()
+            defer { close(holder) }
+            let store = try await CoordinationClient.connect(url: server.url)
+            let api = EtcdAPIServer(store: store, listen: [.init(host: "127.0.0.1", port: port)], logger: Logger(label: "bind-test"))
+            let serving = Task { try await api.run() }
+            // Bounded, so that a wait that never ends fails the test instead of hanging it.
+            let addresses = await withTaskGroup(of: [EtcdAPIServer.Address]?.self) { group in
+                group.addTask { await api.boundAddresses() }
+                group.addTask { try? await Task.sleep(for: .seconds(30)); return nil }
+                let first = await group.next() ?? nil
+                group.cancelAll()
+                return first
+            }
+            #expect(addresses == [], "boundAddresses() did not answer within 30 s of a bind that failed")
+            let result = await serving.result
+            guard case .failure(let error) = result else {
+                Issue.record("run() returned although the port is taken")
+                return
+            }
+            #expect("\(error)".contains("cannot listen for clients on 127.0.0.1:\(port): Address already in use"), "\(error)")
+            await store.close()
+        }
+    }
+
+    /// A loopback port held by a listening socket of this process: (the socket, its port).
+    static func holdLoopbackPort() throws -> (Int32, Int) {
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(holder >= 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        let bound = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 && listen(holder, 1) == 0 else {
+            close(holder)
+            throw ProxyStartError("could not hold a loopback port")
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(holder, $0, &length) }
+        }
+        return (holder, Int(UInt16(bigEndian: address.sin_port)))
+    }
+
     /// A client port another process holds: coordproxy exits non-zero with the socket
     /// error and the flag to change, not grpc-swift's "no listening address bound".
     @Test func aClientPortInUseIsNamedInTheErrorAndTheExitStatus() async throws {
         try await RedisServer.withServer { server in
-            let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            try #require(holder >= 0)
+            let (holder, port) = try Self.holdLoopbackPort()
             defer { close(holder) }
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            address.sin_port = 0
-            let bound = withUnsafePointer(to: &address) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            try #require(bound == 0 && listen(holder, 1) == 0)
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            _ = withUnsafeMutablePointer(to: &address) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(holder, $0, &length) }
-            }
-            let port = Int(UInt16(bigEndian: address.sin_port))
             let result = try await run(try builtExecutable("coordproxy"), ["--redis-url", server.url, "--listen-client-urls", "http://127.0.0.1:\(port)"],
                                        environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"], timeout: .seconds(60))
             #expect(result.status != 0)

@@ -98,7 +98,7 @@ import Testing
         let throughGRPCSwift = try await withProxy(fastPath: false) { proxy in try await Self.transcript(proxy.endpoint) }
         #expect(throughGRPCSwift.count == reference.count)
         for (theirs, mine) in zip(reference, throughGRPCSwift) {
-            #expect(mine == theirs, "with the unary fast path off")
+            #expect(mine == theirs, "with the fast path off")
         }
         if let directory = ProcessInfo.processInfo.environment["COORD_TRANSCRIPTS"] {
             try reference.joined(separator: "\n\n").write(toFile: directory + "/etcd.txt", atomically: true, encoding: .utf8)
@@ -158,5 +158,8 @@ import Testing
         let ours = try await withProxy { proxy in try await apply(proxy.endpoint) }
         #expect(reference.count == 11)
         #expect(ours == reference)
+        // The watch stream through grpc-swift's own path (the fast path off) too.
+        let throughGRPCSwift = try await withProxy(fastPath: false) { proxy in try await apply(proxy.endpoint) }
+        #expect(throughGRPCSwift == reference, "with the fast path off")
     }
 }

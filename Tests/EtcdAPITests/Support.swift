@@ -18,39 +18,56 @@ struct Proxy: Sendable {
     let gateway: String
 }
 
-/// `fastPath`: whether KV's unary calls take ``GRPCFastPath`` (coordproxy's
+/// `fastPath`: whether KV's unary calls and Watch take ``GRPCFastPath`` (coordproxy's
 /// default) or grpc-swift's own path.
+///
+/// The ports are chosen up front, so that the member list advertises the real ones;
+/// when another process takes one before it is bound (the suite runs many servers at
+/// once), the proxy starts again on other ports.
 func withProxy<Result: Sendable>(fastPath: Bool = true, _ body: (Proxy) async throws -> Result) async throws -> Result {
     try await RedisServer.withServer { server in
-        let store = try await CoordinationClient.connect(url: server.url)
-        var logger = Logger(label: "coordproxy-test")
-        logger.logLevel = .warning
-        // Ports chosen up front, so that the member list advertises the real ones.
-        let api = EtcdAPIServer(store: store, listen: [.init(host: "127.0.0.1", port: try ChildProcess.freeLoopbackPort())],
-                                fastPath: fastPath, logger: logger)
-        let gateway = EtcdGateway(api: api, listen: [.init(host: "127.0.0.1", port: try ChildProcess.freeLoopbackPort())], logger: logger)
-        // Stopped by graceful shutdown, as coordproxy is: cancelling a NIO server while
-        // it has accepted a connection not yet served traps (swift-nio#2637).
-        let group = ServiceGroup(services: [StoreBackground(store: store, interval: .milliseconds(50)), api, gateway],
-                                 gracefulShutdownSignals: [], logger: logger)
-        let serving = Task { try await group.run() }
-        func stop() async {
-            await group.triggerGracefulShutdown()
-            _ = await serving.result
-            await store.close()
-        }
-        do {
-            let bound = try #require(await api.boundAddresses().first)
-            let gatewayBound = try #require(await gateway.boundAddresses().first)
-            let result = try await body(Proxy(store: store, redis: server, endpoint: "http://127.0.0.1:\(bound.port)",
-                                              gateway: "http://127.0.0.1:\(gatewayBound.port)"))
-            await stop()
-            return result
-        } catch {
-            await stop()
-            throw error
+        var attempt = 0
+        while true {
+            attempt += 1
+            let store = try await CoordinationClient.connect(url: server.url)
+            var logger = Logger(label: "coordproxy-test")
+            logger.logLevel = .warning
+            let api = EtcdAPIServer(store: store, listen: [.init(host: "127.0.0.1", port: try ChildProcess.freeLoopbackPort())],
+                                    fastPath: fastPath, logger: logger)
+            let gateway = EtcdGateway(api: api, listen: [.init(host: "127.0.0.1", port: try ChildProcess.freeLoopbackPort())], logger: logger)
+            // Stopped by graceful shutdown, as coordproxy is: cancelling a NIO server while
+            // it has accepted a connection not yet served traps (swift-nio#2637).
+            let group = ServiceGroup(services: [StoreBackground(store: store, interval: .milliseconds(50)), api, gateway],
+                                     gracefulShutdownSignals: [], logger: logger)
+            let serving = Task { try await group.run() }
+            func stop() async -> (any Error)? {
+                await group.triggerGracefulShutdown()
+                let result = await serving.result
+                await store.close()
+                if case .failure(let error) = result { return error }
+                return nil
+            }
+            guard let bound = await api.boundAddresses().first, let gatewayBound = await gateway.boundAddresses().first else {
+                let failure = await stop()
+                if attempt < 5, "\(failure.map { "\($0)" } ?? "")".contains("Address already in use") { continue }
+                throw ProxyStartError("the in-process coordproxy did not start: \(failure.map { "\($0)" } ?? "no listener")")
+            }
+            do {
+                let result = try await body(Proxy(store: store, redis: server, endpoint: "http://127.0.0.1:\(bound.port)",
+                                                  gateway: "http://127.0.0.1:\(gatewayBound.port)"))
+                _ = await stop()
+                return result
+            } catch {
+                _ = await stop()
+                throw error
+            }
         }
     }
+}
+
+struct ProxyStartError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
 }
 
 /// A private single-member etcd 3.4, the reference.

@@ -74,13 +74,16 @@ public final class EtcdGateway: Service, Sendable {
         self.logger = logger
     }
 
-    /// The addresses actually bound (port 0 resolved), once every listener is up.
+    /// The addresses actually bound (port 0 resolved), once every listener is up;
+    /// empty when ``run()`` ended before that (it throws why: an address in use, say).
     public func boundAddresses() async -> [EtcdAPIServer.Address] {
         await boundSignal.wait()
         return bound.withLock { $0 }
     }
 
     public func run() async throws {
+        // Whoever waits for the addresses learns that there are none if serving ends first.
+        defer { boundSignal.open() }
         typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
         let listeners = try await withThrowingTaskGroup(of: NIOAsyncChannel<Connection, Never>.self) { group in
             for address in addresses {
