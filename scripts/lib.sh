@@ -34,7 +34,7 @@ COORD_PYTHON_PACKAGES="etcd3gw==2.7.0 etcd3==0.12.0 redis==8.1.0 hiredis==3.5.0"
 # coord_python_env <dir>: makes (or reuses) a virtual environment at <dir> with
 #   COORD_PYTHON_PACKAGES installed from PyPI, and exports COORD_PYTHON.
 coord_python_env() {
-    local dir=$1 stamp
+    local dir=${1:?coord_python_env: give the directory for the virtual environment} stamp
     stamp="$dir/.coord-packages"
     if [ -x "$dir/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$COORD_PYTHON_PACKAGES" ]; then
         export COORD_PYTHON="$dir/bin/python"
