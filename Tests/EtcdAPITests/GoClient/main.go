@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -324,6 +325,39 @@ func watch(endpoint string) {
 		case <-time.After(30 * time.Second):
 			fail("watch stalled at event %d", next)
 		}
+	}
+	// A history larger than HTTP/2's flow-control windows and gRPC's default message
+	// size: 40 values of 100 KiB, replayed in order, whole, with fragments asked for.
+	big := strings.Repeat("v", 100*1024)
+	bigFirst, err := client.Put(ctx, "watch/big/0", "0"+big)
+	check(err, "put a 100 KiB value")
+	for i := 1; i < 40; i++ {
+		_, err = client.Put(ctx, "watch/big/"+strconv.Itoa(i), strconv.Itoa(i)+big)
+		check(err, "put a 100 KiB value")
+	}
+	for _, fragment := range []bool{false, true} {
+		options := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithRev(bigFirst.Header.Revision)}
+		if fragment {
+			options = append(options, clientv3.WithFragment())
+		}
+		bigCtx, bigStop := context.WithCancel(ctx)
+		replay := client.Watch(bigCtx, "watch/big/", options...)
+		seen := 0
+		for seen < 40 {
+			select {
+			case resp := <-replay:
+				check(resp.Err(), "watch a large history")
+				for _, event := range resp.Events {
+					if string(event.Kv.Key) != "watch/big/"+strconv.Itoa(seen) || string(event.Kv.Value) != strconv.Itoa(seen)+big {
+						fail("large history (fragment %v): event %d is %s (%d bytes)", fragment, seen, event.Kv.Key, len(event.Kv.Value))
+					}
+					seen++
+				}
+			case <-time.After(30 * time.Second):
+				fail("a watch of a 4 MB history (fragment %v) stalled at event %d", fragment, seen)
+			}
+		}
+		bigStop()
 	}
 	_, err = client.Compact(ctx, first.Header.Revision+5)
 	check(err, "compact")
