@@ -167,6 +167,11 @@ public final class EtcdAPIServer: Service, Sendable {
                 time: .seconds(2 * 60 * 60), timeout: .seconds(20),
                 clientBehavior: .init(minPingIntervalWithoutCalls: .zero, allowWithoutCalls: true))
             config.rpc.maxRequestPayloadSize = Self.maxRequestPayloadSize
+            // grpc-swift's flush coalescing holds each flush up to 100 µs for more writes;
+            // the fast path already flushes once per turn of the event loop. Without it,
+            // four back-to-back load-generator runs each way gave the same put and get
+            // rates and a lower watch delivery latency (p99 2.4-4.6 ms against 2.9-5.6).
+            config.connection.flushCoalescing = nil
             if !unary.isEmpty || !streams.isEmpty {
                 config.channelDebuggingCallbacks.onAcceptHTTP2Stream = { stream in
                     stream.eventLoop.makeCompletedFuture {
