@@ -63,11 +63,11 @@ public final class CoordinationClient: Sendable {
             let task = try keeperStorage.withLock { storage -> Task<LeaseKeeper, any Error> in
                 if let task = storage { return task }
                 let configuration = try readerConfiguration
-                let (namespace, keys) = (namespace, keys)
+                let (namespace, keys, durability) = (namespace, keys, durability)
                 let identity = LeaseKeeper.Identity(
                     ticket: { [weak self] in self?.incarnation.withLock { $0.ticket() } ?? StoreIncarnation.Ticket(highest: 0, generation: 0) },
                     check: { [weak self] reply, ticket in try? self?.check(reply, sentWith: ticket) })
-                let task = Task { try await LeaseKeeper.start(configuration: configuration, namespace: namespace, keys: keys, identity: identity) }
+                let task = Task { try await LeaseKeeper.start(configuration: configuration, namespace: namespace, keys: keys, identity: identity, durability: durability) }
                 storage = task
                 return task
             }

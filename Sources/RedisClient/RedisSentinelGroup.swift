@@ -106,7 +106,38 @@ public final class RedisSentinelGroup: Sendable {
             let good = known.map { Self.fields($0) }.filter { $0["flags"] == "slave" && $0["master-link-status"] == "ok" }
             if good.count < replicas { return "sentinel \(sentinel.endpoint) sees \(good.count) of \(replicas) replicas in sync" }
         }
-        return masters.count == 1 ? nil : "the sentinels disagree on the master: \(masters.sorted())"
+        guard masters.count == 1, let named = masters.first else { return "the sentinels disagree on the master: \(masters.sorted())" }
+        // The sentinels' view of a replica is an INFO they polled up to 10 s ago: a
+        // replica that came back empty can look in sync while its full resync is still
+        // under way. Ask the replicas themselves.
+        var synced = 0
+        for server in servers where "\(server.endpoint)" != named && server.pid > 0 {
+            guard let connection = try? await RedisConnection.connect(server.configuration) else { continue }
+            defer { Task { await connection.close() } }
+            let info = (try? await connection.send("INFO", "replication").string) ?? ""
+            let lines = Set(info.split(whereSeparator: \.isNewline).map(String.init))
+            if lines.contains("role:slave") && lines.contains("master_link_status:up") && lines.contains("master_sync_in_progress:0"),
+               let host = lines.first(where: { $0.hasPrefix("master_host:") })?.dropFirst("master_host:".count),
+               let port = lines.first(where: { $0.hasPrefix("master_port:") })?.dropFirst("master_port:".count),
+               "\(host):\(port)" == named {
+                synced += 1
+            }
+        }
+        return synced >= replicas ? nil : "\(synced) of \(replicas) replicas report a finished sync with \(named)"
+    }
+
+    /// The master each sentinel names now (one entry per sentinel that answered).
+    private func mastersNamed() async -> [String] {
+        var named: [String] = []
+        for sentinel in sentinels {
+            guard let connection = try? await RedisConnection.connect(sentinel.configuration) else { continue }
+            defer { Task { await connection.close() } }
+            if let address = try? await connection.send("SENTINEL", "get-master-addr-by-name", masterName).array,
+               address.count == 2, let host = address[0].string, let port = address[1].string {
+                named.append("\(host):\(port)")
+            }
+        }
+        return named
     }
 
     /// The data server the sentinels name as master now.
@@ -128,14 +159,21 @@ public final class RedisSentinelGroup: Sendable {
         return master
     }
 
-    /// Waits until the sentinels name a master other than `old`, and returns it.
+    /// Waits until every sentinel names one master other than `old`, and returns it.
+    /// Every sentinel is asked: a caller that restarts `old` once one sentinel has
+    /// moved on could otherwise be sent to it, empty and claiming to be a master, by
+    /// a sentinel that has not.
     public func waitForFailover(from old: RedisServer, timeout: Duration = .seconds(60)) async throws -> RedisServer {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
-            if let current = try? await master(), current !== old { return current }
+            let named = await mastersNamed()
+            if named.count == sentinels.count, let first = named.first, Set(named).count == 1, first != "\(old.endpoint)",
+               let current = servers.first(where: { "\($0.endpoint)" == first }) {
+                return current
+            }
             try await Task.sleep(for: .milliseconds(50))
         }
-        throw RedisError(.timeout, "the sentinels did not fail over from \(old.endpoint) within \(timeout)")
+        throw RedisError(.timeout, "the sentinels did not all fail over from \(old.endpoint) within \(timeout)")
     }
 
     /// Runs `body` with a fresh group (as ``start(replicas:sentinels:masterName:downAfter:options:sentinelPassword:)``)

@@ -52,6 +52,53 @@ import Testing
     }
 }
 
+extension DurabilityTests {
+    /// A lease kept alive in the background (a Session's) is a write too: its refreshes
+    /// count as confirmed only once WAIT says the replica has them, so a lease that a
+    /// failover could take back ends `unconfirmed` instead of looking alive.
+    @Test func aBackgroundKeepAliveIsConfirmedOnlyOnceItsReplicaHasIt() async throws {
+        try await RedisServer.withServer(.init(transport: .tcp())) { master in
+            try await RedisServer.withServer(.init(transport: .tcp())) { replica in
+                guard case .tcp(let host, let port) = master.endpoint else { return }
+                let admin = try await RedisConnection.connect(replica.configuration)
+                defer { Task { await admin.close() } }
+                _ = try await admin.send([Array("REPLICAOF".utf8), Array(host.utf8), Array(String(port).utf8)])
+                let linked = await eventually(timeout: .seconds(30)) {
+                    (try? await admin.send([Array("INFO".utf8), Array("replication".utf8)]).string)?.contains("master_link_status:up") == true
+                }
+                #expect(linked, "the replica never linked to the master")
+                let store = try await CoordinationClient.connect(url: master.url, durability: .init(replicas: 1, timeout: .seconds(1)))
+                defer { Task { await store.close() } }
+                let direct = try await RedisConnection.connect(master.configuration)
+                defer { Task { await direct.close() } }
+
+                let before = ContinuousClock.now
+                let lease = try await store.grantLease(ttl: 4)
+                let kept = try await store.keepAliveInBackground(lease.id, ttl: 4, aliveSince: before)
+                // The replica answering: refreshes are confirmed, the lease outlives two TTLs.
+                try await Task.sleep(for: .seconds(9))
+                #expect(kept.ending == nil, "ended \(String(describing: kept.ending)) with the replica answering")
+                #expect(kept.lastConfirmed > before + .seconds(4))
+
+                // The replica stopped: the master still takes the refreshes, but none is
+                // confirmed, and the keep-alive ends unconfirmed about a TTL later.
+                kill(replica.pid, SIGSTOP)
+                defer { kill(replica.pid, SIGCONT) }
+                let ending = await withTaskGroup(of: LeaseKeepAlive.Ending??.self) { group in
+                    group.addTask { .some(await kept.ended()) }
+                    group.addTask { try? await Task.sleep(for: .seconds(30)); return .none }
+                    let first = await group.next() ?? .none
+                    group.cancelAll()
+                    return first
+                }
+                #expect(ending == .some(.unconfirmed), "the keep-alive of an unreplicated lease ended \(String(describing: ending)) (nil: not within 30 s)")
+                let remaining = try await direct.send([Array("PTTL".utf8), Array("{coord}:lease:\(lease.id)".utf8)]).int ?? -2
+                #expect(remaining > 0, "the master no longer has the lease (PTTL \(remaining)): its refreshes were not sent")
+            }
+        }
+    }
+}
+
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
 private func eventually(timeout: Duration, _ condition: () async -> Bool) async -> Bool {
     let deadline = ContinuousClock.now + timeout

@@ -14,7 +14,10 @@ import Synchronization
 /// after the previous confirmed one was sent; a transient error is retried after a
 /// short delay; the lease ends `unconfirmed` when a TTL passes after the last
 /// confirmed refresh was sent without another one confirmed, and `notFound` when the
-/// store says it is gone. A lease with a ``LeaseActivity`` is refreshed only when its
+/// store says it is gone. With the client's durability, a refresh is confirmed only
+/// once `WAIT` says the replicas have it (as every other write of the client), so a
+/// lease that a failover could take back ends `unconfirmed` instead of looking alive.
+/// A lease with a ``LeaseActivity`` is refreshed only when its
 /// owner showed activity since the previous refresh was sent (or is busy); otherwise
 /// the thread waits for the activity's wake-up or the deadline.
 final class LeaseKeeper: @unchecked Sendable {
@@ -48,17 +51,21 @@ final class LeaseKeeper: @unchecked Sendable {
     private let namespace: String
     private let keys: [[UInt8]]
     private let identity: Identity?
+    /// The client's ``CoordinationClient/Durability``: a refresh counts as confirmed
+    /// only once `WAIT` says that many replicas have it.
+    private let durability: CoordinationClient.Durability?
     private let state = Mutex(State())
     /// A pipe: the thread polls its read end, ``wake()`` writes a byte to the other.
     private let wakeRead: Int32
     private let wakeWrite: Int32
     private static let keepAliveScript = CoordinationClient.kvScript
 
-    private init(connection: RedisConnection, namespace: String, keys: [[UInt8]], identity: Identity?) {
+    private init(connection: RedisConnection, namespace: String, keys: [[UInt8]], identity: Identity?, durability: CoordinationClient.Durability?) {
         self.connection = connection
         self.namespace = namespace
         self.keys = keys
         self.identity = identity
+        self.durability = durability
         var fds: [Int32] = [-1, -1]
         if pipe(&fds) == 0 {
             for fd in fds {
@@ -77,9 +84,10 @@ final class LeaseKeeper: @unchecked Sendable {
     }
 
     /// Opens the keeper's connection and starts its thread.
-    static func start(configuration: RedisConfiguration, namespace: String, keys: [[UInt8]], identity: Identity? = nil) async throws -> LeaseKeeper {
+    static func start(configuration: RedisConfiguration, namespace: String, keys: [[UInt8]], identity: Identity? = nil,
+                      durability: CoordinationClient.Durability? = nil) async throws -> LeaseKeeper {
         let connection = try await RedisConnection.connect(configuration)
-        let keeper = LeaseKeeper(connection: connection, namespace: namespace, keys: keys, identity: identity)
+        let keeper = LeaseKeeper(connection: connection, namespace: namespace, keys: keys, identity: identity, durability: durability)
         guard keeper.wakeRead >= 0 else {
             await connection.close()
             throw CoordinationError(.protocolError, "could not create a pipe for the lease keeper: \(String(cString: strerror(errno)))")
@@ -225,7 +233,24 @@ final class LeaseKeeper: @unchecked Sendable {
                let decoded = try? CoordinationClient.decodeScriptReply(reply) {
                 identity.check(decoded, ticket)
             }
-            self.handle(result, lease: lease, sentAt: sent)
+            guard let durability = self.durability, case .success = result else {
+                self.handle(result, lease: lease, sentAt: sent)
+                return
+            }
+            // With durability, as every other write of the client: confirmed only once
+            // the replicas have it (WAIT, on this connection, right behind the refresh).
+            let (seconds, attoseconds) = durability.timeout.components
+            let milliseconds = max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000)
+            self.connection.send([Array("WAIT".utf8), Array(String(durability.replicas).utf8), Array(String(milliseconds).utf8)],
+                                 timeout: durability.timeout + .seconds(5)) { [weak self] waited in
+                guard let self else { return }
+                if case .success(let count) = waited, (count.int ?? 0) >= Int64(durability.replicas) {
+                    self.handle(result, lease: lease, sentAt: sent)
+                } else {
+                    self.handle(.failure(RedisError(.outcomeUnknown, "the keep-alive did not reach \(durability.replicas) replica(s) within \(durability.timeout)")),
+                                lease: lease, sentAt: sent)
+                }
+            }
         }
     }
 
