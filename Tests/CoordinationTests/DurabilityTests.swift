@@ -6,48 +6,37 @@ import Testing
 /// master and replica on loopback.
 @Suite struct DurabilityTests {
     @Test func aWriteWaitsForItsReplicaAndIsOutcomeUnknownWhenTheReplicaDoesNotConfirmIt() async throws {
-        try await RedisServer.withServer(.init(transport: .tcp())) { master in
-            try await RedisServer.withServer(.init(transport: .tcp())) { replica in
-                guard case .tcp(let host, let port) = master.endpoint else { return }
-                let admin = try await RedisConnection.connect(replica.configuration)
-                defer { Task { await admin.close() } }
-                _ = try await admin.send([Array("REPLICAOF".utf8), Array(host.utf8), Array(String(port).utf8)])
-                let linked = await eventually(timeout: .seconds(30)) {
-                    (try? await admin.send([Array("INFO".utf8), Array("replication".utf8)]).string)?.contains("master_link_status:up") == true
-                }
-                #expect(linked, "the replica never linked to the master")
+        try await withMasterAndReplica { master, replica, admin in
+            let store = try await CoordinationClient.connect(url: master.url, durability: .init(replicas: 1, timeout: .milliseconds(500)))
+            defer { Task { await store.close() } }
+            #expect(try await store.status().connectedReplicas == 1)
+            _ = try await store.put("durable", "1")   // confirmed by the replica
+            #expect(try await admin.send([Array("HEXISTS".utf8), Array("{coord}:kv".utf8), Array("durable".utf8)]).int == 1)
 
-                let store = try await CoordinationClient.connect(url: master.url, durability: .init(replicas: 1, timeout: .milliseconds(500)))
-                defer { Task { await store.close() } }
-                #expect(try await store.status().connectedReplicas == 1)
-                _ = try await store.put("durable", "1")   // confirmed by the replica
-                #expect(try await admin.send([Array("HEXISTS".utf8), Array("{coord}:kv".utf8), Array("durable".utf8)]).int == 1)
-
-                // A replica that does not answer: the write is applied on the master, but
-                // never reported as done.
-                kill(replica.pid, SIGSTOP)
-                defer { kill(replica.pid, SIGCONT) }
-                var outcome: RedisError?
-                do {
-                    _ = try await store.put("durable", "2")
-                } catch let error as RedisError {
-                    outcome = error
-                }
-                #expect(outcome?.code == .outcomeUnknown, "the unconfirmed write was reported \(String(describing: outcome))")
-                #expect(outcome?.message.contains("reached 0 of the 1 replica(s)") == true, "\(String(describing: outcome))")
-                // Nor is a read of it: what a read returns must survive a failover too.
-                var read: RedisError?
-                do {
-                    _ = try await store.get("durable")
-                } catch let error as RedisError {
-                    read = error
-                }
-                #expect(read?.code == .outcomeUnknown && read?.message.contains("the read saw writes that have not reached 1 replica(s)") == true,
-                        "a read of an unreplicated write was answered: \(String(describing: read))")
-                // Once the replica has it, the read answers.
-                kill(replica.pid, SIGCONT)
-                #expect(try await store.get("durable").kvs.first?.valueString == "2")
+            // A replica that does not answer: the write is applied on the master, but
+            // never reported as done.
+            kill(replica.pid, SIGSTOP)
+            defer { kill(replica.pid, SIGCONT) }
+            var outcome: RedisError?
+            do {
+                _ = try await store.put("durable", "2")
+            } catch let error as RedisError {
+                outcome = error
             }
+            #expect(outcome?.code == .outcomeUnknown, "the unconfirmed write was reported \(String(describing: outcome))")
+            #expect(outcome?.message.contains("reached 0 of the 1 replica(s)") == true, "\(String(describing: outcome))")
+            // Nor is a read of it: what a read returns must survive a failover too.
+            var read: RedisError?
+            do {
+                _ = try await store.get("durable")
+            } catch let error as RedisError {
+                read = error
+            }
+            #expect(read?.code == .outcomeUnknown && read?.message.contains("the read saw writes that have not reached 1 replica(s)") == true,
+                    "a read of an unreplicated write was answered: \(String(describing: read))")
+            // Once the replica has it, the read answers.
+            kill(replica.pid, SIGCONT)
+            #expect(try await store.get("durable").kvs.first?.valueString == "2")
         }
     }
 }
@@ -57,6 +46,39 @@ extension DurabilityTests {
     /// count as confirmed only once WAIT says the replica has them, so a lease that a
     /// failover could take back ends `unconfirmed` instead of looking alive.
     @Test func aBackgroundKeepAliveIsConfirmedOnlyOnceItsReplicaHasIt() async throws {
+        try await withMasterAndReplica { master, replica, _ in
+            let store = try await CoordinationClient.connect(url: master.url, durability: .init(replicas: 1, timeout: .seconds(1)))
+            defer { Task { await store.close() } }
+            let direct = try await RedisConnection.connect(master.configuration)
+            defer { Task { await direct.close() } }
+
+            let before = ContinuousClock.now
+            let lease = try await store.grantLease(ttl: 4)
+            let kept = try await store.keepAliveInBackground(lease.id, ttl: 4, aliveSince: before)
+            // The replica answering: refreshes are confirmed, the lease outlives two TTLs.
+            try await Task.sleep(for: .seconds(9))
+            #expect(kept.ending == nil, "ended \(String(describing: kept.ending)) with the replica answering")
+            #expect(kept.lastConfirmed > before + .seconds(4))
+
+            // The replica stopped: the master still takes the refreshes, but none is
+            // confirmed, and the keep-alive ends unconfirmed about a TTL later.
+            kill(replica.pid, SIGSTOP)
+            defer { kill(replica.pid, SIGCONT) }
+            let ending = await withTaskGroup(of: LeaseKeepAlive.Ending??.self) { group in
+                group.addTask { .some(await kept.ended()) }
+                group.addTask { try? await Task.sleep(for: .seconds(30)); return .none }
+                let first = await group.next() ?? .none
+                group.cancelAll()
+                return first
+            }
+            #expect(ending == .some(.unconfirmed), "the keep-alive of an unreplicated lease ended \(String(describing: ending)) (nil: not within 30 s)")
+            let remaining = try await direct.send([Array("PTTL".utf8), Array("{coord}:lease:\(lease.id)".utf8)]).int ?? -2
+            #expect(remaining > 0, "the master no longer has the lease (PTTL \(remaining)): its refreshes were not sent")
+        }
+    }
+
+    /// A master and a replica linked to it, both private; `admin` is a connection to the replica.
+    func withMasterAndReplica(_ body: (RedisServer, RedisServer, RedisConnection) async throws -> Void) async throws {
         try await RedisServer.withServer(.init(transport: .tcp())) { master in
             try await RedisServer.withServer(.init(transport: .tcp())) { replica in
                 guard case .tcp(let host, let port) = master.endpoint else { return }
@@ -67,33 +89,7 @@ extension DurabilityTests {
                     (try? await admin.send([Array("INFO".utf8), Array("replication".utf8)]).string)?.contains("master_link_status:up") == true
                 }
                 #expect(linked, "the replica never linked to the master")
-                let store = try await CoordinationClient.connect(url: master.url, durability: .init(replicas: 1, timeout: .seconds(1)))
-                defer { Task { await store.close() } }
-                let direct = try await RedisConnection.connect(master.configuration)
-                defer { Task { await direct.close() } }
-
-                let before = ContinuousClock.now
-                let lease = try await store.grantLease(ttl: 4)
-                let kept = try await store.keepAliveInBackground(lease.id, ttl: 4, aliveSince: before)
-                // The replica answering: refreshes are confirmed, the lease outlives two TTLs.
-                try await Task.sleep(for: .seconds(9))
-                #expect(kept.ending == nil, "ended \(String(describing: kept.ending)) with the replica answering")
-                #expect(kept.lastConfirmed > before + .seconds(4))
-
-                // The replica stopped: the master still takes the refreshes, but none is
-                // confirmed, and the keep-alive ends unconfirmed about a TTL later.
-                kill(replica.pid, SIGSTOP)
-                defer { kill(replica.pid, SIGCONT) }
-                let ending = await withTaskGroup(of: LeaseKeepAlive.Ending??.self) { group in
-                    group.addTask { .some(await kept.ended()) }
-                    group.addTask { try? await Task.sleep(for: .seconds(30)); return .none }
-                    let first = await group.next() ?? .none
-                    group.cancelAll()
-                    return first
-                }
-                #expect(ending == .some(.unconfirmed), "the keep-alive of an unreplicated lease ended \(String(describing: ending)) (nil: not within 30 s)")
-                let remaining = try await direct.send([Array("PTTL".utf8), Array("{coord}:lease:\(lease.id)".utf8)]).int ?? -2
-                #expect(remaining > 0, "the master no longer has the lease (PTTL \(remaining)): its refreshes were not sent")
+                try await body(master, replica, admin)
             }
         }
     }

@@ -190,13 +190,7 @@ final class GRPCFastPath: ChannelInboundHandler {
         case .collecting(let method):
             switch unwrapInboundIn(data) {
             case .data(let frame):
-                if case .byteBuffer(var bytes) = frame.data {
-                    if body == nil {
-                        body = bytes
-                    } else {
-                        body!.writeBuffer(&bytes)
-                    }
-                }
+                append(frame.data)
                 // The message's length is known from its first 5 bytes: past the
                 // limit, the call is refused before the rest arrives.
                 if let body, body.readableBytes >= 5, let length = body.getInteger(at: body.readerIndex + 1, as: UInt32.self),
@@ -333,18 +327,22 @@ final class GRPCFastPath: ChannelInboundHandler {
         }
     }
 
+    /// Adds a DATA frame's bytes to the request bytes received so far.
+    private func append(_ data: IOData) {
+        guard case .byteBuffer(var bytes) = data else { return }
+        if body == nil {
+            body = bytes
+        } else {
+            body!.writeBuffer(&bytes)
+        }
+    }
+
     /// A frame of a stream: request messages handed on as they complete, the client's
     /// end of its side, or a reset.
     private func streamRead(context: ChannelHandlerContext, method: StreamMethod, payload: HTTP2Frame.FramePayload) {
         switch payload {
         case .data(let frame):
-            if case .byteBuffer(var bytes) = frame.data {
-                if body == nil {
-                    body = bytes
-                } else {
-                    body!.writeBuffer(&bytes)
-                }
-            }
+            append(frame.data)
             while var buffer = body, buffer.readableBytes >= 5,
                   let compressed = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
                   let length = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt32.self) {
@@ -386,16 +384,8 @@ final class GRPCFastPath: ChannelInboundHandler {
     /// turn of the event loop.
     fileprivate func streamMessage(context: ChannelHandlerContext, _ message: [UInt8]) {
         guard case .streaming = state, context.channel.isActive else { return }
-        if !headersSent {
-            headersSent = true
-            let headers: HPACKHeaders = [":status": "200", "content-type": "application/grpc"]
-            context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
-        }
-        var framed = context.channel.allocator.buffer(capacity: 5 + message.count)
-        framed.writeInteger(UInt8(0))
-        framed.writeInteger(UInt32(message.count))
-        framed.writeBytes(message)
-        context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(framed)))), promise: nil)
+        write(context: context, message: message, withHeaders: !headersSent)
+        headersSent = true
         if !flushPending {
             flushPending = true
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -418,14 +408,22 @@ final class GRPCFastPath: ChannelInboundHandler {
     private func respond(context: ChannelHandlerContext, message: [UInt8]) {
         guard context.channel.isActive else { return }
         state = .done
-        let headers: HPACKHeaders = [":status": "200", "content-type": "application/grpc"]
-        context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+        write(context: context, message: message, withHeaders: true)
+        writeStatus(context: context, status: nil, message: "", headersSent: true, reset: false)
+    }
+
+    /// Writes (without flushing) one response message, uncompressed and length-prefixed,
+    /// after the response headers when they are still to be sent.
+    private func write(context: ChannelHandlerContext, message: [UInt8], withHeaders: Bool) {
+        if withHeaders {
+            let headers: HPACKHeaders = [":status": "200", "content-type": "application/grpc"]
+            context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+        }
         var framed = context.channel.allocator.buffer(capacity: 5 + message.count)
         framed.writeInteger(UInt8(0))
         framed.writeInteger(UInt32(message.count))
         framed.writeBytes(message)
         context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(framed)))), promise: nil)
-        writeStatus(context: context, status: nil, message: "", headersSent: true, reset: false)
     }
 
     /// The trailers (or, before any headers, a trailers-only response) with the status;
