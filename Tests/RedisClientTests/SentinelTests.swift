@@ -48,6 +48,34 @@ import Testing
         }
     }
 
+    /// A sentinel with an older configuration (here one that has seen no failover and
+    /// names another server that answers ROLE master, as an old master restarted empty
+    /// does) listed first: the connection follows the sentinels whose configuration is
+    /// newest (the highest config epoch), not the first answer.
+    @Test func theSentinelWithTheNewestConfigurationIsFollowedOverAStaleOneListedFirst() async throws {
+        try await RedisSentinelGroup.withGroup(replicas: 1, sentinels: 3) { group in
+            let old = try await group.killMaster()
+            let new = try await group.waitForFailover(from: old)
+            try await RedisServer.withServer(.init(transport: .tcp())) { elsewhere in
+                guard case .tcp(let host, let port) = elsewhere.endpoint else { return }
+                let settings = RedisServer.SentinelSettings(masterName: group.masterName, masterHost: host, masterPort: port, quorum: 1,
+                                                            downAfter: .seconds(60), masterPassword: nil)
+                let stale = try await RedisServer.start(RedisServer.Options(transport: .tcp(), sentinel: settings))
+                defer { Task { await stale.stop() } }
+                let url = "redis-sentinel://\(([stale] + group.sentinels).map { "\($0.endpoint)" }.joined(separator: ","))/\(group.masterName)"
+                let connection = try await RedisConnection.connect(url: url)
+                defer { Task { await connection.close() } }
+                #expect(try await connection.send("SET", "followed", "newest").string == "OK")
+                let direct = try await RedisConnection.connect(new.configuration)
+                defer { Task { await direct.close() } }
+                #expect(try await direct.send("GET", "followed").string == "newest", "the write went to \(elsewhere.endpoint), the stale sentinel's master")
+                let strayed = try await RedisConnection.connect(elsewhere.configuration)
+                defer { Task { await strayed.close() } }
+                #expect(try await strayed.send("EXISTS", "followed").int == 0)
+            }
+        }
+    }
+
     @Test func theMastersAndTheSentinelsPasswordsComeFromTheURL() async throws {
         try await RedisSentinelGroup.withGroup(replicas: 0, sentinels: 1, options: RedisServer.Options(transport: .tcp(), password: "master pw"),
                                                        sentinelPassword: "sentinel pw") { group in

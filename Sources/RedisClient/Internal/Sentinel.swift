@@ -5,11 +5,18 @@ import Synchronization
 
 /// Asks Redis Sentinel where the master is, and checks that a server is one.
 package enum SentinelResolver {
-    /// The master's address, from the first sentinel that knows it (blocking; each
-    /// sentinel gets the connect timeout).
+    /// The master's address, as the sentinel with the newest configuration names it
+    /// (blocking; each sentinel gets the connect timeout).
+    ///
+    /// Every sentinel is asked, and the answer with the highest config epoch (the
+    /// newest failover's) wins, the first one on a tie: right after a failover a
+    /// sentinel that has not heard of it yet still names the old master, and if that
+    /// server was restarted empty it claims to be a master (ROLE) until the sentinels
+    /// make it a replica; following the first answer could write a new history there.
     package static func master(of sentinel: RedisConfiguration.Sentinel, connectTimeout: Duration) throws -> RedisConfiguration.Endpoint {
         var failures: [String] = []
         var authenticationFailures = 0
+        var answers: [Answer] = []
         for endpoint in sentinel.endpoints {
             do {
                 let handshake = try open(endpoint, sentinel, connectTimeout: connectTimeout)
@@ -21,7 +28,15 @@ package enum SentinelResolver {
                         failures.append("\(endpoint): unexpected reply \(reply)")
                         continue
                     }
-                    return .tcp(host: host, port: port)
+                    // The epoch of the configuration that address comes from (0 when a
+                    // sentinel does not say: such an answer wins only without others).
+                    var epoch: Int64 = 0
+                    if case .array(let fields) = try handshake.rawCommand(["SENTINEL", "master", sentinel.masterName].map { Array($0.utf8) }) {
+                        for index in stride(from: 0, to: fields.count - 1, by: 2) where fields[index].string == "config-epoch" {
+                            epoch = fields[index + 1].string.flatMap { Int64($0) } ?? 0
+                        }
+                    }
+                    answers.append(Answer(endpoint: .tcp(host: host, port: port), configEpoch: epoch))
                 case .error(let message):
                     failures.append("\(endpoint): \(message)")
                 default:
@@ -36,8 +51,27 @@ package enum SentinelResolver {
                 failures.append("\(endpoint): \(error.message)")
             }
         }
+        if let chosen = newest(answers) { return chosen }
         let code: RedisError.Code = authenticationFailures == sentinel.endpoints.count ? .authenticationFailed : .connectionRefused
         throw RedisError(code, "no sentinel named the master '\(sentinel.masterName)': \(failures.joined(separator: "; ")); check the sentinel addresses and the master name (sentinel monitor <name> ...)")
+    }
+
+    /// One sentinel's answer: the master's address and its configuration's epoch.
+    package struct Answer: Sendable, Equatable {
+        package var endpoint: RedisConfiguration.Endpoint
+        package var configEpoch: Int64
+
+        package init(endpoint: RedisConfiguration.Endpoint, configEpoch: Int64) {
+            self.endpoint = endpoint
+            self.configEpoch = configEpoch
+        }
+    }
+
+    /// The address of the answer with the highest config epoch, the first on a tie.
+    package static func newest(_ answers: [Answer]) -> RedisConfiguration.Endpoint? {
+        var best: Answer?
+        for answer in answers where best == nil || answer.configEpoch > best!.configEpoch { best = answer }
+        return best?.endpoint
     }
 
     /// A blocking connection to one sentinel, authenticated.
