@@ -156,6 +156,12 @@ final class GRPCFastPath: ChannelInboundHandler {
     private var flushPending = false
     /// The status of a stream this handler ended itself (refused, or reset by the client).
     private var refusedWith: RPCError.Code?
+    /// Bytes of a stream's responses written but not yet sent (held by HTTP/2 flow
+    /// control while the client does not read).
+    private var unsentBytes = 0
+    /// Past this many unsent bytes the stream is reset (as Redis's client output
+    /// buffer limit for pub/sub, 32 MiB).
+    static let unsentLimit = 32 * 1024 * 1024
 
     init(methods: Table, streams: StreamTable = [:], maxRequestSize: Int, logger: Logger) {
         self.methods = methods
@@ -383,8 +389,29 @@ final class GRPCFastPath: ChannelInboundHandler {
     /// A response message of a stream: written now, flushed with the others of this
     /// turn of the event loop.
     fileprivate func streamMessage(context: ChannelHandlerContext, _ message: [UInt8]) {
-        guard case .streaming = state, context.channel.isActive else { return }
-        write(context: context, message: message, withHeaders: !headersSent)
+        guard case .streaming(let method) = state, context.channel.isActive else { return }
+        let size = 5 + message.count
+        unsentBytes += size
+        if unsentBytes > Self.unsentLimit {
+            // The client does not read: rather than buffer without bound, reset the
+            // stream with INTERNAL_ERROR, which clientv3 takes as retryable (it watches
+            // again from the revision after the last one it received; nothing is lost).
+            logger.warning("resetting a stream whose client does not read it (over \(Self.unsentLimit / 1024 / 1024) MiB unsent)",
+                           metadata: ["method": "\(method.name)"])
+            state = .done
+            refusedWith = .resourceExhausted
+            body = nil
+            task?.cancel()
+            requests?.finish()
+            requests = nil
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(.rstStream(.internalError))).whenComplete { _ in channel.close(promise: nil) }
+            return
+        }
+        let me = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let written = context.eventLoop.makePromise(of: Void.self)
+        written.futureResult.whenComplete { _ in me.value.unsentBytes -= size }
+        write(context: context, message: message, withHeaders: !headersSent, promise: written)
         headersSent = true
         if !flushPending {
             flushPending = true
@@ -414,7 +441,7 @@ final class GRPCFastPath: ChannelInboundHandler {
 
     /// Writes (without flushing) one response message, uncompressed and length-prefixed,
     /// after the response headers when they are still to be sent.
-    private func write(context: ChannelHandlerContext, message: [UInt8], withHeaders: Bool) {
+    private func write(context: ChannelHandlerContext, message: [UInt8], withHeaders: Bool, promise: EventLoopPromise<Void>? = nil) {
         if withHeaders {
             let headers: HPACKHeaders = [":status": "200", "content-type": "application/grpc"]
             context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
@@ -423,7 +450,7 @@ final class GRPCFastPath: ChannelInboundHandler {
         framed.writeInteger(UInt8(0))
         framed.writeInteger(UInt32(message.count))
         framed.writeBytes(message)
-        context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(framed)))), promise: nil)
+        context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(framed)))), promise: promise)
     }
 
     /// The trailers (or, before any headers, a trailers-only response) with the status;

@@ -4,7 +4,9 @@
 // one "ok <scenario>" line per passed scenario and exits 1 on the first failure.
 //
 //	clientcheck <endpoint> all                    every scenario below, in turn
-//	clientcheck <endpoint> session|mutex|election|stm|watch|lease|badinput
+//	clientcheck <endpoint> session|mutex|election|stm|watch|lease|badinput|slowwatch
+//	                                              (slowwatch: coordproxy only; etcd catches
+//	                                              a slow watcher up later instead of resetting)
 //	clientcheck <endpoint> hold <name> <n> <log>  n holds of mutex <name>, each writing
 //	                                              "in <pid>" and "out <pid>" lines to <log>
 //	clientcheck <endpoint> busy                  4 clients x 4 goroutines put 4,000 distinct
@@ -522,6 +524,47 @@ func busy(endpoint string) {
 	}
 }
 
+// slowwatch: a watch stream whose client does not read while 48 MiB of events pile
+// up is reset with INTERNAL_ERROR (clientv3 retries that and resumes) instead of
+// being buffered without bound; the server keeps serving.
+func slowwatch(endpoint string) {
+	client := connect(endpoint)
+	defer client.Close()
+	conn := client.ActiveConnection()
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	watch, err := pb.NewWatchClient(conn).Watch(ctx)
+	check(err, "open a watch stream")
+	check(watch.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{Key: []byte("slow/"), RangeEnd: []byte("slow0")}}}), "create a watch")
+	created, err := watch.Recv()
+	check(err, "the watch's created response")
+	if !created.Created {
+		fail("the first watch response is not created: %v", created)
+	}
+	value := strings.Repeat("s", 1<<20)
+	for i := 0; i < 48; i++ {
+		_, err := client.Put(ctx, "slow/"+strconv.Itoa(i), value)
+		check(err, "put a 1 MiB value")
+	}
+	received := 0
+	for {
+		resp, err := watch.Recv()
+		if err != nil {
+			if code := status.Code(err); code != codes.Internal && code != codes.Unavailable {
+				fail("the unread watch stream ended with %v, want Internal (a reset) or Unavailable", err)
+			}
+			break
+		}
+		received += len(resp.Events)
+		if received >= 48 {
+			fail("all 48 MiB of events were buffered for a client that did not read")
+		}
+	}
+	if _, err := client.Put(ctx, "after-slow", "ok"); err != nil {
+		fail("the server stopped serving after a slow watcher: %v", err)
+	}
+}
+
 // streamend: how the server ends long-lived streams, seen without clientv3's
 // retries: raw etcdserverpb Watch and LeaseKeepAlive streams on one connection.
 func streamend(endpoint string, lease int64) {
@@ -576,12 +619,12 @@ func streamend(endpoint string, lease int64) {
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: clientcheck <endpoint> all|session|mutex|election|stm|watch|lease|badinput|hold <name> <n> <log>")
+		fmt.Fprintln(os.Stderr, "usage: clientcheck <endpoint> all|session|mutex|election|stm|watch|lease|badinput|slowwatch|hold <name> <n> <log>")
 		os.Exit(2)
 	}
 	endpoint := os.Args[1]
-	scenarios := map[string]func(string){"session": session, "mutex": mutex, "election": election, "stm": stm, "watch": watch, "lease": lease, "badinput": badinput, "busy": busy}
-	order := []string{"session", "mutex", "election", "stm", "watch", "lease", "badinput"}
+	scenarios := map[string]func(string){"session": session, "mutex": mutex, "election": election, "stm": stm, "watch": watch, "lease": lease, "badinput": badinput, "busy": busy, "slowwatch": slowwatch}
+	order := []string{"session", "mutex", "election", "stm", "watch", "lease", "badinput", "slowwatch"}
 	switch os.Args[2] {
 	case "all":
 		for _, name := range order {
