@@ -524,6 +524,20 @@ func busy(endpoint string) {
 	}
 }
 
+// rawWatch opens an etcdserverpb Watch stream on conn (no clientv3 retries), creates
+// one watch on it and checks that the first response says created.
+func rawWatch(ctx context.Context, conn *grpc.ClientConn, create *pb.WatchCreateRequest) pb.Watch_WatchClient {
+	watch, err := pb.NewWatchClient(conn).Watch(ctx)
+	check(err, "open a watch stream")
+	check(watch.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: create}}), "create a watch")
+	created, err := watch.Recv()
+	check(err, "the watch's created response")
+	if !created.Created {
+		fail("the first watch response is not created: %v", created)
+	}
+	return watch
+}
+
 // slowwatch: a watch stream whose client does not read while 48 MiB of events pile
 // up is reset with INTERNAL_ERROR (clientv3 retries that and resumes) instead of
 // being buffered without bound; the server keeps serving.
@@ -533,14 +547,7 @@ func slowwatch(endpoint string) {
 	conn := client.ActiveConnection()
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	watch, err := pb.NewWatchClient(conn).Watch(ctx)
-	check(err, "open a watch stream")
-	check(watch.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{Key: []byte("slow/"), RangeEnd: []byte("slow0")}}}), "create a watch")
-	created, err := watch.Recv()
-	check(err, "the watch's created response")
-	if !created.Created {
-		fail("the first watch response is not created: %v", created)
-	}
+	watch := rawWatch(ctx, conn, &pb.WatchCreateRequest{Key: []byte("slow/"), RangeEnd: []byte("slow0")})
 	value := strings.Repeat("s", 1<<20)
 	for i := 0; i < 48; i++ {
 		_, err := client.Put(ctx, "slow/"+strconv.Itoa(i), value)
@@ -573,14 +580,7 @@ func streamend(endpoint string, lease int64) {
 	conn := client.ActiveConnection()
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	watch, err := pb.NewWatchClient(conn).Watch(ctx)
-	check(err, "open a watch stream")
-	check(watch.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{Key: []byte("streamend")}}}), "create a watch")
-	created, err := watch.Recv()
-	check(err, "the watch's created response")
-	if !created.Created {
-		fail("the first watch response is not created: %v", created)
-	}
+	watch := rawWatch(ctx, conn, &pb.WatchCreateRequest{Key: []byte("streamend")})
 	keepAlive, err := pb.NewLeaseClient(conn).LeaseKeepAlive(ctx)
 	check(err, "open a keep-alive stream")
 	check(keepAlive.Send(&pb.LeaseKeepAliveRequest{ID: lease}), "send a keep-alive")
