@@ -39,6 +39,16 @@ public final class CoordinationClient: Sendable {
             self.replicas = replicas
             self.timeout = timeout
         }
+
+        /// `WAIT replicas timeout-ms`: for the writes the connection sent so far.
+        var waitCommand: [[UInt8]] {
+            let (seconds, attoseconds) = timeout.components
+            let milliseconds = max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000)
+            return [Array("WAIT".utf8), Array(String(replicas).utf8), Array(String(milliseconds).utf8)]
+        }
+
+        /// How long to give the WAIT command itself before the connection gives up on it.
+        var waitCommandTimeout: Duration { timeout + .seconds(5) }
     }
 
     /// The namespace (an independent store).
@@ -475,10 +485,7 @@ public final class CoordinationClient: Sendable {
     /// `WAIT`: the writes this connection sent so far (this request's among them) have
     /// reached `durability.replicas` replicas, or the outcome is unknown.
     private func waitForReplicas(_ durability: Durability) async throws {
-        let (seconds, attoseconds) = durability.timeout.components
-        let milliseconds = max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000)
-        let reached = try await redis.send([Array("WAIT".utf8), Array(String(durability.replicas).utf8), Array(String(milliseconds).utf8)],
-                                           timeout: durability.timeout + .seconds(5)).int ?? 0
+        let reached = try await redis.send(durability.waitCommand, timeout: durability.waitCommandTimeout).int ?? 0
         if reached < Int64(durability.replicas) {
             throw RedisError(.outcomeUnknown, "the write reached \(reached) of the \(durability.replicas) replica(s) required within \(durability.timeout): the master has it, but a failover now may lose it; read it back before relying on it")
         }

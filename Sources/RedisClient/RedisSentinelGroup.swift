@@ -96,14 +96,14 @@ public final class RedisSentinelGroup: Sendable {
         for sentinel in sentinels {
             let connection = try await RedisConnection.connect(sentinel.configuration)
             defer { Task { await connection.close() } }
-            let fields = Self.fields(try await connection.send("SENTINEL", "master", masterName))
+            let fields = SentinelResolver.fields(try await connection.send("SENTINEL", "master", masterName))
             masters.insert("\(fields["ip"] ?? "?"):\(fields["port"] ?? "?")")
             if fields["flags"] != "master" { return "sentinel \(sentinel.endpoint) flags the master \(fields["flags"] ?? "?")" }
             if Int(fields["num-other-sentinels"] ?? "") != sentinels.count - 1 {
                 return "sentinel \(sentinel.endpoint) knows \(fields["num-other-sentinels"] ?? "?") other sentinels"
             }
             let known = try await connection.send("SENTINEL", "replicas", masterName).array ?? []
-            let good = known.map { Self.fields($0) }.filter { $0["flags"] == "slave" && $0["master-link-status"] == "ok" }
+            let good = known.map { SentinelResolver.fields($0) }.filter { $0["flags"] == "slave" && $0["master-link-status"] == "ok" }
             if good.count < replicas { return "sentinel \(sentinel.endpoint) sees \(good.count) of \(replicas) replicas in sync" }
         }
         guard masters.count == 1, let named = masters.first else { return "the sentinels disagree on the master: \(masters.sorted())" }
@@ -198,13 +198,5 @@ public final class RedisSentinelGroup: Sendable {
     /// Stops every server of the group.
     public func stop() async {
         for server in sentinels + servers { await server.stop() }
-    }
-
-    /// A reply of name/value pairs (SENTINEL MASTER, an entry of SENTINEL REPLICAS) as a dictionary.
-    static func fields(_ reply: RedisReply) -> [String: String] {
-        let items = reply.array?.compactMap(\.string) ?? []
-        var fields: [String: String] = [:]
-        for index in stride(from: 0, to: items.count - 1, by: 2) { fields[items[index]] = items[index + 1] }
-        return fields
     }
 }

@@ -239,10 +239,7 @@ final class LeaseKeeper: @unchecked Sendable {
             }
             // With durability, as every other write of the client: confirmed only once
             // the replicas have it (WAIT, on this connection, right behind the refresh).
-            let (seconds, attoseconds) = durability.timeout.components
-            let milliseconds = max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000)
-            self.connection.send([Array("WAIT".utf8), Array(String(durability.replicas).utf8), Array(String(milliseconds).utf8)],
-                                 timeout: durability.timeout + .seconds(5)) { [weak self] waited in
+            self.connection.send(durability.waitCommand, timeout: durability.waitCommandTimeout) { [weak self] waited in
                 guard let self else { return }
                 if case .success(let count) = waited, (count.int ?? 0) >= Int64(durability.replicas) {
                     self.handle(result, lease: lease, sentAt: sent)

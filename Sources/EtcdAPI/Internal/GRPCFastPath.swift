@@ -274,12 +274,8 @@ final class GRPCFastPath: ChannelInboundHandler {
             let result: Result<[UInt8], RPCError>
             do {
                 result = .success(try await method.call(message))
-            } catch let error as DecodingFailure {
-                result = .failure(RPCError(code: .invalidArgument, message: "Can't deserialize to message of type \(error.type)."))
-            } catch let error as RPCError {
-                result = .failure(error)
             } catch {
-                result = .failure(EtcdAPIServer.refuse(method.name, error, logger: logger))
+                result = .failure(GRPCFastPath.status(of: error, method: method.name, logger: logger))
             }
             eventLoop.execute {
                 let (handler, context) = bound.value
@@ -293,6 +289,20 @@ final class GRPCFastPath: ChannelInboundHandler {
                     handler.writeStatus(context: context, status: error.code, message: error.message, headersSent: false, reset: false)
                 }
             }
+        }
+    }
+
+    /// The status a call that threw `error` ends with: INVALID_ARGUMENT for a request
+    /// that does not decode (grpc-swift's message), a service's own `RPCError` as it
+    /// is, anything else mapped and logged as the services do.
+    private static func status(of error: any Error, method: String, logger: Logger) -> RPCError {
+        switch error {
+        case let failure as DecodingFailure:
+            return RPCError(code: .invalidArgument, message: "Can't deserialize to message of type \(failure.type).")
+        case let rpcError as RPCError:
+            return rpcError
+        default:
+            return EtcdAPIServer.refuse(method, error, logger: logger)
         }
     }
 
@@ -311,12 +321,8 @@ final class GRPCFastPath: ChannelInboundHandler {
             do {
                 try await method.serve(messages, sink)
                 failure = nil
-            } catch let error as DecodingFailure {
-                failure = RPCError(code: .invalidArgument, message: "Can't deserialize to message of type \(error.type).")
-            } catch let error as RPCError {
-                failure = error
             } catch {
-                failure = EtcdAPIServer.refuse(method.name, error, logger: logger)
+                failure = GRPCFastPath.status(of: error, method: method.name, logger: logger)
             }
             eventLoop.execute {
                 let (handler, context) = bound.value

@@ -16,7 +16,8 @@ package enum SentinelResolver {
     package static func master(of sentinel: RedisConfiguration.Sentinel, connectTimeout: Duration) throws -> RedisConfiguration.Endpoint {
         var failures: [String] = []
         var authenticationFailures = 0
-        var answers: [Answer] = []
+        // The newest answer so far: the address and its configuration's epoch.
+        var newest: (endpoint: RedisConfiguration.Endpoint, epoch: Int64)?
         for endpoint in sentinel.endpoints {
             do {
                 let handshake = try open(endpoint, sentinel, connectTimeout: connectTimeout)
@@ -30,13 +31,9 @@ package enum SentinelResolver {
                     }
                     // The epoch of the configuration that address comes from (0 when a
                     // sentinel does not say: such an answer wins only without others).
-                    var epoch: Int64 = 0
-                    if case .array(let fields) = try handshake.rawCommand(["SENTINEL", "master", sentinel.masterName].map { Array($0.utf8) }) {
-                        for index in stride(from: 0, to: fields.count - 1, by: 2) where fields[index].string == "config-epoch" {
-                            epoch = fields[index + 1].string.flatMap { Int64($0) } ?? 0
-                        }
-                    }
-                    answers.append(Answer(endpoint: .tcp(host: host, port: port), configEpoch: epoch))
+                    let master = fields(try handshake.rawCommand(["SENTINEL", "master", sentinel.masterName].map { Array($0.utf8) }))
+                    let epoch = master["config-epoch"].flatMap { Int64($0) } ?? 0
+                    if newest == nil || epoch > newest!.epoch { newest = (.tcp(host: host, port: port), epoch) }
                 case .error(let message):
                     failures.append("\(endpoint): \(message)")
                 default:
@@ -51,27 +48,17 @@ package enum SentinelResolver {
                 failures.append("\(endpoint): \(error.message)")
             }
         }
-        if let chosen = newest(answers) { return chosen }
+        if let newest { return newest.endpoint }
         let code: RedisError.Code = authenticationFailures == sentinel.endpoints.count ? .authenticationFailed : .connectionRefused
         throw RedisError(code, "no sentinel named the master '\(sentinel.masterName)': \(failures.joined(separator: "; ")); check the sentinel addresses and the master name (sentinel monitor <name> ...)")
     }
 
-    /// One sentinel's answer: the master's address and its configuration's epoch.
-    package struct Answer: Sendable, Equatable {
-        package var endpoint: RedisConfiguration.Endpoint
-        package var configEpoch: Int64
-
-        package init(endpoint: RedisConfiguration.Endpoint, configEpoch: Int64) {
-            self.endpoint = endpoint
-            self.configEpoch = configEpoch
-        }
-    }
-
-    /// The address of the answer with the highest config epoch, the first on a tie.
-    package static func newest(_ answers: [Answer]) -> RedisConfiguration.Endpoint? {
-        var best: Answer?
-        for answer in answers where best == nil || answer.configEpoch > best!.configEpoch { best = answer }
-        return best?.endpoint
+    /// A reply of name/value pairs (SENTINEL MASTER, an entry of SENTINEL REPLICAS) as a dictionary.
+    static func fields(_ reply: RedisReply) -> [String: String] {
+        let items = reply.array?.compactMap(\.string) ?? []
+        var fields: [String: String] = [:]
+        for index in stride(from: 0, to: items.count - 1, by: 2) { fields[items[index]] = items[index + 1] }
+        return fields
     }
 
     /// A blocking connection to one sentinel, authenticated.
