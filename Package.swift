@@ -47,6 +47,7 @@ let package = Package(
             resources: [.embedInCode("../../lua/kv.lua"), .embedInCode("../../lua/compact.lua")]
         ),
         .target(name: "CoordinationPrimitives", dependencies: ["Coordination"]),
+        .target(name: "EventLoopExecution", dependencies: [.product(name: "NIOCore", package: "swift-nio")]),
         // etcd's v3 gRPC API served from the store: our own .proto files (Protos/) and
         // the committed generated code (Generated/, from scripts/generate-protos.sh).
         .target(
@@ -55,6 +56,7 @@ let package = Package(
                 "RedisClient",
                 "Coordination",
                 "CoordinationPrimitives",
+                "EventLoopExecution",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -76,6 +78,7 @@ let package = Package(
                 "RedisClient",
                 "Coordination",
                 "CoordinationPrimitives",
+                "EventLoopExecution",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),

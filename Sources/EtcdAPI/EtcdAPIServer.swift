@@ -90,9 +90,14 @@ public final class EtcdAPIServer: Service, Sendable {
         // Whoever waits for the addresses learns that there are none if serving ends first.
         defer { boundSignal.open() }
         let servers = addresses.map { address in
-            GRPCServer(transport: MethodCheckingTransport(HTTP2ServerTransport.Posix(address: .ipv4(host: address.host, port: address.port),
-                                                                                     transportSecurity: .plaintext, config: transportConfig())),
-                       services: services(), interceptors: [MetricsInterceptor()])
+            fastPath
+                ? Listener(GRPCServer(transport: MethodCheckingTransport(EtcdHTTP2Transport(
+                    host: address.host, port: address.port, methods: fastPathMethods(), streams: fastPathStreams(),
+                    maxRequestSize: Self.maxRequestPayloadSize, logger: logger)),
+                    services: services(), interceptors: [MetricsInterceptor()]))
+                : Listener(GRPCServer(transport: MethodCheckingTransport(HTTP2ServerTransport.Posix(address: .ipv4(host: address.host, port: address.port),
+                                                                                                     transportSecurity: .plaintext, config: transportConfig())),
+                                      services: services(), interceptors: [MetricsInterceptor()]))
         }
         // Why a listener stopped (a bind that failed: address in use, no permission), to
         // name the cause when its address never comes: grpc-swift's own error for that
@@ -114,7 +119,7 @@ public final class EtcdAPIServer: Service, Sendable {
                 for (index, (server, address)) in zip(servers, addresses).enumerated() {
                     let bound: GRPCNIOTransportCore.SocketAddress?
                     do {
-                        bound = try await server.listeningAddress
+                        bound = try await server.listeningAddress()
                     } catch {
                         // serve() reports the cause as it returns: wait for it briefly.
                         var cause: String?
@@ -141,46 +146,39 @@ public final class EtcdAPIServer: Service, Sendable {
         }
     }
 
-    /// HTTP/2 settings for etcd's clients. Pings never cost a connection: clientv3
-    /// (grpc-go) pings for keep-alive and, under load, for bandwidth estimation after
-    /// every burst of data, hundreds of times a second. A ``PingAnswerer`` first in
-    /// each connection answers them before swift-nio-http2's flood limit (200 control
-    /// frames in 30 s) or grpc-swift's ping policing would close the connection with
-    /// GOAWAY ENHANCE_YOUR_CALM, after which grpc-go re-sent requests the server had
-    /// already run (a Put applied twice, seen under the load test); etcd's grpc-go
-    /// server answers such pings at any rate too. Requests up to 1.5 MiB are accepted
-    /// (larger ones get etcd's "request is too large" from the store, or gRPC's
-    /// RESOURCE_EXHAUSTED beyond 2 MiB). With ``fastPath``, each HTTP/2 stream
-    /// starts with a ``GRPCFastPath`` that takes the KV and Lease unary calls and the
-    /// Watch stream.
+    /// The calls ``GRPCFastPath`` serves itself: KV's and Lease's unary calls.
+    func fastPathMethods() -> GRPCFastPath.Table {
+        KVService(store: store, member: member, logger: logger).fastPathMethods()
+            .merging(LeaseService(store: store, member: member, logger: logger, stopping: stopping).fastPathMethods()) { first, _ in first }
+    }
+
+    /// The streams ``GRPCFastPath`` serves itself: Watch.
+    func fastPathStreams() -> GRPCFastPath.StreamTable {
+        WatchService(store: store, member: member, logger: logger, stopping: stopping).fastPathMethods()
+    }
+
+    /// grpc-swift's HTTP/2 transport settings for etcd's clients (without ``fastPath``;
+    /// ``EtcdHTTP2Transport`` has the same HTTP/2 settings). Pings never cost a
+    /// connection: clientv3 (grpc-go) pings for keep-alive and, under load, for
+    /// bandwidth estimation after every burst of data, hundreds of times a second. A
+    /// ``PingAnswerer`` first in each connection answers them before swift-nio-http2's
+    /// flood limit (200 control frames in 30 s) or grpc-swift's ping policing would
+    /// close the connection with GOAWAY ENHANCE_YOUR_CALM, after which grpc-go re-sent
+    /// requests the server had already run (a Put applied twice, seen under the load
+    /// test); etcd's grpc-go server answers such pings at any rate too. Requests up to
+    /// 1.5 MiB are accepted (larger ones get etcd's "request is too large" from the
+    /// store, or gRPC's RESOURCE_EXHAUSTED beyond 2 MiB).
     func transportConfig() -> HTTP2ServerTransport.Posix.Config {
-        let unary = fastPath
-            ? KVService(store: store, member: member, logger: logger).fastPathMethods()
-                .merging(LeaseService(store: store, member: member, logger: logger, stopping: stopping).fastPathMethods()) { first, _ in first }
-            : [:]
-        let streams = fastPath
-            ? WatchService(store: store, member: member, logger: logger, stopping: stopping).fastPathMethods()
-            : [:]
-        let logger = self.logger
-        return .defaults { config in
+        .defaults { config in
             config.connection.keepalive = .init(
                 time: .seconds(2 * 60 * 60), timeout: .seconds(20),
                 clientBehavior: .init(minPingIntervalWithoutCalls: .zero, allowWithoutCalls: true))
             config.rpc.maxRequestPayloadSize = Self.maxRequestPayloadSize
-            // grpc-swift's flush coalescing holds each flush up to 100 µs for more writes;
-            // the fast path already flushes once per turn of the event loop. Without it,
-            // four back-to-back load-generator runs each way gave the same put and get
-            // rates and a lower watch delivery latency (p99 2.4-4.6 ms against 2.9-5.6).
+            // grpc-swift's flush coalescing holds each flush up to 100 µs for more writes.
+            // Without it, four back-to-back load-generator runs each way gave the same
+            // put and get rates and a lower watch delivery latency (p99 2.4-4.6 ms
+            // against 2.9-5.6).
             config.connection.flushCoalescing = nil
-            if !unary.isEmpty || !streams.isEmpty {
-                config.channelDebuggingCallbacks.onAcceptHTTP2Stream = { stream in
-                    stream.eventLoop.makeCompletedFuture {
-                        try stream.pipeline.syncOperations.addHandler(
-                            GRPCFastPath(methods: unary, streams: streams, maxRequestSize: Self.maxRequestPayloadSize, logger: logger),
-                            position: .first)
-                    }
-                }
-            }
             config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(PingAnswerer(), position: .first)
@@ -204,6 +202,19 @@ public final class EtcdAPIServer: Service, Sendable {
             "method": "\(method)", "code": "\(rpcError.code)", "message": "\(rpcError.message)", "reason": "\(error)",
         ])
         return rpcError
+    }
+}
+
+/// One listener's server, whichever its transport.
+private struct Listener: Sendable {
+    var serve: @Sendable () async throws -> Void
+    var listeningAddress: @Sendable () async throws -> GRPCNIOTransportCore.SocketAddress?
+    var beginGracefulShutdown: @Sendable () -> Void
+
+    init<Transport: ListeningServerTransport>(_ server: GRPCServer<Transport>) {
+        serve = { try await server.serve() }
+        listeningAddress = { try await server.listeningAddress }
+        beginGracefulShutdown = { server.beginGracefulShutdown() }
     }
 }
 

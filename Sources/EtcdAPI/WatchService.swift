@@ -113,9 +113,10 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
     /// ``GRPCFastPath``'s): the client's requests in, `send` for every response, in
     /// order. Returns only by throwing: the server stopping (UNAVAILABLE), a failed
     /// request, or cancellation when the client goes away. Every watcher of the stream
-    /// is cancelled when it ends.
+    /// is cancelled when it ends. Its watchers' tasks prefer `executor` (the fast path
+    /// gives the stream's event loop, where their responses are written).
     func serve<Requests: AsyncSequence & Sendable>(
-        _ requests: Requests, send: @escaping @Sendable (Etcdserverpb_WatchResponse) -> Void
+        _ requests: Requests, executor: (any TaskExecutor)? = nil, send: @escaping @Sendable (Etcdserverpb_WatchResponse) -> Void
     ) async throws where Requests.Element == Etcdserverpb_WatchRequest {
         let watchers = Watchers()
         APIMetrics.watchStreams.increment()
@@ -126,7 +127,7 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 for try await message in requests {
-                    try await handle(message, watchers: watchers, send: send)
+                    try await handle(message, watchers: watchers, executor: executor, send: send)
                 }
                 // The client closed its side; its watchers go on until it cancels the call.
                 while !Task.isCancelled { try await Task.sleep(for: .seconds(3600)) }
@@ -146,16 +147,17 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
     func fastPathMethods() -> GRPCFastPath.StreamTable {
         ["/etcdserverpb.Watch/Watch": GRPCFastPath.StreamMethod(service: "etcdserverpb.Watch", name: "Watch") { messages, sink in
             let requests = GRPCFastPath.Messages<Etcdserverpb_WatchRequest>(bytes: messages)
-            try await serve(requests, send: { response in
+            try await serve(requests, executor: sink.executor, send: { response in
                 if let bytes: [UInt8] = try? response.serializedBytes() { sink.send(bytes) }
             })
         }]
     }
 
-    private func handle(_ message: Etcdserverpb_WatchRequest, watchers: Watchers, send: @escaping @Sendable (Etcdserverpb_WatchResponse) -> Void) async throws {
+    private func handle(_ message: Etcdserverpb_WatchRequest, watchers: Watchers, executor: (any TaskExecutor)?,
+                        send: @escaping @Sendable (Etcdserverpb_WatchResponse) -> Void) async throws {
         switch message.requestUnion {
         case .createRequest(let create):
-            try await self.create(create, watchers: watchers, send: send)
+            try await self.create(create, watchers: watchers, executor: executor, send: send)
         case .cancelRequest(let cancel):
             if watchers.cancel(cancel.watchID) {
                 var answer = Etcdserverpb_WatchResponse()
@@ -174,7 +176,8 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
         }
     }
 
-    private func create(_ create: Etcdserverpb_WatchCreateRequest, watchers: Watchers, send: @escaping @Sendable (Etcdserverpb_WatchResponse) -> Void) async throws {
+    private func create(_ create: Etcdserverpb_WatchCreateRequest, watchers: Watchers, executor: (any TaskExecutor)?,
+                        send: @escaping @Sendable (Etcdserverpb_WatchResponse) -> Void) async throws {
         let current = try await revision()
         var created = Etcdserverpb_WatchResponse()
         created.header = member.header(current)
@@ -206,7 +209,7 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
         let key = create.key.bytes
         let fragment = create.fragment
         let (store, member, logger, limit) = (store, member, logger, maxResponseBytes)
-        let task = Task {
+        let task = Task(executorPreference: executor) {
             do {
                 for try await events in store.watch(key, options: options) {
                     var answer = Etcdserverpb_WatchResponse()

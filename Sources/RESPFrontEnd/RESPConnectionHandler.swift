@@ -1,4 +1,5 @@
 import Coordination
+import EventLoopExecution
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -283,16 +284,19 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         let boundSlot = NIOLoopBound(slot, eventLoop: loop)
         nextTaskID += 1
         let taskID = nextTaskID
-        let task = Task {
+        // On the connection's event loop (the actor's work too): the store's reply
+        // resumes the command there, where its reply is written.
+        let task = Task(executorPreference: EventLoopTaskExecutor.for(loop)) {
             await previous?.value
             let value: RESPValue = Task.isCancelled ? .error("ERR the connection closed") : await coordination.execute(command)
-            loop.execute {
+            let finish: @Sendable () -> Void = {
                 let handler = me.value
                 handler.inFlight[taskID] = nil
                 guard handler.context != nil else { return }
                 boundSlot.value.reply = handler.encode(value)
                 handler.flushReady()
             }
+            if loop.inEventLoop { finish() } else { loop.execute(finish) }
         }
         tail = task
         inFlight[taskID] = task

@@ -1,9 +1,11 @@
+import EventLoopExecution
 import GRPCCore
 import Logging
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
 import SwiftProtobuf
+import Synchronization
 
 /// Serves the unary calls of the KV service (Range, Put, DeleteRange, Txn, Compact)
 /// and the Lease service (LeaseGrant, LeaseRevoke, LeaseTimeToLive, LeaseLeases), and
@@ -26,8 +28,12 @@ import SwiftProtobuf
 ///   the stream, flushed once per turn of the event loop, then the trailers with the
 ///   status the method ends with.
 ///
-/// Every other stream (other services, compressed requests, anything unusual) passes
-/// through untouched to grpc-swift.
+/// Every other stream (the other services, unknown methods) goes to grpc-swift's server
+/// (its router, interceptors and service handlers) as an `RPCStream` over the same
+/// framing: the request's metadata and messages in, the handler's messages and status
+/// out (see ``Router``). Requests that are not plain gRPC are refused as grpc-swift
+/// refuses them: a content type that is not gRPC with HTTP 415, a compressed request
+/// with UNIMPLEMENTED.
 ///
 /// Answers are the same as through grpc-swift: the same messages and status codes
 /// (the service methods are shared), RESOURCE_EXHAUSTED past the request size limit,
@@ -57,8 +63,22 @@ final class GRPCFastPath: ChannelInboundHandler {
     struct StreamMethod: Sendable {
         var service: String
         var name: String
+        /// Whether this handler counts the call in the API metrics (grpc-swift's
+        /// interceptor counts the calls it serves through the ``Router``).
+        var counted = true
         var serve: @Sendable (AsyncThrowingStream<[UInt8], any Error>, Sink) async throws -> Void
     }
+
+    /// grpc-swift's server, for the streams not served here: the stream handler it gives
+    /// its transport, and the connection's peers for the call's `ServerContext`.
+    struct Router: Sendable {
+        var handle: @Sendable (RPCStream<ServerRequestParts, ServerResponseParts>, ServerContext) async -> Void
+        var remotePeer: String
+        var localPeer: String
+    }
+
+    typealias ServerRequestParts = RPCAsyncSequence<RPCRequestPart<[UInt8]>, any Error>
+    typealias ServerResponseParts = RPCWriter<RPCResponsePart<[UInt8]>>.Closable
 
     /// The streaming methods by `:path` (`/etcdserverpb.Watch/Watch`).
     typealias StreamTable = [String: StreamMethod]
@@ -75,6 +95,9 @@ final class GRPCFastPath: ChannelInboundHandler {
             target = NIOLoopBound((handler, context), eventLoop: context.eventLoop)
             eventLoop = context.eventLoop
         }
+
+        /// The stream's event loop, as a task executor.
+        var executor: EventLoopTaskExecutor { EventLoopTaskExecutor.for(eventLoop) }
 
         func send(_ message: [UInt8]) {
             let target = self.target
@@ -109,6 +132,62 @@ final class GRPCFastPath: ChannelInboundHandler {
         }
     }
 
+    /// A bridged stream's request as the transport's parts: the metadata, then each message.
+    struct RequestParts: AsyncSequence, Sendable {
+        typealias Element = RPCRequestPart<[UInt8]>
+        let metadata: Metadata
+        let messages: AsyncThrowingStream<[UInt8], any Error>
+
+        struct AsyncIterator: AsyncIteratorProtocol {
+            var metadata: Metadata?
+            var base: AsyncThrowingStream<[UInt8], any Error>.AsyncIterator
+
+            mutating func next() async throws -> RPCRequestPart<[UInt8]>? {
+                if let first = metadata {
+                    metadata = nil
+                    return .metadata(first)
+                }
+                return try await base.next().map { .message($0) }
+            }
+        }
+
+        func makeAsyncIterator() -> AsyncIterator {
+            AsyncIterator(metadata: metadata, base: messages.makeAsyncIterator())
+        }
+    }
+
+    /// A bridged stream's response: messages go to the stream as they are written, the
+    /// status is kept for the end of the call (written as the trailers). Response
+    /// metadata is not sent: the services set none.
+    final class RouterWriter: ClosableRPCWriterProtocol {
+        typealias Element = RPCResponsePart<[UInt8]>
+        private let sink: Sink
+        let status = Mutex<Status?>(nil)
+
+        init(sink: Sink) {
+            self.sink = sink
+        }
+
+        func write(_ element: Element) async throws {
+            switch element {
+            case .metadata:
+                break
+            case .message(let bytes):
+                sink.send(bytes)
+            case .status(let status, _):
+                self.status.withLock { $0 = status }
+            }
+        }
+
+        func write(contentsOf elements: some Sequence<Element>) async throws {
+            for element in elements { try await write(element) }
+        }
+
+        func finish() async {}
+
+        func finish(throwing error: any Error) async {}
+    }
+
     /// A table entry for `service`'s method `name`: the request decoded (a message that
     /// does not decode is INVALID_ARGUMENT, as through grpc-swift), `body` run, the
     /// response encoded. `body` throws only `RPCError`s it has already logged.
@@ -129,8 +208,6 @@ final class GRPCFastPath: ChannelInboundHandler {
     private enum State {
         /// Waiting for the request headers.
         case idle
-        /// Not ours: every frame goes on to grpc-swift.
-        case passing
         /// Ours: collecting the request message.
         case collecting(Method)
         /// Ours: the call runs; frames that still arrive are dropped.
@@ -143,6 +220,7 @@ final class GRPCFastPath: ChannelInboundHandler {
 
     private let methods: Table
     private let streams: StreamTable
+    private let router: Router
     private let maxRequestSize: Int
     private let logger: Logger
     private var state = State.idle
@@ -163,33 +241,31 @@ final class GRPCFastPath: ChannelInboundHandler {
     /// buffer limit for pub/sub, 32 MiB).
     static let unsentLimit = 32 * 1024 * 1024
 
-    init(methods: Table, streams: StreamTable = [:], maxRequestSize: Int, logger: Logger) {
+    init(methods: Table, streams: StreamTable, router: Router, maxRequestSize: Int, logger: Logger) {
         self.methods = methods
         self.streams = streams
+        self.router = router
         self.maxRequestSize = maxRequestSize
         self.logger = logger
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch state {
-        case .passing:
-            context.fireChannelRead(data)
         case .idle:
             let payload = unwrapInboundIn(data)
-            guard case .headers(let headers) = payload, let path = take(headers.headers) else {
-                state = .passing
-                context.fireChannelRead(data)
+            guard case .headers(let headers) = payload else {
+                // A stream opens with its headers (swift-nio-http2 enforces it).
+                state = .done
+                context.close(promise: nil)
                 return
             }
+            guard let path = take(headers.headers, context: context) else { return }
             if let method = methods[path] {
                 state = .collecting(method)
                 if headers.endStream { finishRequest(context: context, method: method) }
-            } else if let method = streams[path] {
-                startStream(context: context, method: method)
-                if headers.endStream { requests?.finish() }
             } else {
-                state = .passing
-                context.fireChannelRead(data)
+                startStream(context: context, method: streams[path] ?? bridged(path: path, headers: headers.headers))
+                if headers.endStream { requests?.finish() }
             }
         case .streaming(let method):
             streamRead(context: context, method: method, payload: unwrapInboundIn(data))
@@ -232,20 +308,68 @@ final class GRPCFastPath: ChannelInboundHandler {
         task = nil
         requests?.finish()
         requests = nil
-        if case .passing = state {} else { state = .done }
+        state = .done
         context.fireChannelInactive()
     }
 
-    /// The path, when the stream is a plain gRPC call to a method served here.
-    private func take(_ headers: HPACKHeaders) -> String? {
-        guard let path = headers.first(name: ":path"), methods[path] != nil || streams[path] != nil,
-              headers.first(name: ":method") == "POST",
-              let contentType = headers.first(name: "content-type"),
-              contentType == "application/grpc" || contentType == "application/grpc+proto"
-        else { return nil }
-        if let encoding = headers.first(name: "grpc-encoding"), encoding != "identity" { return nil }
+    /// The path, when the stream is a plain gRPC call; otherwise the stream is refused
+    /// as grpc-swift refuses it, and nil.
+    private func take(_ headers: HPACKHeaders, context: ChannelHandlerContext) -> String? {
+        guard headers.first(name: ":method") == "POST",
+              let contentType = headers.first(name: "content-type"), contentType.hasPrefix("application/grpc")
+        else {
+            state = .done
+            let refusal: HPACKHeaders = [":status": "415"]
+            context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: refusal, endStream: true))), promise: nil)
+            return nil
+        }
+        if let encoding = headers.first(name: "grpc-encoding"), encoding != "identity" {
+            writeStatus(context: context, status: .unimplemented,
+                        message: "\(encoding) compression is not supported; supported algorithms are listed in grpc-accept-encoding",
+                        headersSent: false, reset: false)
+            return nil
+        }
+        guard let path = headers.first(name: ":path") else {
+            writeStatus(context: context, status: .unimplemented, message: "No :path header has been set.", headersSent: false, reset: false)
+            return nil
+        }
         return path
     }
+
+    /// A stream for grpc-swift's server: its request metadata (the headers) and
+    /// messages as the transport's request parts, the router's response messages to the
+    /// stream, and the status it writes as this method's end (thrown unless OK).
+    private func bridged(path: String, headers: HPACKHeaders) -> StreamMethod {
+        let names = path.split(separator: "/", maxSplits: 2, omittingEmptySubsequences: false)
+        let service = names.count == 3 ? String(names[1]) : ""
+        let name = names.count == 3 ? String(names[2]) : String(path)
+        var metadata = Metadata()
+        for (header, value, _) in headers where !header.hasPrefix(":") && !Self.transportHeaders.contains(header) {
+            metadata.addString(value, forKey: header)
+        }
+        let router = self.router
+        let requestMetadata = metadata
+        return StreamMethod(service: service, name: name, counted: false) { messages, sink in
+            let descriptor = MethodDescriptor(fullyQualifiedService: service, method: name)
+            let parts = RPCAsyncSequence(wrapping: RequestParts(metadata: requestMetadata, messages: messages))
+            let writer = RouterWriter(sink: sink)
+            let cancellation = ServerContext.RPCCancellationHandle()
+            let context = ServerContext(descriptor: descriptor, remotePeer: router.remotePeer, localPeer: router.localPeer,
+                                        cancellation: cancellation)
+            await withTaskCancellationHandler {
+                await router.handle(RPCStream(descriptor: descriptor, inbound: parts, outbound: RPCWriter.Closable(wrapping: writer)), context)
+            } onCancel: {
+                cancellation.cancel()
+            }
+            let status = writer.status.withLock { $0 } ?? Status(code: .internalError, message: "the call ended without a status")
+            if let code = RPCError.Code(status.code) {
+                throw RPCError(code: code, message: status.message)
+            }
+        }
+    }
+
+    /// Headers that are the transport's, not the call's metadata.
+    private static let transportHeaders: Set<String> = ["content-type", "te", "grpc-encoding", "grpc-accept-encoding"]
 
     private func finishRequest(context: ChannelHandlerContext, method: Method) {
         state = .running
@@ -270,14 +394,16 @@ final class GRPCFastPath: ChannelInboundHandler {
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let eventLoop = context.eventLoop
         let logger = self.logger
-        task = Task {
+        // On the stream's event loop: the store's reply resumes the call there, where
+        // its response is written (no hop through Swift's global pool and back).
+        task = Task(executorPreference: EventLoopTaskExecutor.for(eventLoop)) {
             let result: Result<[UInt8], RPCError>
             do {
                 result = .success(try await method.call(message))
             } catch {
                 result = .failure(GRPCFastPath.status(of: error, method: method.name, logger: logger))
             }
-            eventLoop.execute {
+            let finish: @Sendable () -> Void = {
                 let (handler, context) = bound.value
                 handler.task = nil
                 switch result {
@@ -289,6 +415,7 @@ final class GRPCFastPath: ChannelInboundHandler {
                     handler.writeStatus(context: context, status: error.code, message: error.message, headersSent: false, reset: false)
                 }
             }
+            if eventLoop.inEventLoop { finish() } else { eventLoop.execute(finish) }
         }
     }
 
@@ -311,12 +438,12 @@ final class GRPCFastPath: ChannelInboundHandler {
         state = .streaming(method)
         let (messages, requests) = AsyncThrowingStream.makeStream(of: [UInt8].self)
         self.requests = requests
-        let recorder = APIMetrics.start(service: method.service, method: method.name)
+        let recorder = method.counted ? APIMetrics.start(service: method.service, method: method.name) : nil
         let sink = Sink(handler: self, context: context)
         let bound = sink.target
         let eventLoop = context.eventLoop
         let logger = self.logger
-        task = Task {
+        task = Task(executorPreference: EventLoopTaskExecutor.for(eventLoop)) {
             let failure: RPCError?
             do {
                 try await method.serve(messages, sink)
@@ -331,7 +458,7 @@ final class GRPCFastPath: ChannelInboundHandler {
                 handler.requests = nil
                 // A stream refused by this handler (an oversized message) ended with its
                 // own status, a reset one as cancelled.
-                recorder.finish(handler.refusedWith ?? failure?.code)
+                recorder?.finish(handler.refusedWith ?? failure?.code)
                 guard case .streaming = handler.state else { return }
                 handler.writeStatus(context: context, status: failure?.code, message: failure?.message ?? "",
                                     headersSent: handler.headersSent, reset: false)
@@ -368,6 +495,7 @@ final class GRPCFastPath: ChannelInboundHandler {
                         : (.resourceExhausted, "Message has exceeded the configured maximum payload size (max: \(maxRequestSize), actual: \(length))")
                     refusedWith = status
                     logger.notice("refused request", metadata: ["method": "\(method.name)", "code": "\(status)", "message": "\(message)"])
+                    if !method.counted { APIMetrics.start(service: method.service, method: method.name).finish(status) }
                     writeStatus(context: context, status: status, message: message, headersSent: headersSent, reset: true)
                     return
                 }
