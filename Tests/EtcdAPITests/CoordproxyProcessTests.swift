@@ -158,6 +158,8 @@ import Testing
             defer { proxy.kill() }
             #expect(try await etcdctl(["put", "m", "1"], endpoint: proxy.endpoint).status == 0)
             #expect(try await etcdctl(["get", "m"], endpoint: proxy.endpoint).status == 0)
+            // A call served by grpc-swift's server behind the fast path: counted once.
+            #expect(try await etcdctl(["member", "list"], endpoint: proxy.endpoint).status == 0)
             let future = try await etcdctl(["get", "m", "--rev", "1000"], endpoint: proxy.endpoint)
             #expect(future.status != 0 && future.error.contains("required revision is a future revision"))
             let watch = try Background(etcdctl: ["watch", "m"], endpoint: proxy.endpoint)
@@ -171,6 +173,8 @@ import Testing
                 #"grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Range",grpc_code="OK"} 1"#,
                 #"grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Range",grpc_code="OutOfRange"} 1"#,
                 #"grpc_server_handling_seconds_count{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Range"} 2"#,
+                #"grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.Cluster",grpc_method="MemberList",grpc_code="OK"} 1"#,
+                #"grpc_server_started_total{grpc_type="unary",grpc_service="etcdserverpb.Cluster",grpc_method="MemberList"} 1"#,
                 "coordproxy_redis_up 1.0",
                 "coordproxy_store_revision 2.0",
             ] {

@@ -32,8 +32,8 @@ import Synchronization
 /// (its router, interceptors and service handlers) as an `RPCStream` over the same
 /// framing: the request's metadata and messages in, the handler's messages and status
 /// out (see ``Router``). Requests that are not plain gRPC are refused as grpc-swift
-/// refuses them: a content type that is not gRPC with HTTP 415, a compressed request
-/// with UNIMPLEMENTED.
+/// refuses them: a content type that is not gRPC with HTTP 415; a compressed request
+/// with UNIMPLEMENTED, as etcd (which registers no decompressor) answers it.
 ///
 /// Answers are the same as through grpc-swift: the same messages and status codes
 /// (the service methods are shared), RESOURCE_EXHAUSTED past the request size limit,
@@ -324,8 +324,9 @@ final class GRPCFastPath: ChannelInboundHandler {
             return nil
         }
         if let encoding = headers.first(name: "grpc-encoding"), encoding != "identity" {
+            // etcd registers no decompressor: grpc-go's answer, as etcd gives it.
             writeStatus(context: context, status: .unimplemented,
-                        message: "\(encoding) compression is not supported; supported algorithms are listed in grpc-accept-encoding",
+                        message: "grpc: Decompressor is not installed for grpc-encoding \"\(encoding)\"",
                         headersSent: false, reset: false)
             return nil
         }

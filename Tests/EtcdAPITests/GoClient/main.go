@@ -34,6 +34,7 @@ import (
 	pb "go.etcd.io/etcd/etcdserver/etcdserverpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 )
@@ -45,8 +46,9 @@ func (rawCodec) Marshal(v interface{}) ([]byte, error)      { return v.([]byte),
 func (rawCodec) Unmarshal(data []byte, v interface{}) error { *(v.(*[]byte)) = data; return nil }
 func (rawCodec) Name() string                               { return "proto" }
 
-// badinput: unknown methods, malformed protobuf and oversized requests get an
-// error code, and the server keeps serving.
+// badinput: unknown methods, compressed requests, malformed protobuf and oversized
+// requests get an error code (etcd's message where it has one), and the server keeps
+// serving.
 func badinput(endpoint string) {
 	client := connect(endpoint)
 	defer client.Close()
@@ -61,6 +63,11 @@ func badinput(endpoint string) {
 	err = conn.Invoke(ctx, "/etcdserverpb.NoSuchService/Range", &pb.RangeRequest{Key: []byte("k")}, &pb.RangeResponse{})
 	if status.Code(err) != codes.Unimplemented || status.Convert(err).Message() != "unknown service etcdserverpb.NoSuchService" {
 		fail("an unknown service answered %v, want Unimplemented: unknown service etcdserverpb.NoSuchService", err)
+	}
+	// A compressed request: etcd registers no decompressor, so grpc-go's answer.
+	_, err = pb.NewKVClient(conn).Range(ctx, &pb.RangeRequest{Key: []byte("k")}, grpc.UseCompressor(gzip.Name))
+	if status.Code(err) != codes.Unimplemented || status.Convert(err).Message() != `grpc: Decompressor is not installed for grpc-encoding "gzip"` {
+		fail("a gzip-compressed Range answered %v, want Unimplemented: grpc: Decompressor is not installed for grpc-encoding \"gzip\"", err)
 	}
 	var reply []byte
 	err = conn.Invoke(ctx, "/etcdserverpb.KV/Range", []byte{0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f}, &reply, grpc.ForceCodec(rawCodec{}))
