@@ -76,6 +76,9 @@ struct LogEntry: Sendable {
 /// The reader keeps a position (the last revision it handed out) and reads after it
 /// with a blocking `XREAD` on a connection of its own; after a lost connection it
 /// reads again from the same position, so watchers see no gap and no duplicate.
+/// Once no watcher has been there for ``idleLinger`` the reader stops (and closes its
+/// connections), so that a client whose watches have ended stops reading the log on
+/// every write; the next watch starts a reader again, at the revision of then.
 /// A watcher that starts in the past first replays the log from its start revision
 /// while live entries are buffered for it, then switches to the live feed.
 final class WatchHub: Sendable {
@@ -118,7 +121,13 @@ final class WatchHub: Sendable {
         var dispatched: Int64 = -1
         /// The store generation (resets detected) the position belongs to.
         var generation = 0
+        /// Since when the reader has had no watcher (nil while it has one, or a watch
+        /// is starting).
+        var idleSince: ContinuousClock.Instant?
     }
+
+    /// How long the reader goes on without watchers before it stops.
+    static let idleLinger: Duration = .seconds(2)
 
     /// The revision up to which every watcher has been given its events.
     var dispatched: Int64 { state.withLock { $0.dispatched } }
@@ -142,7 +151,12 @@ final class WatchHub: Sendable {
     /// Starts the reader on first use, at the store's current revision; returns the
     /// position and the store generation it belongs to.
     func ensureReader() async throws -> (position: Int64, generation: Int) {
-        if let started = state.withLock({ $0.reader == nil ? nil : ($0.position, $0.generation) }) { return started }
+        let running = state.withLock { state -> (Int64, Int)? in
+            guard state.reader != nil else { return nil }
+            state.idleSince = nil
+            return (state.position, state.generation)
+        }
+        if let running { return running }
         let current = try await store.currentRevision()
         let generation = store.incarnation.withLock { $0.generation }
         var configuration = try store.readerConfiguration
@@ -212,15 +226,47 @@ final class WatchHub: Sendable {
         for watcher in watchers { watcher.continuation.finish() }
     }
 
-    /// Adds a watcher that started from a position of store generation `generation`;
-    /// nil when the store has been reset since (its start belongs to the old history).
-    func add(_ watcher: Watcher, generation: Int) -> Int? {
+    /// What ``add(_:generation:)`` did.
+    enum Admission {
+        /// The watcher is in, with this ID.
+        case added(Int)
+        /// The store has been reset since the watcher's start position was read (its
+        /// start belongs to the old history).
+        case storeReset
+        /// The reader stopped (idle) since the position was read: start it again.
+        case readerStopped
+    }
+
+    /// Adds a watcher that started from a position of store generation `generation`.
+    func add(_ watcher: Watcher, generation: Int) -> Admission {
         state.withLock { state in
-            guard state.generation == generation else { return nil }
+            guard state.generation == generation else { return .storeReset }
+            guard state.reader != nil else { return .readerStopped }
             let id = state.nextID
             state.nextID += 1
             state.watchers[id] = watcher
-            return id
+            state.idleSince = nil
+            return .added(id)
+        }
+    }
+
+    /// Whether the reader ends now: it has had no watcher for ``idleLinger``. Decided
+    /// under the lock, where ``ensureReader()`` sees it and starts a new one.
+    private func stopIfIdle() -> Bool {
+        state.withLock { state in
+            guard state.watchers.isEmpty else {
+                state.idleSince = nil
+                return false
+            }
+            let now = ContinuousClock.now
+            guard let since = state.idleSince else {
+                state.idleSince = now
+                return false
+            }
+            guard now - since >= Self.idleLinger else { return false }
+            state.reader = nil
+            state.idleSince = nil
+            return true
         }
     }
 
@@ -232,7 +278,7 @@ final class WatchHub: Sendable {
     /// block: the reader sleeps until a notification (or a 1 s safety sweep); without
     /// it, a blocking XREAD waits for the next entry.
     private func readLoop(_ connection: RedisConnection, wake: WakeSignal?) async {
-        while !Task.isCancelled {
+        while !Task.isCancelled && !stopIfIdle() {
             let (position, generation) = state.withLock { ($0.position, $0.generation) }
             do {
                 // With every read (at least once a second): is this still the history
@@ -424,12 +470,21 @@ extension CoordinationClient {
     private func startWatch(_ key: [UInt8], options: WatchOptions, hub: WatchHub, registration: WatchRegistration,
                             continuation: AsyncThrowingStream<WatchResponse, any Error>.Continuation) async throws {
         guard !key.isEmpty else { throw CoordinationError(.emptyKey, "key is not provided: a watch needs a key") }
-        let (position, generation) = try await hub.ensureReader()
-        let start = options.startRevision > 0 ? options.startRevision : position + 1
-        let watcher = WatchHub.Watcher(key: key, options: options, delivered: start - 1, continuation: continuation)
-        guard let id = hub.add(watcher, generation: generation) else {
-            throw CoordinationError(.storeReset, "the store was reset while this watch started (Redis lost data); re-read the state and watch again")
+        var admitted: (id: Int, watcher: WatchHub.Watcher, start: Int64)?
+        while admitted == nil {
+            let (position, generation) = try await hub.ensureReader()
+            let start = options.startRevision > 0 ? options.startRevision : position + 1
+            let watcher = WatchHub.Watcher(key: key, options: options, delivered: start - 1, continuation: continuation)
+            switch hub.add(watcher, generation: generation) {
+            case .added(let id):
+                admitted = (id, watcher, start)
+            case .storeReset:
+                throw CoordinationError(.storeReset, "the store was reset while this watch started (Redis lost data); re-read the state and watch again")
+            case .readerStopped:
+                try Task.checkCancellation()
+            }
         }
+        guard let (id, watcher, start) = admitted else { return }
         guard registration.begin(id) else {
             // The consumer left before the watch was registered.
             hub.remove(id)

@@ -101,6 +101,50 @@ func collect(_ stream: AsyncThrowingStream<WatchResponse, any Error>, events cou
         }
     }
 
+    /// A client whose watches have ended stops reading the log (its reader connection
+    /// closes after the linger); a later watch starts a reader again and sees exactly
+    /// the changes after it started, and one from an old revision the whole history.
+    @Test func theLogReaderStopsWhenTheLastWatchEndsAndAWatchAfterwardsMissesNothing() async throws {
+        try await withStore { store, redis throws in
+            func readerConnected() async throws -> Bool {
+                (try await redis.send("CLIENT", "LIST").string ?? "").contains("name=coord-watch-coord")
+            }
+            do {
+                let first = store.watch("idle/k")
+                Task { try await Task.sleep(for: .milliseconds(200)); _ = try await store.put("idle/k", "1") }   // 2
+                #expect(try await collect(first, events: 1).flatMap(\.events).map(\.kv.modRevision) == [2])
+                #expect(try await readerConnected())
+            }
+            // The watch has ended (its stream is gone): after the linger the reader goes.
+            let ended = ContinuousClock.now
+            while try await readerConnected() {
+                guard ContinuousClock.now - ended < .seconds(15) else {
+                    Issue.record("the log reader kept running without watchers")
+                    return
+                }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(ContinuousClock.now - ended >= .seconds(1), "the reader stopped before its linger")
+            _ = try await store.put("idle/k", "2")                               // 3, before any watch
+            let later = store.watch("idle/k")
+            let replay = store.watch("idle/k", options: WatchOptions(startRevision: 2))
+            // The later watch is live once the reader runs again; then revision 4.
+            let started = ContinuousClock.now
+            while !(try await readerConnected()) {
+                guard ContinuousClock.now - started < .seconds(10) else {
+                    Issue.record("no reader started for the new watch")
+                    return
+                }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            try await Task.sleep(for: .milliseconds(200))
+            _ = try await store.put("idle/k", "3")                               // 4
+            #expect(try await collect(later, events: 1).flatMap(\.events).map(\.kv.modRevision) == [4])
+            #expect(try await collect(replay, events: 3).flatMap(\.events).map(\.kv.modRevision) == [2, 3, 4])
+            await store.close()
+        }
+    }
+
     @Test func everyWatcherSeesEveryEventOnceInOrderAcrossReaderConnectionKills() async throws {
         try await withStore { store, redis throws in
             let writers = 8, putsPerWriter = 50, watcherCount = 32

@@ -22,6 +22,8 @@
 //	    -prefix loadgen/               every key written starts with it
 //	    -pids etcd=1234,redis=5678     server processes whose CPU (utime+stime from
 //	                                   /proc/<pid>/stat) is reported per operation
+//	                                   (the load generator's own is reported as
+//	                                   "loadgen" beside them)
 //	    -out result.json               the result file (written after every workload)
 //	    -notes "etcd 3.4.23, ..."      free text to start the file's notes with
 //
@@ -256,6 +258,9 @@ func runCommand(args []string) {
 			r.pids = append(r.pids, namedPID{name, pid})
 		}
 	}
+	// The load generator's own CPU too: on a machine it shares with the servers it
+	// bounds what they can be given.
+	r.pids = append(r.pids, namedPID{"loadgen", os.Getpid()})
 	var selected []string
 	for _, w := range strings.Split(*workloads, ",") {
 		w = strings.TrimSpace(w)
