@@ -38,8 +38,10 @@ public final class EtcdAPIServer: Service, Sendable {
     public let store: CoordinationClient
     public let member: EtcdMember
     public let addresses: [Address]
-    /// Whether KV's and Lease's unary calls and Watch streams are served by
-    /// ``GRPCFastPath`` (the default) or by grpc-swift like every other call.
+    /// Whether the listeners are coordproxy's own HTTP/2 transport, where KV's and
+    /// Lease's unary calls and Watch streams are served by ``GRPCFastPath`` and the
+    /// rest by grpc-swift's server (the default), or grpc-swift's own transport, where
+    /// grpc-swift serves every call.
     public let fastPath: Bool
     private let logger: Logger
     private let bound = Mutex<[Address]>([])
@@ -52,10 +54,11 @@ public final class EtcdAPIServer: Service, Sendable {
     /// - Parameters:
     ///   - member: who the server says it is; by default the member `default` of the
     ///     store's namespace, advertising the listen addresses.
-    ///   - fastPath: serve the KV and Lease services' unary calls and Watch streams
-    ///     straight from the HTTP/2 frames (``GRPCFastPath``: the same answers at less
-    ///     CPU per call and per event than grpc-swift's path); `false` sends them
-    ///     through grpc-swift too.
+    ///   - fastPath: listen with ``EtcdHTTP2Transport``, which serves the KV and Lease
+    ///     services' unary calls and Watch streams straight from the HTTP/2 frames
+    ///     (``GRPCFastPath``: the same answers at less CPU per call and per event) and
+    ///     hands every other call to grpc-swift's server; `false` listens with
+    ///     grpc-swift's own transport, which serves them all.
     public init(store: CoordinationClient, listen addresses: [Address], member: EtcdMember? = nil, fastPath: Bool = true, logger: Logger) {
         self.store = store
         self.addresses = addresses
