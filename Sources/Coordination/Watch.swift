@@ -245,7 +245,6 @@ final class WatchHub: Sendable {
             let id = state.nextID
             state.nextID += 1
             state.watchers[id] = watcher
-            state.idleSince = nil
             return .added(id)
         }
     }
@@ -467,24 +466,29 @@ extension CoordinationClient {
         watch(Array(key.utf8), options: options)
     }
 
-    private func startWatch(_ key: [UInt8], options: WatchOptions, hub: WatchHub, registration: WatchRegistration,
-                            continuation: AsyncThrowingStream<WatchResponse, any Error>.Continuation) async throws {
-        guard !key.isEmpty else { throw CoordinationError(.emptyKey, "key is not provided: a watch needs a key") }
-        var admitted: (id: Int, watcher: WatchHub.Watcher, start: Int64)?
-        while admitted == nil {
+    /// Adds the watcher to the hub, from the reader's position (or the start revision);
+    /// again from a new reader's when the one it read stopped meanwhile.
+    private func admit(_ key: [UInt8], options: WatchOptions, hub: WatchHub,
+                       continuation: AsyncThrowingStream<WatchResponse, any Error>.Continuation) async throws -> (Int, WatchHub.Watcher, Int64) {
+        while true {
             let (position, generation) = try await hub.ensureReader()
             let start = options.startRevision > 0 ? options.startRevision : position + 1
             let watcher = WatchHub.Watcher(key: key, options: options, delivered: start - 1, continuation: continuation)
             switch hub.add(watcher, generation: generation) {
             case .added(let id):
-                admitted = (id, watcher, start)
+                return (id, watcher, start)
             case .storeReset:
                 throw CoordinationError(.storeReset, "the store was reset while this watch started (Redis lost data); re-read the state and watch again")
             case .readerStopped:
                 try Task.checkCancellation()
             }
         }
-        guard let (id, watcher, start) = admitted else { return }
+    }
+
+    private func startWatch(_ key: [UInt8], options: WatchOptions, hub: WatchHub, registration: WatchRegistration,
+                            continuation: AsyncThrowingStream<WatchResponse, any Error>.Continuation) async throws {
+        guard !key.isEmpty else { throw CoordinationError(.emptyKey, "key is not provided: a watch needs a key") }
+        let (id, watcher, start) = try await admit(key, options: options, hub: hub, continuation: continuation)
         guard registration.begin(id) else {
             // The consumer left before the watch was registered.
             hub.remove(id)

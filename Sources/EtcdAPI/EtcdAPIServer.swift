@@ -94,13 +94,12 @@ public final class EtcdAPIServer: Service, Sendable {
         defer { boundSignal.open() }
         let servers = addresses.map { address in
             fastPath
-                ? Listener(GRPCServer(transport: MethodCheckingTransport(EtcdHTTP2Transport(
-                    host: address.host, port: address.port, methods: fastPathMethods(), streams: fastPathStreams(),
-                    maxRequestSize: Self.maxRequestPayloadSize, logger: logger)),
-                    services: services(), interceptors: [MetricsInterceptor()]))
-                : Listener(GRPCServer(transport: MethodCheckingTransport(HTTP2ServerTransport.Posix(address: .ipv4(host: address.host, port: address.port),
-                                                                                                     transportSecurity: .plaintext, config: transportConfig())),
-                                      services: services(), interceptors: [MetricsInterceptor()]))
+                ? Listener(EtcdHTTP2Transport(host: address.host, port: address.port, methods: fastPathMethods(), streams: fastPathStreams(),
+                                              maxRequestSize: Self.maxRequestPayloadSize, logger: logger),
+                           services: services())
+                : Listener(HTTP2ServerTransport.Posix(address: .ipv4(host: address.host, port: address.port), transportSecurity: .plaintext,
+                                                      config: transportConfig()),
+                           services: services())
         }
         // Why a listener stopped (a bind that failed: address in use, no permission), to
         // name the cause when its address never comes: grpc-swift's own error for that
@@ -208,13 +207,15 @@ public final class EtcdAPIServer: Service, Sendable {
     }
 }
 
-/// One listener's server, whichever its transport.
+/// One listener's server, whichever its transport: grpc-swift's server for `services`
+/// on it, with etcd's answers to unknown methods and the API metrics.
 private struct Listener: Sendable {
     var serve: @Sendable () async throws -> Void
     var listeningAddress: @Sendable () async throws -> GRPCNIOTransportCore.SocketAddress?
     var beginGracefulShutdown: @Sendable () -> Void
 
-    init<Transport: ListeningServerTransport>(_ server: GRPCServer<Transport>) {
+    init<Transport: ListeningServerTransport>(_ transport: Transport, services: [any RegistrableRPCService]) {
+        let server = GRPCServer(transport: MethodCheckingTransport(transport), services: services, interceptors: [MetricsInterceptor()])
         serve = { try await server.serve() }
         listeningAddress = { try await server.listeningAddress }
         beginGracefulShutdown = { server.beginGracefulShutdown() }

@@ -71,6 +71,8 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     }
     private var closing = false
     private var context: ChannelHandlerContext?
+    /// The connection's event loop as a task executor (coordination commands run there).
+    private var executor: EventLoopTaskExecutor?
     private var backend: Backend?
     private let coordination: ConnectionCoordination
     /// The client's signs of life: every command, and busy while replies are owed.
@@ -103,6 +105,7 @@ final class RESPConnectionHandler: ChannelInboundHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         self.context = context
+        executor = EventLoopTaskExecutor.for(context.eventLoop)
         shared.connections.add(context.channel)
         context.fireChannelActive()
     }
@@ -286,7 +289,7 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         let taskID = nextTaskID
         // On the connection's event loop (the actor's work too): the store's reply
         // resumes the command there, where its reply is written.
-        let task = Task(executorPreference: EventLoopTaskExecutor.for(loop)) {
+        let task = Task(executorPreference: executor) {
             await previous?.value
             let value: RESPValue = Task.isCancelled ? .error("ERR the connection closed") : await coordination.execute(command)
             let finish: @Sendable () -> Void = {

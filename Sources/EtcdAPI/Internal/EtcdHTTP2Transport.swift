@@ -1,3 +1,4 @@
+import EventLoopExecution
 import GRPCCore
 import GRPCNIOTransportCore
 import Logging
@@ -41,7 +42,8 @@ final class EtcdHTTP2Transport: ListeningServerTransport {
     private struct State {
         var listener: (any Channel)?
         var address: Result<GRPCNIOTransportCore.SocketAddress, any Error>?
-        var connections: [ObjectIdentifier: any Channel] = [:]
+        /// The open connections, each with its count of open streams.
+        var connections: [ObjectIdentifier: (channel: any Channel, streams: StreamCount)] = [:]
         var shuttingDown = false
     }
 
@@ -100,7 +102,7 @@ final class EtcdHTTP2Transport: ListeningServerTransport {
             try? await listener.closeFuture.get()
             // Then every connection's end (graceful shutdown closes each once its
             // streams are done; cancellation closes them at once).
-            while let open = state.withLock({ $0.connections.values.first }) {
+            while let open = state.withLock({ $0.connections.values.first?.channel }) {
                 try? await open.closeFuture.get()
                 state.withLock { _ = $0.connections.removeValue(forKey: ObjectIdentifier(open)) }
             }
@@ -110,7 +112,7 @@ final class EtcdHTTP2Transport: ListeningServerTransport {
                 return (state.listener, Array(state.connections.values))
             }
             listener?.close(promise: nil)
-            for connection in connections { connection.close(promise: nil) }
+            for connection in connections { connection.channel.close(promise: nil) }
         }
     }
 
@@ -120,15 +122,16 @@ final class EtcdHTTP2Transport: ListeningServerTransport {
             return (state.listener, Array(state.connections.values))
         }
         listener?.close(promise: nil)
-        for connection in connections { Self.drain(connection) }
+        for connection in connections { Self.drain(connection.channel, streams: connection.streams) }
     }
 
     /// A connection's pipeline: the ping answerer and flush coalescer next to the
     /// socket, then HTTP/2 with a fast path first in each stream.
     private func configure(_ channel: any Channel, streamHandler: @escaping @Sendable (RPCStream<Inbound, Outbound>, ServerContext) async -> Void) throws {
+        let streams = StreamCount(channel: channel)
         let admitted = state.withLock { state -> Bool in
             guard !state.shuttingDown else { return false }
-            state.connections[ObjectIdentifier(channel)] = channel
+            state.connections[ObjectIdentifier(channel)] = (channel, streams)
             return true
         }
         guard admitted else {
@@ -152,12 +155,14 @@ final class EtcdHTTP2Transport: ListeningServerTransport {
         stream.targetWindowSize = Self.windowSize
         let router = GRPCFastPath.Router(handle: streamHandler, remotePeer: Self.peer(channel.remoteAddress),
                                          localPeer: Self.peer(channel.localAddress))
-        let (methods, streams, maxRequestSize, logger) = (self.methods, self.streams, self.maxRequestSize, self.logger)
+        let (methods, streamMethods, maxRequestSize, logger) = (self.methods, self.streams, self.maxRequestSize, self.logger)
+        let executor = EventLoopTaskExecutor.for(channel.eventLoop)
         _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: stream,
-                                            streamDelegate: StreamCount(channel: channel)) { stream in
+                                            streamDelegate: streams) { stream in
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandler(
-                    GRPCFastPath(methods: methods, streams: streams, router: router, maxRequestSize: maxRequestSize, logger: logger))
+                    GRPCFastPath(methods: methods, streams: streamMethods, router: router, executor: executor,
+                                 maxRequestSize: maxRequestSize, logger: logger))
             }
         }
     }
@@ -177,12 +182,12 @@ final class EtcdHTTP2Transport: ListeningServerTransport {
 
     /// Graceful shutdown of one connection: a GOAWAY now, the close once its streams
     /// have ended (or after the grace period).
-    private static func drain(_ channel: any Channel) {
+    private static func drain(_ channel: any Channel, streams: StreamCount) {
         channel.eventLoop.execute {
             guard channel.isActive else { return }
             let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil))
             channel.writeAndFlush(goAway, promise: nil)
-            StreamCount.startDraining(channel)
+            streams.startDraining()
             channel.eventLoop.scheduleTask(in: gracePeriod) { channel.close(promise: nil) }
         }
     }
@@ -190,7 +195,7 @@ final class EtcdHTTP2Transport: ListeningServerTransport {
 
 /// The open streams of one connection, so that a draining connection closes when its
 /// last stream ends. Called by swift-nio-http2 on the connection's event loop.
-private final class StreamCount: NIOHTTP2StreamDelegate, Sendable {
+final class StreamCount: NIOHTTP2StreamDelegate, Sendable {
     private struct Counts {
         var open = 0
         var draining = false
@@ -202,21 +207,13 @@ private final class StreamCount: NIOHTTP2StreamDelegate, Sendable {
     init(channel: any Channel) {
         self.channel = channel
         self.counts = NIOLoopBoundBox(Counts(), eventLoop: channel.eventLoop)
-        Self.registry.withLock { $0[ObjectIdentifier(channel)] = self }
-        channel.closeFuture.whenComplete { [channel] _ in
-            _ = Self.registry.withLock { $0.removeValue(forKey: ObjectIdentifier(channel)) }
-        }
     }
-
-    /// The counts by connection, for ``startDraining(_:)``.
-    private static let registry = Mutex<[ObjectIdentifier: StreamCount]>([:])
 
     /// On the connection's event loop: closes it now if no stream is open, or when the
     /// last one ends.
-    static func startDraining(_ channel: any Channel) {
-        guard let count = registry.withLock({ $0[ObjectIdentifier(channel)] }) else { return }
-        count.counts.value.draining = true
-        if count.counts.value.open == 0 { channel.close(promise: nil) }
+    func startDraining() {
+        counts.value.draining = true
+        if counts.value.open == 0 { channel.close(promise: nil) }
     }
 
     func streamCreated(_ id: HTTP2StreamID, channel: any Channel) {

@@ -9,8 +9,8 @@ import Synchronization
 
 /// Serves the unary calls of the KV service (Range, Put, DeleteRange, Txn, Compact)
 /// and the Lease service (LeaseGrant, LeaseRevoke, LeaseTimeToLive, LeaseLeases), and
-/// the Watch service's stream, straight from the HTTP/2 stream's frames, before
-/// grpc-swift's own stream handler.
+/// the Watch service's stream, straight from the HTTP/2 stream's frames: the one
+/// handler of each stream of ``EtcdHTTP2Transport``.
 ///
 /// A call through grpc-swift's server passes each request and response through its
 /// stream state machine, an async channel, an async sequence, the RPC executor's tasks
@@ -18,7 +18,7 @@ import Synchronization
 /// coordproxy's CPU there, several times what the store call itself costs. These
 /// calls are the hot path of every etcd client (the whole of the load test's put, get,
 /// txn and STM workloads, most of its lock workloads, and every watch event), and they
-/// are plain. So this handler, added first to each HTTP/2 stream's pipeline, takes a
+/// are plain. So this handler, the whole of each HTTP/2 stream's pipeline, takes a
 /// stream whose `:path` is one of them and whose request is uncompressed gRPC:
 ///
 /// - a unary call: it collects the request message, runs the service's method in a
@@ -90,14 +90,14 @@ final class GRPCFastPath: ChannelInboundHandler {
     final class Sink: Sendable {
         fileprivate let target: NIOLoopBound<(GRPCFastPath, ChannelHandlerContext)>
         fileprivate let eventLoop: any EventLoop
+        /// The stream's event loop, as a task executor.
+        let executor: EventLoopTaskExecutor
 
         fileprivate init(handler: GRPCFastPath, context: ChannelHandlerContext) {
             target = NIOLoopBound((handler, context), eventLoop: context.eventLoop)
             eventLoop = context.eventLoop
+            executor = handler.executor
         }
-
-        /// The stream's event loop, as a task executor.
-        var executor: EventLoopTaskExecutor { EventLoopTaskExecutor.for(eventLoop) }
 
         func send(_ message: [UInt8]) {
             let target = self.target
@@ -221,6 +221,8 @@ final class GRPCFastPath: ChannelInboundHandler {
     private let methods: Table
     private let streams: StreamTable
     private let router: Router
+    /// The stream's event loop as a task executor: the calls run there.
+    private let executor: EventLoopTaskExecutor
     private let maxRequestSize: Int
     private let logger: Logger
     private var state = State.idle
@@ -241,10 +243,11 @@ final class GRPCFastPath: ChannelInboundHandler {
     /// buffer limit for pub/sub, 32 MiB).
     static let unsentLimit = 32 * 1024 * 1024
 
-    init(methods: Table, streams: StreamTable, router: Router, maxRequestSize: Int, logger: Logger) {
+    init(methods: Table, streams: StreamTable, router: Router, executor: EventLoopTaskExecutor, maxRequestSize: Int, logger: Logger) {
         self.methods = methods
         self.streams = streams
         self.router = router
+        self.executor = executor
         self.maxRequestSize = maxRequestSize
         self.logger = logger
     }
@@ -397,7 +400,7 @@ final class GRPCFastPath: ChannelInboundHandler {
         let logger = self.logger
         // On the stream's event loop: the store's reply resumes the call there, where
         // its response is written (no hop through Swift's global pool and back).
-        task = Task(executorPreference: EventLoopTaskExecutor.for(eventLoop)) {
+        task = Task(executorPreference: executor) {
             let result: Result<[UInt8], RPCError>
             do {
                 result = .success(try await method.call(message))
@@ -444,7 +447,7 @@ final class GRPCFastPath: ChannelInboundHandler {
         let bound = sink.target
         let eventLoop = context.eventLoop
         let logger = self.logger
-        task = Task(executorPreference: EventLoopTaskExecutor.for(eventLoop)) {
+        task = Task(executorPreference: executor) {
             let failure: RPCError?
             do {
                 try await method.serve(messages, sink)
@@ -496,7 +499,6 @@ final class GRPCFastPath: ChannelInboundHandler {
                         : (.resourceExhausted, "Message has exceeded the configured maximum payload size (max: \(maxRequestSize), actual: \(length))")
                     refusedWith = status
                     logger.notice("refused request", metadata: ["method": "\(method.name)", "code": "\(status)", "message": "\(message)"])
-                    if !method.counted { APIMetrics.start(service: method.service, method: method.name).finish(status) }
                     writeStatus(context: context, status: status, message: message, headersSent: headersSent, reset: true)
                     return
                 }
