@@ -282,7 +282,7 @@ struct FortressTests {
                     return "unreachable"
                 }
             }
-            #expect(started.isOpen)
+            #expect(await eventually { started.isOpen })  // the visit has begun; the worker runs concurrently
             let guardRole = fortress.guardRole
             let lockdown = Task { try await guardRole.lockdown() }
             #expect(await stillBlocked(lockdown))
