@@ -177,14 +177,23 @@ final class WatchHub: Sendable {
                 state.notified = subscriber != nil
                 state.reader = Task { [self] in
                     if let subscriber {
+                        // A notification wakes the reader from the subscriber's thread
+                        // (no task in between); a sweep once a second covers a lost one.
                         let listener = Task {
-                            try? await subscriber.subscribe(channels: [channel]) { events in
+                            try? await subscriber.subscribe(channels: [channel], onEvent: { _ in wake.signal() }) { ended in
                                 wake.signal()   // subscribed: re-read once, in case an entry came first
-                                for try await _ in events { wake.signal() }
+                                for try await _ in ended {}
+                            }
+                        }
+                        let sweep = Task {
+                            while !Task.isCancelled {
+                                try? await Task.sleep(for: .seconds(1))
+                                wake.signal()
                             }
                         }
                         await readLoop(connection, wake: wake)
                         listener.cancel()
+                        sweep.cancel()
                         await subscriber.close()
                     } else {
                         await readLoop(connection, wake: nil)
@@ -274,7 +283,7 @@ final class WatchHub: Sendable {
     }
 
     /// Reads the log after the position and hands entries out. With `wake`, reads do not
-    /// block: the reader sleeps until a notification (or a 1 s safety sweep); without
+    /// block: the reader sleeps until a notification (or the sweep's signal, once a second); without
     /// it, a blocking XREAD waits for the next entry.
     private func readLoop(_ connection: RedisConnection, wake: WakeSignal?) async {
         while !Task.isCancelled && !stopIfIdle() {
@@ -302,7 +311,7 @@ final class WatchHub: Sendable {
                 }
                 let entries = Self.parseXRead(reply)
                 guard let last = entries.last else {
-                    await wake?.wait(timeout: .seconds(1))
+                    await wake?.wait()
                     continue
                 }
                 if let first = entries.first, first.revision > position + 1, position >= 1 {

@@ -113,11 +113,36 @@ public final class RedisSubscriber: Sendable {
         patterns: [String] = [],
         _ body: (RedisSubscription) async throws -> Result
     ) async throws -> Result {
+        try await subscribe(channels: channels, patterns: patterns, handler: nil, body)
+    }
+
+    /// Subscribes for the duration of `body`, handing every event to `onEvent` on the
+    /// subscriber's connection thread as it is read, with no task in between: the
+    /// subscription passed to `body` then carries only its end (or the error that
+    /// ended it). For wake-ups that must cost no more than a function call (the watch
+    /// log reader's); keep `onEvent` short, never block in it and never call back into
+    /// this subscriber from it (it runs under the subscriber's lock).
+    package func subscribe<Result: Sendable>(
+        channels: [String] = [],
+        patterns: [String] = [],
+        onEvent: @escaping @Sendable (RedisSubscriptionEvent) -> Void,
+        _ body: (RedisSubscription) async throws -> Result
+    ) async throws -> Result {
+        try await subscribe(channels: channels, patterns: patterns, handler: onEvent, body)
+    }
+
+    private func subscribe<Result: Sendable>(
+        channels: [String],
+        patterns: [String],
+        handler: (@Sendable (RedisSubscriptionEvent) -> Void)?,
+        _ body: (RedisSubscription) async throws -> Result
+    ) async throws -> Result {
         guard !channels.isEmpty || !patterns.isEmpty else {
             throw RedisError(.invalidArgument, "subscribe needs at least one channel or pattern")
         }
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: RedisSubscriptionEvent.self)
-        let id = try await registry.add(channels: Set(channels), patterns: Set(patterns), continuation: continuation, engine: engine)
+        let id = try await registry.add(channels: Set(channels), patterns: Set(patterns), continuation: continuation,
+                                        handler: handler, engine: engine)
         let result: Result
         do {
             result = try await body(RedisSubscription(stream: stream))
@@ -148,6 +173,12 @@ final class SubscriptionRegistry: Sendable {
         var channels: Set<String>
         var patterns: Set<String>
         var continuation: AsyncThrowingStream<RedisSubscriptionEvent, any Error>.Continuation
+        /// Takes the events instead of the stream, on the connection thread.
+        var handler: (@Sendable (RedisSubscriptionEvent) -> Void)?
+
+        func deliver(_ event: RedisSubscriptionEvent) {
+            if let handler { handler(event) } else { continuation.yield(event) }
+        }
     }
 
     private struct State {
@@ -171,6 +202,7 @@ final class SubscriptionRegistry: Sendable {
         channels: Set<String>,
         patterns: Set<String>,
         continuation: AsyncThrowingStream<RedisSubscriptionEvent, any Error>.Continuation,
+        handler: (@Sendable (RedisSubscriptionEvent) -> Void)? = nil,
         engine: ConnectionEngine
     ) async throws -> Int {
         var assigned = 0
@@ -180,7 +212,7 @@ final class SubscriptionRegistry: Sendable {
                     let id = state.nextID
                     state.nextID += 1
                     assigned = id
-                    state.entries[id] = Entry(channels: channels, patterns: patterns, continuation: continuation)
+                    state.entries[id] = Entry(channels: channels, patterns: patterns, continuation: continuation, handler: handler)
                     // SUBSCRIBE is sent for every name, even one already subscribed for
                     // another subscription: it is idempotent on the server, and its reply
                     // is what proves that this subscription is active (or refused).
@@ -242,14 +274,14 @@ final class SubscriptionRegistry: Sendable {
         if kind == Array("message".utf8), parts.count == 3, let channel = parts[1].string, let payload = parts[2].bytes {
             let message = RedisPubSubMessage(channel: channel, payload: payload)
             state.withLock { state in
-                for id in state.byChannel[channel] ?? [] { state.entries[id]?.continuation.yield(.message(message)) }
+                for id in state.byChannel[channel] ?? [] { state.entries[id]?.deliver(.message(message)) }
             }
             return true
         }
         if kind == Array("pmessage".utf8), parts.count == 4, let pattern = parts[1].string, let channel = parts[2].string, let payload = parts[3].bytes {
             let message = RedisPubSubMessage(channel: channel, pattern: pattern, payload: payload)
             state.withLock { state in
-                for id in state.byPattern[pattern] ?? [] { state.entries[id]?.continuation.yield(.message(message)) }
+                for id in state.byPattern[pattern] ?? [] { state.entries[id]?.deliver(.message(message)) }
             }
             return true
         }
@@ -300,7 +332,7 @@ final class SubscriptionRegistry: Sendable {
     /// Sends an event to every subscription.
     func broadcast(_ event: RedisSubscriptionEvent) {
         state.withLock { state in
-            for entry in state.entries.values { entry.continuation.yield(event) }
+            for entry in state.entries.values { entry.deliver(event) }
         }
     }
 

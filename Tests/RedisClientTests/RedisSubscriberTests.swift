@@ -1,3 +1,4 @@
+import Synchronization
 import Testing
 @testable import RedisClient
 
@@ -19,6 +20,36 @@ import Testing
             #expect(received.prefix(50).allSatisfy { $0.channel == "news" && $0.pattern == nil })
             #expect(received.last == RedisPubSubMessage(channel: "log.error", pattern: "log.*", payload: [0, 1, 2]))
             await subscriber.close()
+        }
+    }
+
+    @Test func aHandlerGetsEveryEventInOrderAndTheStreamOnlyItsEnd() async throws {
+        try await withConnection { server, publisher in
+            let subscriber = try await RedisSubscriber.connect(server.configuration)
+            let received = Mutex<[RedisSubscriptionEvent]>([])
+            let streamed = try await subscriber.subscribe(channels: ["wake"], onEvent: { event in
+                received.withLock { $0.append(event) }
+            }) { subscription in
+                for index in 0..<20 { try await publisher.send("PUBLISH", "wake", "m\(index)") }
+                #expect(await eventually { received.withLock { $0.count } == 20 })
+                #expect(try await publisher.send("CLIENT", "KILL", "TYPE", "pubsub").int == 1)
+                #expect(await eventually { received.withLock { $0.last } == .reconnected })
+                try await publisher.send("PUBLISH", "wake", "after")
+                #expect(await eventually { received.withLock { $0.count } == 22 })
+                // Nothing went to the stream: it ends (and yields nothing) when the subscriber closes.
+                let drain = Task { () -> Int in
+                    var count = 0
+                    do { for try await _ in subscription { count += 1 } } catch {}
+                    return count
+                }
+                await subscriber.close()
+                return await drain.value
+            }
+            let events = received.withLock { $0 }
+            #expect(events.prefix(20) == (0..<20).map { .message(RedisPubSubMessage(channel: "wake", payload: Array("m\($0)".utf8))) }[...])
+            #expect(events[20] == .reconnected)
+            #expect(events[21] == .message(RedisPubSubMessage(channel: "wake", payload: Array("after".utf8))))
+            #expect(streamed == 0)
         }
     }
 

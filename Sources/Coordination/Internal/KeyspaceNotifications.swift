@@ -67,6 +67,22 @@ final class WakeSignal: Sendable {
         waiter?.resume()
     }
 
+    /// Returns at the next signal (at once if one is pending). Costs no task and no
+    /// timer: a waker that also wants a time bound signals on a clock of its own.
+    func wait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = state.withLock { state -> Bool in
+                if state.pending {
+                    state.pending = false
+                    return true
+                }
+                state.waiter = continuation
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+    }
+
     /// Returns at the next signal (at once if one is pending), or after `timeout`.
     func wait(timeout: Duration) async {
         let generation = state.withLock { state -> Int in
