@@ -76,7 +76,8 @@ public final class CoordinationClient: Sendable {
                 let (namespace, keys, durability) = (namespace, keys, durability)
                 let identity = LeaseKeeper.Identity(
                     ticket: { [weak self] in self?.incarnation.withLock { $0.ticket() } ?? StoreIncarnation.Ticket(highest: 0, generation: 0) },
-                    check: { [weak self] reply, ticket in try? self?.check(reply, sentWith: ticket) })
+                    check: { [weak self] reply, ticket, record in try? self?.check(reply, sentWith: ticket, record: record) },
+                    confirm: { [weak self] revision, ticket in self?.incarnation.withLock { $0.confirm(revision, sentWith: ticket) } })
                 let task = Task { try await LeaseKeeper.start(configuration: configuration, namespace: namespace, keys: keys, identity: identity, durability: durability) }
                 storage = task
                 return task
@@ -456,9 +457,14 @@ public final class CoordinationClient: Sendable {
         let ticket = incarnation.withLock { $0.ticket() }
         let reply = try await redis.run(Self.kvScript, keys: scriptKeys(lease: lease), arguments: [request.encoded()], timeout: nil)
         let decoded = try Self.decodeScriptReply(reply)
-        try check(decoded, sentWith: ticket)
-        if let durability, let kind = request.array?.first?.text {
+        // With durability, the reply's revision counts as seen only once the replicas
+        // have it: a failover that takes back a write whose WAIT fell short (its outcome
+        // was reported unknown) has not lost anything acknowledged.
+        try check(decoded, sentWith: ticket, record: durability == nil)
+        if let durability {
+            let kind = request.array?.first?.text ?? ""
             try await replicationBarrier(durability, afterWrite: Self.writingRequests.contains(kind))
+            incarnation.withLock { $0.confirm(decoded.revision, sentWith: ticket) }
         }
         return (decoded.revision, decoded.result)
     }
@@ -494,9 +500,9 @@ public final class CoordinationClient: Sendable {
     /// Checks a reply's store identity against what this client knows; a reply that
     /// shows a reset ends every watch and session of the client and throws
     /// ``CoordinationError/Code/storeReset``.
-    func check(_ reply: ScriptReply, sentWith ticket: StoreIncarnation.Ticket) throws {
+    func check(_ reply: ScriptReply, sentWith ticket: StoreIncarnation.Ticket, record: Bool = true) throws {
         guard let identity = reply.identity else { return }
-        let verdict = incarnation.withLock { $0.observe(id: identity.id, revision: reply.revision, epoch: identity.epoch, sentWith: ticket) }
+        let verdict = incarnation.withLock { $0.observe(id: identity.id, revision: reply.revision, epoch: identity.epoch, sentWith: ticket, record: record) }
         try act(on: verdict, revision: reply.revision)
     }
 

@@ -286,6 +286,8 @@ final class WatchHub: Sendable {
     /// block: the reader sleeps until a notification (or the sweep's signal, once a second); without
     /// it, a blocking XREAD waits for the next entry.
     private func readLoop(_ connection: RedisConnection, wake: WakeSignal?) async {
+        // With durability, what a read saw counts as seen only once the replicas have it.
+        let record = store.durability == nil
         while !Task.isCancelled && !stopIfIdle() {
             let (position, generation) = state.withLock { ($0.position, $0.generation) }
             do {
@@ -301,18 +303,27 @@ final class WatchHub: Sendable {
                     guard let array = parts.array, array.count == 5 else {
                         throw CoordinationError(.protocolError, "the log read returned \(parts)")
                     }
-                    guard try checkHistory(Array(array[0..<4]), position: position, generation: generation) else { continue }
+                    guard try checkHistory(Array(array[0..<4]), position: position, generation: generation, record: record) else { continue }
                     reply = array[4]
                 } else {
                     let command: [[UInt8]] = [Array("XREAD".utf8), Array("COUNT".utf8), Array("512".utf8), Array("BLOCK".utf8), Array("1000".utf8),
                                               Array("STREAMS".utf8), logKey, Array("\(position)-0".utf8)]
                     reply = try await connection.send(command, timeout: .seconds(10))
-                    guard try await sameHistory(connection, position: position, generation: generation) else { continue }
+                    guard try await sameHistory(connection, position: position, generation: generation, record: record) else { continue }
                 }
                 let entries = Self.parseXRead(reply)
                 guard let last = entries.last else {
                     await wake?.wait()
                     continue
+                }
+                if let durability = store.durability {
+                    // Handed out only once the replicas have them, as etcd's watchers see
+                    // only committed revisions: a failover cannot take back an event a
+                    // watcher was given. Short of that, read them again (the WAIT paces it).
+                    guard try await replicated(connection, durability) else { continue }
+                    store.incarnation.withLock {
+                        $0.confirm(last.revision, sentWith: StoreIncarnation.Ticket(highest: max(position, 0), generation: generation))
+                    }
                 }
                 if let first = entries.first, first.revision > position + 1, position >= 1 {
                     // Compaction trimmed entries this reader had not read yet: the watchers
@@ -343,24 +354,33 @@ final class WatchHub: Sendable {
     /// Reads the store's identity and revision and checks them against what the client
     /// knows, with `position` as a revision already seen; false (and every watch
     /// ended, by the client) when the store was reset.
-    private func sameHistory(_ connection: RedisConnection, position: Int64, generation: Int) async throws -> Bool {
+    private func sameHistory(_ connection: RedisConnection, position: Int64, generation: Int, record: Bool) async throws -> Bool {
         let reply = try await connection.run(Self.identityScript, keys: [idKey, revKey], timeout: .seconds(10))
         guard let parts = reply.array, parts.count == 4 else {
             throw CoordinationError(.protocolError, "the identity check returned \(reply)")
         }
-        return try checkHistory(parts, position: position, generation: generation)
+        return try checkHistory(parts, position: position, generation: generation, record: record)
+    }
+
+    /// With durability: the writes before this point (every entry read so far among
+    /// them) have reached the replicas. A one-key write on the reader's connection,
+    /// then `WAIT` for its replication offset, as the client's own barrier.
+    private func replicated(_ connection: RedisConnection, _ durability: CoordinationClient.Durability) async throws -> Bool {
+        _ = try await connection.send([Array("INCR".utf8), Array("{\(store.namespace)}:barrier".utf8)], timeout: .seconds(10))
+        let reached = try await connection.send(durability.waitCommand, timeout: durability.waitCommandTimeout).int ?? 0
+        return reached >= Int64(durability.replicas)
     }
 
     /// The check of ``sameHistory(_:position:generation:)`` on `parts`: the store's ID,
     /// epoch, base and revision.
-    private func checkHistory(_ parts: [RedisReply], position: Int64, generation: Int) throws -> Bool {
+    private func checkHistory(_ parts: [RedisReply], position: Int64, generation: Int, record: Bool) throws -> Bool {
         let revision = parts[3].int ?? 1
         let verdict = store.incarnation.withLock { incarnation -> StoreIncarnation.Verdict in
             let ticket = StoreIncarnation.Ticket(highest: max(position, 0), generation: generation)
             guard let id = parts[0].string, let start = parts[1].int, let base = parts[2].int else {
                 return incarnation.observeMissing(sentWith: ticket)
             }
-            return incarnation.observe(id: id, revision: revision, epoch: StoreIncarnation.Epoch(base: base, start: start), sentWith: ticket)
+            return incarnation.observe(id: id, revision: revision, epoch: StoreIncarnation.Epoch(base: base, start: start), sentWith: ticket, record: record)
         }
         switch verdict {
         case .consistent:

@@ -1,5 +1,6 @@
-import Coordination
+@testable import Coordination
 import Foundation
+import Synchronization
 import Testing
 
 /// Writes acknowledged only once replicas have them (Redis WAIT), against a real
@@ -42,6 +43,48 @@ import Testing
 }
 
 extension DurabilityTests {
+    /// A watcher is given a revision only once the replicas have it (as etcd's see only
+    /// committed ones), so a failover cannot take back an event it was given; and what
+    /// the reader saw of an unreplicated write does not count as seen either.
+    @Test func aWatchIsGivenOnlyRevisionsItsReplicaHas() async throws {
+        try await withMasterAndReplica { master, replica, _ in
+            let store = try await CoordinationClient.connect(url: master.url, durability: .init(replicas: 1, timeout: .milliseconds(300)))
+            defer { Task { await store.close() } }
+            // A client without durability, whose writes nobody waits for.
+            let writer = try await CoordinationClient.connect(url: master.url)
+            defer { Task { await writer.close() } }
+            let seen = Mutex<[Int64]>([])
+            let watch = Task {
+                for try await response in store.watch("w/", options: .prefix(Array("w/".utf8))) {
+                    seen.withLock { $0.append(contentsOf: response.events.map(\.kv.modRevision)) }
+                }
+            }
+            defer { watch.cancel() }
+            // The watch is live once it delivers a replicated write.
+            var live: Int64 = 0
+            let delivered = await eventually(timeout: .seconds(20)) {
+                if live == 0 || seen.withLock({ !$0.contains(live) }) {
+                    live = (try? await store.put("w/live", "\(live)").header.revision) ?? 0
+                    try? await Task.sleep(for: .milliseconds(200))
+                }
+                return live > 0 && seen.withLock { $0.contains(live) }
+            }
+            #expect(delivered, "the watch never delivered a replicated write")
+
+            kill(replica.pid, SIGSTOP)
+            defer { kill(replica.pid, SIGCONT) }
+            let unreplicated = try await writer.put("w/unreplicated", "x").header.revision
+            try await Task.sleep(for: .milliseconds(1500))
+            #expect(!seen.withLock { $0.contains(unreplicated) }, "the watcher was given revision \(unreplicated), which its replica did not have")
+            #expect(store.incarnation.withLock { $0.highest } < unreplicated, "the reader counted revision \(unreplicated) as seen before its replica had it")
+
+            kill(replica.pid, SIGCONT)
+            #expect(await eventually(timeout: .seconds(20)) { seen.withLock { $0.contains(unreplicated) } },
+                    "the write was not delivered once the replica had it")
+            #expect(seen.withLock { $0 } == seen.withLock { $0 }.sorted())
+        }
+    }
+
     /// A lease kept alive in the background (a Session's) is a write too: its refreshes
     /// count as confirmed only once WAIT says the replica has them, so a lease that a
     /// failover could take back ends `unconfirmed` instead of looking alive.

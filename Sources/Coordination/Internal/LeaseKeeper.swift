@@ -44,7 +44,10 @@ final class LeaseKeeper: @unchecked Sendable {
     /// How refresh replies reach the client's storeReset detection.
     struct Identity: Sendable {
         var ticket: @Sendable () -> StoreIncarnation.Ticket
-        var check: @Sendable (CoordinationClient.ScriptReply, StoreIncarnation.Ticket) -> Void
+        /// Checks a reply; with `record` false its revision is not counted as seen yet.
+        var check: @Sendable (CoordinationClient.ScriptReply, StoreIncarnation.Ticket, _ record: Bool) -> Void
+        /// Counts a revision checked with `record` false as seen (the replicas have it).
+        var confirm: @Sendable (Int64, StoreIncarnation.Ticket) -> Void
     }
 
     private let connection: RedisConnection
@@ -229,10 +232,14 @@ final class LeaseKeeper: @unchecked Sendable {
                 return
             }
             // Refreshes are requests too: an idle session's keeper notices a reset.
+            // With durability its revision counts as seen once WAIT has confirmed it.
+            var decodedRevision: Int64?
             if let identity = self.identity, let ticket, case .success(let reply) = result,
                let decoded = try? CoordinationClient.decodeScriptReply(reply) {
-                identity.check(decoded, ticket)
+                identity.check(decoded, ticket, self.durability == nil)
+                decodedRevision = decoded.revision
             }
+            let seen = decodedRevision
             guard let durability = self.durability, case .success = result else {
                 self.handle(result, lease: lease, sentAt: sent)
                 return
@@ -242,6 +249,7 @@ final class LeaseKeeper: @unchecked Sendable {
             self.connection.send(durability.waitCommand, timeout: durability.waitCommandTimeout) { [weak self] waited in
                 guard let self else { return }
                 if case .success(let count) = waited, (count.int ?? 0) >= Int64(durability.replicas) {
+                    if let identity = self.identity, let ticket, let seen { identity.confirm(seen, ticket) }
                     self.handle(result, lease: lease, sentAt: sent)
                 } else {
                     self.handle(.failure(RedisError(.outcomeUnknown, "the keep-alive did not reach \(durability.replicas) replica(s) within \(durability.timeout)")),

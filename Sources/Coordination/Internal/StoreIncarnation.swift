@@ -47,7 +47,12 @@ struct StoreIncarnation: Sendable, Hashable {
     func ticket() -> Ticket { Ticket(highest: highest, generation: generation) }
 
     /// Takes in a reply of store `id` at `revision` in `epoch`, for a request sent with `ticket`.
-    mutating func observe(id: String, revision: Int64, epoch: Epoch, sentWith ticket: Ticket) -> Verdict {
+    ///
+    /// With `record` false the revision is checked but not yet counted as seen: with
+    /// durability, a revision counts once the replicas have it (``confirm(_:sentWith:)``),
+    /// so that a failover which takes back only writes that were never acknowledged
+    /// (their WAIT fell short) is not taken for a loss.
+    mutating func observe(id: String, revision: Int64, epoch: Epoch, sentWith ticket: Ticket, record: Bool = true) -> Verdict {
         if ticket.generation != generation { return .crossedReset }
         if let known = self.id, known != id {
             return reset(to: id, revision: revision, epoch: epoch,
@@ -62,9 +67,16 @@ struct StoreIncarnation: Sendable, Hashable {
                          "Redis restarted or failed over at revision \(epoch.base), below revision \(ticket.highest) already seen: acknowledged writes were lost (a restore from an older RDB or AOF, a failover to a replica that lagged)")
         }
         self.id = id
-        highest = max(highest, revision)
+        if record { highest = max(highest, revision) }
         if current.map({ epoch.start > $0.start }) ?? true { current = epoch }
         return .consistent
+    }
+
+    /// Counts `revision`, observed with `record` false for a request sent with `ticket`,
+    /// as seen: the replicas have it now. Nothing, if a reset came in between.
+    mutating func confirm(_ revision: Int64, sentWith ticket: Ticket) {
+        guard ticket.generation == generation else { return }
+        highest = max(highest, revision)
     }
 
     /// Takes in the finding that the store has no identity (its data is gone) where
