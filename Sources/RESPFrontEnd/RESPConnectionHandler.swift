@@ -133,22 +133,27 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
         if closing { return }
-        if input == nil || input!.readableBytes == 0 {
-            input = bytes
+        // Parsed in a local (no access to this handler's storage per command); what is
+        // left of an incomplete command waits in `input` for the next read.
+        var pending: ByteBuffer
+        if var held = input.take(), held.readableBytes > 0 {
+            held.writeBuffer(&bytes)
+            pending = held
         } else {
-            input!.writeBuffer(&bytes)
+            pending = bytes
         }
         // One sign of life per read, however many commands it carried.
         activity.note()
+        var parser = self.parser
         do {
-            while !closing, let command = try parser.next(&input!) {
+            while !closing, let command = try parser.next(&pending) {
                 handle(command, context: context)
             }
         } catch {
             closing = true
             reply(.error("ERR Protocol error: \(error.message)"), closeAfter: true)
         }
-        if let buffer = input, buffer.readableBytes == 0 { input = nil }
+        if pending.readableBytes > 0 { input = pending }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -934,12 +939,20 @@ private final class BackendHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
-        if buffer == nil || buffer!.readableBytes == 0 { buffer = bytes } else { buffer!.writeBuffer(&bytes) }
-        while let (length, isPush) = scanner.scan(buffer!) {
-            let reply = buffer!.readSlice(length: length)!
-            owner.value.backendReply(reply, isPush: isPush)
+        // Scanned in a local (no access to this handler's storage per reply), the
+        // connection looked up once per read.
+        var input: ByteBuffer
+        if var held = buffer.take(), held.readableBytes > 0 {
+            held.writeBuffer(&bytes)
+            input = held
+        } else {
+            input = bytes
         }
-        if buffer!.readableBytes == 0 { buffer = nil }
+        let connection = owner.value
+        while let (length, isPush) = scanner.scan(input) {
+            connection.backendReply(input.readSlice(length: length)!, isPush: isPush)
+        }
+        if input.readableBytes > 0 { buffer = input }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

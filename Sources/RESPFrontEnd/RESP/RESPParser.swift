@@ -90,19 +90,22 @@ public struct RESPCommandParser: Sendable {
         return buffer.readerIndex + (lf - view.startIndex) + 1
     }
 
+    /// The decimal integer in bytes `from..<to` (read in place: this runs for every
+    /// command and every argument, so it copies nothing).
     private func number(_ buffer: ByteBuffer, from: Int, to: Int) -> Int? {
-        guard to > from, let bytes = buffer.getBytes(at: from, length: to - from) else { return nil }
+        guard to > from, to <= buffer.writerIndex else { return nil }
         var value = 0
         var negative = false
-        for (i, byte) in bytes.enumerated() {
-            if i == 0 && byte == UInt8(ascii: "-") { negative = true; continue }
+        for index in from..<to {
+            guard let byte = buffer.getInteger(at: index, as: UInt8.self) else { return nil }
+            if index == from && byte == UInt8(ascii: "-") { negative = true; continue }
             guard byte >= 0x30 && byte <= 0x39 else { return nil }
             let (m, o1) = value.multipliedReportingOverflow(by: 10)
             let (a, o2) = m.addingReportingOverflow(Int(byte - 0x30))
             if o1 || o2 { return nil }
             value = a
         }
-        if negative && bytes.count == 1 { return nil }
+        if negative && to - from == 1 { return nil }
         return negative ? -value : value
     }
 
