@@ -76,6 +76,24 @@ import Testing
         }
     }
 
+    @Test func aSentinelThatTakesConnectionsButNeverAnswersCostsAGraceNotTheConnectTimeout() async throws {
+        try await RedisSentinelGroup.withGroup(replicas: 0, sentinels: 3) { group in
+            // Stopped, the first sentinel of the URL still accepts connections (the
+            // kernel does) but answers nothing: the others are not made to wait for it.
+            let silent = group.sentinels[0]
+            kill(silent.pid, SIGSTOP)
+            defer { kill(silent.pid, SIGCONT) }
+            var configuration = try RedisConfiguration(url: group.url)
+            configuration.connectTimeout = .seconds(10)
+            let started = ContinuousClock.now
+            let connection = try await RedisConnection.connect(configuration)
+            let took = ContinuousClock.now - started
+            defer { Task { await connection.close() } }
+            #expect(try await connection.send("SET", "k", "v").string == "OK")
+            #expect(took < .seconds(5), "connecting took \(took): the silent sentinel was waited for up to the connect timeout (10 s)")
+        }
+    }
+
     @Test func theMastersAndTheSentinelsPasswordsComeFromTheURL() async throws {
         try await RedisSentinelGroup.withGroup(replicas: 0, sentinels: 1, options: RedisServer.Options(transport: .tcp(), password: "master pw"),
                                                        sentinelPassword: "sentinel pw") { group in

@@ -8,49 +8,132 @@ package enum SentinelResolver {
     /// The master's address, as the sentinel with the newest configuration names it
     /// (blocking; each sentinel gets the connect timeout).
     ///
-    /// Every sentinel is asked, and the answer with the highest config epoch (the
-    /// newest failover's) wins, the first one on a tie: right after a failover a
-    /// sentinel that has not heard of it yet still names the old master, and if that
-    /// server was restarted empty it claims to be a master (ROLE) until the sentinels
-    /// make it a replica; following the first answer could write a new history there.
+    /// Every sentinel is asked, all at once, and the answer with the highest config
+    /// epoch (the newest failover's) wins, the first one in the URL's order on a tie:
+    /// right after a failover a sentinel that has not heard of it yet still names the
+    /// old master, and if that server was restarted empty it claims to be a master
+    /// (ROLE) until the sentinels make it a replica; following the first answer could
+    /// write a new history there. The answers are awaited until every sentinel has
+    /// answered or failed, or, once a majority has and one of them named a master,
+    /// for ``stragglerGrace`` more: a sentinel that accepts connections but does not
+    /// answer (stopped, overloaded, its host gone without a reset) then costs that
+    /// grace, not the connect timeout, on every connect and reconnect.
     package static func master(of sentinel: RedisConfiguration.Sentinel, connectTimeout: Duration) throws -> RedisConfiguration.Endpoint {
+        let endpoints = sentinel.endpoints
+        let board = AnswerBoard(count: endpoints.count)
+        // A thread per sentinel (blocking I/O, never on the pool that Swift's tasks
+        // use): one that does not answer holds only its own thread, until its timeout.
+        for (index, endpoint) in endpoints.enumerated() {
+            let asking = Thread {
+                board.post(ask(endpoint, sentinel, connectTimeout: connectTimeout), at: index)
+            }
+            asking.name = "redis sentinel \(endpoint)"
+            asking.start()
+        }
+        let answers = board.wait(majority: endpoints.count / 2 + 1, grace: stragglerGrace)
         var failures: [String] = []
         var authenticationFailures = 0
-        // The newest answer so far: the address and its configuration's epoch.
+        // The newest answer: the address and its configuration's epoch.
         var newest: (endpoint: RedisConfiguration.Endpoint, epoch: Int64)?
-        for endpoint in sentinel.endpoints {
-            do {
-                let handshake = try open(endpoint, sentinel, connectTimeout: connectTimeout)
-                defer { redisFree(handshake.context) }
-                let reply = try handshake.rawCommand(["SENTINEL", "get-master-addr-by-name", sentinel.masterName].map { Array($0.utf8) })
-                switch reply {
-                case .array(let parts) where parts.count == 2:
-                    guard let host = parts[0].string, let port = parts[1].string.flatMap({ Int($0) }) else {
-                        failures.append("\(endpoint): unexpected reply \(reply)")
-                        continue
-                    }
-                    // The epoch of the configuration that address comes from (0 when a
-                    // sentinel does not say: such an answer wins only without others).
-                    let master = fields(try handshake.rawCommand(["SENTINEL", "master", sentinel.masterName].map { Array($0.utf8) }))
-                    let epoch = master["config-epoch"].flatMap { Int64($0) } ?? 0
-                    if newest == nil || epoch > newest!.epoch { newest = (.tcp(host: host, port: port), epoch) }
-                case .error(let message):
-                    failures.append("\(endpoint): \(message)")
-                default:
-                    failures.append("\(endpoint) does not monitor a master named '\(sentinel.masterName)'")
-                }
-            } catch let error as RedisError where error.code == .authenticationFailed {
-                authenticationFailures += 1
-                failures.append(sentinel.password == nil
-                    ? "\(endpoint) requires a password: add ?sentinel_password=... to the redis-sentinel:// URL (the user and password before @ are the master's)"
-                    : "\(endpoint) rejected the sentinel_password of the URL")
-            } catch let error as RedisError {
-                failures.append("\(endpoint): \(error.message)")
+        for (index, answer) in answers.enumerated() {
+            switch answer {
+            case .master(let endpoint, let epoch):
+                if newest == nil || epoch > newest!.epoch { newest = (endpoint, epoch) }
+            case .failure(let message, let authentication):
+                failures.append(message)
+                if authentication { authenticationFailures += 1 }
+            case nil:
+                failures.append("\(endpoints[index]) did not answer within \(stragglerGrace) of the others")
             }
         }
         if let newest { return newest.endpoint }
-        let code: RedisError.Code = authenticationFailures == sentinel.endpoints.count ? .authenticationFailed : .connectionRefused
+        let code: RedisError.Code = authenticationFailures == endpoints.count ? .authenticationFailed : .connectionRefused
         throw RedisError(code, "no sentinel named the master '\(sentinel.masterName)': \(failures.joined(separator: "; ")); check the sentinel addresses and the master name (sentinel monitor <name> ...)")
+    }
+
+    /// How long the answers of a minority of sentinels are awaited once a majority has
+    /// answered and named a master.
+    static let stragglerGrace: Duration = .milliseconds(250)
+
+    /// What one sentinel said.
+    enum Answer: Sendable {
+        /// The master's address and the epoch of the configuration it comes from (0
+        /// when the sentinel does not say: such an answer wins only without others).
+        case master(RedisConfiguration.Endpoint, epoch: Int64)
+        case failure(String, authentication: Bool)
+    }
+
+    /// Asks one sentinel for the master's address and its configuration epoch.
+    static func ask(_ endpoint: RedisConfiguration.Endpoint, _ sentinel: RedisConfiguration.Sentinel, connectTimeout: Duration) -> Answer {
+        do {
+            let handshake = try open(endpoint, sentinel, connectTimeout: connectTimeout)
+            defer { redisFree(handshake.context) }
+            let reply = try handshake.rawCommand(["SENTINEL", "get-master-addr-by-name", sentinel.masterName].map { Array($0.utf8) })
+            switch reply {
+            case .array(let parts) where parts.count == 2:
+                guard let host = parts[0].string, let port = parts[1].string.flatMap({ Int($0) }) else {
+                    return .failure("\(endpoint): unexpected reply \(reply)", authentication: false)
+                }
+                let master = fields(try handshake.rawCommand(["SENTINEL", "master", sentinel.masterName].map { Array($0.utf8) }))
+                return .master(.tcp(host: host, port: port), epoch: master["config-epoch"].flatMap { Int64($0) } ?? 0)
+            case .error(let message):
+                return .failure("\(endpoint): \(message)", authentication: false)
+            default:
+                return .failure("\(endpoint) does not monitor a master named '\(sentinel.masterName)'", authentication: false)
+            }
+        } catch let error as RedisError where error.code == .authenticationFailed {
+            return .failure(sentinel.password == nil
+                ? "\(endpoint) requires a password: add ?sentinel_password=... to the redis-sentinel:// URL (the user and password before @ are the master's)"
+                : "\(endpoint) rejected the sentinel_password of the URL", authentication: true)
+        } catch let error as RedisError {
+            return .failure("\(endpoint): \(error.message)", authentication: false)
+        } catch {
+            return .failure("\(endpoint): \(error)", authentication: false)
+        }
+    }
+
+    /// The answers of the sentinels asked at once, in their order; waited for by one
+    /// thread (blocking).
+    final class AnswerBoard: Sendable {
+        private struct State {
+            var answers: [Answer?]
+            var answered = 0
+            var masters = 0
+        }
+        private let state: Mutex<State>
+        private let posted = DispatchSemaphore(value: 0)
+
+        init(count: Int) {
+            state = Mutex(State(answers: Array(repeating: nil, count: count)))
+        }
+
+        func post(_ answer: Answer, at index: Int) {
+            state.withLock { state in
+                state.answers[index] = answer
+                state.answered += 1
+                if case .master = answer { state.masters += 1 }
+            }
+            posted.signal()
+        }
+
+        /// The answers once all have come, or once `majority` have (one of them naming
+        /// a master) and `grace` has passed since; nil for a sentinel still silent.
+        func wait(majority: Int, grace: Duration) -> [Answer?] {
+            var graceEnds: DispatchTime?
+            while true {
+                let (answered, masters, answers) = state.withLock { ($0.answered, $0.masters, $0.answers) }
+                if answered == answers.count { return answers }
+                if graceEnds == nil, answered >= majority, masters > 0 {
+                    let (seconds, attoseconds) = grace.components
+                    graceEnds = .now() + .nanoseconds(Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000))
+                }
+                if let graceEnds {
+                    if posted.wait(timeout: graceEnds) == .timedOut { return state.withLock { $0.answers } }
+                } else {
+                    posted.wait()
+                }
+            }
+        }
     }
 
     /// A reply of name/value pairs (SENTINEL MASTER, an entry of SENTINEL REPLICAS) as a dictionary.
