@@ -135,13 +135,7 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         if closing { return }
         // Parsed in a local (no access to this handler's storage per command); what is
         // left of an incomplete command waits in `input` for the next read.
-        var pending: ByteBuffer
-        if var held = input.take(), held.readableBytes > 0 {
-            held.writeBuffer(&bytes)
-            pending = held
-        } else {
-            pending = bytes
-        }
+        var pending = input.takeJoined(with: &bytes)
         // One sign of life per read, however many commands it carried.
         activity.note()
         var parser = self.parser
@@ -941,13 +935,7 @@ private final class BackendHandler: ChannelInboundHandler {
         var bytes = unwrapInboundIn(data)
         // Scanned in a local (no access to this handler's storage per reply), the
         // connection looked up once per read.
-        var input: ByteBuffer
-        if var held = buffer.take(), held.readableBytes > 0 {
-            held.writeBuffer(&bytes)
-            input = held
-        } else {
-            input = bytes
-        }
+        var input = buffer.takeJoined(with: &bytes)
         let connection = owner.value
         while let (length, isPush) = scanner.scan(input) {
             connection.backendReply(input.readSlice(length: length)!, isPush: isPush)
@@ -968,5 +956,15 @@ private final class BackendHandler: ChannelInboundHandler {
         if !failed, let backend { owner.value.backendFailed(error, connected: true, from: backend) }
         failed = true
         context.close(promise: nil)
+    }
+}
+
+fileprivate extension Optional where Wrapped == ByteBuffer {
+    /// What is held (the unread rest of earlier reads) followed by `bytes`, leaving
+    /// nothing held.
+    mutating func takeJoined(with bytes: inout ByteBuffer) -> ByteBuffer {
+        guard var held = take(), held.readableBytes > 0 else { return bytes }
+        held.writeBuffer(&bytes)
+        return held
     }
 }

@@ -94,17 +94,7 @@ final class WakeSignal: Sendable {
             // A timeout that comes before the wait starts stays pending: the wait returns at once.
             self.signal(generation: generation)
         }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let ready = state.withLock { state -> Bool in
-                if state.pending {
-                    state.pending = false
-                    return true
-                }
-                state.waiter = continuation
-                return false
-            }
-            if ready { continuation.resume() }
-        }
+        await wait()
         timer.cancel()
     }
 }
