@@ -49,6 +49,15 @@ public final class CoordinationClient: Sendable {
 
         /// How long to give the WAIT command itself before the connection gives up on it.
         var waitCommandTimeout: Duration { timeout + .seconds(5) }
+
+        /// A one-key write (`INCR {namespace}:barrier`) on `redis`, then `WAIT`: how many
+        /// replicas have every write the connection sent so far. That write is past
+        /// everything the connection read, so this covers what it saw too, also when
+        /// it wrote nothing else.
+        func replicasReached(on redis: any RedisCommandExecutor, namespace: String) async throws -> Int64 {
+            _ = try await redis.send([Array("INCR".utf8), Array("{\(namespace)}:barrier".utf8)], timeout: nil)
+            return try await redis.send(waitCommand, timeout: waitCommandTimeout).int ?? 0
+        }
     }
 
     /// The namespace (an independent store).
@@ -477,25 +486,15 @@ public final class CoordinationClient: Sendable {
     /// connection's last write, which is past everything the request saw, also when
     /// the request itself wrote nothing (a read, a txn whose branch only reads).
     private func replicationBarrier(_ durability: Durability, afterWrite: Bool) async throws {
-        _ = try await redis.send([Array("INCR".utf8), Array("{\(namespace)}:barrier".utf8)], timeout: nil)
-        do {
-            try await waitForReplicas(durability)
-        } catch let error as RedisError where error.code == .outcomeUnknown && !afterWrite {
-            throw RedisError(.outcomeUnknown, "the read saw writes that have not reached \(durability.replicas) replica(s) within \(durability.timeout): a failover now may undo what it returned; retry it")
-        }
+        let reached = try await durability.replicasReached(on: redis, namespace: namespace)
+        guard reached < Int64(durability.replicas) else { return }
+        throw RedisError(.outcomeUnknown, afterWrite
+            ? "the write reached \(reached) of the \(durability.replicas) replica(s) required within \(durability.timeout): the master has it, but a failover now may lose it; read it back before relying on it"
+            : "the read saw writes that have not reached \(durability.replicas) replica(s) within \(durability.timeout): a failover now may undo what it returned; retry it")
     }
 
     /// The requests that can write (a shortfall of ``durability`` is reported as the write's).
     static let writingRequests: Set<String> = ["put", "delete", "txn", "grant", "revoke", "keepalive", "reap"]
-
-    /// `WAIT`: the writes this connection sent so far (this request's among them) have
-    /// reached `durability.replicas` replicas, or the outcome is unknown.
-    private func waitForReplicas(_ durability: Durability) async throws {
-        let reached = try await redis.send(durability.waitCommand, timeout: durability.waitCommandTimeout).int ?? 0
-        if reached < Int64(durability.replicas) {
-            throw RedisError(.outcomeUnknown, "the write reached \(reached) of the \(durability.replicas) replica(s) required within \(durability.timeout): the master has it, but a failover now may lose it; read it back before relying on it")
-        }
-    }
 
     /// Checks a reply's store identity against what this client knows; a reply that
     /// shows a reset ends every watch and session of the client and throws

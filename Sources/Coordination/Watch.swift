@@ -320,7 +320,7 @@ final class WatchHub: Sendable {
                     // Handed out only once the replicas have them, as etcd's watchers see
                     // only committed revisions: a failover cannot take back an event a
                     // watcher was given. Short of that, read them again (the WAIT paces it).
-                    guard try await replicated(connection, durability) else { continue }
+                    guard try await durability.replicasReached(on: connection, namespace: store.namespace) >= Int64(durability.replicas) else { continue }
                     store.incarnation.withLock {
                         $0.confirm(last.revision, sentWith: StoreIncarnation.Ticket(highest: max(position, 0), generation: generation))
                     }
@@ -360,15 +360,6 @@ final class WatchHub: Sendable {
             throw CoordinationError(.protocolError, "the identity check returned \(reply)")
         }
         return try checkHistory(parts, position: position, generation: generation, record: record)
-    }
-
-    /// With durability: the writes before this point (every entry read so far among
-    /// them) have reached the replicas. A one-key write on the reader's connection,
-    /// then `WAIT` for its replication offset, as the client's own barrier.
-    private func replicated(_ connection: RedisConnection, _ durability: CoordinationClient.Durability) async throws -> Bool {
-        _ = try await connection.send([Array("INCR".utf8), Array("{\(store.namespace)}:barrier".utf8)], timeout: .seconds(10))
-        let reached = try await connection.send(durability.waitCommand, timeout: durability.waitCommandTimeout).int ?? 0
-        return reached >= Int64(durability.replicas)
     }
 
     /// The check of ``sameHistory(_:position:generation:)`` on `parts`: the store's ID,

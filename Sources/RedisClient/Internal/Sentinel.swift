@@ -35,7 +35,7 @@ package enum SentinelResolver {
         var authenticationFailures = 0
         // The newest answer: the address and its configuration's epoch.
         var newest: (endpoint: RedisConfiguration.Endpoint, epoch: Int64)?
-        for (index, answer) in answers.enumerated() {
+        for answer in answers {
             switch answer {
             case .master(let endpoint, let epoch):
                 if newest == nil || epoch > newest!.epoch { newest = (endpoint, epoch) }
@@ -43,7 +43,7 @@ package enum SentinelResolver {
                 failures.append(message)
                 if authentication { authenticationFailures += 1 }
             case nil:
-                failures.append("\(endpoints[index]) did not answer within \(stragglerGrace) of the others")
+                break   // still silent after the grace, which began once another named a master
             }
         }
         if let newest { return newest.endpoint }
@@ -95,24 +95,15 @@ package enum SentinelResolver {
     /// The answers of the sentinels asked at once, in their order; waited for by one
     /// thread (blocking).
     final class AnswerBoard: Sendable {
-        private struct State {
-            var answers: [Answer?]
-            var answered = 0
-            var masters = 0
-        }
-        private let state: Mutex<State>
+        private let answers: Mutex<[Answer?]>
         private let posted = DispatchSemaphore(value: 0)
 
         init(count: Int) {
-            state = Mutex(State(answers: Array(repeating: nil, count: count)))
+            answers = Mutex(Array(repeating: nil, count: count))
         }
 
         func post(_ answer: Answer, at index: Int) {
-            state.withLock { state in
-                state.answers[index] = answer
-                state.answered += 1
-                if case .master = answer { state.masters += 1 }
-            }
+            answers.withLock { $0[index] = answer }
             posted.signal()
         }
 
@@ -121,14 +112,14 @@ package enum SentinelResolver {
         func wait(majority: Int, grace: Duration) -> [Answer?] {
             var graceEnds: DispatchTime?
             while true {
-                let (answered, masters, answers) = state.withLock { ($0.answered, $0.masters, $0.answers) }
+                let answers = self.answers.withLock { $0 }
+                let answered = answers.count { $0 != nil }
                 if answered == answers.count { return answers }
-                if graceEnds == nil, answered >= majority, masters > 0 {
-                    let (seconds, attoseconds) = grace.components
-                    graceEnds = .now() + .nanoseconds(Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000))
+                if graceEnds == nil, answered >= majority, answers.contains(where: { if case .master = $0 { true } else { false } }) {
+                    graceEnds = .now() + .nanoseconds(Int(MonotonicClock.nanoseconds(grace)))
                 }
                 if let graceEnds {
-                    if posted.wait(timeout: graceEnds) == .timedOut { return state.withLock { $0.answers } }
+                    if posted.wait(timeout: graceEnds) == .timedOut { return self.answers.withLock { $0 } }
                 } else {
                     posted.wait()
                 }
