@@ -57,7 +57,7 @@ local K_LKEYS, K_LDUE, K_LEASESEQ, K_ID, K_TTLKEY = KEYS[9], KEYS[10], KEYS[11],
 local request = cmsgpack.unpack(ARGV[1])
 
 local current = tonumber(redis.call('GET', K_REV) or '1')
-local compacted = tonumber(redis.call('GET', K_COMPACT) or '0')
+local compacted -- read only when a request names a past revision (checkRangeRevision)
 local nextRevision -- set once due leases are reaped
 local changed = false
 local events = {}
@@ -116,9 +116,11 @@ local function compareDecimal(a, b)
   return compareBytes(a, b)
 end
 
+-- A record of kv (or hist) as a table; `packed` keeps the stored bytes, which archive
+-- writes as they are instead of encoding the record again.
 local function decode(packed)
   local r = cmsgpack.unpack(packed)
-  return {create = r[1], mod = r[2], version = r[3], lease = r[4], value = r[5]}
+  return {create = r[1], mod = r[2], version = r[3], lease = r[4], value = r[5], packed = packed}
 end
 
 local function encode(r) return cmsgpack.pack({r.create, r.mod, r.version, r.lease, r.value}) end
@@ -184,6 +186,33 @@ local function kvReply(key, r, keysOnly)
   return {key, r.create, r.mod, r.version, r.lease, keysOnly and '' or r.value}
 end
 
+-- A range of the live keys in key order with no filter: the count comes from the keys
+-- index (ZLEXCOUNT) and only the keys within the limit are read, so a page of a large
+-- prefix (a limit, as clients paginate) or a count costs what it returns, not the whole
+-- range. Same reply as the general path below.
+local function rangeLiveByKey(key, rangeEnd, limit, descending, keysOnly, countOnly)
+  local low, high = bounds(key, rangeEnd)
+  local count = redis.call('ZLEXCOUNT', K_KEYS, low, high)
+  local kvs = {}
+  if countOnly or count == 0 then return {'range', kvs, false, count} end
+  local n = (limit > 0 and limit < count) and limit or count
+  local keys
+  if descending then
+    keys = redis.call('ZREVRANGEBYLEX', K_KEYS, high, low, 'LIMIT', 0, n)
+  else
+    keys = redis.call('ZRANGEBYLEX', K_KEYS, low, high, 'LIMIT', 0, n)
+  end
+  -- HMGET in slices: unpack has a stack limit of a few thousand values.
+  for first = 1, #keys, 1000 do
+    local last = math.min(first + 999, #keys)
+    local values = redis.call('HMGET', K_KV, unpack(keys, first, last))
+    for i = first, last do
+      kvs[#kvs + 1] = kvReply(keys[i], decode(values[i - first + 1]), keysOnly)
+    end
+  end
+  return {'range', kvs, limit > 0 and count > limit, count}
+end
+
 local function range(op)
   local key, rangeEnd, limit, revision = op[2], op[3], op[4], op[5]
   local sortOrder, sortTarget, keysOnly, countOnly = op[6], op[7], op[8], op[9]
@@ -192,6 +221,11 @@ local function range(op)
   -- Revisions were checked by choosePath before anything was written (as etcd's
   -- checkRequestRange does, against the revision before the txn).
   local at = revision > 0 and revision or head
+  if at >= head and rangeEnd ~= '' and sortTarget == 'key' and minMod == 0 and maxMod == 0
+    and minCreate == 0 and maxCreate == 0
+    and (rangeEnd == '\0' or compareBytes(key, rangeEnd) < 0) then
+    return rangeLiveByKey(key, rangeEnd, limit, sortOrder == 'descend', keysOnly, countOnly)
+  end
   local found = {}
   for _, k in ipairs(keysIn(key, rangeEnd, at)) do
     local r = (at >= head) and live(k) or versionAt(k, at)
@@ -232,7 +266,7 @@ end
 
 local function archive(key, r)
   local member = key .. '\0' .. hex(r.mod)
-  redis.call('HSET', K_HIST, member, encode(r))
+  redis.call('HSET', K_HIST, member, r.packed or encode(r))
   redis.call('ZADD', K_HKEYS, 0, member)
 end
 
@@ -369,7 +403,9 @@ local execute
 -- (as etcd does), and checks the puts on that path.
 local function checkRangeRevision(revision)
   if revision > current then fail('futureRevision', 'required revision ' .. revision .. ' is a future revision; the current revision is ' .. current) end
-  if revision > 0 and revision < compacted then
+  if revision <= 0 then return end
+  compacted = compacted or tonumber(redis.call('GET', K_COMPACT) or '0')
+  if revision < compacted then
     fail('compacted', 'required revision ' .. revision .. ' has been compacted; the oldest available is ' .. compacted)
   end
 end

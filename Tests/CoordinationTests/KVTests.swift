@@ -137,6 +137,63 @@ func coordinationError(_ body: () async throws -> Void) async -> CoordinationErr
         }
     }
 
+    /// A page of a large prefix (a limit, in key order, as clients paginate) holds the
+    /// first keys with the whole range's count, and is read from the keys it returns:
+    /// one HMGET, no read per key of the range. Whole ranges past the script's read
+    /// slices (1,000 keys) come back complete and in order.
+    @Test func aPageOfALargeRangeHasItsFirstKeysTheWholeCountAndReadsOnlyThem() async throws {
+        try await withStore { store, redis throws in
+            let total = 2_500
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<total {
+                    let key = String(format: "page/%05d", index)
+                    group.addTask { _ = try await store.put(key, "value of \(key)") }
+                }
+                try await group.waitForAll()
+            }
+            _ = try await store.delete(Array("page/00003".utf8))
+            _ = try await store.put("pagf", "outside the prefix")
+            let names = (0..<total).filter { $0 != 3 }.map { String(format: "page/%05d", $0) }
+            var options = RangeOptions.prefix(Array("page/".utf8))
+
+            let whole = try await store.get("page/", options: options)
+            #expect(whole.count == Int64(total - 1) && !whole.more)
+            let wholeKeys = whole.kvs.map(\.keyString)
+            #expect(wholeKeys == names, "\(wholeKeys.count) keys, from \(wholeKeys.first ?? "-") to \(wholeKeys.last ?? "-")")
+            #expect(whole.kvs.allSatisfy { $0.value == Array("value of \($0.keyString)".utf8) && $0.version == 1 })
+
+            _ = try await redis.send("CONFIG", "RESETSTAT")
+            options.limit = 10
+            let page = try await store.get("page/", options: options)
+            #expect(page.kvs.map(\.keyString) == Array(names.prefix(10)))
+            #expect(page.count == Int64(total - 1) && page.more)
+            let stats = try await redis.send("INFO", "commandstats").string ?? ""
+            #expect(stats.contains("cmdstat_hmget:calls=2,"), "one HMGET for the page besides the script's own identity read: \(stats)")
+            #expect(!stats.contains("cmdstat_hget:"), "the page read keys one by one: \(stats)")
+
+            options.sortOrder = .descend
+            let last = try await store.get("page/", options: options)
+            #expect(last.kvs.map(\.keyString) == Array(names.suffix(10).reversed()))
+            #expect(last.count == Int64(total - 1) && last.more)
+
+            options = RangeOptions(rangeEnd: Array("page/01500".utf8), limit: 1_200)
+            let slice = try await store.get("page/00002", options: options)
+            let sliceKeys = slice.kvs.map(\.keyString)
+            #expect(sliceKeys == Array(names[2..<1_202]), "\(sliceKeys.count) keys, from \(sliceKeys.first ?? "-") to \(sliceKeys.last ?? "-")")
+            #expect(slice.count == 1_497 && slice.more)
+
+            options = RangeOptions.prefix(Array("page/".utf8))
+            options.countOnly = true
+            let counted = try await store.get("page/", options: options)
+            #expect(counted.count == Int64(total - 1) && counted.kvs.isEmpty && !counted.more)
+            options.countOnly = false
+            options.keysOnly = true
+            options.limit = 3
+            let keys = try await store.get("page/", options: options)
+            #expect(keys.kvs.map(\.keyString) == Array(names.prefix(3)) && keys.kvs.allSatisfy { $0.value.isEmpty && $0.createRevision > 0 })
+        }
+    }
+
     @Test func prefixEndFollowsEtcd() {
         #expect(RangeOptions.prefixEnd(Array("abc".utf8)) == Array("abd".utf8))
         #expect(RangeOptions.prefixEnd([0x61, 0xff]) == [0x62])
