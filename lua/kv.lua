@@ -15,7 +15,7 @@
 --   8 leases   HASH    lease ID (decimal) -> granted TTL in seconds
 --   9 lkeys    ZSET    score 0, members %019d(lease ID).."\0"..key: the keys attached to each lease
 --  10 ldue     ZSET    lease ID -> deadline (Redis server time, milliseconds)
---  11 leaseseq STRING  the last lease ID chosen by the store
+--  11 leaseseq STRING  the last lease ID chosen by the store (IDs start at the epoch, see grant)
 --  12 id       HASH    the store's identity, created with the namespace (or when it is
 --                      found missing: the data was lost): "id" (24 hex digits, new for
 --                      every incarnation of the data), "epoch" (microseconds), "base"
@@ -43,7 +43,9 @@
 --         compare = {target ("value"|"version"|"create"|"mod"|"lease"),
 --                    result ("="|"!="|"<"|">"), key, rangeEnd, operand}
 --     lease IDs travel as decimal strings (they do not fit a Lua number).
--- Reply: msgpack {revision, result, storeID, epoch, base} or {false, errorCode, message}, where result is
+-- Reply: msgpack {revision, result, storeID, epoch, base} or {false, errorCode, message, revision,
+--   storeID, epoch, base} (a refused request tells the store's identity too, so that a client
+--   notices a reset from it: a keep-alive of a lease the lost history had), where result is
 --   {"range", {kv...}, more, count}   kv = {key, create, mod, version, lease, value}
 --   {"put", prevKV or false}
 --   {"delete", deleted, {prevKV...}}
@@ -450,7 +452,15 @@ local function leaseRequest(op)
     local ttl = math.max(op[3], MIN_TTL)
     if op[3] > MAX_TTL then fail('invalidArgument', 'too large lease TTL: at most ' .. MAX_TTL .. ' seconds') end
     if lease == '0' then
-      repeat lease = tostring(redis.call('INCR', K_LEASESEQ)) until redis.call('HEXISTS', K_LEASES, lease) == 0
+      -- The store's IDs start at the epoch (the server's time in microseconds when the
+      -- data began, or when Redis last restarted or failed over, see "hello"), so a
+      -- history that lost data never hands out an ID of the history before it: a client
+      -- of the old one revoking its lease, or keeping it alive, finds no lease instead
+      -- of another client's. (Below 2^53, so Lua's numbers hold them exactly.)
+      if tonumber(redis.call('GET', K_LEASESEQ) or '0') < epoch then
+        redis.call('SET', K_LEASESEQ, string.format('%d', epoch))
+      end
+      repeat lease = string.format('%d', redis.call('INCR', K_LEASESEQ)) until redis.call('HEXISTS', K_LEASES, lease) == 0
     elseif redis.call('HEXISTS', K_LEASES, lease) == 1 then
       fail('leaseExists', 'lease ' .. lease .. ' already exists; revoke it first or let the store choose an ID')
     end
@@ -555,7 +565,7 @@ local ok, outcome = pcall(function()
 end)
 if not ok then
   if type(outcome) == 'table' and outcome.code then
-    return cmsgpack.pack({false, outcome.code, outcome.message})
+    return cmsgpack.pack({false, outcome.code, outcome.message, current, storeID, epoch, base})
   end
   error(outcome)
 end

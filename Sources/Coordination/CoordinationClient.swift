@@ -470,6 +470,7 @@ public final class CoordinationClient: Sendable {
         // have it: a failover that takes back a write whose WAIT fell short (its outcome
         // was reported unknown) has not lost anything acknowledged.
         try check(decoded, sentWith: ticket, record: durability == nil)
+        if let failure = decoded.failure { throw failure }
         if let durability {
             let kind = request.array?.first?.text ?? ""
             try await replicationBarrier(durability, afterWrite: Self.writingRequests.contains(kind))
@@ -575,22 +576,38 @@ public final class CoordinationClient: Sendable {
     struct ScriptReply {
         var revision: Int64
         var result: MessagePack
-        /// The store's ID and epoch, when the script sent them.
+        /// The store's ID and epoch, when the script sent them (with an error too).
         var identity: (id: String, epoch: StoreIncarnation.Epoch)?
+        /// The store's error, when it refused the request (`result` is then `.null`).
+        var failure: CoordinationError?
+
+        /// The reply of a request the store carried out; throws the store's error.
+        func succeeded() throws -> ScriptReply {
+            if let failure { throw failure }
+            return self
+        }
     }
 
-    /// The revision, result and store identity of a KV script reply, or the store's error.
+    /// The revision, result or error, and store identity of a KV script reply. A
+    /// refused request's reply carries the identity too (check it before throwing
+    /// ``ScriptReply/failure``).
     static func decodeScriptReply(_ reply: RedisReply) throws -> ScriptReply {
         guard let bytes = reply.bytes, case .array(let parts) = try MessagePack.decode(bytes), parts.count >= 2 else {
             throw CoordinationError(.protocolError, "kv.lua returned \(reply)")
         }
+        var decoded: ScriptReply
+        var identityAt = 2
         if case .bool(false) = parts[0] {
             let code = parts[1].text ?? "invalidArgument"
-            throw CoordinationError(CoordinationError.Code(name: code), parts.count > 2 ? parts[2].text ?? "" : "")
+            let failure = CoordinationError(CoordinationError.Code(name: code), parts.count > 2 ? parts[2].text ?? "" : "")
+            guard parts.count >= 7, let revision = parts[3].int else { throw failure }
+            decoded = ScriptReply(revision: revision, result: .null, failure: failure)
+            identityAt = 4
+        } else {
+            guard let revision = parts[0].int else { throw CoordinationError(.protocolError, "kv.lua returned no revision") }
+            decoded = ScriptReply(revision: revision, result: parts[1])
         }
-        guard let revision = parts[0].int else { throw CoordinationError(.protocolError, "kv.lua returned no revision") }
-        var decoded = ScriptReply(revision: revision, result: parts[1])
-        if parts.count >= 5, let id = parts[2].text, let start = parts[3].int, let base = parts[4].int {
+        if parts.count >= identityAt + 3, let id = parts[identityAt].text, let start = parts[identityAt + 1].int, let base = parts[identityAt + 2].int {
             decoded.identity = (id, StoreIncarnation.Epoch(base: base, start: start))
         }
         return decoded

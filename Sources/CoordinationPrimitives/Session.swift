@@ -143,12 +143,17 @@ public final class Session: Sendable {
     }
 
     /// Stops refreshing and revokes the lease, deleting every key attached to it (also
-    /// after ``orphan()``, as etcd's `Close`).
+    /// after ``orphan()``, as etcd's `Close`). A session that ended with a store reset
+    /// (``Ending/storeReset``) revokes nothing: its lease went with the lost history.
     /// - Throws: the store's error when the revoke fails (the lease then expires by its TTL).
     public func close() async throws {
         life.finish(.closed)
         keeper.stop()
         client.removeStoreResetObserver(resetObserver)
+        // After a store reset the lease belongs to a history Redis lost: the new one has
+        // no such lease, or another client's (an ID the store chose is never reused, but
+        // one the caller chose may be), which is not this session's to revoke.
+        if endedBecause == .storeReset { return }
         do {
             _ = try await client.revokeLease(lease)
         } catch let error as CoordinationError where error.code == .leaseNotFound {

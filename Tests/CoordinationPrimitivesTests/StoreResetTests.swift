@@ -102,6 +102,46 @@ import Testing
         }
     }
 
+    /// After a restart that lost the data, the store hands out no lease ID of the lost
+    /// history, and a client of the lost history cannot end a lease of the new one: its
+    /// session's close revokes nothing, and revoking an old ID finds no lease.
+    @Test func aLeaseOfTheLostHistoryNeverNamesOneOfTheNewHistory() async throws {
+        try await RedisServer.withServer { server in
+            let store = try await CoordinationClient.connect(url: server.url)
+            defer { Task { await store.close() } }
+            let session = try await Session(client: store, ttl: 30)
+            var lost = [session.lease]
+            for _ in 0..<3 { lost.append(try await store.grantLease(ttl: 30).id) }
+            try await server.restart()   // SIGKILL, then an empty Redis at the same address
+            let other = try await CoordinationClient.connect(url: server.url)
+            defer { Task { await other.close() } }
+            var fresh: [Int64] = []
+            for _ in 0..<4 { fresh.append(try await other.grantLease(ttl: 30).id) }
+            #expect(Set(fresh).isDisjoint(with: lost), "lease IDs \(fresh) of the new history repeat ones of the lost history \(lost)")
+            for (index, lease) in fresh.enumerated() { _ = try await other.put("held/\(index)", "new", options: PutOptions(lease: lease)) }
+            let newSession = try await Session(client: other, ttl: 30)
+            let held = try await DistributedMutex(session: newSession, prefix: "held-lock").lock()
+
+            let ended = await eventually(timeout: .seconds(30)) { session.isDone }
+            #expect(ended && session.endedBecause == .storeReset, "the lost history's session ended \(String(describing: session.endedBecause))")
+            try await session.close()
+            for lease in lost.dropFirst() {
+                do {
+                    _ = try await store.revokeLease(lease)
+                    Issue.record("lost lease \(lease) was revoked in the new history")
+                } catch let error as CoordinationError where error.code == .leaseNotFound || error.code == .storeReset {}
+            }
+            let kept = try await other.get("held/", options: .prefix(Array("held/".utf8)))
+            #expect(kept.count == 4, "keys of the new history's leases went: \(kept.kvs.map(\.keyString))")
+            for lease in fresh { #expect(try await other.timeToLive(lease).ttl > 0, "lease \(lease) of the new history was revoked") }
+            #expect(!newSession.isDone)
+            let owner = try await other.get("held-lock/", options: .prefix(Array("held-lock/".utf8)))
+            #expect(owner.count == 1 && held > 0, "the new history's lock key went")
+            try await newSession.close()
+            print("lease IDs: lost history \(lost), new history \(fresh)")
+        }
+    }
+
     @Test func aRestoreFromAnOlderSnapshotIsAStoreResetAndNoFencingTokenRepeats() async throws {
         try await RedisServer.withServer { server in
             let store = try await CoordinationClient.connect(url: server.url)

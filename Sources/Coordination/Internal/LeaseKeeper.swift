@@ -265,7 +265,7 @@ final class LeaseKeeper: @unchecked Sendable {
         switch result {
         case .success(let reply):
             do {
-                let body = try CoordinationClient.decodeScriptReply(reply).result
+                let body = try CoordinationClient.decodeScriptReply(reply).succeeded().result
                 let ttl = body.array.flatMap { $0.count == 3 ? $0[2].int : nil } ?? 0
                 outcome = ttl > 0 ? .confirmed : .gone
             } catch let error as CoordinationError where error.code == .leaseNotFound {
