@@ -54,9 +54,27 @@ public final class CoordinationClient: Sendable {
         /// replicas have every write the connection sent so far. That write is past
         /// everything the connection read, so this covers what it saw too, also when
         /// it wrote nothing else.
+        ///
+        /// On a ``RedisConnection`` both go out at once, one round trip: the connection
+        /// writes requests in the order they are queued, so `WAIT` counts the write, and
+        /// replies come back in that order, so the write's outcome is known when
+        /// `WAIT`'s reply arrives.
         func replicasReached(on redis: any RedisCommandExecutor, namespace: String) async throws -> Int64 {
-            _ = try await redis.send([Array("INCR".utf8), Array("{\(namespace)}:barrier".utf8)], timeout: nil)
-            return try await redis.send(waitCommand, timeout: waitCommandTimeout).int ?? 0
+            let barrier = [Array("INCR".utf8), Array("{\(namespace)}:barrier".utf8)]
+            guard let connection = redis as? RedisConnection else {
+                _ = try await redis.send(barrier, timeout: nil)
+                return try await redis.send(waitCommand, timeout: waitCommandTimeout).int ?? 0
+            }
+            let written = BarrierOutcome()
+            connection.send(barrier, timeout: nil) { result in written.result.withLock { $0 = result } }
+            let waited = try await connection.send(waitCommand, timeout: waitCommandTimeout)
+            if case .failure(let error)? = written.result.withLock({ $0 }) { throw error }
+            return waited.int ?? 0
+        }
+
+        /// The barrier write's reply, handed over from the connection's thread.
+        private final class BarrierOutcome: Sendable {
+            let result = Mutex<Result<RedisReply, any Error>?>(nil)
         }
     }
 
