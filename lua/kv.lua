@@ -191,7 +191,8 @@ end
 -- A range of the live keys in key order with no filter: the count comes from the keys
 -- index (ZLEXCOUNT) and only the keys within the limit are read, so a page of a large
 -- prefix (a limit, as clients paginate) or a count costs what it returns, not the whole
--- range. Same reply as the general path below.
+-- range. Same reply as the general path below (an empty interval, key at or past
+-- rangeEnd, counts 0 in the index too).
 local function rangeLiveByKey(key, rangeEnd, limit, descending, keysOnly, countOnly)
   local low, high = bounds(key, rangeEnd)
   local count = redis.call('ZLEXCOUNT', K_KEYS, low, high)
@@ -224,8 +225,7 @@ local function range(op)
   -- checkRequestRange does, against the revision before the txn).
   local at = revision > 0 and revision or head
   if at >= head and rangeEnd ~= '' and sortTarget == 'key' and minMod == 0 and maxMod == 0
-    and minCreate == 0 and maxCreate == 0
-    and (rangeEnd == '\0' or compareBytes(key, rangeEnd) < 0) then
+    and minCreate == 0 and maxCreate == 0 then
     return rangeLiveByKey(key, rangeEnd, limit, sortOrder == 'descend', keysOnly, countOnly)
   end
   local found = {}
