@@ -17,18 +17,28 @@ struct RESPFrontEndContext: Sendable {
     let requiresAuth: Bool
     let logger: Logger
     let connections: RESPFrontEnd.Connections
+    /// The shared Redis connections of stateless commands (one per event loop), or nil
+    /// when every client gets its own (`--no-multiplex`, or Redis requires AUTH).
+    let sharedBackends: SharedBackends?
 }
 
 /// One client connection: parses its commands, runs COORD.* commands against the
 /// store (one after another, as Redis runs a connection's commands), forwards every
-/// other command to a Redis connection of its own, and writes the replies back in
-/// the order of the commands.
-final class RESPConnectionHandler: ChannelInboundHandler {
+/// other command to Redis, and writes the replies back in the order of the commands.
+///
+/// Until a client sends a command that gives its Redis connection state (MULTI,
+/// WATCH, SELECT, HELLO, AUTH, CLIENT, subscriptions, blocking commands, scripts,
+/// anything not in ``shareable``), its commands go on the event loop's shared Redis
+/// connection, pipelined with other clients' (fewer reads and writes for Redis and
+/// for the proxy); from the first such command on, and for the rest of its life, on
+/// a Redis connection of its own, opened once the shared connection has answered
+/// everything the client sent on it, so Redis runs its commands in the order sent.
+final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     /// A reply to come, in command order.
-    private final class Slot {
+    fileprivate final class Slot {
         /// From the backend (filled by the next backend reply) or our own.
         let fromBackend: Bool
         var reply: ByteBuffer?
@@ -74,6 +84,12 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     /// The connection's event loop as a task executor (coordination commands run there).
     private var executor: EventLoopTaskExecutor?
     private var backend: Backend?
+    /// The event loop's shared Redis connection (nil when clients do not share).
+    private var sharedBackend: SharedBackend?
+    /// Commands sent on the shared connection and not answered yet.
+    private var sharedOutstanding = 0
+    /// Listed by the shared connection for a flush after its current read.
+    fileprivate var awaitingSharedFlush = false
     private let coordination: ConnectionCoordination
     /// The client's signs of life: every command, and busy while replies are owed.
     private let activity = LeaseActivity()
@@ -106,6 +122,7 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     func channelActive(context: ChannelHandlerContext) {
         self.context = context
         executor = EventLoopTaskExecutor.for(context.eventLoop)
+        sharedBackend = shared.sharedBackends?.backend(for: context.eventLoop)
         shared.connections.add(context.channel)
         context.fireChannelActive()
     }
@@ -559,10 +576,43 @@ final class RESPConnectionHandler: ChannelInboundHandler {
 
     // MARK: - Pass-through
 
+    /// Commands that leave nothing behind on the Redis connection they run on and
+    /// never block it: while a client sends only these (and COORD.* commands), they go
+    /// on the shared connection. Any other command gives the client its own.
+    static let shareable: Set<String> = [
+        "get", "set", "setnx", "setex", "psetex", "mget", "mset", "msetnx", "getset", "getdel", "getex",
+        "getrange", "setrange", "append", "strlen", "incr", "decr", "incrby", "decrby", "incrbyfloat", "lcs",
+        "del", "unlink", "exists", "expire", "pexpire", "expireat", "pexpireat", "persist", "ttl", "pttl",
+        "expiretime", "pexpiretime", "type", "touch", "rename", "renamenx", "copy", "dbsize", "randomkey", "scan",
+        "hget", "hset", "hsetnx", "hmget", "hmset", "hgetall", "hdel", "hexists", "hincrby", "hincrbyfloat",
+        "hkeys", "hvals", "hlen", "hstrlen", "hscan", "hrandfield",
+        "lpush", "rpush", "lpushx", "rpushx", "lpop", "rpop", "lrange", "llen", "lindex", "lset", "lrem",
+        "ltrim", "linsert", "lpos", "lmove", "rpoplpush", "lmpop",
+        "sadd", "srem", "smembers", "sismember", "smismember", "scard", "spop", "srandmember", "smove",
+        "sinter", "sunion", "sdiff", "sinterstore", "sunionstore", "sdiffstore", "sintercard", "sscan",
+        "zadd", "zrem", "zscore", "zmscore", "zincrby", "zcard", "zcount", "zrange", "zrangebyscore",
+        "zrevrange", "zrevrangebyscore", "zrangebylex", "zrevrangebylex", "zlexcount", "zrank", "zrevrank",
+        "zremrangebyscore", "zremrangebyrank", "zremrangebylex", "zpopmin", "zpopmax", "zmpop", "zrandmember",
+        "zrangestore", "zunionstore", "zinterstore", "zdiffstore", "zunion", "zinter", "zdiff", "zintercard", "zscan",
+        "pfadd", "pfcount", "pfmerge", "geoadd", "geopos", "geodist", "geohash", "geosearch", "geosearchstore",
+        "georadius_ro", "georadiusbymember_ro", "setbit", "getbit", "bitcount", "bitpos", "bitop", "bitfield_ro",
+        "xadd", "xlen", "xrange", "xrevrange", "xdel", "xtrim", "publish", "spublish", "ping", "echo", "time",
+    ]
+
     private func forward(_ command: RESPCommand, name: String) {
         guard let context else { return }
+        if backend == nil, let sharedBackend, protocolVersion == 2, !inMulti, authenticationsInFlight == 0, Self.shareable.contains(name) {
+            let slot = Slot(fromBackend: true)
+            slots.append(slot)
+            sharedOutstanding += 1
+            sharedBackend.send(command.raw, for: self, slot: slot)
+            return
+        }
         if backend == nil {
             backend = Backend(configuration: shared.configuration.redis, eventLoop: context.eventLoop, owner: NIOLoopBound(self, eventLoop: context.eventLoop))
+            // Not a byte to Redis before the shared connection has run (and answered)
+            // everything this client sent on it.
+            if sharedOutstanding > 0 { backend!.hold() }
         }
         var slot: Slot?
         switch name {
@@ -719,6 +769,15 @@ final class RESPConnectionHandler: ChannelInboundHandler {
         context?.flush()
     }
 
+    /// The shared connection's reply to a command of this client (`failure`: it could
+    /// not run there, the reply is that error).
+    fileprivate func sharedAnswered(_ slot: Slot, reply: ByteBuffer?, failure: String? = nil) {
+        slot.reply = reply ?? encode(.error(failure ?? "ERR no reply"))
+        slot.framesLeft = 0
+        sharedOutstanding -= 1
+        if sharedOutstanding == 0 { backend?.release() }
+    }
+
     /// Sentinel switched the master: a pass-through connection to the old one is
     /// closed, as when Redis goes away (its state for this client stays behind).
     func masterSwitched(to master: RedisConfiguration.Endpoint) {
@@ -766,7 +825,7 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     }
 
     /// Writes the replies that are ready, in command order.
-    private func flushReady() {
+    fileprivate func flushReady() {
         guard let context else { return }
         var wrote = false
         // Small replies are copied into one buffer and written together: one channel
@@ -807,23 +866,37 @@ final class RESPConnectionHandler: ChannelInboundHandler {
     }
 }
 
-/// The Redis connection of one client, opened at its first pass-through command.
+/// What a ``Backend`` reports to: a client connection (its own Redis connection) or
+/// a ``SharedBackend``. Called on the backend's event loop.
+protocol BackendOwner: AnyObject, SendableMetatype {
+    /// One reply (a slice of the read), in the order of the commands.
+    func backendReply(_ reply: ByteBuffer, isPush: Bool)
+    /// The end of one read from Redis.
+    func backendReadComplete()
+    /// The Redis connection closed (`connected`) or could not open.
+    func backendFailed(_ error: any Error, connected: Bool, from failed: Backend)
+}
+
+/// A Redis connection for pass-through: a client's own, opened at its first command
+/// that needs one, or an event loop's shared one.
 final class Backend {
     private var channel: Channel?
     /// The server connected to, once connected.
     private(set) var endpoint: RedisConfiguration.Endpoint?
     private var pending: [ByteBuffer] = []
     private var closed = false
+    /// Commands wait in `pending` (see ``hold()``).
+    private var held = false
     private let eventLoop: any EventLoop
 
-    init(configuration: RedisConfiguration, eventLoop: any EventLoop, owner: NIOLoopBound<RESPConnectionHandler>) {
+    init<Owner: BackendOwner>(configuration: RedisConfiguration, eventLoop: any EventLoop, owner: NIOLoopBound<Owner>) {
         self.eventLoop = eventLoop
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.seconds(5))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(BackendHandler(owner: owner))
+                    try channel.pipeline.syncOperations.addHandler(BackendHandler<Owner>(owner: owner))
                 }
             }
         let connecting: EventLoopFuture<(Channel, RedisConfiguration.Endpoint)>
@@ -855,7 +928,7 @@ final class Backend {
         }
     }
 
-    private func connected(_ result: Result<(any Channel, RedisConfiguration.Endpoint), any Error>, owner: NIOLoopBound<RESPConnectionHandler>) {
+    private func connected<Owner: BackendOwner>(_ result: Result<(any Channel, RedisConfiguration.Endpoint), any Error>, owner: NIOLoopBound<Owner>) {
         switch result {
         case .success(let (channel, endpoint)):
             self.endpoint = endpoint
@@ -864,7 +937,8 @@ final class Backend {
                 return
             }
             self.channel = channel
-            (try? channel.pipeline.syncOperations.handler(type: BackendHandler.self))?.backend = self
+            (try? channel.pipeline.syncOperations.handler(type: BackendHandler<Owner>.self))?.backend = self
+            guard !held else { return }
             for buffer in pending { channel.write(buffer, promise: nil) }
             pending = []
             channel.flush()
@@ -879,7 +953,7 @@ final class Backend {
     /// Small commands are copied into one buffer and written with one channel write
     /// at the flush: a write per command costs more than the copy.
     func write(_ buffer: ByteBuffer) {
-        guard let channel else {
+        guard let channel, !held else {
             pending.append(buffer)
             return
         }
@@ -896,7 +970,7 @@ final class Backend {
     }
 
     func flush() {
-        guard let channel else { return }
+        guard let channel, !held else { return }
         if let queued = outgoing {
             outgoing = nil
             channel.writeAndFlush(queued, promise: nil)
@@ -910,6 +984,23 @@ final class Backend {
     /// Small commands queued since the last flush, in order.
     private var outgoing: ByteBuffer?
 
+    /// Keeps what is written from Redis until ``release()``: a client that moves off
+    /// the shared connection has its first commands here wait for the shared
+    /// connection's replies to what it sent there.
+    func hold() {
+        held = true
+    }
+
+    /// Sends what waited since ``hold()``, and from now on what is written.
+    func release() {
+        guard held else { return }
+        held = false
+        guard let channel else { return }
+        for buffer in pending { channel.write(buffer, promise: nil) }
+        pending = []
+        channel.flush()
+    }
+
     func close() {
         closed = true
         outgoing = nil
@@ -918,16 +1009,16 @@ final class Backend {
     }
 }
 
-private final class BackendHandler: ChannelInboundHandler {
+private final class BackendHandler<Owner: BackendOwner>: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
-    private let owner: NIOLoopBound<RESPConnectionHandler>
+    private let owner: NIOLoopBound<Owner>
     /// The backend this channel serves (set once connected).
     weak var backend: Backend?
     private var buffer: ByteBuffer?
     private var scanner = RESPReplyScanner()
     private var failed = false
 
-    init(owner: NIOLoopBound<RESPConnectionHandler>) {
+    init(owner: NIOLoopBound<Owner>) {
         self.owner = owner
     }
 
@@ -956,6 +1047,124 @@ private final class BackendHandler: ChannelInboundHandler {
         if !failed, let backend { owner.value.backendFailed(error, connected: true, from: backend) }
         failed = true
         context.close(promise: nil)
+    }
+}
+
+/// The shared Redis connections of one listener: one per event loop, made at first use.
+final class SharedBackends: Sendable {
+    private let configuration: RedisConfiguration
+    private let byLoop = NIOLockedValueBox([ObjectIdentifier: NIOLoopBound<SharedBackend>]())
+
+    init(configuration: RedisConfiguration) {
+        self.configuration = configuration
+    }
+
+    /// The shared connection of `loop` (called on `loop`).
+    func backend(for loop: any EventLoop) -> SharedBackend {
+        if let existing = byLoop.withLockedValue({ $0[ObjectIdentifier(loop)] }) { return existing.value }
+        let made = SharedBackend(configuration: configuration, eventLoop: loop)
+        byLoop.withLockedValue { $0[ObjectIdentifier(loop)] = NIOLoopBound(made, eventLoop: loop) }
+        return made
+    }
+
+    /// Sentinel switched the master: shared connections to the old one close.
+    func masterSwitched(to master: RedisConfiguration.Endpoint) {
+        for bound in byLoop.withLockedValue({ Array($0.values) }) {
+            bound.eventLoop.execute { bound.value.masterSwitched(to: master) }
+        }
+    }
+
+    /// Closes every shared connection (the listener stops).
+    func closeAll() {
+        for bound in byLoop.withLockedValue({ Array($0.values) }) {
+            bound.eventLoop.execute { bound.value.close() }
+        }
+    }
+}
+
+/// One event loop's shared Redis connection: the commands of the loop's clients that
+/// leave no state on their connection (see ``RESPConnectionHandler/shareable``),
+/// written together once per event-loop tick and answered in the order written.
+final class SharedBackend: BackendOwner {
+    private let configuration: RedisConfiguration
+    private let eventLoop: any EventLoop
+    private var backend: Backend?
+    /// Who each reply still to come belongs to, oldest first.
+    private var waiting = CircularBuffer<(RESPConnectionHandler, RESPConnectionHandler.Slot)>(initialCapacity: 64)
+    /// Clients given replies during the current read, flushed at its end.
+    private var answered: [RESPConnectionHandler] = []
+    private var flushScheduled = false
+
+    init(configuration: RedisConfiguration, eventLoop: any EventLoop) {
+        self.configuration = configuration
+        self.eventLoop = eventLoop
+    }
+
+    /// Queues a client's command; every command queued in this tick of the event loop
+    /// (from all the clients whose reads it handles) goes to Redis in one write.
+    fileprivate func send(_ command: ByteBuffer, for client: RESPConnectionHandler, slot: RESPConnectionHandler.Slot) {
+        if backend == nil {
+            backend = Backend(configuration: configuration, eventLoop: eventLoop, owner: NIOLoopBound(self, eventLoop: eventLoop))
+        }
+        waiting.append((client, slot))
+        backend!.write(command)
+        if !flushScheduled {
+            flushScheduled = true
+            // Runs after the I/O events of this tick: the other clients' reads too.
+            let me = NIOLoopBound(self, eventLoop: eventLoop)
+            eventLoop.execute {
+                me.value.flushScheduled = false
+                me.value.backend?.flush()
+            }
+        }
+    }
+
+    func backendReply(_ reply: ByteBuffer, isPush: Bool) {
+        // No subscriptions, no tracking on this connection: a push is nobody's reply.
+        guard !isPush, let (client, slot) = waiting.popFirst() else { return }
+        client.sharedAnswered(slot, reply: reply)
+        if !client.awaitingSharedFlush {
+            client.awaitingSharedFlush = true
+            answered.append(client)
+        }
+    }
+
+    func backendReadComplete() {
+        for client in answered {
+            client.awaitingSharedFlush = false
+            client.flushReady()
+        }
+        answered.removeAll(keepingCapacity: true)
+    }
+
+    func backendFailed(_ error: any Error, connected: Bool, from failed: Backend) {
+        guard backend === failed else { return }
+        backend = nil
+        // Nothing of these clients' state was on the connection: their commands in
+        // flight fail (a write's outcome is unknown), the clients stay connected.
+        let message = connected
+            ? "ERR coordproxy lost its connection to Redis (\(error)) before the reply; the command may or may not have run: check, then retry"
+            : "ERR coordproxy cannot reach Redis at \(configuration.sentinel == nil ? "\(configuration.endpoint)" : configuration.redactedURL) (\(error)); retry once it is up"
+        let owed = waiting
+        waiting.removeAll()
+        for (client, slot) in owed { client.sharedAnswered(slot, reply: nil, failure: message) }
+        for (client, _) in owed where !client.awaitingSharedFlush {
+            client.awaitingSharedFlush = true
+            answered.append(client)
+        }
+        backendReadComplete()
+    }
+
+    func masterSwitched(to master: RedisConfiguration.Endpoint) {
+        guard let backend, let at = backend.endpoint, at != master else { return }
+        backend.close()
+        backendFailed(RedisError(.connectionLost, "Sentinel switched the master from \(at) to \(master)"), connected: true, from: backend)
+    }
+
+    func close() {
+        guard let backend else { return }
+        backend.close()
+        backendFailed(RedisError(.connectionClosed, "coordproxy is shutting down"), connected: true, from: backend)
     }
 }
 

@@ -69,6 +69,11 @@ public final class RESPFrontEnd: Service, Sendable {
         public var passthrough = true
         /// Pass FLUSHALL and FLUSHDB through (they delete the store too).
         public var allowFlush = false
+        /// Clients that have sent only commands which leave no state on their Redis
+        /// connection share one connection per event loop, their commands pipelined
+        /// together (`--no-multiplex` turns it off: a connection of its own for every
+        /// client from its first pass-through command). Never when Redis requires AUTH.
+        public var multiplex = true
         /// The TTL of a connection's session lease, in seconds.
         public var sessionTTL: Int64 = 60
         /// What keeps a connection's session alive (`--session-keepalive`).
@@ -132,8 +137,10 @@ public final class RESPFrontEnd: Service, Sendable {
         let requiresAuth = await Self.redisRequiresAuth(configuration.redis)
         var tag = Array("{\(configuration.namespace)}".utf8)
         if tag.isEmpty { tag = Array("{coord}".utf8) }
+        // With AUTH, each client's commands must run as the user it authenticated as.
+        let sharedBackends = configuration.passthrough && configuration.multiplex && !requiresAuth ? SharedBackends(configuration: configuration.redis) : nil
         let shared = RESPFrontEndContext(store: store, configuration: configuration, namespaceTag: tag,
-                                         requiresAuth: requiresAuth, logger: logger, connections: connections)
+                                         requiresAuth: requiresAuth, logger: logger, connections: connections, sharedBackends: sharedBackends)
         let maxClients = configuration.maxClients
         let connections = self.connections
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -174,13 +181,14 @@ public final class RESPFrontEnd: Service, Sendable {
         for waiter in boundWaiters.withLockedValue({ value in defer { value = [] }; return value }) { waiter.resume(returning: addresses) }
         for address in addresses {
             logger.info("serving the Redis protocol (COORD.* commands\(configuration.passthrough ? ", other commands passed through to Redis" : ""))",
-                        metadata: ["address": "\(address)", "redis_requires_auth": "\(requiresAuth)", "session_ttl": "\(configuration.sessionTTL)", "session_keepalive": "\(configuration.sessionKeepAlive.rawValue)"])
+                        metadata: ["address": "\(address)", "redis_requires_auth": "\(requiresAuth)", "session_ttl": "\(configuration.sessionTTL)", "session_keepalive": "\(configuration.sessionKeepAlive.rawValue)", "shared_redis_connections": "\(sharedBackends != nil)"])
         }
         let open = listeners
         var observation: UInt64?
         if let sentinel = configuration.redis.sentinel {
             observation = SentinelMonitor.observe(sentinel, connectTimeout: configuration.redis.connectTimeout) { master in
                 connections.masterSwitched(to: master)
+                sharedBackends?.masterSwitched(to: master)
             }
         }
         defer { if let observation, let sentinel = configuration.redis.sentinel { SentinelMonitor.stopObserving(observation, of: sentinel) } }
@@ -195,6 +203,7 @@ public final class RESPFrontEnd: Service, Sendable {
             connections.closeAll()
         }
         connections.closeAll()
+        sharedBackends?.closeAll()
         logger.info("stopped serving the Redis protocol")
     }
 

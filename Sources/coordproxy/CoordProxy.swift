@@ -61,6 +61,9 @@ struct CoordProxy: AsyncParsableCommand {
     @Flag(name: .customLong("no-passthrough"), help: "On the Redis-protocol listener, serve only COORD.* commands (and PING, HELLO, AUTH): refuse every other command instead of passing it through to Redis.")
     var noPassthrough = false
 
+    @Flag(name: .customLong("no-multiplex"), help: "On the Redis-protocol listener, give every client a Redis connection of its own from its first passed-through command. By default a client's simple key commands (GET, SET, HSET, ...: none that leaves state on the connection or blocks) share one Redis connection per thread with other clients', pipelined together, until it sends any other command (MULTI, WATCH, SELECT, HELLO, AUTH, CLIENT, SUBSCRIBE, BLPOP, EVAL, ...); then it gets its own. Always off when Redis requires AUTH.")
+    var noMultiplex = false
+
     @Flag(name: .customLong("allow-flush"), help: "Pass FLUSHALL and FLUSHDB through to Redis (refused by default: they delete the coordination store too).")
     var allowFlush = false
 
@@ -182,6 +185,7 @@ struct CoordProxy: AsyncParsableCommand {
             var configuration = RESPFrontEnd.Configuration(listen: respListen, redis: try RedisConfiguration(url: url!), namespace: namespace)
             configuration.passthrough = !(noPassthrough || setting(nil, "NO_PASSTHROUGH") == "1")
             configuration.allowFlush = allowFlush || setting(nil, "ALLOW_FLUSH") == "1"
+            configuration.multiplex = !(noMultiplex || setting(nil, "NO_MULTIPLEX") == "1")
             configuration.sessionTTL = respSessionTTL
             configuration.sessionKeepAlive = respKeepAlive
             services.append(.init(service: RESPFrontEnd(store: store, configuration: configuration, logger: logger)))
