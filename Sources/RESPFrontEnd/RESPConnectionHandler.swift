@@ -84,12 +84,16 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     /// The connection's event loop as a task executor (coordination commands run there).
     private var executor: EventLoopTaskExecutor?
     private var backend: Backend?
-    /// The event loop's shared Redis connection (nil when clients do not share).
-    private var sharedBackend: SharedBackend?
+    /// The event loop's shared Redis connections, RESP2 and RESP3 (nil when clients
+    /// do not share), found at first use.
+    private var sharedBackends: (resp2: SharedBackend?, resp3: SharedBackend?) = (nil, nil)
     /// Commands sent on the shared connection and not answered yet.
     private var sharedOutstanding = 0
     /// Listed by the shared connection for a flush after its current read.
     fileprivate var awaitingSharedFlush = false
+    /// HELLO and CLIENT SETINFO commands run on a shared connection (clients send them
+    /// on connect): sent again, first, on the client's own connection once it has one.
+    private var replayOnOwnConnection: [ByteBuffer] = []
     private let coordination: ConnectionCoordination
     /// The client's signs of life: every command, and busy while replies are owed.
     private let activity = LeaseActivity()
@@ -122,7 +126,6 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     func channelActive(context: ChannelHandlerContext) {
         self.context = context
         executor = EventLoopTaskExecutor.for(context.eventLoop)
-        sharedBackend = shared.sharedBackends?.backend(for: context.eventLoop)
         shared.connections.add(context.channel)
         context.fireChannelActive()
     }
@@ -599,20 +602,81 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
         "xadd", "xlen", "xrange", "xrevrange", "xdel", "xtrim", "publish", "spublish", "ping", "echo", "time",
     ]
 
+    /// What redis-py sends on every connect after HELLO: `CLIENT SETINFO attribute
+    /// value` (the library's name and version in CLIENT LIST) and, from 8.x, `CLIENT
+    /// MAINT_NOTIFICATIONS ON ...` (Redis 8's maintenance pushes; an error before).
+    /// Settings of the connection that no other command depends on: Redis answers them
+    /// on the shared connection, and they are sent again on the client's own.
+    private func isReplayedClientSetting(_ command: RESPCommand, name: String) -> Bool {
+        guard name == "client", command.arguments.count >= 3 else { return false }
+        let sub = command.text(1).lowercased()
+        return (sub == "setinfo" && command.arguments.count == 4) || sub == "maint_notifications"
+    }
+
     private func forward(_ command: RESPCommand, name: String) {
         guard let context else { return }
-        if backend == nil, let sharedBackend, protocolVersion == 2, !inMulti, authenticationsInFlight == 0, Self.shareable.contains(name) {
-            let slot = Slot(fromBackend: true)
-            slots.append(slot)
-            sharedOutstanding += 1
-            sharedBackend.send(command.raw, for: self, slot: slot)
-            return
+        if backend == nil, !inMulti, authenticationsInFlight == 0, let sharedBackends = shared.sharedBackends {
+            if Self.shareable.contains(name) {
+                share(command, on: sharedBackends)
+                return
+            }
+            if isReplayedClientSetting(command, name: name) {
+                // Its reply is Redis's (which checks it); its effect belongs on the
+                // client's own connection, if it gets one.
+                replayOnOwnConnection.append(ByteBuffer(bytes: command.raw.readableBytesView))
+                share(command, on: sharedBackends)
+                return
+            }
+            if let version = plainHello(command, name: name) {
+                // The protocol's shared connection answers it (in that protocol); the
+                // commands behind it go there.
+                protocolVersion = version
+                replayOnOwnConnection.append(ByteBuffer(bytes: command.raw.readableBytesView))
+                share(command, on: sharedBackends)
+                return
+            }
         }
+        forwardOnOwnConnection(command, name: name, context: context)
+    }
+
+    /// Sends a command on the shared connection of the client's protocol.
+    private func share(_ command: RESPCommand, on backends: SharedBackends) {
+        let sharedBackend: SharedBackend
+        if protocolVersion >= 3 {
+            if sharedBackends.resp3 == nil { sharedBackends.resp3 = backends.backend(for: context!.eventLoop, protocolVersion: 3) }
+            sharedBackend = sharedBackends.resp3!
+        } else {
+            if sharedBackends.resp2 == nil { sharedBackends.resp2 = backends.backend(for: context!.eventLoop, protocolVersion: 2) }
+            sharedBackend = sharedBackends.resp2!
+        }
+        let slot = Slot(fromBackend: true)
+        slots.append(slot)
+        sharedOutstanding += 1
+        sharedBackend.send(command.raw, for: self, slot: slot)
+    }
+
+    /// `HELLO 2` or `HELLO 3` with nothing else (no AUTH, no SETNAME): the version.
+    private func plainHello(_ command: RESPCommand, name: String) -> Int? {
+        guard name == "hello", command.arguments.count == 2 else { return nil }
+        switch command.text(1) {
+        case "2": return 2
+        case "3": return 3
+        default: return nil
+        }
+    }
+
+    private func forwardOnOwnConnection(_ command: RESPCommand, name: String, context: ChannelHandlerContext) {
         if backend == nil {
             backend = Backend(configuration: shared.configuration.redis, eventLoop: context.eventLoop, owner: NIOLoopBound(self, eventLoop: context.eventLoop))
             // Not a byte to Redis before the shared connection has run (and answered)
             // everything this client sent on it.
             if sharedOutstanding > 0 { backend!.hold() }
+            for setInfo in replayOnOwnConnection {
+                // Answered to nobody: the client had its reply from the shared connection.
+                awaitingBackend.append(Slot(fromBackend: true))
+                backend!.write(setInfo)
+            }
+            replayOnOwnConnection = []
         }
         var slot: Slot?
         switch name {
@@ -1050,20 +1114,26 @@ private final class BackendHandler<Owner: BackendOwner>: ChannelInboundHandler {
     }
 }
 
-/// The shared Redis connections of one listener: one per event loop, made at first use.
+/// The shared Redis connections of one listener: one per event loop and protocol
+/// version (RESP2, RESP3), made at first use.
 final class SharedBackends: Sendable {
+    private struct Key: Hashable {
+        let loop: ObjectIdentifier
+        let protocolVersion: Int
+    }
     private let configuration: RedisConfiguration
-    private let byLoop = NIOLockedValueBox([ObjectIdentifier: NIOLoopBound<SharedBackend>]())
+    private let byLoop = NIOLockedValueBox([Key: NIOLoopBound<SharedBackend>]())
 
     init(configuration: RedisConfiguration) {
         self.configuration = configuration
     }
 
-    /// The shared connection of `loop` (called on `loop`).
-    func backend(for loop: any EventLoop) -> SharedBackend {
-        if let existing = byLoop.withLockedValue({ $0[ObjectIdentifier(loop)] }) { return existing.value }
-        let made = SharedBackend(configuration: configuration, eventLoop: loop)
-        byLoop.withLockedValue { $0[ObjectIdentifier(loop)] = NIOLoopBound(made, eventLoop: loop) }
+    /// The shared connection of `loop` speaking `protocolVersion` (called on `loop`).
+    func backend(for loop: any EventLoop, protocolVersion: Int) -> SharedBackend {
+        let key = Key(loop: ObjectIdentifier(loop), protocolVersion: protocolVersion)
+        if let existing = byLoop.withLockedValue({ $0[key] }) { return existing.value }
+        let made = SharedBackend(configuration: configuration, eventLoop: loop, protocolVersion: protocolVersion)
+        byLoop.withLockedValue { $0[key] = NIOLoopBound(made, eventLoop: loop) }
         return made
     }
 
@@ -1094,17 +1164,26 @@ final class SharedBackend: BackendOwner {
     /// Clients given replies during the current read, flushed at its end.
     private var answered: [RESPConnectionHandler] = []
     private var flushScheduled = false
+    /// RESP3: the connection begins with `HELLO 3`, whose reply is nobody's.
+    private let protocolVersion: Int
+    private var handshakeRepliesLeft = 0
 
-    init(configuration: RedisConfiguration, eventLoop: any EventLoop) {
+    init(configuration: RedisConfiguration, eventLoop: any EventLoop, protocolVersion: Int) {
         self.configuration = configuration
         self.eventLoop = eventLoop
+        self.protocolVersion = protocolVersion
     }
 
     /// Queues a client's command; every command queued in this tick of the event loop
     /// (from all the clients whose reads it handles) goes to Redis in one write.
     fileprivate func send(_ command: ByteBuffer, for client: RESPConnectionHandler, slot: RESPConnectionHandler.Slot) {
         if backend == nil {
-            backend = Backend(configuration: configuration, eventLoop: eventLoop, owner: NIOLoopBound(self, eventLoop: eventLoop))
+            let made = Backend(configuration: configuration, eventLoop: eventLoop, owner: NIOLoopBound(self, eventLoop: eventLoop))
+            if protocolVersion >= 3 {
+                made.write(ByteBuffer(string: "*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"))
+                handshakeRepliesLeft = 1
+            }
+            backend = made
         }
         waiting.append((client, slot))
         backend!.write(command)
@@ -1121,7 +1200,12 @@ final class SharedBackend: BackendOwner {
 
     func backendReply(_ reply: ByteBuffer, isPush: Bool) {
         // No subscriptions, no tracking on this connection: a push is nobody's reply.
-        guard !isPush, let (client, slot) = waiting.popFirst() else { return }
+        guard !isPush else { return }
+        if handshakeRepliesLeft > 0 {
+            handshakeRepliesLeft -= 1
+            return
+        }
+        guard let (client, slot) = waiting.popFirst() else { return }
         client.sharedAnswered(slot, reply: reply)
         if !client.awaitingSharedFlush {
             client.awaitingSharedFlush = true
@@ -1140,6 +1224,7 @@ final class SharedBackend: BackendOwner {
     func backendFailed(_ error: any Error, connected: Bool, from failed: Backend) {
         guard backend === failed else { return }
         backend = nil
+        handshakeRepliesLeft = 0
         // Nothing of these clients' state was on the connection: their commands in
         // flight fail (a write's outcome is unknown), the clients stay connected.
         let message = connected

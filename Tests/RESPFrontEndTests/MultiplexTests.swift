@@ -58,6 +58,10 @@ import Testing
                 if kind == b"*":
                     n = int(rest)
                     return None if n < 0 else [self.next() for _ in range(n)]
+                if kind == b"%":
+                    return ("map", [(self.next(), self.next()) for _ in range(int(rest))])
+                if kind == b"_":
+                    return ("null",)
                 raise ValueError("unexpected reply %r" % line)
         def connect(port):
             s = socket.create_connection(("127.0.0.1", port), timeout=60)
@@ -149,6 +153,63 @@ import Testing
                 print(replies.next())
                 """#, proxy)
             #expect(output == "['+OK', '+OK', '+QUEUED', [':2'], '2', '+OK', '+OK', 'db1']\n2\n", "\(output)")
+        }
+    }
+
+    /// redis-py 8 sends HELLO 3, CLIENT MAINT_NOTIFICATIONS and CLIENT SETINFO on every
+    /// connect: that keeps its connections on the shared ones, answered as Redis answers
+    /// them, and the move to an own connection later sends them there again without an
+    /// extra reply reaching the client.
+    @Test func redisPyConnectionsShareAndClientSetInfoIsAnsweredAsRedisAnswersIt() async throws {
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        try await withRESPProxy { proxy in
+            let python = try await redisPython()
+            let script = Self.helpers + #"""
+                import redis
+                clients = [redis.Redis(port=proxy_port, single_connection_client=True) for _ in range(6)]
+                for i, r in enumerate(clients):
+                    r.set("py%d" % i, i)
+                    assert r.get("py%d" % i) == str(i).encode()
+                print(sum(1 for line in redis_list() if " cmd=get " in line))
+                direct, dr = connect(redis_port)
+                direct.sendall(command("CLIENT", "SETINFO", "LIB-NAME", "probe"))
+                expected = dr.next()
+                s, r = connect(proxy_port)
+                s.sendall(command("CLIENT", "SETINFO", "LIB-NAME", "probe") + command("GET", "nothing")
+                          + command("CLIENT", "GETNAME") + command("PING"))
+                got = [r.next() for _ in range(4)]
+                print(got == [expected, None, None, "+PONG"] or got)
+                """#
+            let result = try await ChildProcess.run(python, ["-c", script, String(proxy.port), String(proxy.redisPort)],
+                                                    environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(120))
+            #expect(result.status == 0, "\(result.output)\(result.error)")
+            let lines = result.output.split(separator: "\n").map(String.init)
+            let connections = Int(lines.first ?? "") ?? -1
+            #expect(connections >= 1 && connections <= min(cores, 6), "6 redis-py clients ran their GET on \(connections) Redis connections (\(cores) event loops)")
+            #expect(lines.dropFirst().first == "True", "\(result.output)")
+        }
+    }
+
+    /// A RESP3 client (HELLO 3) shares the RESP3 connection, and its own connection,
+    /// once it needs one, speaks RESP3 too: replies as Redis gives them directly.
+    @Test func aRESP3ClientSharesTheRESP3ConnectionAndKeepsRESP3OnItsOwn() async throws {
+        try await withRESPProxy { proxy in
+            let output = try await Self.python(#"""
+                def session(port, key):
+                    s, r = connect(port)
+                    s.sendall(command("HELLO", "3") + command("HSET", key, "f", "v") + command("HGETALL", key) + command("GET", "missing")
+                              + command("CLIENT", "GETNAME") + command("HGETALL", key) + command("GET", "missing") + command("PING"))
+                    hello = r.next()
+                    assert hello[0] == "map" and dict(hello[1])["proto"] == ":3", hello
+                    replies = [r.next() for _ in range(7)]
+                    s.close()
+                    return replies
+                direct = session(redis_port, "direct")
+                proxied = session(proxy_port, "proxied")
+                print(direct == proxied or (direct, proxied))
+                print(proxied[1])
+                """#, proxy)
+            #expect(output == "True\n('map', [('f', 'v')])\n", "\(output)")
         }
     }
 
