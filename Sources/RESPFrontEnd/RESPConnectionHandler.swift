@@ -27,12 +27,14 @@ struct RESPFrontEndContext: Sendable {
 /// other command to Redis, and writes the replies back in the order of the commands.
 ///
 /// Until a client sends a command that gives its Redis connection state (MULTI,
-/// WATCH, SELECT, HELLO, AUTH, CLIENT, subscriptions, blocking commands, scripts,
-/// anything not in ``shareable``), its commands go on the event loop's shared Redis
-/// connection, pipelined with other clients' (fewer reads and writes for Redis and
-/// for the proxy); from the first such command on, and for the rest of its life, on
-/// a Redis connection of its own, opened once the shared connection has answered
-/// everything the client sent on it, so Redis runs its commands in the order sent.
+/// WATCH, SELECT, AUTH, CLIENT SETNAME, subscriptions, blocking commands, scripts:
+/// anything not in ``shareable`` nor sent on connect, as a plain HELLO or CLIENT
+/// SETINFO), its commands go on the event loop's shared Redis connection of its
+/// protocol, pipelined with other clients' (fewer reads and writes for Redis and for
+/// the proxy); from the first such command on, and for the rest of its life, on a
+/// Redis connection of its own, which replays the HELLO and CLIENT settings first
+/// and sends nothing until the shared connection has answered everything the client
+/// sent on it, so Redis runs its commands in the order sent.
 final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -91,8 +93,8 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     private var sharedOutstanding = 0
     /// Listed by the shared connection for a flush after its current read.
     fileprivate var awaitingSharedFlush = false
-    /// HELLO and CLIENT SETINFO commands run on a shared connection (clients send them
-    /// on connect): sent again, first, on the client's own connection once it has one.
+    /// HELLO and CLIENT settings run on a shared connection (clients send them on
+    /// connect): sent again, first, on the client's own connection once it has one.
     private var replayOnOwnConnection: [ByteBuffer] = []
     private let coordination: ConnectionCoordination
     /// The client's signs of life: every command, and busy while replies are owed.

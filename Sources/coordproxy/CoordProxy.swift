@@ -61,7 +61,7 @@ struct CoordProxy: AsyncParsableCommand {
     @Flag(name: .customLong("no-passthrough"), help: "On the Redis-protocol listener, serve only COORD.* commands (and PING, HELLO, AUTH): refuse every other command instead of passing it through to Redis.")
     var noPassthrough = false
 
-    @Flag(name: .customLong("no-multiplex"), help: "On the Redis-protocol listener, give every client a Redis connection of its own from its first passed-through command. By default a client's simple key commands (GET, SET, HSET, ...: none that leaves state on the connection or blocks) share one Redis connection per thread with other clients', pipelined together, until it sends any other command (MULTI, WATCH, SELECT, HELLO, AUTH, CLIENT, SUBSCRIBE, BLPOP, EVAL, ...); then it gets its own. Always off when Redis requires AUTH.")
+    @Flag(name: .customLong("no-multiplex"), help: "On the Redis-protocol listener, give every client a Redis connection of its own from its first passed-through command. By default a client's simple key commands (GET, SET, HSET, ...: none that leaves state on the connection or blocks), and the HELLO and CLIENT SETINFO clients send on connect, share one Redis connection per thread and protocol with other clients', pipelined together, until it sends any other command (MULTI, WATCH, SELECT, AUTH, CLIENT SETNAME, SUBSCRIBE, BLPOP, EVAL, ...); then it gets its own. Always off when Redis requires AUTH.")
     var noMultiplex = false
 
     @Flag(name: .customLong("allow-flush"), help: "Pass FLUSHALL and FLUSHDB through to Redis (refused by default: they delete the coordination store too).")
