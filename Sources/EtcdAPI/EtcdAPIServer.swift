@@ -82,7 +82,7 @@ public final class EtcdAPIServer: Service, Sendable {
             LeaseService(store: store, member: member, logger: logger, stopping: stopping),
             ClusterService(store: store, member: member, logger: logger),
             MaintenanceService(store: store, member: member, logger: logger),
-            AuthService(),
+            AuthService(store: store, member: member, logger: logger),
             LockService(store: store, member: member, logger: logger, stopping: stopping),
             ElectionService(store: store, member: member, logger: logger, stopping: stopping),
         ]

@@ -87,6 +87,14 @@ public enum EtcdErrors {
     public static let leaseNotFound = RPCError(code: .notFound, message: "etcdserver: requested lease not found")
     /// etcd's answer to Authenticate when auth is not enabled.
     public static let authNotEnabled = RPCError(code: .failedPrecondition, message: "etcdserver: authentication is not enabled")
+    /// etcd's answer to AuthEnable when there is no root user (coordproxy has no users).
+    public static let rootUserNotExist = RPCError(code: .failedPrecondition, message: "etcdserver: root user does not exist")
+    /// etcd's answer to UserGet for a user it does not have (coordproxy has none).
+    public static let userNotFound = RPCError(code: .failedPrecondition, message: "etcdserver: user name not found")
+    /// etcd's answer to RoleGet for a role it does not have (coordproxy has none).
+    public static let roleNotFound = RPCError(code: .failedPrecondition, message: "etcdserver: role name not found")
+    /// etcd's answer to MoveLeader naming a member that is not in the cluster.
+    public static let badLeaderTransferee = RPCError(code: .failedPrecondition, message: "etcdserver: bad leader transferee")
     /// The election request named no leader.
     public static let missingLeaderKey = RPCError(code: .unknown, message: "\"leader\" field must be provided")
 }

@@ -2,13 +2,18 @@ import Coordination
 import GRPCCore
 import Logging
 
-/// etcd's `Maintenance` service, as much as clients' health probes and
-/// `etcdctl endpoint status|health` and `alarm list` need: Status and Alarm.
+/// etcd's `Maintenance` service, as much as clients' health probes and `etcdctl
+/// endpoint status|health`, `alarm list`, `defrag` and `move-leader` need: Status,
+/// Alarm, Defragment and MoveLeader.
 ///
 /// Status reports this member as the leader of a one-member cluster; the raft
 /// index and applied index are the store's revision (what advances with each
 /// write), the database size is Redis's `used_memory`. Alarms are never raised:
 /// Redis's own limits (maxmemory) answer as errors at the request that hits them.
+/// Defragment asks Redis to return its allocator's free pages to the system
+/// (`MEMORY PURGE`), what etcd's defragmentation does for its database file.
+/// MoveLeader succeeds for this member, the leader already, and answers etcd's "bad
+/// leader transferee" for any other.
 public struct MaintenanceService: Etcdserverpb_Maintenance.SimpleServiceProtocol {
     let store: CoordinationClient
     let member: EtcdMember
@@ -51,6 +56,29 @@ public struct MaintenanceService: Etcdserverpb_Maintenance.SimpleServiceProtocol
             throw EtcdAPIServer.refuse("Status", error, logger: logger)
         }
     }
+
+    public func defragment(request: Etcdserverpb_DefragmentRequest, context: ServerContext) async throws -> Etcdserverpb_DefragmentResponse {
+        do {
+            // Logged as etcd logs "starting defragment": an operator's action.
+            logger.info("defragment: asking Redis to release its allocator's free pages (MEMORY PURGE)")
+            _ = try await store.redis.send([Array("MEMORY".utf8), Array("PURGE".utf8)], timeout: nil)
+            // etcd's answer carries no header.
+            return Etcdserverpb_DefragmentResponse()
+        } catch {
+            throw EtcdAPIServer.refuse("Defragment", error, logger: logger)
+        }
+    }
+
+    public func moveLeader(request: Etcdserverpb_MoveLeaderRequest, context: ServerContext) async throws -> Etcdserverpb_MoveLeaderResponse {
+        do {
+            guard request.targetID == member.memberID else { throw EtcdErrors.badLeaderTransferee }
+            var response = Etcdserverpb_MoveLeaderResponse()
+            response.header = member.header(try await store.currentRevision())
+            return response
+        } catch {
+            throw EtcdAPIServer.refuse("MoveLeader", error, logger: logger)
+        }
+    }
 }
 
 /// etcd's `Cluster` service: the member list of this one-member cluster.
@@ -81,11 +109,63 @@ public struct ClusterService: Etcdserverpb_Cluster.SimpleServiceProtocol {
     }
 }
 
-/// etcd's `Auth` service as an etcd without authentication answers it.
+/// etcd's `Auth` service as an etcd without authentication and without users
+/// answers it: `etcdctl auth disable`, `user list` and `role list` succeed (nothing
+/// to disable, empty lists), `auth enable` fails for want of a root user, `user get`
+/// and `role get` find nothing, and Authenticate says authentication is not enabled.
+/// Adding users and roles is not served (UNIMPLEMENTED): coordproxy has no users of
+/// its own; Redis's AUTH and ACLs guard the data.
 public struct AuthService: Etcdserverpb_Auth.SimpleServiceProtocol {
-    public init() {}
+    let store: CoordinationClient
+    let member: EtcdMember
+    let logger: Logger
+
+    public init(store: CoordinationClient, member: EtcdMember, logger: Logger) {
+        self.store = store
+        self.member = member
+        self.logger = logger
+    }
 
     public func authenticate(request: Etcdserverpb_AuthenticateRequest, context: ServerContext) async throws -> Etcdserverpb_AuthenticateResponse {
         throw EtcdErrors.authNotEnabled
+    }
+
+    public func authEnable(request: Etcdserverpb_AuthEnableRequest, context: ServerContext) async throws -> Etcdserverpb_AuthEnableResponse {
+        throw EtcdAPIServer.refuse("AuthEnable", EtcdErrors.rootUserNotExist, logger: logger)
+    }
+
+    public func authDisable(request: Etcdserverpb_AuthDisableRequest, context: ServerContext) async throws -> Etcdserverpb_AuthDisableResponse {
+        var response = Etcdserverpb_AuthDisableResponse()
+        response.header = try await header("AuthDisable")
+        return response
+    }
+
+    public func userGet(request: Etcdserverpb_AuthUserGetRequest, context: ServerContext) async throws -> Etcdserverpb_AuthUserGetResponse {
+        throw EtcdAPIServer.refuse("UserGet", EtcdErrors.userNotFound, logger: logger)
+    }
+
+    public func userList(request: Etcdserverpb_AuthUserListRequest, context: ServerContext) async throws -> Etcdserverpb_AuthUserListResponse {
+        var response = Etcdserverpb_AuthUserListResponse()
+        response.header = try await header("UserList")
+        return response
+    }
+
+    public func roleGet(request: Etcdserverpb_AuthRoleGetRequest, context: ServerContext) async throws -> Etcdserverpb_AuthRoleGetResponse {
+        throw EtcdAPIServer.refuse("RoleGet", EtcdErrors.roleNotFound, logger: logger)
+    }
+
+    public func roleList(request: Etcdserverpb_AuthRoleListRequest, context: ServerContext) async throws -> Etcdserverpb_AuthRoleListResponse {
+        var response = Etcdserverpb_AuthRoleListResponse()
+        response.header = try await header("RoleList")
+        return response
+    }
+
+    /// The header at the store's current revision, or etcd's error for why it cannot be read.
+    private func header(_ method: String) async throws -> Etcdserverpb_ResponseHeader {
+        do {
+            return member.header(try await store.currentRevision())
+        } catch {
+            throw EtcdAPIServer.refuse(method, error, logger: logger)
+        }
     }
 }

@@ -58,6 +58,16 @@ import Testing
         Step(arguments: ["put", "x", "v", "--lease=1234abcd"]),
         Step(arguments: ["del", "", "--prefix"]),
         Step(arguments: ["get", "", "--prefix", "-w", "json"]),
+        // Maintenance and auth as an etcd without authentication and without users.
+        Step(arguments: ["defrag"]),
+        Step(arguments: ["move-leader", "1"]),
+        Step(arguments: ["user", "list"]),
+        Step(arguments: ["user", "list", "-w", "json"]),
+        Step(arguments: ["role", "list", "-w", "json"]),
+        Step(arguments: ["user", "get", "root"]),
+        Step(arguments: ["role", "get", "admin"]),
+        Step(arguments: ["auth", "disable"]),
+        Step(arguments: ["auth", "enable"]),
     ]
 
     /// Runs the steps against `endpoint`; one printable record per step.
@@ -79,7 +89,9 @@ import Testing
                         if line == lease { return "<lease>" }
                         return line.replacingOccurrences(of: "lease \(lease) ", with: "lease <lease> ")
                     }
-                return normalizedJSON(lines.joined(separator: "\n"), lease: Int64(lease, radix: 16))
+                // `defrag` names the endpoint it defragmented.
+                let text = lines.joined(separator: "\n").replacingOccurrences(of: endpoint, with: "<endpoint>")
+                return normalizedJSON(text, lease: Int64(lease, radix: 16))
             }
             records.append("$ etcdctl \(step.arguments.joined(separator: " "))\nexit \(result.status)\nout: \(clean(result.output))\nerr: \(clean(result.error))")
         }
@@ -110,6 +122,10 @@ import Testing
         #expect(reference.contains { $0.contains("requested lease not found") })
         #expect(reference.contains { $0.contains("request is too large") })
         #expect(reference.contains { $0.contains("too many operations in txn request") })
+        #expect(reference.contains { $0.contains("Finished defragmenting etcd member[<endpoint>]") })
+        #expect(reference.contains { $0.contains("bad leader transferee") })
+        #expect(reference.contains { $0.contains("Authentication Disabled") })
+        #expect(reference.contains { $0.contains("root user does not exist") })
     }
 
     /// The events etcdctl's `watch --prefix "" --rev <from> -w json` prints until one

@@ -24,6 +24,12 @@ import Testing
             #expect(members.output.contains(proxy.endpoint), "\(members.output)")
             let alarms = try await etcdctl(["alarm", "list"], endpoint: proxy.endpoint)
             #expect(alarms.status == 0 && alarms.output.isEmpty, "\(alarms)")
+            // The one member is the leader already: moving leadership to it succeeds, as on
+            // a one-member etcd (the differential test checks any other target's error).
+            let memberID = try #require(members.output.split(separator: ",").first.map(String.init))
+            let moved = try await etcdctl(["move-leader", memberID], endpoint: proxy.endpoint)
+            #expect(moved.status == 0, "\(moved)")
+            #expect(moved.output.contains("Leadership transferred from \(memberID) to \(memberID)"), "\(moved)")
         }
     }
 

@@ -35,6 +35,16 @@ import Testing
         ["path": "/v3/kv/put", "body": ["key": base64("x"), "value": base64("v"), "lease": "4660"]],
         ["path": "/v3/watch", "body": ["create_request": ["key": base64("b"), "start_revision": "4"]], "stream": 2],
         ["path": "/v3/kv/range", "body": ["key": "AA==", "range_end": "AA=="]],
+        // Maintenance and auth, as an etcd without authentication and without users.
+        ["path": "/v3/maintenance/defragment", "body": [:]],
+        ["path": "/v3/maintenance/transfer-leadership", "body": ["targetID": "1"]],
+        ["path": "/v3/auth/user/list", "body": [:]],
+        ["path": "/v3/auth/role/list", "body": [:]],
+        ["path": "/v3/auth/user/get", "body": ["name": "root"]],
+        ["path": "/v3/auth/role/get", "body": ["role": "admin"]],
+        ["path": "/v3/auth/disable", "body": [:]],
+        ["path": "/v3/auth/enable", "body": [:]],
+        ["path": "/v3/auth/authenticate", "body": ["name": "root", "password": "secret"]],
     ] }
 
     /// Runs the requests through Tests/EtcdAPITests/Python/gateway_client.py.

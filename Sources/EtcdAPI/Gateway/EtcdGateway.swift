@@ -39,6 +39,7 @@ public final class EtcdGateway: Service, Sendable {
     private let lease: LeaseService
     private let cluster: ClusterService
     private let maintenance: MaintenanceService
+    private let auth: AuthService
     private let lockService: LockService
     private let election: ElectionService
     private let store: CoordinationClient
@@ -69,6 +70,7 @@ public final class EtcdGateway: Service, Sendable {
         lease = LeaseService(store: store, member: member, logger: logger, stopping: api.stopping)
         cluster = ClusterService(store: store, member: member, logger: logger)
         maintenance = MaintenanceService(store: store, member: member, logger: logger)
+        auth = AuthService(store: store, member: member, logger: logger)
         lockService = LockService(store: store, member: member, logger: logger, stopping: api.stopping)
         election = ElectionService(store: store, member: member, logger: logger, stopping: api.stopping)
         self.logger = logger
@@ -248,7 +250,15 @@ public final class EtcdGateway: Service, Sendable {
             case "/v3/maintenance/status": try await unary(outbound, body, path: path) { try await self.maintenance.status(request: $0, context: context) }
             case "/v3/maintenance/alarm": try await unary(outbound, body, path: path) { try await self.maintenance.alarm(request: $0, context: context) }
             case "/v3/cluster/member/list": try await unary(outbound, body, path: path) { try await self.cluster.memberList(request: $0, context: context) }
-            case "/v3/auth/authenticate": try await unary(outbound, body, path: path) { (_: Etcdserverpb_AuthenticateRequest) -> Etcdserverpb_AuthenticateResponse in throw EtcdErrors.authNotEnabled }
+            case "/v3/maintenance/defragment": try await unary(outbound, body, path: path) { try await self.maintenance.defragment(request: $0, context: context) }
+            case "/v3/maintenance/transfer-leadership": try await unary(outbound, body, path: path) { try await self.maintenance.moveLeader(request: $0, context: context) }
+            case "/v3/auth/authenticate": try await unary(outbound, body, path: path) { try await self.auth.authenticate(request: $0, context: context) }
+            case "/v3/auth/enable": try await unary(outbound, body, path: path) { try await self.auth.authEnable(request: $0, context: context) }
+            case "/v3/auth/disable": try await unary(outbound, body, path: path) { try await self.auth.authDisable(request: $0, context: context) }
+            case "/v3/auth/user/get": try await unary(outbound, body, path: path) { try await self.auth.userGet(request: $0, context: context) }
+            case "/v3/auth/user/list": try await unary(outbound, body, path: path) { try await self.auth.userList(request: $0, context: context) }
+            case "/v3/auth/role/get": try await unary(outbound, body, path: path) { try await self.auth.roleGet(request: $0, context: context) }
+            case "/v3/auth/role/list": try await unary(outbound, body, path: path) { try await self.auth.roleList(request: $0, context: context) }
             default:
                 try await respond(outbound, status: .notFound, json: Self.errorBody(RPCError(code: .unimplemented, message: "Not Found")), keepAlive: true)
             }
