@@ -51,7 +51,9 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
         /// Watch events that must follow this reply (the COORD.WATCH that created them).
         var then: [ByteBuffer] = []
         /// Backend replies still to come: (P|S)SUBSCRIBE answers one message per
-        /// channel; `takesPushes`: those messages are RESP3 pushes.
+        /// channel, and a slot on the shared connection takes one reply for each of
+        /// the client's back-to-back commands; `takesPushes`: those messages are RESP3
+        /// pushes.
         var framesLeft = 1
         var takesPushes = false
         /// Rewrites the backend's reply before it is written (COMMAND's lists gain ours).
@@ -91,6 +93,12 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     private var sharedBackends: (resp2: SharedBackend?, resp3: SharedBackend?) = (nil, nil)
     /// Commands sent on the shared connection and not answered yet.
     private var sharedOutstanding = 0
+    /// The slot of the shared commands sent last in the current read: the next one,
+    /// if it goes to the same shared connection with no other slot between, joins it
+    /// (a pipeline of GETs is one slot and one entry on the shared connection, and
+    /// its replies one buffer, instead of one of each per command). Cleared after
+    /// each read, so that only commands written back to back to Redis share a slot.
+    private var openSharedSlot: (slot: Slot, backend: SharedBackend)?
     /// Listed by the shared connection for a flush after its current read.
     fileprivate var awaitingSharedFlush = false
     /// HELLO and CLIENT settings run on a shared connection (clients send them on
@@ -170,6 +178,7 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
             reply(.error("ERR Protocol error: \(error.message)"), closeAfter: true)
         }
         if pending.readableBytes > 0 { input = pending }
+        openSharedSlot = nil
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -651,10 +660,16 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
             if sharedBackends.resp2 == nil { sharedBackends.resp2 = backends.backend(for: context!.eventLoop, protocolVersion: 2) }
             sharedBackend = sharedBackends.resp2!
         }
+        sharedOutstanding += 1
+        if let open = openSharedSlot, open.backend === sharedBackend, slots.last === open.slot {
+            open.slot.framesLeft += 1
+            sharedBackend.send(command.raw, for: self, slot: open.slot, joining: true)
+            return
+        }
         let slot = Slot(fromBackend: true)
         slots.append(slot)
-        sharedOutstanding += 1
-        sharedBackend.send(command.raw, for: self, slot: slot)
+        openSharedSlot = (slot, sharedBackend)
+        sharedBackend.send(command.raw, for: self, slot: slot, joining: false)
     }
 
     /// `HELLO 2` or `HELLO 3` with nothing else (no AUTH, no SETNAME): the version.
@@ -835,11 +850,23 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
         context?.flush()
     }
 
-    /// The shared connection's reply to a command of this client (`failure`: it could
-    /// not run there, the reply is that error).
+    /// The shared connection's reply to the next command of `slot` (`failure`: it could
+    /// not run there, the reply is that error). A slot of several commands collects
+    /// their replies in order in one buffer.
     fileprivate func sharedAnswered(_ slot: Slot, reply: ByteBuffer?, failure: String? = nil) {
-        slot.reply = reply ?? encode(.error(failure ?? "ERR no reply"))
-        slot.framesLeft = 0
+        var frame = reply ?? encode(.error(failure ?? "ERR no reply"))
+        if var collected = slot.reply.take() {
+            // Taken out first, so that the append does not copy what was collected.
+            collected.writeBuffer(&frame)
+            slot.reply = collected
+        } else if slot.framesLeft > 1 {
+            var collected = ByteBufferAllocator().buffer(capacity: frame.readableBytes * slot.framesLeft)
+            collected.writeBuffer(&frame)
+            slot.reply = collected
+        } else {
+            slot.reply = frame
+        }
+        slot.framesLeft -= 1
         sharedOutstanding -= 1
         if sharedOutstanding == 0 { backend?.release() }
     }
@@ -1161,7 +1188,8 @@ final class SharedBackend: BackendOwner {
     private let configuration: RedisConfiguration
     private let eventLoop: any EventLoop
     private var backend: Backend?
-    /// Who each reply still to come belongs to, oldest first.
+    /// Who the replies still to come belong to, oldest first: each slot takes as many
+    /// as it has frames left (the commands a client sent back to back).
     private var waiting = CircularBuffer<(RESPConnectionHandler, RESPConnectionHandler.Slot)>(initialCapacity: 64)
     /// Clients given replies during the current read, flushed at its end.
     private var answered: [RESPConnectionHandler] = []
@@ -1178,7 +1206,9 @@ final class SharedBackend: BackendOwner {
 
     /// Queues a client's command; every command queued in this tick of the event loop
     /// (from all the clients whose reads it handles) goes to Redis in one write.
-    fileprivate func send(_ command: ByteBuffer, for client: RESPConnectionHandler, slot: RESPConnectionHandler.Slot) {
+    /// `joining`: the command joins `slot`, queued last already by the client's
+    /// previous command.
+    fileprivate func send(_ command: ByteBuffer, for client: RESPConnectionHandler, slot: RESPConnectionHandler.Slot, joining: Bool) {
         if backend == nil {
             let made = Backend(configuration: configuration, eventLoop: eventLoop, owner: NIOLoopBound(self, eventLoop: eventLoop))
             if protocolVersion >= 3 {
@@ -1187,7 +1217,7 @@ final class SharedBackend: BackendOwner {
             }
             backend = made
         }
-        waiting.append((client, slot))
+        if !joining { waiting.append((client, slot)) }
         backend!.write(command)
         if !flushScheduled {
             flushScheduled = true
@@ -1207,8 +1237,9 @@ final class SharedBackend: BackendOwner {
             handshakeRepliesLeft -= 1
             return
         }
-        guard let (client, slot) = waiting.popFirst() else { return }
+        guard let (client, slot) = waiting.first else { return }
         client.sharedAnswered(slot, reply: reply)
+        if slot.framesLeft <= 0 { waiting.removeFirst() }
         if !client.awaitingSharedFlush {
             client.awaitingSharedFlush = true
             answered.append(client)
@@ -1234,7 +1265,10 @@ final class SharedBackend: BackendOwner {
             : "ERR coordproxy cannot reach Redis at \(configuration.sentinel == nil ? "\(configuration.endpoint)" : configuration.redactedURL) (\(error)); retry once it is up"
         let owed = waiting
         waiting.removeAll()
-        for (client, slot) in owed { client.sharedAnswered(slot, reply: nil, failure: message) }
+        for (client, slot) in owed {
+            // One error for each command of the slot still unanswered.
+            while slot.framesLeft > 0 { client.sharedAnswered(slot, reply: nil, failure: message) }
+        }
         for (client, _) in owed where !client.awaitingSharedFlush {
             client.awaitingSharedFlush = true
             answered.append(client)

@@ -213,6 +213,35 @@ import Testing
         }
     }
 
+    /// A pipeline on the shared connection is one slot that takes one reply per
+    /// command; when the connection is lost under it, every command still owed a reply
+    /// gets an error of its own, so that the client's replies stay one per command.
+    @Test func aPipelineCutOffByTheLossOfTheSharedConnectionGetsOneReplyPerCommand() async throws {
+        try await withRESPProxy { proxy in
+            let output = try await Self.python(#"""
+                import os, signal, time
+                s, r = connect(proxy_port)
+                s.sendall(command("SET", "a", "1") + command("GET", "a"))
+                print(r.next(), r.next())
+                d, dr = connect(redis_port)
+                d.sendall(command("INFO", "server"))
+                pid = int([l for l in dr.next().splitlines() if l.startswith("process_id:")][0].split(":")[1])
+                d.close()
+                # Redis stops: the pipeline reaches it and stays unanswered until it dies.
+                os.kill(pid, signal.SIGSTOP)
+                s.sendall(b"".join(command("GET", "a") for _ in range(5)))
+                time.sleep(0.5)
+                os.kill(pid, signal.SIGKILL)
+                replies = [r.next() for _ in range(5)]
+                print(len(replies), all(x.startswith("-ERR coordproxy lost its connection to Redis") for x in replies))
+                # The client is still connected: its next command is answered (Redis is gone).
+                s.sendall(command("GET", "a"))
+                print(r.next().startswith("-ERR coordproxy cannot reach Redis"))
+                """#, proxy)
+            #expect(output == "+OK 1\n5 True\nTrue\n", "\(output)")
+        }
+    }
+
     @Test func aClientOutlivesTheLossOfTheSharedConnection() async throws {
         try await withRESPProxy { proxy in
             let output = try await Self.python(#"""

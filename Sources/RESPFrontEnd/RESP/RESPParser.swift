@@ -248,11 +248,14 @@ public struct RESPReplyScanner: Sendable {
         return result
     }
 
+    /// Read in place (this runs for every reply: no array per number).
     private static func number(_ buffer: ByteBuffer, from: Int, to: Int) -> Int {
-        guard to > from, let bytes = buffer.getBytes(at: from, length: to - from) else { return 0 }
+        guard to > from, from >= buffer.readerIndex, to <= buffer.writerIndex else { return 0 }
+        let view = buffer.readableBytesView
+        let start = view.startIndex + (from - buffer.readerIndex)
         var value = 0
         var negative = false
-        for byte in bytes {
+        for byte in view[start..<(start + (to - from))] {
             if byte == UInt8(ascii: "-") { negative = true; continue }
             guard byte >= 0x30 && byte <= 0x39 else { break }
             value = value &* 10 &+ Int(byte - 0x30)
