@@ -215,6 +215,50 @@ import Testing
         }
     }
 
+    /// An idle connection's thread sleeps until the configured command timeout (30 s
+    /// here) and a caller writes its command itself: a shorter timeout of one request
+    /// must still wake the thread in time.
+    @Test func aShortRequestTimeoutOnAnIdleConnectionFiresOnTime() async throws {
+        try await withConnection(configure: { $0.commandTimeout = .seconds(30) }) { _, connection throws in
+            #expect(try await connection.send("PING") == .status("PONG"))
+            try await Task.sleep(for: .milliseconds(100))
+            let clock = ContinuousClock()
+            let start = clock.now
+            let error = await redisError { try await connection.send(command: ["BLPOP", "never", "0"], timeout: .milliseconds(300)) }
+            #expect(error?.code == .timeout)
+            #expect(clock.now - start < .seconds(5))
+            #expect(try await connection.send("PING") == .status("PONG"))
+        }
+    }
+
+    /// Commands larger than the socket takes at once, written while the connection is
+    /// idle (the caller writes what the socket takes, the thread the rest) and between
+    /// small ones from other tasks: every byte arrives, in order, and every reply goes to
+    /// its request.
+    @Test func commandsLargerThanTheSocketBufferArriveWholeBetweenSmallOnes() async throws {
+        try await withConnection { _, connection throws in
+            let big = (0..<(12 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 13) }
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(try await connection.send(["SET", "big"].map { Array($0.utf8) } + [big]) == .status("OK"))
+            #expect(try await connection.send(["GET", "big"].map { Array($0.utf8) }).bytes == big)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for round in 0..<3 {
+                    group.addTask {
+                        let value = big.map { $0 ^ UInt8(round + 1) }
+                        let reply = try await connection.send(["SET", "big\(round)"].map { Array($0.utf8) } + [value])
+                        #expect(reply == .status("OK"))
+                    }
+                    for _ in 0..<100 { group.addTask { _ = try await connection.send("INCR", "n") } }
+                }
+                try await group.waitForAll()
+            }
+            #expect(try await connection.send("GET", "n").int == 300)
+            for round in 0..<3 {
+                #expect(try await connection.send(["GET", "big\(round)"].map { Array($0.utf8) }).bytes == big.map { $0 ^ UInt8(round + 1) })
+            }
+        }
+    }
+
     @Test func closeFinishesQueuedRequestsThenRefusesNewOnes() async throws {
         try await RedisServer.withServer { server in
             let connection = try await RedisConnection.connect(server.configuration)
