@@ -44,7 +44,8 @@ public final class Session: Sendable {
     public let ttl: Int64
 
     private let life = Life()
-    private let keeper: LeaseKeepAlive
+    /// `nil` for a session that never refreshed its lease (``orphaned(client:lease:ttl:)``).
+    private let keeper: LeaseKeepAlive?
 
     /// Grants a lease of `ttl` seconds (or adopts the live lease `lease`) and starts
     /// refreshing it every TTL/3.
@@ -95,7 +96,7 @@ public final class Session: Sendable {
         self.ttl = grantedTTL
         // The forwarder does not retain the session: a session dropped without close()
         // or orphan() stops refreshing (see deinit) and its lease expires by its TTL.
-        let (keeper, life) = (keeper, life)
+        let (keeper, life) = (keeper!, life)
         Task(priority: .high) {
             if let ending = await keeper.ended(), ending != .stopped { life.finish(.expired) }
         }
@@ -106,12 +107,37 @@ public final class Session: Sendable {
         }
     }
 
-    private let resetObserver: Int
+    private init(client: CoordinationClient, orphanedLease lease: Int64, ttl: Int64) {
+        self.client = client
+        self.lease = lease
+        self.ttl = ttl
+        self.keeper = nil
+        self.resetObserver = nil
+        life.finish(.orphaned)
+    }
+
+    /// A session on `lease` that nothing refreshes, as etcd's Lock and Election services
+    /// use one (`NewSession(WithLease(lease))`, then `Orphan()`): the caller owns the
+    /// lease and keeps it alive. The lease is not checked here; a key written on a lease
+    /// that does not exist fails with `CoordinationError` `leaseNotFound`, as etcd's does.
+    ///
+    /// Lease 0 grants a lease of `ttl` seconds, which is not refreshed either (etcd's
+    /// services do the same with its default session TTL, 60 s).
+    /// - Parameters:
+    ///   - ttl: The TTL of a lease granted for lease 0; otherwise how long a failed
+    ///     lock or campaign keeps trying to remove its key (see ``DistributedMutex/lock()``).
+    public static func orphaned(client: CoordinationClient, lease: Int64, ttl: Int64 = 60) async throws -> Session {
+        if lease != 0 { return Session(client: client, orphanedLease: lease, ttl: ttl) }
+        let granted = try await client.grantLease(ttl: ttl)
+        return Session(client: client, orphanedLease: granted.id, ttl: granted.ttl)
+    }
+
+    private let resetObserver: Int?
 
     deinit {
-        keeper.stop()
+        keeper?.stop()
         life.finish(.orphaned)
-        client.removeStoreResetObserver(resetObserver)
+        if let resetObserver { client.removeStoreResetObserver(resetObserver) }
     }
 
     /// The lease ID in lowercase hex, as etcd names the keys of a session (`prefix/<hex>`).
@@ -125,7 +151,7 @@ public final class Session: Sendable {
 
     /// Why the session ended; `nil` while it is live.
     public var endedBecause: Ending? {
-        if let ending = keeper.ending, ending != .stopped { life.finish(.expired) }
+        if let ending = keeper?.ending, ending != .stopped { life.finish(.expired) }
         return life.ending.withLock { $0 }
     }
 
@@ -138,8 +164,8 @@ public final class Session: Sendable {
     /// out, so another process can adopt it with `Session(client:lease:)`.
     public func orphan() async {
         life.finish(.orphaned)
-        keeper.stop()
-        client.removeStoreResetObserver(resetObserver)
+        keeper?.stop()
+        if let resetObserver { client.removeStoreResetObserver(resetObserver) }
     }
 
     /// Stops refreshing and revokes the lease, deleting every key attached to it (also
@@ -148,8 +174,8 @@ public final class Session: Sendable {
     /// - Throws: the store's error when the revoke fails (the lease then expires by its TTL).
     public func close() async throws {
         life.finish(.closed)
-        keeper.stop()
-        client.removeStoreResetObserver(resetObserver)
+        keeper?.stop()
+        if let resetObserver { client.removeStoreResetObserver(resetObserver) }
         // After a store reset the lease belongs to a history Redis lost: the new one has
         // no such lease, or another client's (an ID the store chose is never reused, but
         // one the caller chose may be), which is not this session's to revoke.

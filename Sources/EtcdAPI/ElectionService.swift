@@ -29,8 +29,9 @@ public struct ElectionService: V3electionpb_Election.SimpleServiceProtocol {
         do {
             let (store, member) = (store, member)
             return try await stopping.untilOpen {
-                let session = try await Session(client: store, lease: request.lease)
-                await session.orphan()   // the caller refreshes the lease, as with etcd's server
+                // As etcd's server: the caller refreshes the lease (lease 0: a 60 s lease is
+                // granted and left to expire); a lease that does not exist fails the campaign's put.
+                let session = try await Session.orphaned(client: store, lease: request.lease)
                 let election = Election(session: session, prefix: String(decoding: request.name, as: UTF8.self))
                 try await election.campaign(request.value.bytes)
                 var response = V3electionpb_CampaignResponse()
@@ -39,12 +40,12 @@ public struct ElectionService: V3electionpb_Election.SimpleServiceProtocol {
                 leader.name = request.name
                 leader.key = election.key.data
                 leader.rev = election.revision
-                leader.lease = request.lease
+                leader.lease = session.lease
                 response.leader = leader
                 return response
             }
         } catch {
-            throw EtcdAPIServer.refuse("Campaign", error, logger: logger)
+            throw EtcdAPIServer.refuse("Campaign", EtcdErrors.viaEmbeddedClient(error), logger: logger)
         }
     }
 

@@ -148,10 +148,11 @@ public final class EtcdAPIServer: Service, Sendable {
         }
     }
 
-    /// The calls ``GRPCFastPath`` serves itself: KV's and Lease's unary calls.
+    /// The calls ``GRPCFastPath`` serves itself: KV's and Lease's unary calls, Lock's.
     func fastPathMethods() -> GRPCFastPath.Table {
         KVService(store: store, member: member, logger: logger).fastPathMethods()
             .merging(LeaseService(store: store, member: member, logger: logger, stopping: stopping).fastPathMethods()) { first, _ in first }
+            .merging(LockService(store: store, member: member, logger: logger, stopping: stopping).fastPathMethods()) { first, _ in first }
     }
 
     /// The streams ``GRPCFastPath`` serves itself: Watch.

@@ -19,6 +19,17 @@ public enum EtcdErrors {
         return RPCError(code: .unknown, message: "coordproxy: \(error)")
     }
 
+    /// What etcd's Lock and Election services answer for a store error: they run on an
+    /// embedded clientv3, whose errors (etcd's own, such as an unknown lease) reach the
+    /// caller with code Unknown and etcd's message (checked against etcd 3.4 by
+    /// `GoClientTests`).
+    static func viaEmbeddedClient(_ error: any Error) -> any Error {
+        if let error = error as? CoordinationError, error.code == .leaseNotFound {
+            return RPCError(code: .unknown, message: leaseNotFound.message)
+        }
+        return error
+    }
+
     /// etcd's answer when the server stops under a call (rpctypes ErrGRPCStopped):
     /// UNAVAILABLE, which clients retry on another endpoint.
     static let serverStopped = RPCError(code: .unavailable, message: "etcdserver: server stopped")

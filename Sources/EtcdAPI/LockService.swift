@@ -27,11 +27,29 @@ public struct LockService: V3lockpb_Lock.SimpleServiceProtocol {
     }
 
     public func lock(request: V3lockpb_LockRequest, context: ServerContext) async throws -> V3lockpb_LockResponse {
+        try await lock(request)
+    }
+
+    public func unlock(request: V3lockpb_UnlockRequest, context: ServerContext) async throws -> V3lockpb_UnlockResponse {
+        try await unlock(request)
+    }
+
+    /// The calls ``GRPCFastPath`` serves itself: both (a waiting Lock is cancelled, and
+    /// its key removed, when the client resets the stream or goes away).
+    func fastPathMethods() -> GRPCFastPath.Table {
+        Dictionary(uniqueKeysWithValues: [
+            GRPCFastPath.method(service: "v3lockpb.Lock", "Lock") { try await lock($0) },
+            GRPCFastPath.method(service: "v3lockpb.Lock", "Unlock") { try await unlock($0) },
+        ])
+    }
+
+    func lock(_ request: V3lockpb_LockRequest) async throws -> V3lockpb_LockResponse {
         do {
             let (store, member) = (store, member)
             return try await stopping.untilOpen {
-                let session = try await Session(client: store, lease: request.lease)
-                await session.orphan()   // the caller refreshes the lease, as with etcd's server
+                // As etcd's server: the caller refreshes the lease (lease 0: a 60 s lease is
+                // granted and left to expire); a lease that does not exist fails the lock's put.
+                let session = try await Session.orphaned(client: store, lease: request.lease)
                 let mutex = DistributedMutex(session: session, prefix: String(decoding: request.name, as: UTF8.self))
                 let token = try await mutex.lock()
                 var response = V3lockpb_LockResponse()
@@ -40,11 +58,11 @@ public struct LockService: V3lockpb_Lock.SimpleServiceProtocol {
                 return response
             }
         } catch {
-            throw EtcdAPIServer.refuse("Lock", error, logger: logger)
+            throw EtcdAPIServer.refuse("Lock", EtcdErrors.viaEmbeddedClient(error), logger: logger)
         }
     }
 
-    public func unlock(request: V3lockpb_UnlockRequest, context: ServerContext) async throws -> V3lockpb_UnlockResponse {
+    func unlock(_ request: V3lockpb_UnlockRequest) async throws -> V3lockpb_UnlockResponse {
         do {
             let deleted = try await store.delete(request.key.bytes)
             var response = V3lockpb_UnlockResponse()

@@ -36,6 +36,28 @@ import Testing
         }
     }
 
+    /// etcd's server-side Lock and Election services (v3lockpb, v3electionpb) through
+    /// etcd's generated Go clients: the same checks (keys, waiting, headers, leases the
+    /// server grants for lease 0, etcd's errors and their codes) pass against etcd 3.4
+    /// and against coordproxy.
+    @Test func theLockAndElectionServicesAnswerAsEtcdsDo() async throws {
+        let program = try await Self.clientcheck()
+        let scenarios = ["v3lock", "v3election"]
+        func runAll(_ endpoint: String) async throws -> [ProgramOutput] {
+            var results: [ProgramOutput] = []
+            for scenario in scenarios {
+                results.append(try await run(program, [endpoint, scenario], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(300)))
+            }
+            return results
+        }
+        let onEtcd = try await ReferenceEtcd.withServer { etcd in try await runAll(etcd.endpoint) }
+        let onProxy = try await withProxy { proxy in try await runAll(proxy.endpoint) }
+        for (index, scenario) in scenarios.enumerated() {
+            #expect(onEtcd[index].status == 0 && onEtcd[index].output == "ok \(scenario)\n", "etcd: \(onEtcd[index].output)\(onEtcd[index].error)")
+            #expect(onProxy[index].status == 0 && onProxy[index].output == "ok \(scenario)\n", "coordproxy: \(onProxy[index].output)\(onProxy[index].error)")
+        }
+    }
+
     @Test func aBusyClientv3ClientKeepsItsConnectionAndEachPutIsAppliedOnce() async throws {
         let program = try await Self.clientcheck()
         try await withProxy { proxy in

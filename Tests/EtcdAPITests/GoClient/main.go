@@ -4,7 +4,10 @@
 // one "ok <scenario>" line per passed scenario and exits 1 on the first failure.
 //
 //	clientcheck <endpoint> all                    every scenario below, in turn
-//	clientcheck <endpoint> session|mutex|election|stm|watch|lease|badinput|slowwatch
+//	clientcheck <endpoint> session|mutex|election|stm|watch|lease|badinput|slowwatch|v3lock|v3election
+//	                                              (v3lock, v3election: etcd's server-side Lock
+//	                                              and Election services, not in "all"; the
+//	                                              test runs them against etcd too)
 //	                                              (slowwatch: coordproxy only; etcd catches
 //	                                              a slow watcher up later instead of resetting)
 //	clientcheck <endpoint> hold <name> <n> <log>  n holds of mutex <name>, each writing
@@ -31,6 +34,8 @@ import (
 
 	"go.etcd.io/etcd/clientv3"
 	"go.etcd.io/etcd/clientv3/concurrency"
+	"go.etcd.io/etcd/etcdserver/api/v3election/v3electionpb"
+	"go.etcd.io/etcd/etcdserver/api/v3lock/v3lockpb"
 	pb "go.etcd.io/etcd/etcdserver/etcdserverpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -420,6 +425,234 @@ func lease(endpoint string) {
 	}
 }
 
+// expectStatus fails unless err is the gRPC status code and message.
+func expectStatus(err error, code codes.Code, message, what string) {
+	if err == nil {
+		fail("%s succeeded", what)
+	}
+	s, _ := status.FromError(err)
+	if s.Code() != code || s.Message() != message {
+		fail("%s: %v %q, want %v %q", what, s.Code(), s.Message(), code, message)
+	}
+}
+
+// grantedTTL is the granted TTL of lease, and whether it is still alive.
+func grantedTTL(ctx context.Context, client *clientv3.Client, lease int64) (int64, bool) {
+	live, err := client.TimeToLive(ctx, clientv3.LeaseID(lease))
+	check(err, "time to live")
+	return live.GrantedTTL, live.TTL > 0
+}
+
+// v3lock: etcd's server-side Lock service (v3lockpb): the lock key is name/<lease
+// hex>, a second locker waits for the first to unlock, the key goes with its lease,
+// an unknown lease is refused with etcd's error, lease 0 gets a 60 s lease of the
+// server's own, and unlocking a missing key succeeds.
+func v3lock(endpoint string) {
+	client := connect(endpoint)
+	defer client.Close()
+	ctx, cancel := timeout()
+	defer cancel()
+	locks := v3lockpb.NewLockClient(client.ActiveConnection())
+	l1, err := client.Grant(ctx, 30)
+	check(err, "grant 1")
+	l2, err := client.Grant(ctx, 30)
+	check(err, "grant 2")
+	first, err := locks.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("/svc-lock"), Lease: int64(l1.ID)})
+	check(err, "lock 1")
+	if want := fmt.Sprintf("/svc-lock/%x", int64(l1.ID)); string(first.Key) != want {
+		fail("lock 1 key %q, want %q", first.Key, want)
+	}
+	if first.Header == nil || first.Header.Revision == 0 {
+		fail("lock 1 has no header revision")
+	}
+	got := make(chan *v3lockpb.LockResponse, 1)
+	go func() {
+		second, err := locks.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("/svc-lock"), Lease: int64(l2.ID)})
+		if err != nil {
+			fail("lock 2: %v", err)
+		}
+		got <- second
+	}()
+	select {
+	case <-got:
+		fail("the second locker got in while the first held the lock")
+	case <-time.After(500 * time.Millisecond):
+	}
+	// A waiter whose call is cancelled leaves the queue: its key is removed.
+	l3, err := client.Grant(ctx, 30)
+	check(err, "grant 3")
+	waiterKey := fmt.Sprintf("/svc-lock/%x", int64(l3.ID))
+	waitCtx, stopWaiting := context.WithCancel(ctx)
+	waited := make(chan error, 1)
+	go func() {
+		_, err := locks.Lock(waitCtx, &v3lockpb.LockRequest{Name: []byte("/svc-lock"), Lease: int64(l3.ID)})
+		waited <- err
+	}()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := client.Get(ctx, waiterKey)
+		check(err, "get the waiter's key")
+		if len(resp.Kvs) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			fail("the third locker's key never appeared")
+		}
+	}
+	stopWaiting()
+	if err := <-waited; status.Code(err) != codes.Canceled {
+		fail("a cancelled lock call ended with %v, want Canceled", err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := client.Get(ctx, waiterKey)
+		check(err, "get the cancelled waiter's key")
+		if len(resp.Kvs) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			fail("a cancelled waiter's key %s is still queued", waiterKey)
+		}
+	}
+	_, err = client.Revoke(ctx, l3.ID)
+	check(err, "revoke 3")
+	unlocked, err := locks.Unlock(ctx, &v3lockpb.UnlockRequest{Key: first.Key})
+	check(err, "unlock 1")
+	var second *v3lockpb.LockResponse
+	select {
+	case second = <-got:
+	case <-time.After(30 * time.Second):
+		fail("the second locker never got the lock after the first unlocked")
+	}
+	if want := fmt.Sprintf("/svc-lock/%x", int64(l2.ID)); string(second.Key) != want {
+		fail("lock 2 key %q, want %q", second.Key, want)
+	}
+	if second.Header.Revision < unlocked.Header.Revision {
+		fail("lock 2 at revision %d, before the unlock at %d", second.Header.Revision, unlocked.Header.Revision)
+	}
+	// The key goes with its lease.
+	_, err = client.Revoke(ctx, l2.ID)
+	check(err, "revoke 2")
+	held, err := client.Get(ctx, string(second.Key))
+	check(err, "get lock 2")
+	if len(held.Kvs) != 0 {
+		fail("the lock key outlived its lease")
+	}
+	_, err = locks.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("/svc-lock"), Lease: 0x7123456789})
+	expectStatus(err, codes.Unknown, "etcdserver: requested lease not found", "lock with an unknown lease")
+	own, err := locks.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("/svc-lock-2")})
+	check(err, "lock without a lease")
+	held, err = client.Get(ctx, string(own.Key))
+	check(err, "get the lock without a lease")
+	if len(held.Kvs) != 1 || held.Kvs[0].Lease == 0 || string(own.Key) != fmt.Sprintf("/svc-lock-2/%x", held.Kvs[0].Lease) {
+		fail("lock without a lease: key %q, kvs %v", own.Key, held.Kvs)
+	}
+	if ttl, alive := grantedTTL(ctx, client, held.Kvs[0].Lease); ttl != 60 || !alive {
+		fail("the lease of a lock without one: granted TTL %d, alive %v; want 60, true", ttl, alive)
+	}
+	_, err = locks.Unlock(ctx, &v3lockpb.UnlockRequest{Key: own.Key})
+	check(err, "unlock the lock without a lease")
+	_, err = client.Revoke(ctx, clientv3.LeaseID(held.Kvs[0].Lease))
+	check(err, "revoke the server's lease")
+	missing, err := locks.Unlock(ctx, &v3lockpb.UnlockRequest{Key: []byte("/svc-lock/none")})
+	check(err, "unlock a missing key")
+	if missing.Header == nil || missing.Header.Revision == 0 {
+		fail("unlocking a missing key: no header revision")
+	}
+	_, err = client.Revoke(ctx, l1.ID)
+	check(err, "revoke 1")
+}
+
+// v3election: etcd's server-side Election service (v3electionpb): campaign, leader,
+// observe, proclaim, resign and the next candidate elected, and etcd's errors.
+func v3election(endpoint string) {
+	client := connect(endpoint)
+	defer client.Close()
+	ctx, cancel := timeout()
+	defer cancel()
+	elections := v3electionpb.NewElectionClient(client.ActiveConnection())
+	l1, err := client.Grant(ctx, 30)
+	check(err, "grant 1")
+	l2, err := client.Grant(ctx, 30)
+	check(err, "grant 2")
+	name := []byte("/svc-election")
+	_, err = elections.Leader(ctx, &v3electionpb.LeaderRequest{Name: name})
+	expectStatus(err, codes.Unknown, "election: no leader", "leader before any campaign")
+	c1, err := elections.Campaign(ctx, &v3electionpb.CampaignRequest{Name: name, Value: []byte("a"), Lease: int64(l1.ID)})
+	check(err, "campaign 1")
+	leader1 := c1.Leader
+	if string(leader1.Name) != string(name) || string(leader1.Key) != fmt.Sprintf("/svc-election/%x", int64(l1.ID)) ||
+		leader1.Lease != int64(l1.ID) || leader1.Rev == 0 || c1.Header.Revision < leader1.Rev {
+		fail("campaign 1: leader %v, header %v", leader1, c1.Header)
+	}
+	observeCtx, stopObserving := context.WithCancel(ctx)
+	defer stopObserving()
+	observer, err := elections.Observe(observeCtx, &v3electionpb.LeaderRequest{Name: name})
+	check(err, "observe")
+	next := func(want string) {
+		resp, err := observer.Recv()
+		check(err, "observe "+want)
+		if string(resp.Kv.Value) != want {
+			fail("observed %q, want %q", resp.Kv.Value, want)
+		}
+	}
+	next("a")
+	_, err = elections.Proclaim(ctx, &v3electionpb.ProclaimRequest{Leader: leader1, Value: []byte("a2")})
+	check(err, "proclaim")
+	next("a2")
+	lead, err := elections.Leader(ctx, &v3electionpb.LeaderRequest{Name: name})
+	check(err, "leader")
+	if string(lead.Kv.Value) != "a2" || string(lead.Kv.Key) != string(leader1.Key) || lead.Kv.CreateRevision != leader1.Rev {
+		fail("leader %v, want %q at %q created %d", lead.Kv, "a2", leader1.Key, leader1.Rev)
+	}
+	elected := make(chan *v3electionpb.CampaignResponse, 1)
+	go func() {
+		c2, err := elections.Campaign(ctx, &v3electionpb.CampaignRequest{Name: name, Value: []byte("b"), Lease: int64(l2.ID)})
+		if err != nil {
+			fail("campaign 2: %v", err)
+		}
+		elected <- c2
+	}()
+	select {
+	case <-elected:
+		fail("the second candidate was elected while the first led")
+	case <-time.After(500 * time.Millisecond):
+	}
+	_, err = elections.Resign(ctx, &v3electionpb.ResignRequest{Leader: leader1})
+	check(err, "resign 1")
+	select {
+	case c2 := <-elected:
+		if string(c2.Leader.Key) != fmt.Sprintf("/svc-election/%x", int64(l2.ID)) {
+			fail("campaign 2 key %q", c2.Leader.Key)
+		}
+	case <-time.After(30 * time.Second):
+		fail("the second candidate was not elected after the first resigned")
+	}
+	next("b")
+	_, err = elections.Proclaim(ctx, &v3electionpb.ProclaimRequest{Leader: leader1, Value: []byte("late")})
+	expectStatus(err, codes.Unknown, "election: not leader", "proclaim by a leader that resigned")
+	_, err = elections.Resign(ctx, &v3electionpb.ResignRequest{Leader: leader1})
+	check(err, "resign again")
+	_, err = elections.Proclaim(ctx, &v3electionpb.ProclaimRequest{Value: []byte("x")})
+	expectStatus(err, codes.Unknown, "\"leader\" field must be provided", "proclaim without a leader")
+	_, err = elections.Campaign(ctx, &v3electionpb.CampaignRequest{Name: []byte("/svc-election-2"), Value: []byte("c"), Lease: 0x7123456789})
+	expectStatus(err, codes.Unknown, "etcdserver: requested lease not found", "campaign with an unknown lease")
+	c3, err := elections.Campaign(ctx, &v3electionpb.CampaignRequest{Name: []byte("/svc-election-3"), Value: []byte("d")})
+	check(err, "campaign without a lease")
+	if c3.Leader.Lease == 0 || string(c3.Leader.Key) != fmt.Sprintf("/svc-election-3/%x", c3.Leader.Lease) {
+		fail("campaign without a lease: leader %v", c3.Leader)
+	}
+	if ttl, alive := grantedTTL(ctx, client, c3.Leader.Lease); ttl != 60 || !alive {
+		fail("the lease of a campaign without one: granted TTL %d, alive %v; want 60, true", ttl, alive)
+	}
+	_, err = elections.Resign(ctx, &v3electionpb.ResignRequest{Leader: c3.Leader})
+	check(err, "resign 3")
+	_, err = client.Revoke(ctx, clientv3.LeaseID(c3.Leader.Lease))
+	check(err, "revoke the server's lease")
+	_, err = client.Revoke(ctx, l1.ID)
+	check(err, "revoke 1")
+	_, err = client.Revoke(ctx, l2.ID)
+	check(err, "revoke 2")
+}
+
 // hold: n holds of one mutex, each logged, for the multi-process exclusion check.
 func hold(endpoint, name string, n int, logPath string) {
 	client := connect(endpoint)
@@ -630,7 +863,7 @@ func main() {
 		os.Exit(2)
 	}
 	endpoint := os.Args[1]
-	scenarios := map[string]func(string){"session": session, "mutex": mutex, "election": election, "stm": stm, "watch": watch, "lease": lease, "badinput": badinput, "busy": busy, "slowwatch": slowwatch}
+	scenarios := map[string]func(string){"session": session, "mutex": mutex, "election": election, "stm": stm, "watch": watch, "lease": lease, "badinput": badinput, "busy": busy, "slowwatch": slowwatch, "v3lock": v3lock, "v3election": v3election}
 	order := []string{"session", "mutex", "election", "stm", "watch", "lease", "badinput", "slowwatch"}
 	switch os.Args[2] {
 	case "all":
