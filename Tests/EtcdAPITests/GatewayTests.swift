@@ -45,6 +45,21 @@ import Testing
         ["path": "/v3/auth/disable", "body": [:]],
         ["path": "/v3/auth/enable", "body": [:]],
         ["path": "/v3/auth/authenticate", "body": ["name": "root", "password": "secret"]],
+        // The Lock and Election services (lease 4661 = 0x1235 names the keys).
+        ["path": "/v3/lease/grant", "body": ["TTL": "60", "ID": "4661"]],
+        ["path": "/v3/lock/lock", "body": ["name": base64("svc"), "lease": "4661"]],
+        ["path": "/v3/lock/lock", "body": ["name": base64("svc"), "lease": "99999"]],
+        ["path": "/v3/kv/range", "body": ["key": base64("svc/"), "range_end": base64("svc0")]],
+        ["path": "/v3/lock/unlock", "body": ["key": base64("svc/1235")]],
+        ["path": "/v3/lock/unlock", "body": ["key": base64("svc/1235")]],
+        ["path": "/v3/election/leader", "body": ["name": base64("el")]],
+        ["path": "/v3/election/campaign", "body": ["name": base64("el"), "value": base64("a"), "lease": "4661"]],
+        ["path": "/v3/election/leader", "body": ["name": base64("el")]],
+        ["path": "/v3/election/proclaim", "body": ["leader": ["name": base64("el"), "key": base64("el/1235"), "rev": "1", "lease": "4661"], "value": base64("b")]],
+        ["path": "/v3/election/proclaim", "body": ["value": base64("b")]],
+        ["path": "/v3/election/campaign", "body": ["name": base64("el2"), "value": base64("a"), "lease": "99999"]],
+        ["path": "/v3/lease/revoke", "body": ["ID": "4661"]],
+        ["path": "/v3/election/leader", "body": ["name": base64("el")]],
     ] }
 
     /// Runs the requests through Tests/EtcdAPITests/Python/gateway_client.py.
