@@ -281,7 +281,10 @@ public final class RedisServer: Sendable {
 
     private func launch() async throws {
         if case .unixSocket(let path) = endpoint { unlink(path) }
-        let child = try ChildProcess.spawn(executable, arguments: [directory + "/redis.conf"] + (options.sentinel == nil ? [] : ["--sentinel"]), logPath: directory + "/stdout.log")
+        // A private server ends with its owner, even one killed by SIGKILL (atexit does
+        // not run then): SIGTERM when this process dies.
+        let child = try ChildProcess.spawn(executable, arguments: [directory + "/redis.conf"] + (options.sentinel == nil ? [] : ["--sentinel"]),
+                                           logPath: directory + "/stdout.log", parentDeathSignal: "TERM")
         process.withLock { $0 = child }
 
         let deadline = ContinuousClock.now + options.startTimeout

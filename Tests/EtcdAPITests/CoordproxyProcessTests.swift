@@ -37,6 +37,47 @@ import Testing
         }
     }
 
+    /// `coordproxy --dev` starts a private redis-server; killed with SIGKILL (no atexit,
+    /// no shutdown), it must not leave that server running behind it.
+    @Test func aSIGKILLedDevProxyTakesItsPrivateRedisServerWithIt() async throws {
+        let executable = try builtExecutable("coordproxy")
+        let port = try ChildProcess.freeLoopbackPort()
+        let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-proxy")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let logPath = directory + "/coordproxy.log"
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+        let process = try PipedProcess(executable, ["--dev", "--listen-client-urls", "http://127.0.0.1:\(port)"],
+                                       environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"],
+                                       stdin: .null, stdout: .null, stderr: .file(logPath))
+        defer { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
+        let serving = await eventually(timeout: .seconds(60)) { log().contains("serving the etcd v3 API") || !process.isRunning }
+        #expect(serving && process.isRunning, "\(log())")
+        let line = try #require(log().split(separator: "\n").first { $0.contains("started a private redis-server") }, "\(log())")
+        let url = try #require(line.split(separator: " ").first { $0.hasPrefix("url=") }).dropFirst("url=".count)
+        let connection = try await RedisConnection.connect(try RedisConfiguration(url: String(url)))
+        let info = try await connection.send("INFO", "server").string ?? ""
+        await connection.close()
+        let pidLine = try #require(info.split(separator: "\r\n").first { $0.hasPrefix("process_id:") })
+        let redisPID = try #require(pid_t(pidLine.dropFirst("process_id:".count)))
+        defer {
+            Glibc.kill(redisPID, SIGKILL)
+            if case .unixSocket(let socket)? = try? RedisConfiguration(url: String(url)).endpoint {
+                try? FileManager.default.removeItem(atPath: (socket as NSString).deletingLastPathComponent)
+            }
+        }
+        /// Whether the process runs (a zombie awaiting its reaper does not).
+        func running(_ pid: pid_t) -> Bool {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            return !stat[close...].dropFirst(2).hasPrefix("Z")
+        }
+        #expect(running(redisPID))
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        let gone = await eventually(timeout: .seconds(20)) { !running(redisPID) }
+        #expect(gone, "the private redis-server (pid \(redisPID)) outlived coordproxy killed with SIGKILL")
+    }
+
     @Test func twoProxiesOnOneRedisServeOneStoreWatchesAndLocks() async throws {
         try await RedisServer.withServer { server in
             let first = try await CoordproxyProcess.start(redisURL: server.url, name: "first")

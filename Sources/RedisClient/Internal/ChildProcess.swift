@@ -5,15 +5,15 @@ import Synchronization
 /// state, its output in a log file, stopped on request and at process exit.
 /// Used by ``RedisServer`` and by the etcd launcher of the conformance tests.
 final class ChildProcess: Sendable {
-    /// Serializes process launches in this process (posix_spawn here, Foundation's
-    /// `Process.run()` in the tests), so that no two launches interleave.
-    static let launchLock = NSLock()
-
-    /// Runs `body` (which launches a process) holding ``launchLock``.
-    static func launching<T>(_ body: () throws -> T) rethrows -> T {
-        launchLock.lock()
-        defer { launchLock.unlock() }
-        return try body()
+    /// Runs `body` (which launches a process, or makes descriptors no child may
+    /// inherit) on the launcher thread, one at a time, and returns its result.
+    ///
+    /// Every launch happens on that one thread, which lives as long as the process: a
+    /// child that asks for a signal when its parent dies (``spawn(_:arguments:logPath:pidFile:parentDeathSignal:)``)
+    /// gets it when the thread that launched it exits, so it must not be launched from
+    /// a pool thread that may end while the child should run on.
+    static func launching<T>(_ body: () -> T) -> T {
+        Launcher.shared.run(body)
     }
 
     /// The process id; 0 once the process has been reaped.
@@ -27,8 +27,19 @@ final class ChildProcess: Sendable {
     /// Starts `executable` with `arguments`, stdin from /dev/null and stdout and stderr
     /// appended to `logPath`. With `pidFile`, writes the child's pid there, so that
     /// scripts can stop a child whose parent crashed (scripts/lib.sh does).
-    static func spawn(_ executable: String, arguments: [String], logPath: String, pidFile: String? = nil) throws -> ChildProcess {
-        var argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+    ///
+    /// With `parentDeathSignal`, the child gets that signal when this process dies, even
+    /// by SIGKILL (`setpriv --pdeathsig`, from util-linux, execs the program with
+    /// `PR_SET_PDEATHSIG` set; without setpriv the child is launched without it).
+    static func spawn(_ executable: String, arguments: [String], logPath: String, pidFile: String? = nil,
+                      parentDeathSignal: String? = nil) throws -> ChildProcess {
+        var program = [executable] + arguments
+        var path = executable
+        if let parentDeathSignal, let setpriv = Self.setpriv {
+            program = [setpriv, "--pdeathsig", parentDeathSignal, "--"] + program
+            path = setpriv
+        }
+        var argv: [UnsafeMutablePointer<CChar>?] = program.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var fileActions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&fileActions)
@@ -39,7 +50,7 @@ final class ChildProcess: Sendable {
         Self.closeInheritedDescriptors(&fileActions)
         var child: pid_t = 0
         let status = Self.withSpawnAttributes { attributes in
-            Self.launching { posix_spawn(&child, executable, &fileActions, &attributes, &argv, environ) }
+            Self.launching { posix_spawn(&child, path, &fileActions, &attributes, &argv, environ) }
         }
         guard status == 0 else {
             throw RedisError(.serverStartFailed, "could not launch \(executable): \(String(cString: strerror(status)))")
@@ -170,6 +181,68 @@ final class ChildProcess: Sendable {
 }
 
 /// Children still running, killed when the process exits.
+extension ChildProcess {
+    /// util-linux's setpriv, when installed (Debian: always, util-linux is essential).
+    static let setpriv: String? = ["/usr/bin/setpriv", "/bin/setpriv"].first { FileManager.default.isExecutableFile(atPath: $0) }
+}
+
+/// The thread launches run on (see ``ChildProcess/launching(_:)``): started at first
+/// use, it never exits.
+private final class Launcher: @unchecked Sendable {
+    static let shared = Launcher()
+
+    /// One launch: `body` runs on the launcher thread, which drops it before `done`
+    /// is signalled (the caller's closure must not outlive the call).
+    private final class Job {
+        var body: (() -> Void)?
+        let done = DispatchSemaphore(value: 0)
+        init(_ body: @escaping () -> Void) { self.body = body }
+    }
+
+    private let condition = NSCondition()
+    /// Guarded by `condition`.
+    private var jobs: [Job] = []
+
+    private init() {
+        let thread = Thread { [self] in work() }
+        thread.name = "coord-launcher"
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    private func work() {
+        while true {
+            condition.lock()
+            while jobs.isEmpty { condition.wait() }
+            let job = jobs.removeFirst()
+            condition.unlock()
+            Self.runOnce(job)
+            job.done.signal()
+        }
+    }
+
+    /// Runs the job's body and releases it.
+    private static func runOnce(_ job: Job) {
+        guard let body = job.body else { return }
+        job.body = nil
+        body()
+    }
+
+    /// Runs `body` on the launcher thread and waits for it.
+    func run<T>(_ body: () -> T) -> T {
+        var result: T?
+        withoutActuallyEscaping(body) { body in
+            let job = Job { result = body() }
+            condition.lock()
+            jobs.append(job)
+            condition.signal()
+            condition.unlock()
+            job.done.wait()
+        }
+        return result!
+    }
+}
+
 final class ChildRegistry: Sendable {
     static let shared: ChildRegistry = {
         atexit {
