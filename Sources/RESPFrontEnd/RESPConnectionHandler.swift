@@ -13,8 +13,11 @@ struct RESPFrontEndContext: Sendable {
     /// The hash tag of the store's Redis keys (`{coord}`): pass-through refuses any
     /// argument that contains it.
     let namespaceTag: [UInt8]
-    /// Whether the backing Redis requires AUTH (so coordination commands do too).
+    /// Whether clients must authenticate: the backing Redis requires AUTH (so
+    /// coordination commands do too), or coordproxy has a password of its own.
     let requiresAuth: Bool
+    /// coordproxy's own password (`--requirepass`), checked here, never sent to Redis.
+    let localPassword: [UInt8]?
     let logger: Logger
     let connections: RESPFrontEnd.Connections
     /// The shared Redis connections of stateless commands (one per event loop), or nil
@@ -194,6 +197,11 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
             reply(.error("ERR Can't execute '\(name)': only COORD.WATCH / COORD.OBSERVE / COORD.UNWATCH / PING / QUIT / RESET are allowed in this context (RESP2 watch mode; HELLO 3 allows every command beside watches)"))
             return
         }
+        var command = command
+        if let password = shared.localPassword, !authenticated || name == "auth" || name == "hello" {
+            guard let admitted = locallyAuthenticated(command, name: name, password: password) else { return }
+            command = admitted
+        }
         if name.hasPrefix("coord.") {
             coordinationCommand(command, name: name)
             return
@@ -220,6 +228,90 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
             return
         }
         forward(command, name: name)
+    }
+
+    /// With coordproxy's own password (`--requirepass`): AUTH and HELLO's AUTH option
+    /// are checked here, with Redis's replies to a requirepass, and nothing but QUIT and
+    /// RESET runs before. Returns the command to go on with (HELLO without its AUTH
+    /// option), or nil when it has been answered.
+    private func locallyAuthenticated(_ command: RESPCommand, name: String, password: [UInt8]) -> RESPCommand? {
+        let arguments = command.arguments
+        func matches(user: ByteBuffer?, _ given: ByteBuffer) -> Bool {
+            if let user, Array(user.readableBytesView) != Array("default".utf8) { return false }
+            // Compared in full whatever the first difference (no early exit).
+            let bytes = Array(given.readableBytesView)
+            var difference = bytes.count ^ password.count
+            for index in 0..<max(bytes.count, password.count) {
+                difference |= Int((index < bytes.count ? bytes[index] : 0) ^ (index < password.count ? password[index] : 1))
+            }
+            return difference == 0
+        }
+        let wrongPassword = RESPValue.error("WRONGPASS invalid username-password pair or user is disabled.")
+        switch name {
+        case "auth":
+            guard arguments.count >= 2 else {
+                reply(.error("ERR wrong number of arguments for 'auth' command"))
+                return nil
+            }
+            guard arguments.count <= 3 else {
+                reply(.error("ERR syntax error"))
+                return nil
+            }
+            if matches(user: arguments.count == 3 ? arguments[1] : nil, arguments[arguments.count - 1]) {
+                authenticated = true
+                reply(.simpleString("OK"))
+            } else {
+                shared.logger.notice("RESP client gave a wrong password", metadata: ["remote": "\(context?.remoteAddress.map { "\($0)" } ?? "?")"])
+                reply(wrongPassword)
+            }
+            return nil
+        case "hello":
+            // HELLO [protover [AUTH username password] [SETNAME clientname]]
+            if arguments.count >= 2, !["2", "3"].contains(command.text(1)) {
+                reply(.error("NOPROTO unsupported protocol version"))
+                return nil
+            }
+            var kept: [ByteBuffer] = []
+            var authenticates = false
+            var index = 0
+            while index < arguments.count {
+                if index >= 2, command.text(index).lowercased() == "auth" {
+                    guard index + 2 < arguments.count else {
+                        reply(.error("ERR Syntax error in HELLO option '\(command.text(index))'"))
+                        return nil
+                    }
+                    guard matches(user: arguments[index + 1], arguments[index + 2]) else {
+                        shared.logger.notice("RESP client gave a wrong password", metadata: ["remote": "\(context?.remoteAddress.map { "\($0)" } ?? "?")"])
+                        reply(wrongPassword)
+                        return nil
+                    }
+                    authenticates = true
+                    index += 3
+                    continue
+                }
+                kept.append(arguments[index])
+                index += 1
+            }
+            guard authenticates || authenticated else {
+                reply(.error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time"))
+                return nil
+            }
+            authenticated = true
+            guard authenticates else { return command }
+            var raw = ByteBufferAllocator().buffer(capacity: command.raw.readableBytes)
+            raw.writeString("*\(kept.count)\r\n")
+            for argument in kept {
+                raw.writeString("$\(argument.readableBytes)\r\n")
+                raw.writeImmutableBuffer(argument)
+                raw.writeString("\r\n")
+            }
+            return RESPCommand(arguments: kept, raw: raw)
+        case "quit", "reset":
+            return command
+        default:
+            reply(.error("NOAUTH Authentication required."))
+            return nil
+        }
     }
 
     /// Why pass-through will not forward a command, if it will not.

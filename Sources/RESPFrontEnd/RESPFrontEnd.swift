@@ -80,6 +80,13 @@ public final class RESPFrontEnd: Service, Sendable {
         public var sessionKeepAlive = SessionKeepAlive.activity
         /// At most this many client connections (Redis's maxclients).
         public var maxClients = 10_000
+        /// coordproxy's own password (`--requirepass`): clients must `AUTH <password>`
+        /// (or `AUTH default <password>`, or `HELLO 3 AUTH default <password>`) before
+        /// any command, as with Redis's requirepass; coordproxy checks it. Only for a
+        /// Redis that does not require AUTH itself: with one that does, clients
+        /// authenticate against Redis's own users through coordproxy, and ``run()``
+        /// refuses to start with both.
+        public var requirePassword: String?
 
         public init(listen: [Address], redis: RedisConfiguration, namespace: String) {
             self.listen = listen
@@ -135,12 +142,19 @@ public final class RESPFrontEnd: Service, Sendable {
 
     public func run() async throws {
         let requiresAuth = await Self.redisRequiresAuth(configuration.redis)
+        if requiresAuth && configuration.requirePassword != nil {
+            bound.withLockedValue { $0 = [] }
+            for waiter in boundWaiters.withLockedValue({ value in defer { value = [] }; return value }) { waiter.resume(returning: []) }
+            throw RESPFrontEndError("--requirepass: Redis at \(configuration.redis.redactedURL) requires AUTH itself, and RESP clients then authenticate against Redis's own users through coordproxy; drop --requirepass, or use it with a Redis that has no password")
+        }
         var tag = Array("{\(configuration.namespace)}".utf8)
         if tag.isEmpty { tag = Array("{coord}".utf8) }
         // With AUTH, each client's commands must run as the user it authenticated as.
         let sharedBackends = configuration.passthrough && configuration.multiplex && !requiresAuth ? SharedBackends(configuration: configuration.redis) : nil
         let shared = RESPFrontEndContext(store: store, configuration: configuration, namespaceTag: tag,
-                                         requiresAuth: requiresAuth, logger: logger, connections: connections, sharedBackends: sharedBackends)
+                                         requiresAuth: requiresAuth || configuration.requirePassword != nil,
+                                         localPassword: configuration.requirePassword.map { Array($0.utf8) },
+                                         logger: logger, connections: connections, sharedBackends: sharedBackends)
         let maxClients = configuration.maxClients
         let connections = self.connections
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -181,7 +195,7 @@ public final class RESPFrontEnd: Service, Sendable {
         for waiter in boundWaiters.withLockedValue({ value in defer { value = [] }; return value }) { waiter.resume(returning: addresses) }
         for address in addresses {
             logger.info("serving the Redis protocol (COORD.* commands\(configuration.passthrough ? ", other commands passed through to Redis" : ""))",
-                        metadata: ["address": "\(address)", "redis_requires_auth": "\(requiresAuth)", "session_ttl": "\(configuration.sessionTTL)", "session_keepalive": "\(configuration.sessionKeepAlive.rawValue)", "shared_redis_connections": "\(sharedBackends != nil)"])
+                        metadata: ["address": "\(address)", "redis_requires_auth": "\(requiresAuth)", "requirepass": "\(configuration.requirePassword != nil)", "session_ttl": "\(configuration.sessionTTL)", "session_keepalive": "\(configuration.sessionKeepAlive.rawValue)", "shared_redis_connections": "\(sharedBackends != nil)"])
         }
         let open = listeners
         var observation: UInt64?

@@ -64,6 +64,9 @@ struct CoordProxy: AsyncParsableCommand {
     @Flag(name: .customLong("no-multiplex"), help: "On the Redis-protocol listener, give every client a Redis connection of its own from its first passed-through command. By default a client's simple key commands (GET, SET, HSET, ...: none that leaves state on the connection or blocks), and the HELLO and CLIENT SETINFO clients send on connect, share one Redis connection per thread and protocol with other clients', pipelined together, until it sends any other command (MULTI, WATCH, SELECT, AUTH, CLIENT SETNAME, SUBSCRIBE, BLPOP, EVAL, ...); then it gets its own. Always off when Redis requires AUTH.")
     var noMultiplex = false
 
+    @Option(name: .customLong("requirepass"), help: ArgumentHelp("A password of coordproxy's own for the Redis-protocol listener, as Redis's requirepass: clients must AUTH <password> (or HELLO 3 AUTH default <password>) before any command. For a Redis without a password (with one, clients authenticate against Redis's own users and this is refused). Prefer $COORDPROXY_REQUIREPASS: a flag shows in ps.", valueName: "password"))
+    var requirePass: String?
+
     @Flag(name: .customLong("allow-flush"), help: "Pass FLUSHALL and FLUSHDB through to Redis (refused by default: they delete the coordination store too).")
     var allowFlush = false
 
@@ -188,6 +191,7 @@ struct CoordProxy: AsyncParsableCommand {
             configuration.multiplex = !(noMultiplex || setting(nil, "NO_MULTIPLEX") == "1")
             configuration.sessionTTL = respSessionTTL
             configuration.sessionKeepAlive = respKeepAlive
+            configuration.requirePassword = setting(requirePass, "REQUIREPASS").flatMap { $0.isEmpty ? nil : $0 }
             services.append(.init(service: RESPFrontEnd(store: store, configuration: configuration, logger: logger)))
         }
         if !metricsListen.isEmpty {

@@ -1,5 +1,6 @@
 import Coordination
 import Foundation
+import Logging
 @testable import RedisClient
 import RESPFrontEnd
 import Testing
@@ -402,6 +403,81 @@ import Testing
             #expect(try await cli("-a", "s3cret", "SET", "plain", "v") == "OK\n")
             // coordproxy's own connection (with the password) is never lent to a client.
             #expect(try await cli("CLIENT", "LIST").hasPrefix("NOAUTH"))
+        }
+    }
+
+    /// `--requirepass` over a Redis without a password: the same redis-cli session gets
+    /// the same answers from coordproxy as from a Redis with that requirepass, redis-py
+    /// connects with the password, and a Redis that has a password of its own is refused.
+    @Test func aPasswordOfCoordproxysOwnIsAskedForAsRedisAsksForItsRequirepass() async throws {
+        let session: [[String]] = [
+            ["PING"], ["SET", "a", "1"], ["AUTH", "wrong"], ["AUTH", "a", "b", "c"], ["AUTH"], ["AUTH", "s3cret"],
+            ["--user", "default", "-a", "s3cret", "PING"], ["--user", "bob", "-a", "s3cret", "PING"],
+            ["-a", "wrong", "GET", "a"], ["-a", "s3cret", "SET", "a", "1"], ["-a", "s3cret", "GET", "a"],
+            ["HELLO", "3"], ["HELLO", "4", "AUTH", "default", "s3cret"], ["HELLO", "3", "AUTH", "default"],
+            ["HELLO", "3", "AUTH", "default", "wrong"], ["-3", "HELLO", "3", "AUTH", "default", "s3cret", "SETNAME", "me"],
+        ]
+        let piped = "PING\r\nAUTH s3cret\r\nPING\r\nRESET\r\nPING\r\nAUTH default s3cret\r\nAUTH wrong\r\nPING\r\nQUIT\r\n"
+        func transcript(_ port: Int) async throws -> [String] {
+            var lines: [String] = []
+            for arguments in session {
+                let result = try await redisCLI(port, ["--no-auth-warning"] + arguments)
+                // HELLO's map names the server's version and connection ID: its first pair only.
+                let output = arguments.contains("SETNAME") ? String(result.output.split(separator: "\n").prefix(2).joined(separator: "\n")) : result.output
+                lines.append("\(arguments.joined(separator: " ")) -> \(output)|\(result.error)")
+            }
+            lines.append("piped -> " + (try await redisCLI(port, [], input: piped).output))
+            return lines
+        }
+        // redis-py with the password (RESP2 and RESP3), with a wrong one, with none.
+        let python = try await redisPython()
+        let script = """
+            import sys, redis
+            port = int(sys.argv[1])
+            for protocol in (2, 3):
+                r = redis.Redis(port=port, password="s3cret", protocol=protocol)
+                print(protocol, r.set("py", "1"), r.get("py"))
+                r.close()
+            for password in ("wrong", None):
+                try:
+                    redis.Redis(port=port, password=password).get("py")
+                    print(password, "accepted")
+                except redis.exceptions.RedisError as error:
+                    print(password, type(error).__name__, error)
+            """
+        func redisPyTranscript(_ port: Int) async throws -> String {
+            let result = try await ChildProcess.run(python, ["-c", script, String(port)], environment: ["PATH": "/usr/bin:/bin"])
+            #expect(result.status == 0, "\(result.error)")
+            return result.output
+        }
+        let (reference, pyReference) = try await RedisServer.withServer(RedisServer.Options(transport: .tcp(), password: "s3cret")) { server in
+            guard case .tcp(_, let port) = try RedisConfiguration(url: server.url).endpoint else { throw RESPFrontEndTestError("no TCP port") }
+            return (try await transcript(port), try await redisPyTranscript(port))
+        }
+        #expect(pyReference.contains("wrong AuthenticationError"), "\(pyReference)")
+        try await withRESPProxy(configure: { $0.requirePassword = "s3cret" }) { proxy in
+            let ours = try await transcript(proxy.port)
+            #expect(ours.count == reference.count)
+            for (mine, theirs) in zip(ours, reference) { #expect(mine == theirs) }
+            #expect(reference.contains { $0.hasPrefix("AUTH wrong -> WRONGPASS") })
+            // Authenticated, everything works: coordination commands and pass-through.
+            #expect(try await redisCLI(proxy.port, ["--no-auth-warning", "-a", "s3cret", "COORD.PUT", "k", "v"]).output == "revision\n2\n")
+            #expect(try await redisCLI(proxy.port, ["COORD.GET", "k"]).output.hasPrefix("NOAUTH"))
+            #expect(try await redisPyTranscript(proxy.port) == pyReference)
+        }
+        // With a Redis that has a password of its own, clients authenticate against it:
+        // both at once is refused at start.
+        try await RedisServer.withServer(RedisServer.Options(transport: .tcp(), password: "theirs")) { server in
+            var configuration = RESPFrontEnd.Configuration(listen: [.tcp(host: "127.0.0.1", port: 0)], redis: try RedisConfiguration(url: server.url), namespace: "coord")
+            configuration.requirePassword = "s3cret"
+            let store = try await CoordinationClient.connect(url: server.url)
+            var logger = Logger(label: "coordproxy-resp-test")
+            logger.logLevel = .critical
+            let frontEnd = RESPFrontEnd(store: store, configuration: configuration, logger: logger)
+            let error = await #expect(throws: RESPFrontEndError.self) { try await frontEnd.run() }
+            #expect(error?.description.contains("requires AUTH itself") == true, "\(String(describing: error))")
+            #expect(await frontEnd.boundAddresses().isEmpty)
+            await store.close()
         }
     }
 
