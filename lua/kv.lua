@@ -127,10 +127,18 @@ end
 
 local function encode(r) return cmsgpack.pack({r.create, r.mod, r.version, r.lease, r.value}) end
 
+-- The live records this request has read or written, by key (false: no live
+-- version), so that a transaction reads each key from Redis once: its compare, its
+-- put and its range of the same key cost one HGET. put and deleteKey keep it current.
+local liveCache = {}
+
 local function live(key)
+  local cached = liveCache[key]
+  if cached ~= nil then return cached or nil end
   local packed = redis.call('HGET', K_KV, key)
-  if packed then return decode(packed) end
-  return nil
+  local r = packed and decode(packed) or false
+  liveCache[key] = r
+  return r or nil
 end
 
 -- The version of `key` visible at `revision`, or nil.
@@ -283,11 +291,13 @@ local function leaseMembers(lease)
 end
 
 local function deleteKey(k, old, revision)
-  archive(k, old)
+  -- archive(k, old) and the tombstone, in one HSET and one ZADD.
+  local member = k .. '\0' .. hex(old.mod)
   local tombstone = k .. '\0' .. hex(revision)
-  redis.call('HSET', K_HIST, tombstone, cmsgpack.pack({0}))
-  redis.call('ZADD', K_HKEYS, 0, tombstone)
+  redis.call('HSET', K_HIST, member, old.packed or encode(old), tombstone, cmsgpack.pack({0}))
+  redis.call('ZADD', K_HKEYS, 0, member, 0, tombstone)
   redis.call('HDEL', K_KV, k)
+  liveCache[k] = false
   redis.call('ZREM', K_KEYS, k)
   if old.lease ~= '0' then redis.call('ZREM', K_LKEYS, leaseMember(old.lease, k)) end
   return {'delete', k, 0, revision, 0, '0', ''}
@@ -351,7 +361,9 @@ local function put(op)
     redis.call('ZADD', K_KEYS, 0, key)
     r = {create = nextRevision, mod = nextRevision, version = 1, lease = lease, value = value}
   end
-  redis.call('HSET', K_KV, key, encode(r))
+  r.packed = encode(r)
+  redis.call('HSET', K_KV, key, r.packed)
+  liveCache[key] = r
   changed = true
   events[#events + 1] = {'put', key, r.create, r.mod, r.version, r.lease, r.value}
   return {'put', (prevKV and old) and kvReply(key, old, false) or false}
