@@ -39,10 +39,11 @@ import Testing
     /// etcd's server-side Lock and Election services (v3lockpb, v3electionpb) through
     /// etcd's generated Go clients: the same checks (keys, waiting, headers, leases the
     /// server grants for lease 0, etcd's errors and their codes) pass against etcd 3.4
-    /// and against coordproxy.
+    /// and against coordproxy; and a Lock sent over plain HTTP/2 with a grpc-timeout
+    /// (nothing but the server ends it) is ended at its deadline, its key removed.
     @Test func theLockAndElectionServicesAnswerAsEtcdsDo() async throws {
         let program = try await Self.clientcheck()
-        let scenarios = ["v3lock", "v3election"]
+        let scenarios = ["v3lock", "v3election", "deadline"]
         func runAll(_ endpoint: String) async throws -> [ProgramOutput] {
             var results: [ProgramOutput] = []
             for scenario in scenarios {

@@ -228,6 +228,10 @@ final class GRPCFastPath: ChannelInboundHandler {
     private var state = State.idle
     private var body: ByteBuffer?
     private var task: Task<Void, Never>?
+    /// A unary call's `grpc-timeout`, and the timer that ends the call when it passes.
+    private var timeout: TimeAmount?
+    private var deadline: Scheduled<Void>?
+    private var timedOut = false
     /// A stream's request messages, to its method.
     private var requests: AsyncThrowingStream<[UInt8], any Error>.Continuation?
     /// Whether a stream's response headers have been written.
@@ -265,6 +269,7 @@ final class GRPCFastPath: ChannelInboundHandler {
             guard let path = take(headers.headers, context: context) else { return }
             if let method = methods[path] {
                 state = .collecting(method)
+                timeout = headers.headers.first(name: "grpc-timeout").flatMap(Self.timeout(parsing:))
                 if headers.endStream { finishRequest(context: context, method: method) }
             } else {
                 startStream(context: context, method: streams[path] ?? bridged(path: path, headers: headers.headers))
@@ -309,6 +314,8 @@ final class GRPCFastPath: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         task?.cancel()
         task = nil
+        deadline?.cancel()
+        deadline = nil
         requests?.finish()
         requests = nil
         state = .done
@@ -410,6 +417,10 @@ final class GRPCFastPath: ChannelInboundHandler {
             let finish: @Sendable () -> Void = {
                 let (handler, context) = bound.value
                 handler.task = nil
+                handler.deadline?.cancel()
+                handler.deadline = nil
+                // Answered when the deadline passed.
+                if handler.timedOut { return }
                 switch result {
                 case .success(let bytes):
                     recorder.finish(nil)
@@ -420,6 +431,39 @@ final class GRPCFastPath: ChannelInboundHandler {
                 }
             }
             if eventLoop.inEventLoop { finish() } else { eventLoop.execute(finish) }
+        }
+        if let timeout {
+            // As etcd's grpc-go server: the call's context ends at the client's deadline,
+            // the call is cancelled (a waiting Lock leaves the queue) and the client gets
+            // DEADLINE_EXCEEDED, whether or not it cancels the call itself.
+            deadline = eventLoop.scheduleTask(in: timeout) {
+                let (handler, context) = bound.value
+                handler.deadline = nil
+                guard case .running = handler.state else { return }
+                handler.timedOut = true
+                handler.task?.cancel()
+                handler.task = nil
+                // etcd's Lock service answers with its embedded client's error, code
+                // Unknown; etcd's own services with DEADLINE_EXCEEDED.
+                let code: RPCError.Code = method.service == "v3lockpb.Lock" ? .unknown : .deadlineExceeded
+                recorder.finish(code)
+                handler.writeStatus(context: context, status: code, message: "context deadline exceeded", headersSent: false, reset: false)
+            }
+        }
+    }
+
+    /// gRPC's `grpc-timeout` (up to 8 digits and a unit: H, M, S, m, u or n); nil when
+    /// malformed, as grpc-go ignores it then.
+    static func timeout(parsing text: String) -> TimeAmount? {
+        guard let unit = text.last, text.count >= 2, text.count <= 9, let value = Int64(text.dropLast()), value >= 0 else { return nil }
+        switch unit {
+        case "H": return .hours(value)
+        case "M": return .minutes(value)
+        case "S": return .seconds(value)
+        case "m": return .milliseconds(value)
+        case "u": return .microseconds(value)
+        case "n": return .nanoseconds(value)
+        default: return nil
         }
     }
 

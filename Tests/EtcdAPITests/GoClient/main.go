@@ -4,10 +4,11 @@
 // one "ok <scenario>" line per passed scenario and exits 1 on the first failure.
 //
 //	clientcheck <endpoint> all                    every scenario below, in turn
-//	clientcheck <endpoint> session|mutex|election|stm|watch|lease|badinput|slowwatch|v3lock|v3election
+//	clientcheck <endpoint> session|mutex|election|stm|watch|lease|badinput|slowwatch|v3lock|v3election|deadline
 //	                                              (v3lock, v3election: etcd's server-side Lock
-//	                                              and Election services, not in "all"; the
-//	                                              test runs them against etcd too)
+//	                                              and Election services; deadline: the server
+//	                                              ends a call at its grpc-timeout; not in "all";
+//	                                              the test runs them against etcd too)
 //	                                              (slowwatch: coordproxy only; etcd catches
 //	                                              a slow watcher up later instead of resetting)
 //	clientcheck <endpoint> hold <name> <n> <log>  n holds of mutex <name>, each writing
@@ -23,8 +24,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
+	"encoding/binary"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -34,6 +41,7 @@ import (
 
 	"go.etcd.io/etcd/clientv3"
 	"go.etcd.io/etcd/clientv3/concurrency"
+	"golang.org/x/net/http2"
 	"go.etcd.io/etcd/etcdserver/api/v3election/v3electionpb"
 	"go.etcd.io/etcd/etcdserver/api/v3lock/v3lockpb"
 	pb "go.etcd.io/etcd/etcdserver/etcdserverpb"
@@ -653,6 +661,89 @@ func v3election(endpoint string) {
 	check(err, "revoke 2")
 }
 
+// rawUnary sends one gRPC call over plain HTTP/2 (x/net/http2, no gRPC client: nothing
+// cancels the call but the server) with the grpc-timeout header, and returns the
+// grpc-status, grpc-message and how long the answer took.
+func rawUnary(endpoint, path string, request []byte, timeout string) (string, string, time.Duration) {
+	transport := &http2.Transport{AllowHTTP: true, DialTLS: func(network, addr string, _ *tls.Config) (net.Conn, error) {
+		return net.Dial(network, addr)
+	}}
+	framed := make([]byte, 5+len(request))
+	binary.BigEndian.PutUint32(framed[1:5], uint32(len(request)))
+	copy(framed[5:], request)
+	url := "http://" + strings.TrimPrefix(endpoint, "http://") + path
+	req, err := http.NewRequest("POST", url, bytes.NewReader(framed))
+	check(err, "request "+path)
+	req.Header.Set("content-type", "application/grpc")
+	req.Header.Set("te", "trailers")
+	req.Header.Set("grpc-timeout", timeout)
+	started := time.Now()
+	resp, err := transport.RoundTrip(req)
+	check(err, "round trip "+path)
+	_, err = io.ReadAll(resp.Body)
+	check(err, "read "+path)
+	resp.Body.Close()
+	elapsed := time.Since(started)
+	// A trailers-only answer carries the status in its headers.
+	field := func(name string) string {
+		if value := resp.Trailer.Get(name); value != "" {
+			return value
+		}
+		return resp.Header.Get(name)
+	}
+	return field("grpc-status"), field("grpc-message"), elapsed
+}
+
+// deadline: a call whose grpc-timeout passes while it waits (a Lock behind a holder) is
+// ended by the server with "context deadline exceeded", and its waiter's key is
+// removed; a call that finishes in time answers normally.
+func deadline(endpoint string) {
+	client := connect(endpoint)
+	defer client.Close()
+	ctx, cancel := timeout()
+	defer cancel()
+	locks := v3lockpb.NewLockClient(client.ActiveConnection())
+	l1, err := client.Grant(ctx, 30)
+	check(err, "grant 1")
+	l2, err := client.Grant(ctx, 30)
+	check(err, "grant 2")
+	held, err := locks.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("/deadline-lock"), Lease: int64(l1.ID)})
+	check(err, "lock 1")
+	request, err := (&v3lockpb.LockRequest{Name: []byte("/deadline-lock"), Lease: int64(l2.ID)}).Marshal()
+	check(err, "marshal")
+	code, message, elapsed := rawUnary(endpoint, "/v3lockpb.Lock/Lock", request, "500m")
+	// Unknown (2), not DEADLINE_EXCEEDED: etcd's Lock service answers with its embedded
+	// client's error.
+	if code != "2" || message != "context deadline exceeded" {
+		fail("a lock past its grpc-timeout: grpc-status %q, grpc-message %q; want 2, context deadline exceeded", code, message)
+	}
+	if elapsed < 400*time.Millisecond || elapsed > 20*time.Second {
+		fail("a lock with grpc-timeout 500m answered after %v", elapsed)
+	}
+	waiter := fmt.Sprintf("/deadline-lock/%x", int64(l2.ID))
+	for stop := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := client.Get(ctx, waiter)
+		check(err, "get the waiter's key")
+		if len(resp.Kvs) == 0 {
+			break
+		}
+		if time.Now().After(stop) {
+			fail("the waiter's key %s outlived its call's deadline", waiter)
+		}
+	}
+	rangeRequest, err := (&pb.RangeRequest{Key: []byte("/deadline-lock/"), RangeEnd: []byte("/deadline-lock0")}).Marshal()
+	check(err, "marshal range")
+	if code, message, _ := rawUnary(endpoint, "/etcdserverpb.KV/Range", rangeRequest, "5S"); code != "0" {
+		fail("a range within its grpc-timeout: grpc-status %q %q", code, message)
+	}
+	_, err = locks.Unlock(ctx, &v3lockpb.UnlockRequest{Key: held.Key})
+	check(err, "unlock")
+	_, err = client.Revoke(ctx, l1.ID)
+	check(err, "revoke 1")
+	_, err = client.Revoke(ctx, l2.ID)
+	check(err, "revoke 2")
+}
+
 // hold: n holds of one mutex, each logged, for the multi-process exclusion check.
 func hold(endpoint, name string, n int, logPath string) {
 	client := connect(endpoint)
@@ -863,7 +954,7 @@ func main() {
 		os.Exit(2)
 	}
 	endpoint := os.Args[1]
-	scenarios := map[string]func(string){"session": session, "mutex": mutex, "election": election, "stm": stm, "watch": watch, "lease": lease, "badinput": badinput, "busy": busy, "slowwatch": slowwatch, "v3lock": v3lock, "v3election": v3election}
+	scenarios := map[string]func(string){"session": session, "mutex": mutex, "election": election, "stm": stm, "watch": watch, "lease": lease, "badinput": badinput, "busy": busy, "slowwatch": slowwatch, "v3lock": v3lock, "v3election": v3election, "deadline": deadline}
 	order := []string{"session", "mutex", "election", "stm", "watch", "lease", "badinput", "slowwatch"}
 	switch os.Args[2] {
 	case "all":
