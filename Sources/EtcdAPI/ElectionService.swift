@@ -25,7 +25,7 @@ public struct ElectionService: V3electionpb_Election.SimpleServiceProtocol {
         self.stopping = stopping
     }
 
-    public func campaign(request: V3electionpb_CampaignRequest, context: ServerContext) async throws -> V3electionpb_CampaignResponse {
+    func campaign(_ request: V3electionpb_CampaignRequest) async throws -> V3electionpb_CampaignResponse {
         do {
             let (store, member) = (store, member)
             return try await stopping.untilOpen {
@@ -49,7 +49,7 @@ public struct ElectionService: V3electionpb_Election.SimpleServiceProtocol {
         }
     }
 
-    public func proclaim(request: V3electionpb_ProclaimRequest, context: ServerContext) async throws -> V3electionpb_ProclaimResponse {
+    func proclaim(_ request: V3electionpb_ProclaimRequest) async throws -> V3electionpb_ProclaimResponse {
         do {
             guard request.hasLeader else { throw EtcdErrors.missingLeaderKey }
             let leader = request.leader
@@ -68,7 +68,7 @@ public struct ElectionService: V3electionpb_Election.SimpleServiceProtocol {
         }
     }
 
-    public func leader(request: V3electionpb_LeaderRequest, context: ServerContext) async throws -> V3electionpb_LeaderResponse {
+    func leader(_ request: V3electionpb_LeaderRequest) async throws -> V3electionpb_LeaderResponse {
         do {
             let current = try await firstCandidate(request.name.bytes, revision: 0)
             guard let kv = current.kvs.first else { throw ConcurrencyError(.noLeader, "no leader") }
@@ -79,6 +79,34 @@ public struct ElectionService: V3electionpb_Election.SimpleServiceProtocol {
         } catch {
             throw EtcdAPIServer.refuse("Leader", error, logger: logger)
         }
+    }
+
+    public func campaign(request: V3electionpb_CampaignRequest, context: ServerContext) async throws -> V3electionpb_CampaignResponse {
+        try await campaign(request)
+    }
+
+    public func proclaim(request: V3electionpb_ProclaimRequest, context: ServerContext) async throws -> V3electionpb_ProclaimResponse {
+        try await proclaim(request)
+    }
+
+    public func leader(request: V3electionpb_LeaderRequest, context: ServerContext) async throws -> V3electionpb_LeaderResponse {
+        try await leader(request)
+    }
+
+    public func resign(request: V3electionpb_ResignRequest, context: ServerContext) async throws -> V3electionpb_ResignResponse {
+        try await resign(request)
+    }
+
+    /// The unary calls ``GRPCFastPath`` serves itself (Observe, a stream, goes through
+    /// grpc-swift): a waiting Campaign is cancelled, and its key removed, when the
+    /// client resets the stream, goes away or its grpc-timeout passes.
+    func fastPathMethods() -> GRPCFastPath.Table {
+        Dictionary(uniqueKeysWithValues: [
+            GRPCFastPath.method(service: "v3electionpb.Election", "Campaign") { try await campaign($0) },
+            GRPCFastPath.method(service: "v3electionpb.Election", "Proclaim") { try await proclaim($0) },
+            GRPCFastPath.method(service: "v3electionpb.Election", "Leader") { try await leader($0) },
+            GRPCFastPath.method(service: "v3electionpb.Election", "Resign") { try await resign($0) },
+        ])
     }
 
     public func observe(request: V3electionpb_LeaderRequest, response: RPCWriter<V3electionpb_LeaderResponse>, context: ServerContext) async throws {
@@ -138,7 +166,7 @@ public struct ElectionService: V3electionpb_Election.SimpleServiceProtocol {
         }
     }
 
-    public func resign(request: V3electionpb_ResignRequest, context: ServerContext) async throws -> V3electionpb_ResignResponse {
+    func resign(_ request: V3electionpb_ResignRequest) async throws -> V3electionpb_ResignResponse {
         do {
             guard request.hasLeader else { throw EtcdErrors.missingLeaderKey }
             let leader = request.leader

@@ -148,11 +148,12 @@ public final class EtcdAPIServer: Service, Sendable {
         }
     }
 
-    /// The calls ``GRPCFastPath`` serves itself: KV's and Lease's unary calls, Lock's.
+    /// The calls ``GRPCFastPath`` serves itself: the unary calls of KV, Lease, Lock and Election.
     func fastPathMethods() -> GRPCFastPath.Table {
         KVService(store: store, member: member, logger: logger).fastPathMethods()
             .merging(LeaseService(store: store, member: member, logger: logger, stopping: stopping).fastPathMethods()) { first, _ in first }
             .merging(LockService(store: store, member: member, logger: logger, stopping: stopping).fastPathMethods()) { first, _ in first }
+            .merging(ElectionService(store: store, member: member, logger: logger, stopping: stopping).fastPathMethods()) { first, _ in first }
     }
 
     /// The streams ``GRPCFastPath`` serves itself: Watch.

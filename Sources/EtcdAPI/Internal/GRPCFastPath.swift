@@ -443,9 +443,9 @@ final class GRPCFastPath: ChannelInboundHandler {
                 handler.timedOut = true
                 handler.task?.cancel()
                 handler.task = nil
-                // etcd's Lock service answers with its embedded client's error, code
-                // Unknown; etcd's own services with DEADLINE_EXCEEDED.
-                let code: RPCError.Code = method.service == "v3lockpb.Lock" ? .unknown : .deadlineExceeded
+                // etcd's Lock and Election services answer with their embedded client's
+                // error, code Unknown; etcd's own services with DEADLINE_EXCEEDED.
+                let code: RPCError.Code = method.service == "v3lockpb.Lock" || method.service == "v3electionpb.Election" ? .unknown : .deadlineExceeded
                 recorder.finish(code)
                 handler.writeStatus(context: context, status: code, message: "context deadline exceeded", headersSent: false, reset: false)
             }

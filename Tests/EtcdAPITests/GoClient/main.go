@@ -731,6 +731,29 @@ func deadline(endpoint string) {
 			fail("the waiter's key %s outlived its call's deadline", waiter)
 		}
 	}
+	// The same for a Campaign behind a leader.
+	elections := v3electionpb.NewElectionClient(client.ActiveConnection())
+	leader, err := elections.Campaign(ctx, &v3electionpb.CampaignRequest{Name: []byte("/deadline-election"), Value: []byte("a"), Lease: int64(l1.ID)})
+	check(err, "campaign 1")
+	campaign, err := (&v3electionpb.CampaignRequest{Name: []byte("/deadline-election"), Value: []byte("b"), Lease: int64(l2.ID)}).Marshal()
+	check(err, "marshal campaign")
+	code, message, elapsed = rawUnary(endpoint, "/v3electionpb.Election/Campaign", campaign, "500m")
+	if code != "2" || message != "context deadline exceeded" || elapsed < 400*time.Millisecond {
+		fail("a campaign past its grpc-timeout: grpc-status %q, grpc-message %q after %v; want 2, context deadline exceeded", code, message, elapsed)
+	}
+	candidate := fmt.Sprintf("/deadline-election/%x", int64(l2.ID))
+	for stop := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := client.Get(ctx, candidate)
+		check(err, "get the candidate's key")
+		if len(resp.Kvs) == 0 {
+			break
+		}
+		if time.Now().After(stop) {
+			fail("the candidate's key %s outlived its call's deadline", candidate)
+		}
+	}
+	_, err = elections.Resign(ctx, &v3electionpb.ResignRequest{Leader: leader.Leader})
+	check(err, "resign")
 	rangeRequest, err := (&pb.RangeRequest{Key: []byte("/deadline-lock/"), RangeEnd: []byte("/deadline-lock0")}).Marshal()
 	check(err, "marshal range")
 	if code, message, _ := rawUnary(endpoint, "/etcdserverpb.KV/Range", rangeRequest, "5S"); code != "0" {
