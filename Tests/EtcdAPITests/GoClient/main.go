@@ -451,6 +451,29 @@ func grantedTTL(ctx context.Context, client *clientv3.Client, lease int64) (int6
 	return live.GrantedTTL, live.TTL > 0
 }
 
+// waitForKey polls until key is there (present) or gone, failing after 30 s.
+func waitForKey(ctx context.Context, client *clientv3.Client, key string, present bool, what string) {
+	for stop := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := client.Get(ctx, key)
+		check(err, "get "+key)
+		if (len(resp.Kvs) == 1) == present {
+			return
+		}
+		if time.Now().After(stop) {
+			fail("%s (%s)", what, key)
+		}
+	}
+}
+
+// twoLeases grants two leases of 30 s for a scenario (nothing refreshes them).
+func twoLeases(ctx context.Context, client *clientv3.Client) (clientv3.LeaseID, clientv3.LeaseID) {
+	l1, err := client.Grant(ctx, 30)
+	check(err, "grant 1")
+	l2, err := client.Grant(ctx, 30)
+	check(err, "grant 2")
+	return l1.ID, l2.ID
+}
+
 // v3lock: etcd's server-side Lock service (v3lockpb): the lock key is name/<lease
 // hex>, a second locker waits for the first to unlock, the key goes with its lease,
 // an unknown lease is refused with etcd's error, lease 0 gets a 60 s lease of the
@@ -461,13 +484,10 @@ func v3lock(endpoint string) {
 	ctx, cancel := timeout()
 	defer cancel()
 	locks := v3lockpb.NewLockClient(client.ActiveConnection())
-	l1, err := client.Grant(ctx, 30)
-	check(err, "grant 1")
-	l2, err := client.Grant(ctx, 30)
-	check(err, "grant 2")
-	first, err := locks.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("/svc-lock"), Lease: int64(l1.ID)})
+	l1, l2 := twoLeases(ctx, client)
+	first, err := locks.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("/svc-lock"), Lease: int64(l1)})
 	check(err, "lock 1")
-	if want := fmt.Sprintf("/svc-lock/%x", int64(l1.ID)); string(first.Key) != want {
+	if want := fmt.Sprintf("/svc-lock/%x", int64(l1)); string(first.Key) != want {
 		fail("lock 1 key %q, want %q", first.Key, want)
 	}
 	if first.Header == nil || first.Header.Revision == 0 {
@@ -475,7 +495,7 @@ func v3lock(endpoint string) {
 	}
 	got := make(chan *v3lockpb.LockResponse, 1)
 	go func() {
-		second, err := locks.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("/svc-lock"), Lease: int64(l2.ID)})
+		second, err := locks.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("/svc-lock"), Lease: int64(l2)})
 		if err != nil {
 			fail("lock 2: %v", err)
 		}
@@ -496,30 +516,12 @@ func v3lock(endpoint string) {
 		_, err := locks.Lock(waitCtx, &v3lockpb.LockRequest{Name: []byte("/svc-lock"), Lease: int64(l3.ID)})
 		waited <- err
 	}()
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		resp, err := client.Get(ctx, waiterKey)
-		check(err, "get the waiter's key")
-		if len(resp.Kvs) == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			fail("the third locker's key never appeared")
-		}
-	}
+	waitForKey(ctx, client, waiterKey, true, "the third locker's key never appeared")
 	stopWaiting()
 	if err := <-waited; status.Code(err) != codes.Canceled {
 		fail("a cancelled lock call ended with %v, want Canceled", err)
 	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		resp, err := client.Get(ctx, waiterKey)
-		check(err, "get the cancelled waiter's key")
-		if len(resp.Kvs) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			fail("a cancelled waiter's key %s is still queued", waiterKey)
-		}
-	}
+	waitForKey(ctx, client, waiterKey, false, "a cancelled waiter's key is still queued")
 	_, err = client.Revoke(ctx, l3.ID)
 	check(err, "revoke 3")
 	unlocked, err := locks.Unlock(ctx, &v3lockpb.UnlockRequest{Key: first.Key})
@@ -530,14 +532,14 @@ func v3lock(endpoint string) {
 	case <-time.After(30 * time.Second):
 		fail("the second locker never got the lock after the first unlocked")
 	}
-	if want := fmt.Sprintf("/svc-lock/%x", int64(l2.ID)); string(second.Key) != want {
+	if want := fmt.Sprintf("/svc-lock/%x", int64(l2)); string(second.Key) != want {
 		fail("lock 2 key %q, want %q", second.Key, want)
 	}
 	if second.Header.Revision < unlocked.Header.Revision {
 		fail("lock 2 at revision %d, before the unlock at %d", second.Header.Revision, unlocked.Header.Revision)
 	}
 	// The key goes with its lease.
-	_, err = client.Revoke(ctx, l2.ID)
+	_, err = client.Revoke(ctx, l2)
 	check(err, "revoke 2")
 	held, err := client.Get(ctx, string(second.Key))
 	check(err, "get lock 2")
@@ -565,7 +567,7 @@ func v3lock(endpoint string) {
 	if missing.Header == nil || missing.Header.Revision == 0 {
 		fail("unlocking a missing key: no header revision")
 	}
-	_, err = client.Revoke(ctx, l1.ID)
+	_, err = client.Revoke(ctx, l1)
 	check(err, "revoke 1")
 }
 
@@ -577,18 +579,15 @@ func v3election(endpoint string) {
 	ctx, cancel := timeout()
 	defer cancel()
 	elections := v3electionpb.NewElectionClient(client.ActiveConnection())
-	l1, err := client.Grant(ctx, 30)
-	check(err, "grant 1")
-	l2, err := client.Grant(ctx, 30)
-	check(err, "grant 2")
+	l1, l2 := twoLeases(ctx, client)
 	name := []byte("/svc-election")
-	_, err = elections.Leader(ctx, &v3electionpb.LeaderRequest{Name: name})
+	_, err := elections.Leader(ctx, &v3electionpb.LeaderRequest{Name: name})
 	expectStatus(err, codes.Unknown, "election: no leader", "leader before any campaign")
-	c1, err := elections.Campaign(ctx, &v3electionpb.CampaignRequest{Name: name, Value: []byte("a"), Lease: int64(l1.ID)})
+	c1, err := elections.Campaign(ctx, &v3electionpb.CampaignRequest{Name: name, Value: []byte("a"), Lease: int64(l1)})
 	check(err, "campaign 1")
 	leader1 := c1.Leader
-	if string(leader1.Name) != string(name) || string(leader1.Key) != fmt.Sprintf("/svc-election/%x", int64(l1.ID)) ||
-		leader1.Lease != int64(l1.ID) || leader1.Rev == 0 || c1.Header.Revision < leader1.Rev {
+	if string(leader1.Name) != string(name) || string(leader1.Key) != fmt.Sprintf("/svc-election/%x", int64(l1)) ||
+		leader1.Lease != int64(l1) || leader1.Rev == 0 || c1.Header.Revision < leader1.Rev {
 		fail("campaign 1: leader %v, header %v", leader1, c1.Header)
 	}
 	observeCtx, stopObserving := context.WithCancel(ctx)
@@ -613,7 +612,7 @@ func v3election(endpoint string) {
 	}
 	elected := make(chan *v3electionpb.CampaignResponse, 1)
 	go func() {
-		c2, err := elections.Campaign(ctx, &v3electionpb.CampaignRequest{Name: name, Value: []byte("b"), Lease: int64(l2.ID)})
+		c2, err := elections.Campaign(ctx, &v3electionpb.CampaignRequest{Name: name, Value: []byte("b"), Lease: int64(l2)})
 		if err != nil {
 			fail("campaign 2: %v", err)
 		}
@@ -628,7 +627,7 @@ func v3election(endpoint string) {
 	check(err, "resign 1")
 	select {
 	case c2 := <-elected:
-		if string(c2.Leader.Key) != fmt.Sprintf("/svc-election/%x", int64(l2.ID)) {
+		if string(c2.Leader.Key) != fmt.Sprintf("/svc-election/%x", int64(l2)) {
 			fail("campaign 2 key %q", c2.Leader.Key)
 		}
 	case <-time.After(30 * time.Second):
@@ -655,9 +654,9 @@ func v3election(endpoint string) {
 	check(err, "resign 3")
 	_, err = client.Revoke(ctx, clientv3.LeaseID(c3.Leader.Lease))
 	check(err, "revoke the server's lease")
-	_, err = client.Revoke(ctx, l1.ID)
+	_, err = client.Revoke(ctx, l1)
 	check(err, "revoke 1")
-	_, err = client.Revoke(ctx, l2.ID)
+	_, err = client.Revoke(ctx, l2)
 	check(err, "revoke 2")
 }
 
@@ -703,13 +702,10 @@ func deadline(endpoint string) {
 	ctx, cancel := timeout()
 	defer cancel()
 	locks := v3lockpb.NewLockClient(client.ActiveConnection())
-	l1, err := client.Grant(ctx, 30)
-	check(err, "grant 1")
-	l2, err := client.Grant(ctx, 30)
-	check(err, "grant 2")
-	held, err := locks.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("/deadline-lock"), Lease: int64(l1.ID)})
+	l1, l2 := twoLeases(ctx, client)
+	held, err := locks.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("/deadline-lock"), Lease: int64(l1)})
 	check(err, "lock 1")
-	request, err := (&v3lockpb.LockRequest{Name: []byte("/deadline-lock"), Lease: int64(l2.ID)}).Marshal()
+	request, err := (&v3lockpb.LockRequest{Name: []byte("/deadline-lock"), Lease: int64(l2)}).Marshal()
 	check(err, "marshal")
 	code, message, elapsed := rawUnary(endpoint, "/v3lockpb.Lock/Lock", request, "500m")
 	// Unknown (2), not DEADLINE_EXCEEDED: etcd's Lock service answers with its embedded
@@ -720,38 +716,20 @@ func deadline(endpoint string) {
 	if elapsed < 400*time.Millisecond || elapsed > 20*time.Second {
 		fail("a lock with grpc-timeout 500m answered after %v", elapsed)
 	}
-	waiter := fmt.Sprintf("/deadline-lock/%x", int64(l2.ID))
-	for stop := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		resp, err := client.Get(ctx, waiter)
-		check(err, "get the waiter's key")
-		if len(resp.Kvs) == 0 {
-			break
-		}
-		if time.Now().After(stop) {
-			fail("the waiter's key %s outlived its call's deadline", waiter)
-		}
-	}
+	waiter := fmt.Sprintf("/deadline-lock/%x", int64(l2))
+	waitForKey(ctx, client, waiter, false, "the waiter's key outlived its call's deadline")
 	// The same for a Campaign behind a leader.
 	elections := v3electionpb.NewElectionClient(client.ActiveConnection())
-	leader, err := elections.Campaign(ctx, &v3electionpb.CampaignRequest{Name: []byte("/deadline-election"), Value: []byte("a"), Lease: int64(l1.ID)})
+	leader, err := elections.Campaign(ctx, &v3electionpb.CampaignRequest{Name: []byte("/deadline-election"), Value: []byte("a"), Lease: int64(l1)})
 	check(err, "campaign 1")
-	campaign, err := (&v3electionpb.CampaignRequest{Name: []byte("/deadline-election"), Value: []byte("b"), Lease: int64(l2.ID)}).Marshal()
+	campaign, err := (&v3electionpb.CampaignRequest{Name: []byte("/deadline-election"), Value: []byte("b"), Lease: int64(l2)}).Marshal()
 	check(err, "marshal campaign")
 	code, message, elapsed = rawUnary(endpoint, "/v3electionpb.Election/Campaign", campaign, "500m")
 	if code != "2" || message != "context deadline exceeded" || elapsed < 400*time.Millisecond {
 		fail("a campaign past its grpc-timeout: grpc-status %q, grpc-message %q after %v; want 2, context deadline exceeded", code, message, elapsed)
 	}
-	candidate := fmt.Sprintf("/deadline-election/%x", int64(l2.ID))
-	for stop := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		resp, err := client.Get(ctx, candidate)
-		check(err, "get the candidate's key")
-		if len(resp.Kvs) == 0 {
-			break
-		}
-		if time.Now().After(stop) {
-			fail("the candidate's key %s outlived its call's deadline", candidate)
-		}
-	}
+	candidate := fmt.Sprintf("/deadline-election/%x", int64(l2))
+	waitForKey(ctx, client, candidate, false, "the candidate's key outlived its call's deadline")
 	_, err = elections.Resign(ctx, &v3electionpb.ResignRequest{Leader: leader.Leader})
 	check(err, "resign")
 	rangeRequest, err := (&pb.RangeRequest{Key: []byte("/deadline-lock/"), RangeEnd: []byte("/deadline-lock0")}).Marshal()
@@ -761,9 +739,9 @@ func deadline(endpoint string) {
 	}
 	_, err = locks.Unlock(ctx, &v3lockpb.UnlockRequest{Key: held.Key})
 	check(err, "unlock")
-	_, err = client.Revoke(ctx, l1.ID)
+	_, err = client.Revoke(ctx, l1)
 	check(err, "revoke 1")
-	_, err = client.Revoke(ctx, l2.ID)
+	_, err = client.Revoke(ctx, l2)
 	check(err, "revoke 2")
 }
 
