@@ -233,7 +233,12 @@ import Testing
                 time.sleep(0.5)
                 os.kill(pid, signal.SIGKILL)
                 replies = [r.next() for _ in range(5)]
-                print(len(replies), all(x.startswith("-ERR coordproxy lost its connection to Redis") for x in replies))
+                # Each GET that reached the shared connection is answered "lost its
+                # connection"; on a busy machine the proxy may read some only after
+                # Redis died, and those are answered "cannot reach Redis". One reply each.
+                ok = all(x.startswith("-ERR coordproxy lost its connection to Redis")
+                         or x.startswith("-ERR coordproxy cannot reach Redis") for x in replies)
+                print(len(replies), ok if ok else replies)
                 # The client is still connected: its next command is answered (Redis is gone).
                 s.sendall(command("GET", "a"))
                 print(r.next().startswith("-ERR coordproxy cannot reach Redis"))
