@@ -2,6 +2,7 @@ import Coordination
 import CoordinationPrimitives
 import GRPCCore
 import Logging
+import SwiftProtobuf
 
 /// etcd's `Election` service (v3election): campaigns on the caller's lease (keys
 /// `name/<lease hex>`, the lowest create revision leads), proclamations and
@@ -99,13 +100,19 @@ public struct ElectionService: V3electionpb_Election.SimpleServiceProtocol {
 
     /// The unary calls ``GRPCFastPath`` serves itself (Observe, a stream, goes through
     /// grpc-swift): a waiting Campaign is cancelled, and its key removed, when the
-    /// client resets the stream, goes away or its grpc-timeout passes.
+    /// client resets the stream, goes away or its grpc-timeout passes. etcd's Election
+    /// service answers a passed deadline with its embedded client's error: code Unknown.
     func fastPathMethods() -> GRPCFastPath.Table {
-        Dictionary(uniqueKeysWithValues: [
-            GRPCFastPath.method(service: "v3electionpb.Election", "Campaign") { try await campaign($0) },
-            GRPCFastPath.method(service: "v3electionpb.Election", "Proclaim") { try await proclaim($0) },
-            GRPCFastPath.method(service: "v3electionpb.Election", "Leader") { try await leader($0) },
-            GRPCFastPath.method(service: "v3electionpb.Election", "Resign") { try await resign($0) },
+        func method<Request: SwiftProtobuf.Message & Sendable, Response: SwiftProtobuf.Message>(
+            _ name: String, _ body: @escaping @Sendable (Request) async throws -> Response
+        ) -> (String, GRPCFastPath.Method) {
+            GRPCFastPath.method(service: "v3electionpb.Election", name, deadlineCode: .unknown, body)
+        }
+        return Dictionary(uniqueKeysWithValues: [
+            method("Campaign") { try await campaign($0) },
+            method("Proclaim") { try await proclaim($0) },
+            method("Leader") { try await leader($0) },
+            method("Resign") { try await resign($0) },
         ])
     }
 

@@ -35,11 +35,13 @@ public struct LockService: V3lockpb_Lock.SimpleServiceProtocol {
     }
 
     /// The calls ``GRPCFastPath`` serves itself: both (a waiting Lock is cancelled, and
-    /// its key removed, when the client resets the stream or goes away).
+    /// its key removed, when the client resets the stream, goes away or its
+    /// grpc-timeout passes). etcd's Lock service answers a passed deadline with its
+    /// embedded client's error: code Unknown, not DEADLINE_EXCEEDED.
     func fastPathMethods() -> GRPCFastPath.Table {
         Dictionary(uniqueKeysWithValues: [
-            GRPCFastPath.method(service: "v3lockpb.Lock", "Lock") { try await lock($0) },
-            GRPCFastPath.method(service: "v3lockpb.Lock", "Unlock") { try await unlock($0) },
+            GRPCFastPath.method(service: "v3lockpb.Lock", "Lock", deadlineCode: .unknown) { try await lock($0) },
+            GRPCFastPath.method(service: "v3lockpb.Lock", "Unlock", deadlineCode: .unknown) { try await unlock($0) },
         ])
     }
 

@@ -246,7 +246,10 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
             }
             return difference == 0
         }
-        let wrongPassword = RESPValue.error("WRONGPASS invalid username-password pair or user is disabled.")
+        func refuseWrongPassword() {
+            shared.logger.notice("RESP client gave a wrong password", metadata: ["remote": "\(context?.remoteAddress.map { "\($0)" } ?? "?")"])
+            reply(.error("WRONGPASS invalid username-password pair or user is disabled."))
+        }
         switch name {
         case "auth":
             guard arguments.count >= 2 else {
@@ -261,8 +264,7 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
                 authenticated = true
                 reply(.simpleString("OK"))
             } else {
-                shared.logger.notice("RESP client gave a wrong password", metadata: ["remote": "\(context?.remoteAddress.map { "\($0)" } ?? "?")"])
-                reply(wrongPassword)
+                refuseWrongPassword()
             }
             return nil
         case "hello":
@@ -281,8 +283,7 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
                         return nil
                     }
                     guard matches(user: arguments[index + 1], arguments[index + 2]) else {
-                        shared.logger.notice("RESP client gave a wrong password", metadata: ["remote": "\(context?.remoteAddress.map { "\($0)" } ?? "?")"])
-                        reply(wrongPassword)
+                        refuseWrongPassword()
                         return nil
                     }
                     authenticates = true

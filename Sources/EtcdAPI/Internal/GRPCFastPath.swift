@@ -48,6 +48,8 @@ final class GRPCFastPath: ChannelInboundHandler {
     struct Method: Sendable {
         var service: String
         var name: String
+        /// The status code of a call whose `grpc-timeout` passes.
+        var deadlineCode = RPCError.Code.deadlineExceeded
         var call: @Sendable ([UInt8]) async throws -> [UInt8]
     }
 
@@ -192,9 +194,10 @@ final class GRPCFastPath: ChannelInboundHandler {
     /// does not decode is INVALID_ARGUMENT, as through grpc-swift), `body` run, the
     /// response encoded. `body` throws only `RPCError`s it has already logged.
     static func method<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
-        service: String, _ name: String, _ body: @escaping @Sendable (Request) async throws -> Response
+        service: String, _ name: String, deadlineCode: RPCError.Code = .deadlineExceeded,
+        _ body: @escaping @Sendable (Request) async throws -> Response
     ) -> (String, Method) {
-        ("/\(service)/\(name)", Method(service: service, name: name) { bytes in
+        ("/\(service)/\(name)", Method(service: service, name: name, deadlineCode: deadlineCode) { bytes in
             let request: Request
             do {
                 request = try Request(serializedBytes: bytes)
@@ -443,11 +446,8 @@ final class GRPCFastPath: ChannelInboundHandler {
                 handler.timedOut = true
                 handler.task?.cancel()
                 handler.task = nil
-                // etcd's Lock and Election services answer with their embedded client's
-                // error, code Unknown; etcd's own services with DEADLINE_EXCEEDED.
-                let code: RPCError.Code = method.service == "v3lockpb.Lock" || method.service == "v3electionpb.Election" ? .unknown : .deadlineExceeded
-                recorder.finish(code)
-                handler.writeStatus(context: context, status: code, message: "context deadline exceeded", headersSent: false, reset: false)
+                recorder.finish(method.deadlineCode)
+                handler.writeStatus(context: context, status: method.deadlineCode, message: "context deadline exceeded", headersSent: false, reset: false)
             }
         }
     }

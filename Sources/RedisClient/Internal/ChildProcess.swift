@@ -180,7 +180,6 @@ final class ChildProcess: Sendable {
     }
 }
 
-/// Children still running, killed when the process exits.
 extension ChildProcess {
     /// util-linux's setpriv, when installed (Debian: always, util-linux is essential).
     static let setpriv: String? = ["/usr/bin/setpriv", "/bin/setpriv"].first { FileManager.default.isExecutableFile(atPath: $0) }
@@ -243,6 +242,7 @@ private final class Launcher: @unchecked Sendable {
     }
 }
 
+/// Children still running, killed when the process exits.
 final class ChildRegistry: Sendable {
     static let shared: ChildRegistry = {
         atexit {
