@@ -216,7 +216,9 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
                     answer.header = member.header(events.header.revision)
                     answer.watchID = id
                     answer.events = events.events.map(WireConversion.event)
-                    for part in fragment ? Self.fragments(of: answer, limit: limit) : [answer] { send(part) }
+                    for batch in Self.revisionBatches(of: answer, limit: limit) {
+                        for part in fragment ? Self.fragments(of: batch, limit: limit) : [batch] { send(part) }
+                    }
                 }
             } catch is CancellationError {
                 return
@@ -254,6 +256,45 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
         } catch {
             throw EtcdAPIServer.refuse("Watch", error, logger: logger)
         }
+    }
+
+    /// Events of several revisions (a batch the watch reader took from the log at once)
+    /// split at revision boundaries into responses under `limit` each, as etcd sends a
+    /// watcher that keeps up one response per revision: a client that falls behind is
+    /// not sent one message of many megabytes (a raw gRPC client refuses one over its
+    /// 4 MiB receive limit). A revision is never split here (that is `fragment`'s), so
+    /// one larger than `limit` still goes whole. Each part's header revision is its last
+    /// event's.
+    static func revisionBatches(of response: Etcdserverpb_WatchResponse, limit: Int) -> [Etcdserverpb_WatchResponse] {
+        guard response.events.count > 1, ((try? response.serializedBytes() as [UInt8])?.count ?? 0) > limit else { return [response] }
+        var parts: [Etcdserverpb_WatchResponse] = []
+        var current = response
+        current.events = []
+        var size = 0
+        var index = 0
+        let events = response.events
+        while index < events.count {
+            // One revision's events: they go together.
+            let revision = events[index].kv.modRevision
+            var end = index
+            var revisionSize = 0
+            while end < events.count && events[end].kv.modRevision == revision {
+                revisionSize += (try? events[end].serializedBytes() as [UInt8])?.count ?? 0
+                end += 1
+            }
+            if !current.events.isEmpty && size + revisionSize > limit {
+                current.header.revision = current.events.last!.kv.modRevision
+                parts.append(current)
+                current.events = []
+                size = 0
+            }
+            current.events.append(contentsOf: events[index..<end])
+            size += revisionSize
+            index = end
+        }
+        if !parts.isEmpty { current.header.revision = max(current.events.last!.kv.modRevision, response.header.revision) }
+        parts.append(current)
+        return parts
     }
 
     /// etcd's `sendFragments`: events split so that each response stays under `limit`;
