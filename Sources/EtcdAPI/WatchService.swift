@@ -266,58 +266,69 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
     /// one larger than `limit` still goes whole. Each part's header revision is its last
     /// event's.
     static func revisionBatches(of response: Etcdserverpb_WatchResponse, limit: Int) -> [Etcdserverpb_WatchResponse] {
-        guard response.events.count > 1, ((try? response.serializedBytes() as [UInt8])?.count ?? 0) > limit else { return [response] }
-        var parts: [Etcdserverpb_WatchResponse] = []
-        var current = response
-        current.events = []
-        var size = 0
-        var index = 0
-        let events = response.events
-        while index < events.count {
-            // One revision's events: they go together.
-            let revision = events[index].kv.modRevision
-            var end = index
-            var revisionSize = 0
-            while end < events.count && events[end].kv.modRevision == revision {
-                revisionSize += (try? events[end].serializedBytes() as [UInt8])?.count ?? 0
-                end += 1
-            }
-            if !current.events.isEmpty && size + revisionSize > limit {
-                current.header.revision = current.events.last!.kv.modRevision
-                parts.append(current)
-                current.events = []
-                size = 0
-            }
-            current.events.append(contentsOf: events[index..<end])
-            size += revisionSize
-            index = end
+        guard let groups = split(response, limit: limit, together: { $0.kv.modRevision == $1.kv.modRevision }) else { return [response] }
+        return groups.enumerated().map { index, events in
+            var part = response
+            part.events = events
+            let last = events.last!.kv.modRevision
+            part.header.revision = index == groups.count - 1 ? max(last, response.header.revision) : last
+            return part
         }
-        if !parts.isEmpty { current.header.revision = max(current.events.last!.kv.modRevision, response.header.revision) }
-        parts.append(current)
-        return parts
     }
 
     /// etcd's `sendFragments`: events split so that each response stays under `limit`;
     /// every part but the last is marked `fragment`.
     static func fragments(of response: Etcdserverpb_WatchResponse, limit: Int) -> [Etcdserverpb_WatchResponse] {
-        guard response.events.count > 1, ((try? response.serializedBytes() as [UInt8])?.count ?? 0) > limit else { return [response] }
-        var parts: [Etcdserverpb_WatchResponse] = []
-        var current = response
-        current.events = []
+        guard let groups = split(response, limit: limit, together: { _, _ in false }) else { return [response] }
+        return groups.enumerated().map { index, events in
+            var part = response
+            part.events = events
+            part.fragment = index < groups.count - 1
+            return part
+        }
+    }
+
+    /// `response`'s events in consecutive parts of at most `limit` bytes each (a part
+    /// holds at least one run of events for which `together` holds, whatever its size);
+    /// nil when the response has one event or is within `limit` already.
+    private static func split(_ response: Etcdserverpb_WatchResponse, limit: Int,
+                              together: (Mvccpb_Event, Mvccpb_Event) -> Bool) -> [[Mvccpb_Event]]? {
+        let events = response.events
+        guard events.count > 1, !within(response, limit: limit) else { return nil }
+        var parts: [[Mvccpb_Event]] = []
+        var current: [Mvccpb_Event] = []
         var size = 0
-        for event in response.events {
-            let eventSize = (try? event.serializedBytes() as [UInt8])?.count ?? 0
-            if !current.events.isEmpty && size + eventSize > limit {
-                current.fragment = true
+        var index = 0
+        while index < events.count {
+            var end = index + 1
+            while end < events.count && together(events[end - 1], events[end]) { end += 1 }
+            let runSize = events[index..<end].reduce(0) { $0 + ((try? $1.serializedBytes() as [UInt8])?.count ?? 0) }
+            if !current.isEmpty && size + runSize > limit {
                 parts.append(current)
-                current.events = []
+                current = []
                 size = 0
             }
-            current.events.append(event)
-            size += eventSize
+            current.append(contentsOf: events[index..<end])
+            size += runSize
+            index = end
         }
-        current.fragment = false
         parts.append(current)
         return parts
+    }
+
+    /// Whether `response` encodes to at most `limit` bytes: first from a bound on its
+    /// size (keys and values plus the most the other fields of an event and of the
+    /// header can take), so that the usual small batch is not encoded an extra time.
+    private static func within(_ response: Etcdserverpb_WatchResponse, limit: Int) -> Bool {
+        // The header, watch ID, flags and compact revision: under 128 bytes.
+        var bound = 128 + response.cancelReason.utf8.count
+        for event in response.events {
+            // Per event, beside keys and values: its framing (6), type (2), and for kv
+            // and prev_kv their framing (6), four int64 fields (11 each) and the key's
+            // and value's framing (6 each): 132 bytes at most.
+            bound += 160 + event.kv.key.count + event.kv.value.count + event.prevKv.key.count + event.prevKv.value.count
+        }
+        if bound <= limit { return true }
+        return ((try? response.serializedBytes() as [UInt8])?.count ?? 0) <= limit
     }
 }
