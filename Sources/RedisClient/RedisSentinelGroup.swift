@@ -10,6 +10,7 @@ import Synchronization
 /// let connection = try await RedisConnection.connect(url: group.url)
 /// let old = try await group.killMaster()          // kill -9, as a crash would
 /// let new = try await group.waitForFailover(from: old)
+/// try await group.rejoin(old)                     // back, as the new master's replica
 /// await group.stop()
 /// ```
 public final class RedisSentinelGroup: Sendable {
@@ -51,6 +52,10 @@ public final class RedisSentinelGroup: Sendable {
         do {
             var masterOptions = options
             masterOptions.transport = .tcp()
+            // A full resync starts at once instead of after Redis's 5 s wait for more
+            // replicas: a replica that rejoined is empty until it has, and Sentinel may
+            // promote it meanwhile (see ``RedisServer/restart(replicaOf:)``).
+            if masterOptions.settings["repl-diskless-sync-delay"] == nil { masterOptions.settings["repl-diskless-sync-delay"] = "0" }
             let master = try await RedisServer.start(masterOptions)
             servers.append(master)
             guard case .tcp(let host, let port) = master.endpoint else { throw RedisError(.serverStartFailed, "the master needs a TCP port") }
@@ -159,6 +164,19 @@ public final class RedisSentinelGroup: Sendable {
         return master
     }
 
+    /// Restarts `server` (killed, see ``killMaster()``) as a replica of the master the
+    /// sentinels name now, and waits until it reports its resync finished and every
+    /// sentinel sees it in sync: how a failed master without persistence must rejoin
+    /// (see ``RedisServer/restart(replicaOf:)``).
+    public func rejoin(_ server: RedisServer, timeout: Duration = .seconds(60)) async throws {
+        let current = try await master()
+        guard current !== server else {
+            throw RedisError(.serverStartFailed, "the sentinels still name \(server.endpoint) as the master; wait for the failover first (waitForFailover(from:))")
+        }
+        try await server.restart(replicaOf: current.endpoint)
+        try await waitUntilReady(replicas: servers.count - 1, timeout: timeout)
+    }
+
     /// Waits until every sentinel names one master other than `old`, and returns it.
     /// Every sentinel is asked: a caller that restarts `old` once one sentinel has
     /// moved on could otherwise be sent to it, empty and claiming to be a master, by
@@ -174,6 +192,14 @@ public final class RedisSentinelGroup: Sendable {
             try await Task.sleep(for: .milliseconds(50))
         }
         throw RedisError(.timeout, "the sentinels did not all fail over from \(old.endpoint) within \(timeout)")
+    }
+
+    /// The tail of every member's log, data servers first, each under its address and
+    /// role at start: what a failed fault drill reports.
+    public func logs(lines: Int = 40) -> String {
+        let members = servers.enumerated().map { index, server in ("data server \(server.endpoint)\(index == 0 ? " (the first master)" : "")", server) }
+            + sentinels.map { ("sentinel \($0.endpoint)", $0) }
+        return members.map { title, server in "--- \(title), pid \(server.pid):\n\(server.logTail(lines: lines))" }.joined(separator: "\n")
     }
 
     /// Runs `body` with a fresh group (as ``start(replicas:sentinels:masterName:downAfter:options:sentinelPassword:)``)

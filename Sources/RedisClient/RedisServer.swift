@@ -224,6 +224,21 @@ public final class RedisServer: Sendable {
         try await launch()
     }
 
+    /// Starts the server again at the same address after ``kill()`` or a crash, as a
+    /// replica of `master` (`replicaof` in its configuration from now on): how a failed
+    /// master without persistence must rejoin a Sentinel group. Restarted as a master it
+    /// comes back empty and claims to be one until the sentinels make it a replica (8 s
+    /// or more later), and until it has resynced after that, Sentinel may promote it,
+    /// empty, and make the others its replicas: everything is lost.
+    public func restart(replicaOf master: RedisConfiguration.Endpoint) async throws {
+        guard case .tcp(let host, let port) = master else {
+            throw RedisError(.serverStartFailed, "a replica follows a master over TCP; \(master) is a unix socket")
+        }
+        await terminate(signal: SIGKILL)
+        try writeConfiguration(extra: ["replicaof": "\(host) \(port)"])
+        try await launch()
+    }
+
     // MARK: - Launching
 
     private static func locate(_ options: Options) throws -> String {
@@ -244,7 +259,7 @@ public final class RedisServer: Sendable {
         throw RedisError(.serverNotFound, "redis-server was not found on PATH (\(searchPath)); install it (Debian: apt-get install redis-server) or set REDIS_SERVER to its path")
     }
 
-    private func writeConfiguration() throws {
+    private func writeConfiguration(extra: [String: String] = [:]) throws {
         var lines = [
             "daemonize no",
             "dir \(Self.quote(directory))",
@@ -275,7 +290,7 @@ public final class RedisServer: Sendable {
         for user in options.aclUsers {
             lines.append("user \(Self.quote(user.name)) on \(Self.quote(">" + user.password)) \(user.rules)")
         }
-        for (name, value) in options.settings.sorted(by: { $0.key < $1.key }) { lines.append("\(name) \(value)") }
+        for (name, value) in options.settings.merging(extra, uniquingKeysWith: { $1 }).sorted(by: { $0.key < $1.key }) { lines.append("\(name) \(value)") }
         try (lines.joined(separator: "\n") + "\n").write(toFile: directory + "/redis.conf", atomically: true, encoding: .utf8)
     }
 
@@ -322,7 +337,14 @@ public final class RedisServer: Sendable {
     }
 
     private func logTail() -> String {
-        ChildProcess.tail(of: directory + "/redis.log") + "\n" + ChildProcess.tail(of: directory + "/stdout.log", lines: 4)
+        logTail(lines: 12)
+    }
+
+    /// The last `lines` lines of the server's log (its `redis.log`), then the last lines
+    /// of what it wrote to stdout and stderr: for reports of fault drills and failed
+    /// tests.
+    public func logTail(lines: Int) -> String {
+        ChildProcess.tail(of: directory + "/redis.log", lines: lines) + "\n" + ChildProcess.tail(of: directory + "/stdout.log", lines: 4)
     }
 
     private static func quote(_ text: String) -> String {

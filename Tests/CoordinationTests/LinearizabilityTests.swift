@@ -147,8 +147,7 @@ import Testing
             try await Task.sleep(for: .seconds(1))
             let killed = try await group.killMaster()
             _ = try await group.waitForFailover(from: killed)
-            try await killed.restart()
-            try await group.waitUntilReady(replicas: 1)
+            try await group.rejoin(killed)
             recovered.set()
             let history = await recording.value
             Self.expectLinearizable(history, "sentinel failover with WAIT 1", recordedIn: ContinuousClock.now - started)

@@ -181,11 +181,10 @@ import Testing
             }
             print("sentinel failover (kill -9 of the master): writes served again \(recovery) after the kill, pub/sub \(delivered) later")
 
-            // 2. The old master comes back (as a replica, the sentinels see to it); then a
+            // 2. The old master comes back (as a replica, rejoin); then a
             // handover with SENTINEL FAILOVER: the old master stays up, so only the
             // +switch-master announcement (or its READONLY answers) moves the connection.
-            try await killed.restart()
-            try await group.waitUntilReady(replicas: 1)
+            try await group.rejoin(killed)
             let sentinel = try await RedisConnection.connect(group.sentinels[0].configuration)
             defer { Task { await sentinel.close() } }
             #expect(try await sentinel.send("SENTINEL", "FAILOVER", group.masterName).string == "OK")
