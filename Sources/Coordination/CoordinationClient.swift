@@ -86,7 +86,7 @@ public final class CoordinationClient: Sendable {
     public let redis: any RedisCommandExecutor
     /// The request limits.
     public let limits: Limits
-    private let keys: [[UInt8]]
+    let keys: [[UInt8]]
     private let ownedConnection: RedisConnection?
     private let hubStorage = Mutex<WatchHub?>(nil)
     /// What this client knows of the store's identity and history (storeReset detection).

@@ -3,8 +3,8 @@ import GRPCCore
 import Logging
 
 /// etcd's `Maintenance` service, as much as clients' health probes and `etcdctl
-/// endpoint status|health`, `alarm list`, `defrag` and `move-leader` need: Status,
-/// Alarm, Defragment and MoveLeader.
+/// endpoint status|health|hashkv`, `alarm list`, `defrag` and `move-leader` need:
+/// Status, Alarm, Defragment, Hash, HashKV and MoveLeader.
 ///
 /// Status reports this member as the leader of a one-member cluster; the raft
 /// index and applied index are the store's revision (what advances with each
@@ -12,7 +12,9 @@ import Logging
 /// Redis's own limits (maxmemory) answer as errors at the request that hits them.
 /// Defragment asks Redis to return its allocator's free pages to the system
 /// (`MEMORY PURGE`), what etcd's defragmentation does for its database file.
-/// MoveLeader succeeds for this member, the leader already, and answers etcd's "bad
+/// Hash and HashKV hash the store's versions (``StoreHash``: a CRC-32C, as etcd's,
+/// but not etcd's number, which hashes its database's bytes): every coordproxy on
+/// one store answers the same. MoveLeader succeeds for this member, the leader already, and answers etcd's "bad
 /// leader transferee" for any other.
 public struct MaintenanceService: Etcdserverpb_Maintenance.SimpleServiceProtocol {
     let store: CoordinationClient
@@ -66,6 +68,32 @@ public struct MaintenanceService: Etcdserverpb_Maintenance.SimpleServiceProtocol
             return Etcdserverpb_DefragmentResponse()
         } catch {
             throw EtcdAPIServer.refuse("Defragment", error, logger: logger)
+        }
+    }
+
+    public func hash(request: Etcdserverpb_HashRequest, context: ServerContext) async throws -> Etcdserverpb_HashResponse {
+        do {
+            let hashed = try await store.hashKV()
+            var response = Etcdserverpb_HashResponse()
+            response.header = member.header(hashed.currentRevision)
+            response.hash = hashed.hash
+            return response
+        } catch {
+            throw EtcdAPIServer.refuse("Hash", error, logger: logger)
+        }
+    }
+
+    public func hashKV(request: Etcdserverpb_HashKVRequest, context: ServerContext) async throws -> Etcdserverpb_HashKVResponse {
+        do {
+            let hashed = try await store.hashKV(revision: request.revision)
+            var response = Etcdserverpb_HashKVResponse()
+            response.header = member.header(hashed.currentRevision)
+            response.hash = hashed.hash
+            // etcd's compact revision is -1 until its first compaction.
+            response.compactRevision = hashed.compactRevision == 0 ? -1 : hashed.compactRevision
+            return response
+        } catch {
+            throw EtcdAPIServer.refuse("HashKV", error, logger: logger)
         }
     }
 

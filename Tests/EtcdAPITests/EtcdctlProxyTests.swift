@@ -1,5 +1,6 @@
 import Coordination
 import Foundation
+import RedisClient
 import Testing
 
 /// etcdctl 3.4 against coordproxy: the commands whose output cannot be compared
@@ -30,6 +31,96 @@ import Testing
             let moved = try await etcdctl(["move-leader", memberID], endpoint: proxy.endpoint)
             #expect(moved.status == 0, "\(moved)")
             #expect(moved.output.contains("Leadership transferred from \(memberID) to \(memberID)"), "\(moved)")
+        }
+    }
+
+    /// `etcdctl endpoint hashkv`: the hash of a revision is the same from every reader
+    /// of the store, never changes once the revision is past (until a compaction), is
+    /// the same for two stores with one history and differs when one value does; its
+    /// errors and its JSON are etcd's.
+    @Test func endpointHashKVIsOneHistorysHashAndAnswersAsEtcd() async throws {
+        try await ReferenceEtcd.withServer { etcd in
+            try await withProxy { proxy in
+                // Revisions 2 to 6 on both, and on two more stores (namespaces) of the
+                // proxy's Redis: one the same, one with another value at revision 3.
+                let same = try await CoordinationClient.connect(url: proxy.redis.url, namespace: "hash-same")
+                let other = try await CoordinationClient.connect(url: proxy.redis.url, namespace: "hash-other")
+                let marked = try await CoordinationClient.connect(url: proxy.redis.url, namespace: "hash-marked")
+                defer { Task { await same.close(); await other.close(); await marked.close() } }
+                let history: [[String]] = [["put", "a", "1"], ["put", "b", "2"], ["put", "a", "3"], ["del", "b"], ["put", "c", "4"]]
+                for (index, step) in history.enumerated() {
+                    for endpoint in [etcd.endpoint, proxy.endpoint] {
+                        let done = try await etcdctl(step, endpoint: endpoint)
+                        #expect(done.status == 0, "\(step): \(done)")
+                    }
+                    if step[0] == "put" {
+                        _ = try await same.put(step[1], step[2])
+                        _ = try await marked.put(step[1], step[2])
+                        _ = try await other.put(step[1], index == 1 ? "two" : step[2])
+                    } else {
+                        _ = try await same.delete(step[1])
+                        _ = try await marked.delete(step[1])
+                        _ = try await other.delete(step[1])
+                    }
+                }
+                func hash(_ arguments: [String], _ endpoint: String) async throws -> (hash: UInt32?, output: ProgramOutput) {
+                    let answer = try await etcdctl(["endpoint", "hashkv", "-w", "json"] + arguments, endpoint: endpoint)
+                    let entries = try? JSONSerialization.jsonObject(with: Data(answer.output.utf8)) as? [[String: Any]]
+                    let hashed = entries?.first?["HashKV"] as? [String: Any]
+                    return ((hashed?["hash"] as? NSNumber)?.uint32Value, answer)
+                }
+                // The JSON's fields, a never compacted store's compact revision -1, as etcd's.
+                for endpoint in [etcd.endpoint, proxy.endpoint] {
+                    let answer = try await etcdctl(["endpoint", "hashkv", "-w", "json"], endpoint: endpoint)
+                    let entries = try #require(try JSONSerialization.jsonObject(with: Data(answer.output.utf8)) as? [[String: Any]], "\(answer)")
+                    let hashed = try #require(entries.first?["HashKV"] as? [String: Any])
+                    #expect(Set(hashed.keys) == ["header", "hash", "compact_revision"], "\(endpoint): \(hashed)")
+                    #expect(hashed["compact_revision"] as? Int == -1)
+                    #expect((hashed["header"] as? [String: Any])?["revision"] as? Int == 6)
+                }
+                let atHead = try await hash([], proxy.endpoint)
+                let atFour = try #require(try await hash(["--rev", "4"], proxy.endpoint).hash)
+                #expect(atHead.hash != nil && atHead.hash != atFour)
+                #expect(try await same.hashKV(revision: 4).hash == atFour, "another store with the same history hashes alike")
+                #expect(try await same.hashKV().hash == atHead.hash)
+                #expect(try await other.hashKV(revision: 4).hash != atFour, "a store with another value at revision 3 hashes alike")
+                let otherAtTwo = try await other.hashKV(revision: 2).hash
+                #expect(try await same.hashKV(revision: 2).hash == otherAtTwo)
+                // Later writes change the head's hash, not revision 4's.
+                _ = try await etcdctl(["put", "d", "5"], endpoint: proxy.endpoint)
+                #expect(try await hash(["--rev", "4"], proxy.endpoint).hash == atFour)
+                #expect(try await hash([], proxy.endpoint).hash != atHead.hash)
+
+                // A future revision, then compacted ones: etcd's errors and exit codes.
+                func expectSameRefusal(_ arguments: [String]) async throws {
+                    let fromEtcd = try await hash(arguments, etcd.endpoint).output
+                    let fromProxy = try await hash(arguments, proxy.endpoint).output
+                    #expect(fromEtcd.status != 0 && fromProxy.status == fromEtcd.status, "\(arguments): etcd \(fromEtcd), coordproxy \(fromProxy)")
+                    let lastLine = { (output: ProgramOutput) in output.error.split(separator: "\n").last.map(String.init) ?? "" }
+                    #expect(lastLine(fromProxy) == lastLine(fromEtcd), "\(arguments)")
+                }
+                try await expectSameRefusal(["--rev", "99"])
+                for endpoint in [etcd.endpoint, proxy.endpoint] {
+                    #expect(try await etcdctl(["compact", "4"], endpoint: endpoint).status == 0)
+                }
+                try await expectSameRefusal(["--rev", "4"])
+                try await expectSameRefusal(["--rev", "3"])
+                // Past the compaction, stores with one history still hash alike.
+                _ = try await same.compact(4)
+                let compacted = try await hash(["--rev", "5"], proxy.endpoint)
+                let sameAtFive = try await same.hashKV(revision: 5).hash
+                #expect(compacted.hash != nil && compacted.hash == sameAtFive, "\(compacted.output)")
+                // A compaction that has recorded its revision but removed nothing yet (its
+                // first step) hashes as a finished one: superseded versions below it do
+                // not count.
+                let redis = try await RedisConnection.connect(proxy.redis.configuration)
+                defer { Task { await redis.close() } }
+                try await redis.send("SET", "{hash-marked}:compact", "4")
+                #expect(try await redis.send("HLEN", "{hash-marked}:hist").int == (try await redis.send("HLEN", "{hash-same}:hist").int ?? 0) + 1)
+                #expect(try await marked.hashKV(revision: 5).hash == sameAtFive)
+                let entries = try JSONSerialization.jsonObject(with: Data(compacted.output.output.utf8)) as? [[String: Any]]
+                #expect((entries?.first?["HashKV"] as? [String: Any])?["compact_revision"] as? Int == 4)
+            }
         }
     }
 

@@ -250,6 +250,8 @@ public final class EtcdGateway: Service, Sendable {
             case "/v3/maintenance/status": try await unary(outbound, body, path: path) { try await self.maintenance.status(request: $0, context: context) }
             case "/v3/maintenance/alarm": try await unary(outbound, body, path: path) { try await self.maintenance.alarm(request: $0, context: context) }
             case "/v3/cluster/member/list": try await unary(outbound, body, path: path) { try await self.cluster.memberList(request: $0, context: context) }
+            // etcd 3.4 maps Hash and HashKV to this one path; Hash answers it.
+            case "/v3/maintenance/hash": try await unary(outbound, body, path: path) { try await self.maintenance.hash(request: $0, context: context) }
             case "/v3/maintenance/defragment": try await unary(outbound, body, path: path) { try await self.maintenance.defragment(request: $0, context: context) }
             case "/v3/maintenance/transfer-leadership": try await unary(outbound, body, path: path) { try await self.maintenance.moveLeader(request: $0, context: context) }
             case "/v3/auth/authenticate": try await unary(outbound, body, path: path) { try await self.auth.authenticate(request: $0, context: context) }
