@@ -193,6 +193,28 @@ import Testing
         }
     }
 
+    /// `--event-loops n` (and `COORDPROXY_EVENT_LOOPS`) is how many threads serve the
+    /// clients: counted in /proc; 0 is refused as a usage error.
+    @Test func eventLoopsSetsTheThreadsServingClients() async throws {
+        try await RedisServer.withServer { server in
+            func loopThreads(_ pid: pid_t) -> Int {
+                let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+                return tasks.filter { task in
+                    ((try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/comm", encoding: .utf8)) ?? "").hasPrefix("NIO-SGLTN-")
+                }.count
+            }
+            let three = try await CoordproxyProcess.start(redisURL: server.url, arguments: ["--event-loops", "3", "--listen-resp", "127.0.0.1:\(try ChildProcess.freeLoopbackPort())"])
+            defer { three.kill() }
+            #expect(try await etcdctl(["put", "k", "v"], endpoint: three.endpoint).status == 0)
+            #expect(loopThreads(three.processIdentifier) == 3)
+            #expect(three.log().contains("event_loops=3"), "\(three.log())")
+            let refused = try await run(try builtExecutable("coordproxy"), ["--redis-url", server.url, "--event-loops", "0"],
+                                        environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"], timeout: .seconds(60))
+            #expect(refused.status == 64, "\(refused)")
+            #expect(refused.error.contains("--event-loops must be at least 1"), "\(refused.error)")
+        }
+    }
+
     @Test func metricsCountRequestsByMethodAndCodeAndShowOpenWatchers() async throws {
         try await RedisServer.withServer { server in
             let proxy = try await CoordproxyProcess.start(redisURL: server.url, metrics: true)
@@ -284,6 +306,8 @@ final class CoordproxyProcess: @unchecked Sendable {
     }
 
     func log() -> String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    var processIdentifier: pid_t { process.processIdentifier }
 
     /// `GET /metrics` on the metrics listener.
     func metrics() async throws -> String {
