@@ -63,7 +63,7 @@ public final class RedisConnection: RedisCommandExecutor {
     ///   ``RedisError/Code/timeout`` or ``RedisError/Code/authenticationFailed``.
     public static func connect(_ configuration: RedisConfiguration) async throws -> RedisConnection {
         let engine = ConnectionEngine(configuration: configuration)
-        try await engine.start(name: "redis \(configuration.endpoint)")
+        try await engine.start(name: ConnectionEngine.threadName("redis", configuration.endpoint))
         return RedisConnection(engine: engine)
     }
 
@@ -73,7 +73,7 @@ public final class RedisConnection: RedisCommandExecutor {
     /// thread with blocking I/O; throwing fails that connect attempt.
     package static func connect(_ configuration: RedisConfiguration, setup: @escaping @Sendable (RedisSetupChannel) throws -> Void) async throws -> RedisConnection {
         let engine = ConnectionEngine(configuration: configuration, hooks: .init(setup: { handshake in try setup(RedisSetupChannel(handshake: handshake)) }))
-        try await engine.start(name: "redis \(configuration.endpoint)")
+        try await engine.start(name: ConnectionEngine.threadName("redis", configuration.endpoint))
         return RedisConnection(engine: engine)
     }
 

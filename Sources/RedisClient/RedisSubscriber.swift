@@ -92,7 +92,7 @@ public final class RedisSubscriber: Sendable {
         let commandTimeout = configuration.commandTimeout
         configuration.commandTimeout = nil
         let engine = ConnectionEngine(configuration: configuration, hooks: hooks)
-        try await engine.start(name: "redis pubsub \(configuration.endpoint)")
+        try await engine.start(name: ConnectionEngine.threadName("redis-sub", configuration.endpoint))
         registry.commandTimeout = commandTimeout
         return RedisSubscriber(registry: registry, engine: engine)
     }

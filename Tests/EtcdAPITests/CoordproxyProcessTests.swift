@@ -194,20 +194,24 @@ import Testing
     }
 
     /// `--event-loops n` (and `COORDPROXY_EVENT_LOOPS`) is how many threads serve the
-    /// clients: counted in /proc; 0 is refused as a usage error.
+    /// clients: counted in /proc; 0 is refused as a usage error. The Redis connections'
+    /// threads are named.
     @Test func eventLoopsSetsTheThreadsServingClients() async throws {
         try await RedisServer.withServer { server in
-            func loopThreads(_ pid: pid_t) -> Int {
+            func threadNames(_ pid: pid_t) -> [String] {
                 let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
-                return tasks.filter { task in
-                    ((try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/comm", encoding: .utf8)) ?? "").hasPrefix("NIO-SGLTN-")
-                }.count
+                return tasks.map { task in
+                    ((try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/comm", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+                }
             }
+            func loopThreads(_ pid: pid_t) -> Int { threadNames(pid).filter { $0.hasPrefix("NIO-SGLTN-") }.count }
             let three = try await CoordproxyProcess.start(redisURL: server.url, arguments: ["--event-loops", "3", "--listen-resp", "127.0.0.1:\(try ChildProcess.freeLoopbackPort())"])
             defer { three.kill() }
             #expect(try await etcdctl(["put", "k", "v"], endpoint: three.endpoint).status == 0)
             #expect(loopThreads(three.processIdentifier) == 3)
             #expect(three.log().contains("event_loops=3"), "\(three.log())")
+            // The Redis connections' threads carry names an operator can read in top -H.
+            #expect(threadNames(three.processIdentifier).contains("redis:unix"), "\(threadNames(three.processIdentifier))")
             let refused = try await run(try builtExecutable("coordproxy"), ["--redis-url", server.url, "--event-loops", "0"],
                                         environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"], timeout: .seconds(60))
             #expect(refused.status == 64, "\(refused)")

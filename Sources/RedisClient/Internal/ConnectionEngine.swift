@@ -133,10 +133,24 @@ final class ConnectionEngine: @unchecked Sendable {
 
     // MARK: - Caller side
 
+    /// A name for the connection's thread that the kernel keeps (at most 15 bytes: a
+    /// longer one is refused, and the thread shows its creator's name in `top -H` and
+    /// /proc): `kind`, then the port of a TCP endpoint ("redis:6379", "redis-sub:6379").
+    static func threadName(_ kind: String, _ endpoint: RedisConfiguration.Endpoint) -> String {
+        let name: String
+        switch endpoint {
+        case .tcp(_, let port): name = "\(kind):\(port)"
+        case .unixSocket: name = "\(kind):unix"
+        }
+        return String(decoding: name.utf8.prefix(15), as: UTF8.self)
+    }
+
     /// Starts the thread and waits for the first connect; throws its error.
     func start(name: String) async throws {
         try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
             let thread = Thread { [self] in
+                // Foundation's Thread.name does not reach the kernel on Linux.
+                _ = chiredis_set_thread_name(name)
                 // A write to a socket the server closed must fail with EPIPE, not kill the process.
                 var blocked = sigset_t()
                 sigemptyset(&blocked)
