@@ -165,9 +165,12 @@ public final class RedisServer: Sendable {
     ///   end of the server's log) when it does not start.
     public static func start(_ options: Options = Options()) async throws -> RedisServer {
         let executable = try locate(options)
+        removeAbandonedDirectories()
         var attempt = 1
         while true {
-            let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-redis")
+            let directory = try ChildProcess.makeTemporaryDirectory(prefix: Self.directoryPrefix)
+            // Whose it is, for removeAbandonedDirectories() after an owner killed with SIGKILL.
+            try? "\(getpid())\n".write(toFile: directory + "/owner.pid", atomically: true, encoding: .utf8)
             let endpoint: RedisConfiguration.Endpoint
             switch options.transport {
             case .unixSocket: endpoint = .unixSocket(path: directory + "/redis.sock")
@@ -188,6 +191,30 @@ public final class RedisServer: Sendable {
                 }
                 throw error
             }
+        }
+    }
+
+    private static let directoryPrefix = "coord-redis"
+
+    /// Removes the directories of servers whose owner and server are both gone: an
+    /// owner killed with SIGKILL stops its server (see `launch`) but cannot remove the
+    /// directory, so the next server started on the machine does. Only directories this
+    /// type made (with an `owner.pid`) are looked at; an owner or server that still
+    /// runs, or that this process may not signal, keeps its directory.
+    static func removeAbandonedDirectories() {
+        var base = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
+        if base.utf8.count > 60 { base = "/tmp" }
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: base) else { return }
+        func gone(_ pidFile: String) -> Bool {
+            guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8) else { return true }
+            guard let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0 else { return false }
+            return Glibc.kill(pid, 0) != 0 && errno == ESRCH
+        }
+        for entry in entries where entry.hasPrefix(directoryPrefix + "-") {
+            let directory = base + "/" + entry
+            guard FileManager.default.fileExists(atPath: directory + "/owner.pid"),
+                  gone(directory + "/owner.pid"), gone(directory + "/redis.pid") else { continue }
+            try? FileManager.default.removeItem(atPath: directory)
         }
     }
 

@@ -39,7 +39,7 @@ import Testing
 
     /// `coordproxy --dev` starts a private redis-server; killed with SIGKILL (no atexit,
     /// no shutdown), it must not leave that server running behind it.
-    @Test func aSIGKILLedDevProxyTakesItsPrivateRedisServerWithIt() async throws {
+    @Test func aSIGKILLedDevProxyTakesItsPrivateRedisServerWithItAndItsDirectoryGoesNext() async throws {
         let executable = try builtExecutable("coordproxy")
         let port = try ChildProcess.freeLoopbackPort()
         let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-proxy")
@@ -47,8 +47,10 @@ import Testing
         let logPath = directory + "/coordproxy.log"
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+        var environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
+        environment["TMPDIR"] = ProcessInfo.processInfo.environment["TMPDIR"]
         let process = try PipedProcess(executable, ["--dev", "--listen-client-urls", "http://127.0.0.1:\(port)"],
-                                       environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"],
+                                       environment: environment,
                                        stdin: .null, stdout: .null, stderr: .file(logPath))
         defer { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
         let serving = await eventually(timeout: .seconds(60)) { log().contains("serving the etcd v3 API") || !process.isRunning }
@@ -76,6 +78,17 @@ import Testing
         Glibc.kill(process.processIdentifier, SIGKILL)
         let gone = await eventually(timeout: .seconds(20)) { !running(redisPID) }
         #expect(gone, "the private redis-server (pid \(redisPID)) outlived coordproxy killed with SIGKILL")
+        // Its directory stays behind (nothing of coordproxy's ran), until the next private
+        // server started on the machine removes it.
+        guard case .unixSocket(let socket)? = try? RedisConfiguration(url: String(url)).endpoint else {
+            Issue.record("the private server's URL \(url) names no unix socket")
+            return
+        }
+        let serverDirectory = (socket as NSString).deletingLastPathComponent
+        #expect(await eventually(timeout: .seconds(10)) { !process.isRunning })
+        #expect(FileManager.default.fileExists(atPath: serverDirectory + "/owner.pid"))
+        try await RedisServer.withServer { _ in }
+        #expect(!FileManager.default.fileExists(atPath: serverDirectory), "\(serverDirectory) was left behind")
     }
 
     @Test func twoProxiesOnOneRedisServeOneStoreWatchesAndLocks() async throws {
