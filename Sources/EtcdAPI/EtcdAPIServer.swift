@@ -217,7 +217,7 @@ private struct Listener: Sendable {
     var beginGracefulShutdown: @Sendable () -> Void
 
     init<Transport: ListeningServerTransport>(_ transport: Transport, services: [any RegistrableRPCService]) {
-        let server = GRPCServer(transport: MethodCheckingTransport(transport), services: services, interceptors: [MetricsInterceptor()])
+        let server = GRPCServer(transport: MethodCheckingTransport(transport), services: services, interceptors: [MetricsInterceptor(), CallEndInterceptor()])
         serve = { try await server.serve() }
         listeningAddress = { try await server.listeningAddress }
         beginGracefulShutdown = { server.beginGracefulShutdown() }

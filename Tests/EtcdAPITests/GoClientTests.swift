@@ -40,7 +40,8 @@ import Testing
     /// etcd's generated Go clients: the same checks (keys, waiting, headers, leases the
     /// server grants for lease 0, etcd's errors and their codes) pass against etcd 3.4
     /// and against coordproxy; and a Lock sent over plain HTTP/2 with a grpc-timeout
-    /// (nothing but the server ends it) is ended at its deadline, its key removed.
+    /// (nothing but the server ends it) is ended at its deadline, its key removed, on
+    /// coordproxy's fast path and on grpc-swift's.
     @Test func theLockAndElectionServicesAnswerAsEtcdsDo() async throws {
         let program = try await Self.clientcheck()
         let scenarios = ["v3lock", "v3election", "deadline"]
@@ -53,9 +54,14 @@ import Testing
         }
         let onEtcd = try await ReferenceEtcd.withServer { etcd in try await runAll(etcd.endpoint) }
         let onProxy = try await withProxy { proxy in try await runAll(proxy.endpoint) }
+        // Through grpc-swift's own path too (--no-grpc-fast-path), where its deadline
+        // interceptor ends the calls.
+        let onSlowPath = try await withProxy(fastPath: false) { proxy in try await runAll(proxy.endpoint) }
         for (index, scenario) in scenarios.enumerated() {
             #expect(onEtcd[index].status == 0 && onEtcd[index].output == "ok \(scenario)\n", "etcd: \(onEtcd[index].output)\(onEtcd[index].error)")
             #expect(onProxy[index].status == 0 && onProxy[index].output == "ok \(scenario)\n", "coordproxy: \(onProxy[index].output)\(onProxy[index].error)")
+            #expect(onSlowPath[index].status == 0 && onSlowPath[index].output == "ok \(scenario)\n",
+                    "coordproxy --no-grpc-fast-path: \(onSlowPath[index].output)\(onSlowPath[index].error)")
         }
     }
 
