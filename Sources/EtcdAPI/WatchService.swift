@@ -145,7 +145,7 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
     /// (one that does not decode ends the stream with INVALID_ARGUMENT, as through
     /// grpc-swift), responses encoded.
     func fastPathMethods() -> GRPCFastPath.StreamTable {
-        ["/etcdserverpb.Watch/Watch": GRPCFastPath.StreamMethod(service: "etcdserverpb.Watch", name: "Watch") { messages, sink in
+        ["/etcdserverpb.Watch/Watch": GRPCFastPath.StreamMethod(service: "etcdserverpb.Watch", name: "Watch", deadlineCode: .unknown) { messages, sink in
             let requests = GRPCFastPath.Messages<Etcdserverpb_WatchRequest>(bytes: messages)
             try await serve(requests, executor: sink.executor, send: { response in
                 if let bytes: [UInt8] = try? response.serializedBytes() { sink.send(bytes) }

@@ -40,8 +40,9 @@ struct CallEndInterceptor: ServerInterceptor {
         return response
     }
 
-    /// The services whose calls past their deadline end with Unknown on etcd.
-    static let servicesAnsweringUnknown: Set<String> = ["v3lockpb.Lock", "v3electionpb.Election"]
+    /// The services whose calls past their deadline end with Unknown on etcd (they
+    /// answer with the context's error as it is).
+    static let servicesAnsweringUnknown: Set<String> = ["v3lockpb.Lock", "v3electionpb.Election", "etcdserverpb.Watch"]
 
     private enum Outcome<Result: Sendable>: Sendable {
         case finished(Result)

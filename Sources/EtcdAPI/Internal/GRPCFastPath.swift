@@ -68,6 +68,9 @@ final class GRPCFastPath: ChannelInboundHandler {
         /// Whether this handler counts the call in the API metrics (grpc-swift's
         /// interceptor counts the calls it serves through the ``Router``).
         var counted = true
+        /// The status a stream whose `grpc-timeout` passes ends with; nil: the deadline
+        /// is not this handler's to keep (grpc-swift's calls, see ``CallEndInterceptor``).
+        var deadlineCode: RPCError.Code? = nil
         var serve: @Sendable (AsyncThrowingStream<[UInt8], any Error>, Sink) async throws -> Void
     }
 
@@ -275,7 +278,9 @@ final class GRPCFastPath: ChannelInboundHandler {
                 timeout = headers.headers.first(name: "grpc-timeout").flatMap(Self.timeout(parsing:))
                 if headers.endStream { finishRequest(context: context, method: method) }
             } else {
-                startStream(context: context, method: streams[path] ?? bridged(path: path, headers: headers.headers))
+                let method = streams[path] ?? bridged(path: path, headers: headers.headers)
+                startStream(context: context, method: method,
+                            timeout: method.deadlineCode == nil ? nil : headers.headers.first(name: "grpc-timeout").flatMap(Self.timeout(parsing:)))
                 if headers.endStream { requests?.finish() }
             }
         case .streaming(let method):
@@ -482,7 +487,7 @@ final class GRPCFastPath: ChannelInboundHandler {
     }
 
     /// Starts a stream's method in a task; its end writes the status.
-    private func startStream(context: ChannelHandlerContext, method: StreamMethod) {
+    private func startStream(context: ChannelHandlerContext, method: StreamMethod, timeout: TimeAmount?) {
         state = .streaming(method)
         let (messages, requests) = AsyncThrowingStream.makeStream(of: [UInt8].self)
         self.requests = requests
@@ -502,14 +507,29 @@ final class GRPCFastPath: ChannelInboundHandler {
             eventLoop.execute {
                 let (handler, context) = bound.value
                 handler.task = nil
+                handler.deadline?.cancel()
+                handler.deadline = nil
                 handler.requests?.finish()
                 handler.requests = nil
-                // A stream refused by this handler (an oversized message) ended with its
-                // own status, a reset one as cancelled.
+                // A stream refused by this handler (an oversized message, its deadline)
+                // ended with its own status, a reset one as cancelled.
                 recorder?.finish(handler.refusedWith ?? failure?.code)
                 guard case .streaming = handler.state else { return }
                 handler.writeStatus(context: context, status: failure?.code, message: failure?.message ?? "",
                                     headersSent: handler.headersSent, reset: false)
+            }
+        }
+        if let timeout, let code = method.deadlineCode {
+            // As etcd's grpc-go server: the stream's context ends at the client's deadline,
+            // and etcd's watch answers with that context's error (code Unknown).
+            deadline = eventLoop.scheduleTask(in: timeout) {
+                let (handler, context) = bound.value
+                handler.deadline = nil
+                guard case .streaming = handler.state else { return }
+                handler.refusedWith = code
+                handler.task?.cancel()
+                handler.requests?.finish()
+                handler.writeStatus(context: context, status: code, message: "context deadline exceeded", headersSent: handler.headersSent, reset: false)
             }
         }
     }

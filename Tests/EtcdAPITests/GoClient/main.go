@@ -693,9 +693,55 @@ func rawUnary(endpoint, path string, request []byte, timeout string) (string, st
 	return field("grpc-status"), field("grpc-message"), elapsed
 }
 
+// rawStream: like rawUnary for a streaming method: sends one message and keeps its side
+// of the stream open, then reads until the server ends the stream (or `limit` passes:
+// then it gives up and reports status "none").
+func rawStream(endpoint, path string, request []byte, timeout string, limit time.Duration) (string, string, time.Duration) {
+	transport := &http2.Transport{AllowHTTP: true, DialTLS: func(network, addr string, _ *tls.Config) (net.Conn, error) {
+		return net.Dial(network, addr)
+	}}
+	framed := make([]byte, 5+len(request))
+	binary.BigEndian.PutUint32(framed[1:5], uint32(len(request)))
+	copy(framed[5:], request)
+	body, writer := io.Pipe()
+	defer writer.Close()
+	go writer.Write(framed)
+	url := "http://" + strings.TrimPrefix(endpoint, "http://") + path
+	req, err := http.NewRequest("POST", url, body)
+	check(err, "request "+path)
+	req.Header.Set("content-type", "application/grpc")
+	req.Header.Set("te", "trailers")
+	req.Header.Set("grpc-timeout", timeout)
+	started := time.Now()
+	resp, err := transport.RoundTrip(req)
+	check(err, "round trip "+path)
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.ReadAll(resp.Body)
+		done <- err
+	}()
+	select {
+	case err = <-done:
+		check(err, "read "+path)
+	case <-time.After(limit):
+		resp.Body.Close()
+		return "none", "", time.Since(started)
+	}
+	resp.Body.Close()
+	elapsed := time.Since(started)
+	field := func(name string) string {
+		if value := resp.Trailer.Get(name); value != "" {
+			return value
+		}
+		return resp.Header.Get(name)
+	}
+	return field("grpc-status"), field("grpc-message"), elapsed
+}
+
 // deadline: a call whose grpc-timeout passes while it waits (a Lock behind a holder) is
 // ended by the server with "context deadline exceeded", and its waiter's key is
-// removed; a call that finishes in time answers normally.
+// removed; a call that finishes in time answers normally; a watch stream ends at its
+// grpc-timeout.
 func deadline(endpoint string) {
 	client := connect(endpoint)
 	defer client.Close()
@@ -736,6 +782,14 @@ func deadline(endpoint string) {
 	check(err, "marshal range")
 	if code, message, _ := rawUnary(endpoint, "/etcdserverpb.KV/Range", rangeRequest, "5S"); code != "0" {
 		fail("a range within its grpc-timeout: grpc-status %q %q", code, message)
+	}
+	// A watch stream is ended at its grpc-timeout too.
+	watchRequest, err := (&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{Key: []byte("/deadline-watch")}}}).Marshal()
+	check(err, "marshal watch")
+	code, message, elapsed = rawStream(endpoint, "/etcdserverpb.Watch/Watch", watchRequest, "500m", 15*time.Second)
+	// Unknown again: etcd's watch server returns its context's error as it is.
+	if code != "2" || message != "context deadline exceeded" || elapsed < 400*time.Millisecond {
+		fail("a watch stream past its grpc-timeout: grpc-status %q, grpc-message %q after %v; want 2, context deadline exceeded", code, message, elapsed)
 	}
 	_, err = locks.Unlock(ctx, &v3lockpb.UnlockRequest{Key: held.Key})
 	check(err, "unlock")
