@@ -1,3 +1,4 @@
+import CHiredis
 import Foundation
 import Synchronization
 
@@ -203,8 +204,11 @@ private final class Launcher: @unchecked Sendable {
     private var jobs: [Job] = []
 
     private init() {
-        let thread = Thread { [self] in work() }
-        thread.name = "coord-launcher"
+        let thread = Thread { [self] in
+            // (Foundation's Thread.name does not reach the kernel on Linux.)
+            _ = chiredis_set_thread_name("coord-launcher")
+            work()
+        }
         thread.stackSize = 1 << 20
         thread.start()
     }

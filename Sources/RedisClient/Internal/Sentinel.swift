@@ -199,8 +199,10 @@ package final class SentinelMonitor: Sendable {
             return (state.nextID, !state.running)
         }
         if start {
-            let thread = Thread { monitor.run() }
-            thread.name = "redis sentinel \(sentinel.masterName)"
+            let thread = Thread {
+                _ = chiredis_set_thread_name("redis-sentinel")
+                monitor.run()
+            }
             thread.stackSize = 1 << 20
             thread.start()
         }
