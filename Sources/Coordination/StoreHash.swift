@@ -22,6 +22,8 @@ public struct StoreHash: Sendable, Equatable {
     /// The store's current revision then (etcd's response header).
     public var currentRevision: Int64
 
+    /// A hash as ``CoordinationClient/hashKV(revision:)`` returns it (for tests and for
+    /// services that answer with one).
     public init(hash: UInt32, revision: Int64, compactRevision: Int64, currentRevision: Int64) {
         self.hash = hash
         self.revision = revision
