@@ -664,48 +664,30 @@ func v3election(endpoint string) {
 // cancels the call but the server) with the grpc-timeout header, and returns the
 // grpc-status, grpc-message and how long the answer took.
 func rawUnary(endpoint, path string, request []byte, timeout string) (string, string, time.Duration) {
-	transport := &http2.Transport{AllowHTTP: true, DialTLS: func(network, addr string, _ *tls.Config) (net.Conn, error) {
-		return net.Dial(network, addr)
-	}}
-	framed := make([]byte, 5+len(request))
-	binary.BigEndian.PutUint32(framed[1:5], uint32(len(request)))
-	copy(framed[5:], request)
-	url := "http://" + strings.TrimPrefix(endpoint, "http://") + path
-	req, err := http.NewRequest("POST", url, bytes.NewReader(framed))
-	check(err, "request "+path)
-	req.Header.Set("content-type", "application/grpc")
-	req.Header.Set("te", "trailers")
-	req.Header.Set("grpc-timeout", timeout)
-	started := time.Now()
-	resp, err := transport.RoundTrip(req)
-	check(err, "round trip "+path)
-	_, err = io.ReadAll(resp.Body)
-	check(err, "read "+path)
-	resp.Body.Close()
-	elapsed := time.Since(started)
-	// A trailers-only answer carries the status in its headers.
-	field := func(name string) string {
-		if value := resp.Trailer.Get(name); value != "" {
-			return value
-		}
-		return resp.Header.Get(name)
-	}
-	return field("grpc-status"), field("grpc-message"), elapsed
+	return rawCall(endpoint, path, request, timeout, false, 0)
 }
 
-// rawStream: like rawUnary for a streaming method: sends one message and keeps its side
-// of the stream open, then reads until the server ends the stream (or `limit` passes:
-// then it gives up and reports status "none").
+// rawStream: the same for a streaming method: sends one message and keeps its side of
+// the stream open, then reads until the server ends the stream (or `limit` passes: then
+// it gives up and reports status "none").
 func rawStream(endpoint, path string, request []byte, timeout string, limit time.Duration) (string, string, time.Duration) {
+	return rawCall(endpoint, path, request, timeout, true, limit)
+}
+
+func rawCall(endpoint, path string, request []byte, timeout string, keepOpen bool, limit time.Duration) (string, string, time.Duration) {
 	transport := &http2.Transport{AllowHTTP: true, DialTLS: func(network, addr string, _ *tls.Config) (net.Conn, error) {
 		return net.Dial(network, addr)
 	}}
 	framed := make([]byte, 5+len(request))
 	binary.BigEndian.PutUint32(framed[1:5], uint32(len(request)))
 	copy(framed[5:], request)
-	body, writer := io.Pipe()
-	defer writer.Close()
-	go writer.Write(framed)
+	var body io.Reader = bytes.NewReader(framed)
+	if keepOpen {
+		reader, writer := io.Pipe()
+		defer writer.Close()
+		go writer.Write(framed)
+		body = reader
+	}
 	url := "http://" + strings.TrimPrefix(endpoint, "http://") + path
 	req, err := http.NewRequest("POST", url, body)
 	check(err, "request "+path)
@@ -720,15 +702,20 @@ func rawStream(endpoint, path string, request []byte, timeout string, limit time
 		_, err := io.ReadAll(resp.Body)
 		done <- err
 	}()
-	select {
-	case err = <-done:
-		check(err, "read "+path)
-	case <-time.After(limit):
-		resp.Body.Close()
-		return "none", "", time.Since(started)
+	if keepOpen {
+		select {
+		case err = <-done:
+		case <-time.After(limit):
+			resp.Body.Close()
+			return "none", "", time.Since(started)
+		}
+	} else {
+		err = <-done
 	}
+	check(err, "read "+path)
 	resp.Body.Close()
 	elapsed := time.Since(started)
+	// A trailers-only answer carries the status in its headers.
 	field := func(name string) string {
 		if value := resp.Trailer.Get(name); value != "" {
 			return value
@@ -787,9 +774,11 @@ func deadline(endpoint string) {
 	watchRequest, err := (&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{Key: []byte("/deadline-watch")}}}).Marshal()
 	check(err, "marshal watch")
 	code, message, elapsed = rawStream(endpoint, "/etcdserverpb.Watch/Watch", watchRequest, "500m", 15*time.Second)
-	// Unknown again: etcd's watch server returns its context's error as it is.
-	if code != "2" || message != "context deadline exceeded" || elapsed < 400*time.Millisecond {
-		fail("a watch stream past its grpc-timeout: grpc-status %q, grpc-message %q after %v; want 2, context deadline exceeded", code, message, elapsed)
+	// etcd answers Unknown (its watch server returns its context's error as it is) or,
+	// about one time in eight here, DEADLINE_EXCEEDED (grpc-go's own end of the call
+	// gets there first): either is etcd's answer.
+	if (code != "2" && code != "4") || message != "context deadline exceeded" || elapsed < 400*time.Millisecond {
+		fail("a watch stream past its grpc-timeout: grpc-status %q, grpc-message %q after %v; want 2 or 4, context deadline exceeded", code, message, elapsed)
 	}
 	_, err = locks.Unlock(ctx, &v3lockpb.UnlockRequest{Key: held.Key})
 	check(err, "unlock")
