@@ -202,8 +202,7 @@ public final class RedisServer: Sendable {
     /// type made (with an `owner.pid`) are looked at; an owner or server that still
     /// runs, or that this process may not signal, keeps its directory.
     static func removeAbandonedDirectories() {
-        var base = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
-        if base.utf8.count > 60 { base = "/tmp" }
+        let base = ChildProcess.temporaryBase
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: base) else { return }
         func gone(_ pidFile: String) -> Bool {
             guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8) else { return true }

@@ -273,14 +273,13 @@ final class GRPCFastPath: ChannelInboundHandler {
                 return
             }
             guard let path = take(headers.headers, context: context) else { return }
+            let requested = headers.headers.first(name: "grpc-timeout").flatMap(Self.timeout(parsing:))
             if let method = methods[path] {
                 state = .collecting(method)
-                timeout = headers.headers.first(name: "grpc-timeout").flatMap(Self.timeout(parsing:))
+                timeout = requested
                 if headers.endStream { finishRequest(context: context, method: method) }
             } else {
-                let method = streams[path] ?? bridged(path: path, headers: headers.headers)
-                startStream(context: context, method: method,
-                            timeout: method.deadlineCode == nil ? nil : headers.headers.first(name: "grpc-timeout").flatMap(Self.timeout(parsing:)))
+                startStream(context: context, method: streams[path] ?? bridged(path: path, headers: headers.headers), timeout: requested)
                 if headers.endStream { requests?.finish() }
             }
         case .streaming(let method):
@@ -486,7 +485,8 @@ final class GRPCFastPath: ChannelInboundHandler {
         }
     }
 
-    /// Starts a stream's method in a task; its end writes the status.
+    /// Starts a stream's method in a task; its end writes the status. `timeout` (the
+    /// client's `grpc-timeout`) ends it only for a method with a `deadlineCode`.
     private func startStream(context: ChannelHandlerContext, method: StreamMethod, timeout: TimeAmount?) {
         state = .streaming(method)
         let (messages, requests) = AsyncThrowingStream.makeStream(of: [UInt8].self)

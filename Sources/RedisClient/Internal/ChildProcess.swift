@@ -169,10 +169,16 @@ final class ChildProcess: Sendable {
         return nil
     }
 
-    /// A new directory under `$TMPDIR` (or /tmp when that path is too long for unix sockets).
+    /// Where temporary directories go: `$TMPDIR`, or /tmp when that path is too long
+    /// for the unix sockets made inside them.
+    static var temporaryBase: String {
+        let base = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
+        return base.utf8.count > 60 ? "/tmp" : base
+    }
+
+    /// A new directory under ``temporaryBase``.
     static func makeTemporaryDirectory(prefix: String) throws -> String {
-        var base = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
-        if base.utf8.count > 60 { base = "/tmp" }
+        let base = temporaryBase
         var template = Array("\(base)/\(prefix)-XXXXXX".utf8CString)
         guard let result = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw RedisError(.serverStartFailed, "could not create a temporary directory under \(base): \(String(cString: strerror(errno)))")
