@@ -491,7 +491,15 @@ public final class CoordinationClient: Sendable {
         if let failure = decoded.failure { throw failure }
         if let durability {
             let kind = request.array?.first?.text ?? ""
-            try await replicationBarrier(durability, afterWrite: Self.writingRequests.contains(kind))
+            let wrote = Self.writingRequests.contains(kind)
+            do {
+                try await replicationBarrier(durability, afterWrite: wrote)
+            } catch let error as RedisError where wrote && error.code != .outcomeUnknown {
+                // The request ran on the master: whatever stopped its confirmation (the
+                // connection lost before the barrier was sent, an error reply to it), it
+                // must not read as a request that never ran.
+                throw RedisError(.outcomeUnknown, "the write was applied on the master, but confirming it with \(durability.replicas) replica(s) failed (\(error.message)): a failover now may lose it; read it back before relying on it")
+            }
             incarnation.withLock { $0.confirm(decoded.revision, sentWith: ticket) }
         }
         return (decoded.revision, decoded.result)

@@ -125,6 +125,36 @@ extension DurabilityTests {
     }
 
     /// A master and a replica linked to it, both private; `admin` is a connection to the replica.
+    /// A write whose confirmation fails after the script ran (here the barrier write is
+    /// refused by an ACL; in a failover, the connection is lost between the two) is
+    /// outcomeUnknown: reported as refused or not sent, a client would take a write that
+    /// happened for one that did not (a CI run's linearizability check caught one).
+    @Test func aWriteWhoseConfirmationFailsAfterItRanIsOutcomeUnknown() async throws {
+        try await withMasterAndReplica { master, _, _ in
+            let admin = try await RedisConnection.connect(master.configuration)
+            defer { Task { await admin.close() } }
+            func acl(_ words: String...) async throws { _ = try await admin.send(words.map { Array($0.utf8) }) }
+            try await acl("ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all")
+            var configuration = master.configuration
+            configuration.username = "app"
+            configuration.password = "pw"
+            let store = try await CoordinationClient.connect(configuration, durability: .init(replicas: 1, timeout: .seconds(3)))
+            defer { Task { await store.close() } }
+            _ = try await store.put("applied", "0")   // confirmed by the replica
+            // From now on every key but the barrier's: the script runs, its barrier is refused.
+            try await acl("ACL", "SETUSER", "app", "resetkeys", "~{coord}:[^b]*")
+            var outcome: RedisError?
+            do {
+                _ = try await store.put("applied", "1")
+            } catch let error as RedisError {
+                outcome = error
+            }
+            #expect(outcome?.code == .outcomeUnknown, "a write that ran was reported \(String(describing: outcome))")
+            let value = try await admin.send([Array("HGET".utf8), Array("{coord}:kv".utf8), Array("applied".utf8)]).bytes ?? []
+            #expect(value.count > 0 && value.suffix(1) == Array("1".utf8), "the write did not run on the master")
+        }
+    }
+
     func withMasterAndReplica(_ body: (RedisServer, RedisServer, RedisConnection) async throws -> Void) async throws {
         try await RedisServer.withServer(.init(transport: .tcp())) { master in
             try await RedisServer.withServer(.init(transport: .tcp())) { replica in
