@@ -366,9 +366,24 @@ import Testing
             await waiter.terminate(signal: SIGKILL)
             let gone = await Self.waitForKeyCount(store, prefix: "gate/", count: 1, timeout: .seconds(10))
             #expect(gone, "the killed waiter's key stayed")
-            let leases = try await store.leases()
-            #expect(leases == [holderLease.id])
+            // The cancelled wait deletes its key, and closing the connection revokes the
+            // session's lease: two steps, in either order. The lease goes within seconds,
+            // not after the session's 60 s TTL.
+            let leases = await Self.waitForLeases(store, [holderLease.id], timeout: .seconds(10))
+            #expect(leases == [holderLease.id], "the killed waiter's session lease stayed")
         }
+    }
+
+    /// Waits until the store's leases are `expected`; returns the last ones it read.
+    static func waitForLeases(_ store: CoordinationClient, _ expected: [Int64], timeout: Duration) async -> [Int64] {
+        let deadline = ContinuousClock.now + timeout
+        var leases: [Int64] = []
+        while ContinuousClock.now < deadline {
+            leases = (try? await store.leases()) ?? leases
+            if leases == expected { break }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return leases
     }
 
     /// Waits until `count` keys start with `prefix`.
