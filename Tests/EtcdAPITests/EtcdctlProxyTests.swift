@@ -1,6 +1,6 @@
 import Coordination
 import Foundation
-import RedisClient
+@testable import RedisClient
 import Testing
 
 /// etcdctl 3.4 against coordproxy: the commands whose output cannot be compared
@@ -31,6 +31,50 @@ import Testing
             let moved = try await etcdctl(["move-leader", memberID], endpoint: proxy.endpoint)
             #expect(moved.status == 0, "\(moved)")
             #expect(moved.output.contains("Leadership transferred from \(memberID) to \(memberID)"), "\(moved)")
+        }
+    }
+
+    /// etcd's calls that have no counterpart in front of Redis (a snapshot, membership
+    /// changes, the writes of etcd's own users and roles) fail UNIMPLEMENTED, through
+    /// etcdctl and the gateway alike, saying what to do instead; nothing is written.
+    @Test func etcdsCallsWithoutACounterpartFailSayingWhatToDoInstead() async throws {
+        try await withProxy { proxy in
+            let snapshotFile = FileManager.default.temporaryDirectory.appendingPathComponent("snapshot-\(UUID().uuidString).db").path
+            defer { unlink(snapshotFile); unlink(snapshotFile + ".part") }
+            let cases: [(arguments: [String], advice: String)] = [
+                (["snapshot", "save", snapshotFile], "back it up with Redis's own persistence"),
+                (["member", "add", "second", "--peer-urls", "http://127.0.0.1:1"], "run more coordproxy processes in front of the same Redis"),
+                (["member", "remove", "1"], "run more coordproxy processes in front of the same Redis"),
+                (["user", "add", "bob:secret"], "Redis's AUTH and ACLs guard the data"),
+                (["role", "add", "reader"], "Redis's AUTH and ACLs guard the data"),
+                (["role", "grant-permission", "reader", "read", "k"], "Redis's AUTH and ACLs guard the data"),
+            ]
+            for (arguments, advice) in cases {
+                let result = try await etcdctl(arguments, endpoint: proxy.endpoint)
+                #expect(result.status != 0, "etcdctl \(arguments) succeeded: \(result.output)")
+                #expect(result.error.contains("code = Unimplemented") && result.error.contains(advice), "etcdctl \(arguments): \(result.error)")
+            }
+            #expect(!FileManager.default.fileExists(atPath: snapshotFile), "a snapshot file was left behind")
+            let users = try await etcdctl(["user", "list"], endpoint: proxy.endpoint)
+            #expect(users.status == 0 && users.output.isEmpty, "\(users)")
+            // The gateway: etcd 3.4's paths of those calls, 501 with the same advice.
+            guard let python = ChildProcess.locate("python3") else { throw RedisError(.serverNotFound, "python3 was not found on PATH") }
+            let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Python/gateway_client.py").path
+            let paths = ["/v3/maintenance/snapshot", "/v3/cluster/member/add", "/v3/auth/user/add", "/v3/auth/role/grant"]
+            let input = paths.map { "{\"path\": \"\($0)\", \"body\": {}}" }.joined(separator: "\n") + "\n"
+            let answers = try await run(python, [script, proxy.gateway], environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"], input: input)
+            let lines = answers.output.split(separator: "\n").map(String.init)
+            #expect(lines.count == paths.count, "\(answers)")
+            for (path, line) in zip(paths, lines) {
+                let answer = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+                let body = answer["body"] as? [String: Any]
+                #expect(answer["status"] as? Int == 501, "\(path): \(line)")
+                #expect(body?["code"] as? Int == 12 && (body?["message"] as? String ?? "").hasPrefix("coordproxy "), "\(path): \(line)")
+            }
+            // A path etcd does not have stays 404 Not Found, as etcd's gateway answers it.
+            let unknown = try await run(python, [script, proxy.gateway], environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"],
+                                        input: "{\"path\": \"/v3/auth/user/rename\", \"body\": {}}\n")
+            #expect(unknown.output.contains("\"status\": 404"), "\(unknown)")
         }
     }
 

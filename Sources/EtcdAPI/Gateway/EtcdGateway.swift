@@ -261,6 +261,9 @@ public final class EtcdGateway: Service, Sendable {
             case "/v3/auth/user/list": try await unary(outbound, body, path: path) { try await self.auth.userList(request: $0, context: context) }
             case "/v3/auth/role/get": try await unary(outbound, body, path: path) { try await self.auth.roleGet(request: $0, context: context) }
             case "/v3/auth/role/list": try await unary(outbound, body, path: path) { try await self.auth.roleList(request: $0, context: context) }
+            case let unserved where UnservedMethods.byGatewayPath[unserved] != nil:
+                let error = RPCError(code: .unimplemented, message: UnservedMethods.byGatewayPath[unserved]!)
+                try await respond(outbound, status: Self.httpStatus(error.code), json: Self.errorBody(error), keepAlive: true)
             default:
                 try await respond(outbound, status: .notFound, json: Self.errorBody(RPCError(code: .unimplemented, message: "Not Found")), keepAlive: true)
             }

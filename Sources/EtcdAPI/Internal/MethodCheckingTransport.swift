@@ -5,8 +5,9 @@ import Synchronization
 /// A server transport that answers calls of unknown services and methods itself, with
 /// the UNIMPLEMENTED message etcd's grpc-go server gives (`unknown service
 /// etcdserverpb.Foo`, `unknown method Bar for service etcdserverpb.KV`), so that a
-/// client or an operator sees which call was wrong. grpc-swift's router answers them
-/// with a message that names nothing. Every other call goes to the server as usual.
+/// client or an operator sees which call was wrong (for etcd's calls that coordproxy
+/// does not serve, with what to do instead: ``UnservedMethods``). grpc-swift's router
+/// answers them with a message that names nothing. Every other call goes to the server as usual.
 final class MethodCheckingTransport<Base: ListeningServerTransport>: ListeningServerTransport {
     typealias Bytes = Base.Bytes
 
@@ -32,7 +33,7 @@ final class MethodCheckingTransport<Base: ListeningServerTransport>: ListeningSe
         let service = descriptor.service.fullyQualifiedService
         return methods.withLock { methods in
             guard let served = methods[service] else { return "unknown service \(service)" }
-            return served.contains(descriptor.method) ? nil : "unknown method \(descriptor.method) for service \(service)"
+            return served.contains(descriptor.method) ? nil : UnservedMethods.message(service: service, method: descriptor.method)
         }
     }
 
