@@ -102,16 +102,18 @@ final class Worker: @unchecked Sendable {
 
     @Test func aHolderKilledWithSIGKILLFreesTheLockWhenItsTTLRunsOut() async throws {
         try await withStore { store, server in
-            let ttl: Int64 = 2
+            // 5 s: the holder keeps its lock while the waiter queues, through a loaded
+            // machine's delays between its refreshes (with 2 s, one late refresh frees it).
+            let ttl: Int64 = 5
             let holder = try Worker(["hold", server.url, "killed", String(ttl)])
             let locked = await holder.readLine()
             #expect(locked?.hasPrefix("locked ") == true)
             let waiter = DistributedMutex(session: try await Session(client: store, ttl: 60), prefix: "killed")
             let waiting = Task { try await waiter.lock() }
-            #expect(await eventually { (try? await store.get("killed/", options: .prefix(Array("killed/".utf8))).count) == 2 })
+            #expect(await eventually(timeout: .seconds(20)) { (try? await store.get("killed/", options: .prefix(Array("killed/".utf8))).count) == 2 })
             holder.signal(SIGKILL)
             _ = await holder.wait()
-            // Nobody unlocks: only the expiry of the holder's 2 s lease lets the waiter in.
+            // Nobody unlocks: only the expiry of the holder's lease lets the waiter in.
             let token = try await within { try await waiting.value }
             #expect(token > Int64(locked?.split(separator: " ").last ?? "0")!)
         }

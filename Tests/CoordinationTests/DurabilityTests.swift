@@ -100,12 +100,15 @@ extension DurabilityTests {
             defer { Task { await direct.close() } }
 
             let before = ContinuousClock.now
-            let lease = try await store.grantLease(ttl: 4)
-            let kept = try await store.keepAliveInBackground(lease.id, ttl: 4, aliveSince: before)
+            // TTL 8: once the keep-alive ends unconfirmed, the master's lease has some 5 s
+            // left for the check below to read (with 4, a loaded machine's delays between
+            // the ending and that read could let it lapse).
+            let lease = try await store.grantLease(ttl: 8)
+            let kept = try await store.keepAliveInBackground(lease.id, ttl: 8, aliveSince: before)
             // The replica answering: refreshes are confirmed, the lease outlives two TTLs.
-            try await Task.sleep(for: .seconds(9))
+            try await Task.sleep(for: .seconds(17))
             #expect(kept.ending == nil, "ended \(String(describing: kept.ending)) with the replica answering")
-            #expect(kept.lastConfirmed > before + .seconds(4))
+            #expect(kept.lastConfirmed > before + .seconds(8))
 
             // The replica stopped: the master still takes the refreshes, but none is
             // confirmed, and the keep-alive ends unconfirmed about a TTL later.

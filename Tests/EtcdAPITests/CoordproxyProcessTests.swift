@@ -75,18 +75,21 @@ import Testing
             return !stat[close...].dropFirst(2).hasPrefix("Z")
         }
         #expect(running(redisPID))
-        Glibc.kill(process.processIdentifier, SIGKILL)
-        let gone = await eventually(timeout: .seconds(20)) { !running(redisPID) }
-        #expect(gone, "the private redis-server (pid \(redisPID)) outlived coordproxy killed with SIGKILL")
-        // Its directory stays behind (nothing of coordproxy's ran), until the next private
-        // server started on the machine removes it.
+        // The directory has its owner's pid file before the kill. (Checked after it, a
+        // private server that another test starts meanwhile may already have removed the
+        // abandoned directory: removal goes one way, which the end of this test checks.)
         guard case .unixSocket(let socket)? = try? RedisConfiguration(url: String(url)).endpoint else {
             Issue.record("the private server's URL \(url) names no unix socket")
             return
         }
         let serverDirectory = (socket as NSString).deletingLastPathComponent
-        #expect(await eventually(timeout: .seconds(10)) { !process.isRunning })
         #expect(FileManager.default.fileExists(atPath: serverDirectory + "/owner.pid"))
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        let gone = await eventually(timeout: .seconds(20)) { !running(redisPID) }
+        #expect(gone, "the private redis-server (pid \(redisPID)) outlived coordproxy killed with SIGKILL")
+        // Its directory stays behind (nothing of coordproxy's ran), until the next private
+        // server started on the machine removes it.
+        #expect(await eventually(timeout: .seconds(10)) { !process.isRunning })
         try await RedisServer.withServer { _ in }
         #expect(!FileManager.default.fileExists(atPath: serverDirectory), "\(serverDirectory) was left behind")
     }

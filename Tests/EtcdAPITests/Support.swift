@@ -84,33 +84,50 @@ final class ReferenceEtcd: Sendable {
         guard let executable = ChildProcess.locate("etcd") else {
             throw RedisError(.serverNotFound, "etcd was not found on PATH; install it (Debian: apt-get install etcd-server)")
         }
-        let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-etcd")
-        let client = "http://127.0.0.1:\(try ChildProcess.freeLoopbackPort())"
-        let peer = "http://127.0.0.1:\(try ChildProcess.freeLoopbackPort())"
-        let process = try ChildProcess.spawn(executable, arguments: [
-            "--name", "reference", "--data-dir", directory + "/data",
-            "--listen-client-urls", client, "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", "reference=\(peer)", "--initial-cluster-state", "new",
-            "--logger", "zap", "--log-outputs", directory + "/etcd.log",
-        ], logPath: directory + "/stdout.log", pidFile: directory + "/etcd.pid")
-        let etcd = ReferenceEtcd(endpoint: client, process: process)
-        do {
-            let deadline = ContinuousClock.now + .seconds(30)
-            while try await etcdctl(["endpoint", "health"], endpoint: client).status != 0 {
-                guard ContinuousClock.now < deadline, !process.hasExited() else {
-                    throw RedisError(.serverStartFailed, "etcd did not become healthy: " + ChildProcess.tail(of: directory + "/etcd.log"))
+        // The ports are free when chosen, but another process may take one before etcd
+        // binds it: etcd then exits at once, and a new pair of ports is tried.
+        var attempt = 1
+        while true {
+            let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-etcd")
+            let client = "http://127.0.0.1:\(try ChildProcess.freeLoopbackPort())"
+            let peer = "http://127.0.0.1:\(try ChildProcess.freeLoopbackPort())"
+            let process = try ChildProcess.spawn(executable, arguments: [
+                "--name", "reference", "--data-dir", directory + "/data",
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", "reference=\(peer)", "--initial-cluster-state", "new",
+                "--logger", "zap", "--log-outputs", directory + "/etcd.log",
+            ], logPath: directory + "/stdout.log", pidFile: directory + "/etcd.pid")
+            let etcd = ReferenceEtcd(endpoint: client, process: process)
+            var healthy = false
+            do {
+                let deadline = ContinuousClock.now + .seconds(30)
+                while try await etcdctl(["endpoint", "health"], endpoint: client).status != 0 {
+                    if process.hasExited() {
+                        let log = ChildProcess.tail(of: directory + "/etcd.log")
+                        if attempt < 5 && log.contains("address already in use") { break }
+                        throw RedisError(.serverStartFailed, "etcd exited before it became healthy: " + log)
+                    }
+                    guard ContinuousClock.now < deadline else {
+                        throw RedisError(.serverStartFailed, "etcd did not become healthy: " + ChildProcess.tail(of: directory + "/etcd.log"))
+                    }
+                    try await Task.sleep(for: .milliseconds(100))
                 }
-                try await Task.sleep(for: .milliseconds(100))
+                healthy = !process.hasExited()
+                if healthy {
+                    let result = try await body(etcd)
+                    await process.terminate(signal: SIGTERM)
+                    try? FileManager.default.removeItem(atPath: directory)
+                    return result
+                }
+            } catch {
+                await process.terminate(signal: SIGTERM)
+                try? FileManager.default.removeItem(atPath: directory)
+                throw error
             }
-            let result = try await body(etcd)
             await process.terminate(signal: SIGTERM)
             try? FileManager.default.removeItem(atPath: directory)
-            return result
-        } catch {
-            await process.terminate(signal: SIGTERM)
-            try? FileManager.default.removeItem(atPath: directory)
-            throw error
+            attempt += 1
         }
     }
 }

@@ -203,12 +203,14 @@ import Testing
     }
 
     @Test func commandTimeoutFailsTheRequestAndTheConnectionRecovers() async throws {
-        try await withConnection(configure: { $0.commandTimeout = .milliseconds(200) }) { _, connection throws in
+        // 1 s: the default also bounds the reconnection and the PING after the timeout,
+        // which a loaded machine can delay past a shorter one.
+        try await withConnection(configure: { $0.commandTimeout = .seconds(1) }) { _, connection throws in
             let clock = ContinuousClock()
             let start = clock.now
-            let error = await redisError { try await connection.send("BLPOP", "never", 5) }
+            let error = await redisError { try await connection.send("BLPOP", "never", 10) }
             #expect(error?.code == .timeout)
-            #expect(clock.now - start < .seconds(2))
+            #expect(clock.now - start < .seconds(6), "a 1 s timeout fired after \(clock.now - start)")
             // A per-request timeout overrides the default.
             #expect(try await connection.send(command: ["BLPOP", "never", "0.3"], timeout: .seconds(2)) == .null)
             #expect(try await connection.send("PING") == .status("PONG"))

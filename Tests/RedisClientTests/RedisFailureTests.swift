@@ -7,22 +7,36 @@ import Testing
         let server = try await RedisServer.start()
         let connection = try await RedisConnection.connect(server.configuration)
         let observer = try await RedisConnection.connect(server.configuration)
+        // BLPOP holds the connection; the INCRs are pipelined behind it. Queued in this
+        // order for certain (the callback form queues before it returns: tasks could
+        // queue an INCR first on a busy machine, and it would then be answered).
+        let (outcomes, outcome) = AsyncStream<RedisError?>.makeStream()
+        let record: @Sendable (Result<RedisReply, any Error>) -> Void = { result in
+            if case .failure(let error) = result { outcome.yield(error as? RedisError ?? RedisError(.protocolError, "\(error)")) } else { outcome.yield(nil) }
+        }
+        connection.send([Array("BLPOP".utf8), Array("never".utf8), Array("30".utf8)], timeout: .seconds(60), completion: record)
+        for _ in 0..<500 { connection.send([Array("INCR".utf8), Array("n".utf8)], timeout: nil, completion: record) }
         let results = Task {
-            try await withThrowingTaskGroup(of: RedisError?.self) { group in
-                // BLPOP holds the connection; the INCRs are pipelined behind it.
-                group.addTask { await redisError { try await connection.send(command: ["BLPOP", "never", 30], timeout: .seconds(60)) } }
-                for _ in 0..<500 {
-                    group.addTask { await redisError { try await connection.send("INCR", "n") } }
-                }
-                var errors: [RedisError?] = []
-                for try await error in group { errors.append(error) }
-                return errors
+            var errors: [RedisError?] = []
+            for await error in outcomes {
+                errors.append(error)
+                if errors.count == 501 { break }
+            }
+            return errors
+        }
+        // Killed only once every INCR has reached Redis: all 500 (21 bytes each) wait in
+        // the blocked client's query buffer (a fixed pause could kill it before the last
+        // ones were written, and those would rightly be connectionLost).
+        let written = try await eventually(timeout: .seconds(20)) {
+            let clients = try await observer.send("CLIENT", "LIST").string ?? ""
+            return clients.split(separator: "\n").contains { line in
+                guard line.contains("cmd=blpop"), let field = line.split(separator: " ").first(where: { $0.hasPrefix("qbuf=") }) else { return false }
+                return (Int(field.dropFirst("qbuf=".count)) ?? 0) >= 500 * 21
             }
         }
-        #expect(try await eventually { (try await observer.send("INFO", "clients").string ?? "").contains("blocked_clients:1") })
-        try await Task.sleep(for: .milliseconds(100))
+        #expect(written, "the blocked client's pipelined INCRs never all reached Redis")
         await server.kill()
-        let errors = try await results.value
+        let errors = await results.value
         #expect(errors.count == 501)
         #expect(errors.allSatisfy { $0 != nil }, "a request succeeded on a server that was killed before it could answer")
         // Every request was written before the kill: none may claim it is safe to retry.
