@@ -23,6 +23,10 @@ import Testing
         #expect(L.violations([Self.op(.put("a"), .put, 0, 10), Self.op(.get, .get(nil), 5, 30)]).isEmpty)
         // A read that starts after an acknowledged write and does not see it: a lost write.
         #expect(L.violations([Self.op(.put("a"), .put, 0, 10), Self.op(.get, .get(nil), 20, 30)]) == ["k"])
+        // The explanation ends at the first operation that cannot be placed.
+        let explained = L.explain([Self.op(.put("a"), .put, 0, 10), Self.op(.get, .get(nil), 20, 30), Self.op(.get, .get("a"), 40, 50)], key: "k")
+        #expect(explained.hasPrefix("k: 3 operations, the first 2 not linearizable"), "\(explained)")
+        #expect(explained.hasSuffix("get → get(nil)"), "\(explained)")
         // Reads going back in time.
         #expect(L.violations([Self.op(.put("a"), .put, 0, 10), Self.op(.put("b"), .put, 0, 10),
                               Self.op(.get, .get("b"), 20, 30), Self.op(.get, .get("a"), 40, 50)]) == ["k"])
@@ -99,7 +103,8 @@ import Testing
     static func expectLinearizable(_ history: [L.Operation], _ title: String, recordedIn duration: Duration) {
         let checking = ContinuousClock.now
         let violations = L.violations(history)
-        #expect(violations.isEmpty, "not linearizable on \(violations)")
+        let explanation = violations.map { L.explain(history, key: $0) }.joined(separator: "\n")
+        #expect(violations.isEmpty, "not linearizable on \(violations)\n\(explanation)")
         #expect(history.count > 100)
         let unknown = history.filter { $0.output == nil }.count
         print("linearizability, \(title): \(history.count) operations (\(unknown) with a lost reply) on 3 keys in \(duration), 1 fault, \(violations.count) violations (checked in \(ContinuousClock.now - checking))")
@@ -133,6 +138,9 @@ import Testing
             for key in ["k0", "k1", "k2"] { #expect(await recorder.perform(store, key: key, .get) == .get(nil)) }
             let violations = L.violations(recorder.history)
             #expect(violations == ["k0", "k1", "k2"], "a history across a data loss passed as linearizable")
+            // The explanation ends at the read that missed the acknowledged put.
+            let explained = L.explain(recorder.history, key: "k0")
+            #expect(explained.hasPrefix("k0: 2 operations, the first 2 not linearizable") && explained.hasSuffix("get → get(nil)"), "\(explained)")
         }
     }
 

@@ -59,6 +59,32 @@ enum Linearizability {
         Dictionary(grouping: history, by: \.key).filter { !isLinearizable($0.value, initial: initial) }.keys.sorted()
     }
 
+    /// For a failure message: the operations of `key` up to the first point where its
+    /// history stops being linearizable (the shortest prefix, by call time, that is not;
+    /// the operation that cannot be placed is among its last ones), at most `limit` of
+    /// them, with times in milliseconds from the key's first call. A prefix can fail
+    /// where the whole would pass only when a read saw a write called after the cut:
+    /// the whole history's failure is what counts, this only shows where to look.
+    static func explain(_ history: [Operation], key: String, limit: Int = 40) -> String {
+        let operations = history.filter { $0.key == key }.sorted { $0.call < $1.call }
+        guard let origin = operations.first?.call else { return "no operations on \(key)" }
+        // The shortest failing prefix: lo passes, hi fails.
+        var lo = 0, hi = operations.count
+        guard !isLinearizable(operations, initial: nil) else { return "\(key) is linearizable" }
+        while hi - lo > 1 {
+            let middle = (lo + hi) / 2
+            if isLinearizable(Array(operations[..<middle]), initial: nil) { lo = middle } else { hi = middle }
+        }
+        func milliseconds(_ time: UInt64) -> String { String(format: "%.3f", Double(time - origin) / 1_000_000) }
+        let shown = operations[max(0, hi - limit)..<hi]
+        let lines = shown.map { operation in
+            let output = operation.output.map { "\($0)" } ?? "unknown (reply lost)"
+            let response = operation.response == .max ? "never" : milliseconds(operation.response)
+            return "  [\(milliseconds(operation.call)) → \(response) ms] \(operation.input) → \(output)"
+        }
+        return "\(key): \(operations.count) operations, the first \(hi) not linearizable; the last \(shown.count) of those:\n" + lines.joined(separator: "\n")
+    }
+
     /// One key's history.
     static func isLinearizable(_ operations: [Operation], initial: String?) -> Bool {
         // Events in time order; at equal times a call before a return (so that
