@@ -108,7 +108,8 @@ coord_cleanup_tmpdir() {
     local dir=$1 pidfile pid
     [ -d "$dir" ] || return 0
     for pidfile in "$dir"/coord-*/*.pid; do
-        [ -f "$pidfile" ] || continue
+        # owner.pid names the process that started the server (the tests), not a server.
+        [ -f "$pidfile" ] && [ "$(basename "$pidfile")" != owner.pid ] || continue
         pid=$(cat "$pidfile" 2>/dev/null || true)
         if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
             coord_log "stopping leftover server (pid $pid, $(basename "$(dirname "$pidfile")"))"

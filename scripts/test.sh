@@ -31,5 +31,30 @@ coord_python_env "$(pwd)/.build/python"
 # pointer in its copy of /proc/self/fd entries) when launching etcdctl; a bounded
 # width also keeps a busy 2-core machine from starving every test at once.
 export SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=${SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH:-24}
-coord_log "running swift test (at most $SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH tests at once)"
-swift test --skip-build "$@"
+# A test that hangs is stopped after COORD_TEST_TIMEOUT (the whole suite takes a few
+# minutes), and the tests that started and never ended are named, instead of a CI
+# job that only runs out of time.
+COORD_TEST_TIMEOUT=${COORD_TEST_TIMEOUT:-40m}
+coord_log "running swift test (at most $SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH tests at once, stopped after $COORD_TEST_TIMEOUT)"
+test_log="$COORD_RUN_DIR/swift-test.log"
+set +e
+# Line-buffered, so that what a stopped run printed last is not lost in its buffer.
+timeout --kill-after=30s "$COORD_TEST_TIMEOUT" stdbuf -oL -eL swift test --skip-build "$@" 2>&1 | tee "$test_log"
+status=${PIPESTATUS[0]}
+set -e
+if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+    coord_log "swift test did not finish within $COORD_TEST_TIMEOUT and was stopped; the tests that started and never ended:"
+    # Swift Testing's lines: "◇ Test name() started.", "✔ Test name() passed after ...",
+    # "✘ Test name() failed after ...", "➜ Test name() skipped."
+    awk '$2 == "Test" && $3 != "case" && $3 != "run" {
+             if ($NF == "started.") started[$3] = 1; else ended[$3] = 1
+         }
+         END { for (name in started) if (!(name in ended)) print "  " name }' "$test_log" | sort >&2
+    # swift test runs the tests in a process of its own, which the timeout does not
+    # reach: stop it (this checkout's test binary), then its servers are stopped below.
+    tests_binary="^$(pwd)/\.build/.*PackageTests\.xctest"
+    pkill -TERM -f "$tests_binary" 2>/dev/null || true
+    sleep 2
+    pkill -KILL -f "$tests_binary" 2>/dev/null || true
+fi
+exit "$status"
