@@ -31,8 +31,13 @@
 #                         and handed off between 16 connections, beside etcd's v3lock
 #                         Lock/Unlock from the Go load generator against a private etcd
 #                         in the same run (skip etcd with LOADTEST_RESP_ETCD=0; skip the
-#                         section with LOADTEST_RESP=0; LOADTEST_RESP_REQUESTS, default
-#                         200000, and LOADTEST_RESP_COORD_REQUESTS, default 20000).
+#                         section with LOADTEST_RESP=0). The redis-benchmark runs go in
+#                         LOADTEST_RESP_ROUNDS rounds (3), each alternating direct and
+#                         through coordproxy, and the report gives each one's median:
+#                         LOADTEST_RESP_REQUESTS requests per unpipelined run (200000),
+#                         LOADTEST_RESP_PIPELINED_REQUESTS per -P 16 run (1000000: a
+#                         second or so, where 200000 lasted a fifth of one), and
+#                         LOADTEST_RESP_COORD_REQUESTS per COORD.PUT/GET run (20000).
 #
 # Without REDIS_URL, coordbench starts a private redis-server on a loopback port
 # and stops it at the end; with REDIS_URL it measures that server (it writes the
@@ -370,7 +375,9 @@ if [ "${LOADTEST_RESP:-1}" != 0 ]; then
     resp_results=$report_dir/resp.tsv
     : >"$resp_results"
     requests=${LOADTEST_RESP_REQUESTS:-200000}
+    pipelined_requests=${LOADTEST_RESP_PIPELINED_REQUESTS:-1000000}
     coord_requests=${LOADTEST_RESP_COORD_REQUESTS:-20000}
+    resp_rounds=${LOADTEST_RESP_ROUNDS:-3}
 
     # The reference for lock+unlock: etcd's own Lock service (v3lock), driven by the Go
     # load generator from 16 workers with a lock each, as coordbench resp's "lock".
@@ -410,18 +417,20 @@ if [ "${LOADTEST_RESP:-1}" != 0 ]; then
     loadtest_wait coordproxy "$resp_proxy_pid" "$loadtest_dir/coordproxy.log" loadtest_redis_ready "$resp_port"
     coord_log "coordproxy ($coordproxy_build, pid $resp_proxy_pid) serves RESP on 127.0.0.1:$resp_port over redis-server (pid $resp_redis_pid) on $resp_redis_port"
 
-    coord_log "redis-benchmark SET/GET, 50 clients, $requests requests each, direct and through coordproxy"
-    loadtest_bench "redis SET" "$resp_redis_port" "$requests" - -c 50 -t set
-    loadtest_bench "proxy SET" "$resp_port" "$requests" "$resp_proxy_pid" -c 50 -t set
-    loadtest_bench "redis GET" "$resp_redis_port" "$requests" - -c 50 -t get
-    loadtest_bench "proxy GET" "$resp_port" "$requests" "$resp_proxy_pid" -c 50 -t get
-    loadtest_bench "redis SET -P 16" "$resp_redis_port" "$requests" - -c 50 -P 16 -t set
-    loadtest_bench "proxy SET -P 16" "$resp_port" "$requests" "$resp_proxy_pid" -c 50 -P 16 -t set
-    loadtest_bench "redis GET -P 16" "$resp_redis_port" "$requests" - -c 50 -P 16 -t get
-    loadtest_bench "proxy GET -P 16" "$resp_port" "$requests" "$resp_proxy_pid" -c 50 -P 16 -t get
-    coord_log "redis-benchmark COORD.PUT/COORD.GET, 16 clients, $coord_requests requests each"
-    loadtest_bench "proxy COORD.PUT" "$resp_port" "$coord_requests" "$resp_proxy_pid" -c 16 -r 10000 COORD.PUT "key:__rand_int__" value
-    loadtest_bench "proxy COORD.GET" "$resp_port" "$coord_requests" "$resp_proxy_pid" -c 16 -r 10000 COORD.GET "key:__rand_int__"
+    for round in $(seq 1 "$resp_rounds"); do
+        coord_log "round $round of $resp_rounds: redis-benchmark SET/GET, 50 clients, $requests requests each ($pipelined_requests with -P 16), direct and through coordproxy"
+        loadtest_bench "redis SET" "$resp_redis_port" "$requests" - -c 50 -t set
+        loadtest_bench "proxy SET" "$resp_port" "$requests" "$resp_proxy_pid" -c 50 -t set
+        loadtest_bench "redis GET" "$resp_redis_port" "$requests" - -c 50 -t get
+        loadtest_bench "proxy GET" "$resp_port" "$requests" "$resp_proxy_pid" -c 50 -t get
+        loadtest_bench "redis SET -P 16" "$resp_redis_port" "$pipelined_requests" - -c 50 -P 16 -t set
+        loadtest_bench "proxy SET -P 16" "$resp_port" "$pipelined_requests" "$resp_proxy_pid" -c 50 -P 16 -t set
+        loadtest_bench "redis GET -P 16" "$resp_redis_port" "$pipelined_requests" - -c 50 -P 16 -t get
+        loadtest_bench "proxy GET -P 16" "$resp_port" "$pipelined_requests" "$resp_proxy_pid" -c 50 -P 16 -t get
+        coord_log "round $round of $resp_rounds: redis-benchmark COORD.PUT/COORD.GET, 16 clients, $coord_requests requests each"
+        loadtest_bench "proxy COORD.PUT" "$resp_port" "$coord_requests" "$resp_proxy_pid" -c 16 -r 10000 COORD.PUT "key:__rand_int__" value
+        loadtest_bench "proxy COORD.GET" "$resp_port" "$coord_requests" "$resp_proxy_pid" -c 16 -r 10000 COORD.GET "key:__rand_int__"
+    done
     if [ -z "$bin" ]; then
         coord_log "building coordbench (release)"
         swift build -c release --product coordbench
@@ -433,20 +442,26 @@ if [ "${LOADTEST_RESP:-1}" != 0 ]; then
         | tee "$report_dir/resp-coordbench.txt"
     loadtest_stop_servers
 
+    # loadtest_median <label>: the line of $resp_results for <label> whose requests/s
+    # is the median of that label's rounds (the lower middle one for an even count).
+    loadtest_median() {
+        awk -F'\t' -v l="$1" '$1 == l' "$resp_results" | sort -t"$(printf '\t')" -k2,2g |
+            awk '{ line[NR] = $0 } END { if (NR) print line[int((NR + 1) / 2)] }'
+    }
     {
-        echo "Redis clients through coordproxy (redis-benchmark, same run; ratio = through coordproxy / Redis directly)"
+        echo "Redis clients through coordproxy (redis-benchmark, same run, medians of $resp_rounds rounds; ratio = through coordproxy / Redis directly)"
         printf '%-22s %12s %12s %7s %8s %9s %9s %14s\n' workload redis proxy ratio target "p50 ms" "p99 ms" "proxy µs/req"
         for workload in "SET" "GET" "SET -P 16" "GET -P 16"; do
-            direct=$(awk -F'\t' -v l="redis $workload" '$1 == l { print $2 }' "$resp_results")
-            through=$(awk -F'\t' -v l="proxy $workload" '$1 == l' "$resp_results")
+            direct=$(loadtest_median "redis $workload" | awk -F'\t' '{ print $2 }')
+            through=$(loadtest_median "proxy $workload")
             [ -n "$direct" ] && [ -n "$through" ] || continue
             case "$workload" in *-P*) target=">= 0.60" ;; *) target=">= 0.80" ;; esac
             echo "$through" | awk -F'\t' -v d="$direct" -v w="$workload" -v t="$target" \
                 '{ printf "%-22s %12.0f %12.0f %7.2f %8s %9s %9s %14s\n", w, d, $2, $2 / d, t, $3, $4, $5 }'
         done
         for workload in "COORD.PUT" "COORD.GET"; do
-            awk -F'\t' -v l="proxy $workload" -v w="$workload (16 clients)" \
-                '$1 == l { printf "%-22s %12s %12.0f %7s %8s %9s %9s %14s\n", w, "-", $2, "-", "-", $3, $4, $5 }' "$resp_results"
+            loadtest_median "proxy $workload" | awk -F'\t' -v w="$workload (16 clients)" \
+                '{ printf "%-22s %12s %12.0f %7s %8s %9s %9s %14s\n", w, "-", $2, "-", "-", $3, $4, $5 }'
         done
         echo "durability: Redis appendonly yes, appendfsync everysec; coordproxy's CPU from /proc/<pid>/stat over each run"
         cat "$report_dir/resp-coordbench.txt"
