@@ -33,7 +33,8 @@
 #                         in the same run (skip etcd with LOADTEST_RESP_ETCD=0; skip the
 #                         section with LOADTEST_RESP=0). The redis-benchmark runs go in
 #                         LOADTEST_RESP_ROUNDS rounds (3), each alternating direct and
-#                         through coordproxy, and the report gives each one's median:
+#                         through coordproxy, and the report gives each one's median
+#                         run (by requests/s; its latencies and CPU come with it):
 #                         LOADTEST_RESP_REQUESTS requests per unpipelined run (200000),
 #                         LOADTEST_RESP_PIPELINED_REQUESTS per -P 16 run (1000000: a
 #                         second or so, where 200000 lasted a fifth of one), and

@@ -31,30 +31,46 @@ coord_python_env "$(pwd)/.build/python"
 # pointer in its copy of /proc/self/fd entries) when launching etcdctl; a bounded
 # width also keeps a busy 2-core machine from starving every test at once.
 export SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=${SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH:-24}
-# A test that hangs is stopped after COORD_TEST_TIMEOUT (the whole suite takes a few
-# minutes), and the tests that started and never ended are named, instead of a CI
-# job that only runs out of time.
+# A test that hangs is stopped after COORD_TEST_TIMEOUT (the whole suite takes about
+# two minutes), and the tests that started and never ended are named, instead of a
+# CI job that only runs out of time. The output is also kept in .build/test-logs.
 COORD_TEST_TIMEOUT=${COORD_TEST_TIMEOUT:-40m}
 coord_log "running swift test (at most $SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH tests at once, stopped after $COORD_TEST_TIMEOUT)"
-test_log="$COORD_RUN_DIR/swift-test.log"
+mkdir -p .build/test-logs
+test_log=$(pwd -P)/.build/test-logs/swift-test.log
+test_started=$SECONDS
 set +e
-# Line-buffered, so that what a stopped run printed last is not lost in its buffer.
-timeout --kill-after=30s "$COORD_TEST_TIMEOUT" stdbuf -oL -eL swift test --skip-build "$@" 2>&1 | tee "$test_log"
+# --foreground keeps swift test in the terminal's process group (Ctrl-C reaches it);
+# line-buffered, so that what a stopped run printed last is not lost in a buffer.
+timeout --foreground --kill-after=30s "$COORD_TEST_TIMEOUT" stdbuf -oL -eL swift test --skip-build "$@" 2>&1 | tee "$test_log"
 status=${PIPESTATUS[0]}
 set -e
-if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+# 124: timed out; 137: timed out and killed after the grace period (or killed by
+# something else, such as the OOM killer: told apart by the time it ran).
+timed_out=false
+if [ "$status" = 124 ]; then
+    timed_out=true
+elif [ "$status" = 137 ]; then
+    limit=$(echo "$COORD_TEST_TIMEOUT" | awk '{ n = $0 + 0; u = substr($0, length($0)); print (u == "m" ? n * 60 : u == "h" ? n * 3600 : u == "d" ? n * 86400 : n) }')
+    [ $((SECONDS - test_started)) -ge "${limit%.*}" ] && timed_out=true
+fi
+if [ "$timed_out" = true ]; then
     coord_log "swift test did not finish within $COORD_TEST_TIMEOUT and was stopped; the tests that started and never ended:"
     # Swift Testing's lines: "◇ Test name() started.", "✔ Test name() passed after ...",
-    # "✘ Test name() failed after ...", "➜ Test name() skipped."
+    # "✔ Test name(x:) with 20 test cases passed after ...", "✘ Test name() failed
+    # after ...", "➜ Test name() skipped..."; "✘ Test name() recorded an issue" is no end.
     awk '$2 == "Test" && $3 != "case" && $3 != "run" {
-             if ($NF == "started.") started[$3] = 1; else ended[$3] = 1
+             if ($NF == "started.") started[$3] = 1
+             else if ($0 ~ / (passed|failed) after / || $4 ~ /^skipped/) ended[$3] = 1
          }
          END { for (name in started) if (!(name in ended)) print "  " name }' "$test_log" | sort >&2
     # swift test runs the tests in a process of its own, which the timeout does not
-    # reach: stop it (this checkout's test binary), then its servers are stopped below.
-    tests_binary="^$(pwd)/\.build/.*PackageTests\.xctest"
+    # reach: stop it (this checkout's test binary, by its physical path, escaped for
+    # pkill's regular expression), then its servers are stopped on exit.
+    tests_binary="^$(pwd -P | sed 's/[][\.*^$+?(){}|]/\\&/g')/\.build/.*PackageTests\.xctest"
     pkill -TERM -f "$tests_binary" 2>/dev/null || true
     sleep 2
     pkill -KILL -f "$tests_binary" 2>/dev/null || true
+    coord_log "the whole output is in $test_log"
 fi
 exit "$status"

@@ -167,6 +167,8 @@ import Testing
             // task a loaded machine starts late does not join after the rest).
             let (joined, join) = AsyncStream<Void>.makeStream()
             let observed = Task { () -> [KeyValue] in
+                // Ends the wait below too when observe throws before its first value.
+                defer { join.finish() }
                 var values: [KeyValue] = []
                 for try await kv in Election(session: secondSession, prefix: "e").observe() {
                     values.append(kv)

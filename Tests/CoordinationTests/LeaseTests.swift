@@ -62,8 +62,10 @@ import Testing
             let other = CoordinationClient(redis: redis, namespace: "other")
             // TTL 8, refreshed every 2.7 s by a task on Swift's pool: room for the pool's
             // delays on a loaded machine (3 s seen on CI; with TTL 4 that would lapse it).
-            let keptGranted = ContinuousClock.now
             let kept = try await other.grantLease(ttl: 8).id
+            // Taken after the grant's reply: the lease surely began before it, so a
+            // check past this plus its TTL is past its TTL.
+            let keptGranted = ContinuousClock.now
             _ = try await other.put("keep/a", "v", options: PutOptions(lease: kept))
             let keepAlive = Task { for try await _ in other.keepAlive(kept) {} }
             defer { keepAlive.cancel() }

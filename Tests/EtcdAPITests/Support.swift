@@ -88,6 +88,7 @@ final class ReferenceEtcd: Sendable {
         // binds it: etcd then exits at once, and a new pair of ports is tried.
         var attempt = 1
         while true {
+            guard attempt <= 5 else { throw RedisError(.serverStartFailed, "etcd did not start on free ports in 5 attempts") }
             let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-etcd")
             let client = "http://127.0.0.1:\(try ChildProcess.freeLoopbackPort())"
             let peer = "http://127.0.0.1:\(try ChildProcess.freeLoopbackPort())"
@@ -113,7 +114,10 @@ final class ReferenceEtcd: Sendable {
                     }
                     try await Task.sleep(for: .milliseconds(100))
                 }
-                healthy = !process.hasExited()
+                // Ours, not another etcd that took the client port: its member has our
+                // peer URL.
+                let members = try await etcdctl(["member", "list"], endpoint: client)
+                healthy = !process.hasExited() && members.output.contains(peer)
                 if healthy {
                     let result = try await body(etcd)
                     await process.terminate(signal: SIGTERM)

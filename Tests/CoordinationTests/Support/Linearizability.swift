@@ -59,21 +59,22 @@ enum Linearizability {
         Dictionary(grouping: history, by: \.key).filter { !isLinearizable($0.value, initial: initial) }.keys.sorted()
     }
 
-    /// For a failure message: the operations of `key` up to the first point where its
-    /// history stops being linearizable (the shortest prefix, by call time, that is not;
-    /// the operation that cannot be placed is among its last ones), at most `limit` of
-    /// them, with times in milliseconds from the key's first call. A prefix can fail
-    /// where the whole would pass only when a read saw a write called after the cut:
-    /// the whole history's failure is what counts, this only shows where to look.
-    static func explain(_ history: [Operation], key: String, limit: Int = 40) -> String {
+    /// For a failure message: the operations of `key` up to a point where its history
+    /// stops being linearizable (a prefix, by call time, that is not, one operation
+    /// shorter than one that is, found by bisection; the operation that cannot be
+    /// placed is among its last ones), at most `limit` of them, with times in
+    /// milliseconds from the key's first call. A prefix can fail where the whole would
+    /// pass when a read saw a write called after the cut: the whole history's failure
+    /// is what counts, this only shows where to look.
+    static func explain(_ history: [Operation], key: String, initial: String? = nil, limit: Int = 40) -> String {
         let operations = history.filter { $0.key == key }.sorted { $0.call < $1.call }
         guard let origin = operations.first?.call else { return "no operations on \(key)" }
-        // The shortest failing prefix: lo passes, hi fails.
+        // A failing prefix one operation longer than a passing one: lo passes, hi fails.
         var lo = 0, hi = operations.count
-        guard !isLinearizable(operations, initial: nil) else { return "\(key) is linearizable" }
+        guard !isLinearizable(operations, initial: initial) else { return "\(key) is linearizable" }
         while hi - lo > 1 {
             let middle = (lo + hi) / 2
-            if isLinearizable(Array(operations[..<middle]), initial: nil) { lo = middle } else { hi = middle }
+            if isLinearizable(Array(operations[..<middle]), initial: initial) { lo = middle } else { hi = middle }
         }
         func milliseconds(_ time: UInt64) -> String { String(format: "%.3f", Double(time - origin) / 1_000_000) }
         let shown = operations[max(0, hi - limit)..<hi]
