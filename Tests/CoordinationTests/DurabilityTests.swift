@@ -20,21 +20,11 @@ import Testing
             // never reported as done.
             kill(replica.pid, SIGSTOP)
             defer { kill(replica.pid, SIGCONT) }
-            var outcome: RedisError?
-            do {
-                _ = try await store.put("durable", "2")
-            } catch let error as RedisError {
-                outcome = error
-            }
+            let outcome = await redisError { _ = try await store.put("durable", "2") }
             #expect(outcome?.code == .outcomeUnknown, "the unconfirmed write was reported \(String(describing: outcome))")
             #expect(outcome?.message.contains("reached 0 of the 1 replica(s)") == true, "\(String(describing: outcome))")
             // Nor is a read of it: what a read returns must survive a failover too.
-            var read: RedisError?
-            do {
-                _ = try await store.get("durable")
-            } catch let error as RedisError {
-                read = error
-            }
+            let read = await redisError { _ = try await store.get("durable") }
             #expect(read?.code == .outcomeUnknown && read?.message.contains("the read saw writes that have not reached 1 replica(s)") == true,
                     "a read of an unreplicated write was answered: \(String(describing: read))")
             // Once the replica has it, the read answers.
@@ -146,12 +136,7 @@ extension DurabilityTests {
             _ = try await store.put("applied", "0")   // confirmed by the replica
             // From now on every key but the barrier's: the script runs, its barrier is refused.
             try await acl("ACL", "SETUSER", "app", "resetkeys", "~{coord}:[^b]*")
-            var outcome: RedisError?
-            do {
-                _ = try await store.put("applied", "1")
-            } catch let error as RedisError {
-                outcome = error
-            }
+            let outcome = await redisError { _ = try await store.put("applied", "1") }
             #expect(outcome?.code == .outcomeUnknown, "a write that ran was reported \(String(describing: outcome))")
             let value = try await admin.send([Array("HGET".utf8), Array("{coord}:kv".utf8), Array("applied".utf8)]).bytes ?? []
             #expect(value.count > 0 && value.suffix(1) == Array("1".utf8), "the write did not run on the master")

@@ -62,6 +62,11 @@ import Testing
     }
 }
 
+/// The RedisError `body` throws; nil when it succeeds or throws something else.
+func redisError(_ body: () async throws -> Void) async -> RedisError? {
+    do { try await body(); return nil } catch let error as RedisError { return error } catch { return nil }
+}
+
 func redisErrorCode(_ body: () async throws -> Void) async -> RedisError.Code? {
-    do { try await body(); return nil } catch let error as RedisError { return error.code } catch { return nil }
+    await redisError(body)?.code
 }
