@@ -207,12 +207,7 @@ public final class RedisServer: Sendable {
         func gone(_ pidFile: String) -> Bool {
             guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8) else { return true }
             guard let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0 else { return false }
-            if Glibc.kill(pid, 0) != 0 { return errno == ESRCH }
-            // A zombie (its parent gone, and a PID 1 that reaps nothing, as in some
-            // containers) has exited too.
-            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                  let close = stat.lastIndex(of: ")") else { return false }
-            return stat[close...].dropFirst(2).hasPrefix("Z")
+            return ChildProcess.hasExited(pid)
         }
         for entry in entries where entry.hasPrefix(directoryPrefix + "-") {
             let directory = base + "/" + entry

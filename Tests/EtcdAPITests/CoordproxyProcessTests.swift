@@ -69,11 +69,7 @@ import Testing
             }
         }
         /// Whether the process runs (a zombie awaiting its reaper does not).
-        func running(_ pid: pid_t) -> Bool {
-            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                  let close = stat.lastIndex(of: ")") else { return false }
-            return !stat[close...].dropFirst(2).hasPrefix("Z")
-        }
+        func running(_ pid: pid_t) -> Bool { !ChildProcess.hasExited(pid) }
         #expect(running(redisPID))
         // The directory has its owner's pid file before the kill. (Checked after it, a
         // private server that another test starts meanwhile may already have removed the

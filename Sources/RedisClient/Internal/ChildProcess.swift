@@ -160,6 +160,16 @@ final class ChildProcess: Sendable {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
+    /// Whether process `pid` has exited: it no longer exists, or it is a zombie (its
+    /// parent gone, and a PID 1 that reaps nothing, as in some containers). A process
+    /// this one may not signal counts as running.
+    static func hasExited(_ pid: pid_t) -> Bool {
+        if Glibc.kill(pid, 0) != 0 { return errno == ESRCH }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        return stat[close...].dropFirst(2).hasPrefix("Z")
+    }
+
     /// The first executable called `name` on `searchPath` (default `$PATH`).
     static func locate(_ name: String, searchPath: String? = nil) -> String? {
         let path = searchPath ?? ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
