@@ -25,8 +25,9 @@
 --                      an epoch is epoch + (r - base): see the "hello" request.
 --  13 ttlkey   STRING  (lease requests only) "{ns}:lease:<id>", whose TTL mirrors the lease's,
 --                      so that its keyspace `expired` event can wake reapers
--- ARGV:
---   1 msgpack request, one of
+-- ARGV: one msgpack request or several (a batch: each runs as if called on its own,
+--   in order, and the reply is an array of their replies, a Redis error for one that
+--   failed with one). A request is one of
 --       {"range", key, rangeEnd, limit, revision, sortOrder, sortTarget, keysOnly, countOnly,
 --        minMod, maxMod, minCreate, maxCreate}
 --       {"put", key, value, lease, prevKV, ignoreValue, ignoreLease}
@@ -56,9 +57,8 @@
 
 local K_REV, K_COMPACT, K_KV, K_KEYS, K_HIST, K_HKEYS, K_LOG, K_LEASES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local K_LKEYS, K_LDUE, K_LEASESEQ, K_ID, K_TTLKEY = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
-local request = cmsgpack.unpack(ARGV[1])
-
 local current = tonumber(redis.call('GET', K_REV) or '1')
+-- The state of the request being run (see run below: one call may carry several).
 local compacted -- read only when a request names a past revision (checkRangeRevision)
 local nextRevision -- set once due leases are reaped
 local changed = false
@@ -80,11 +80,12 @@ if created then
   redis.call('HSET', K_ID, 'id', storeID, 'epoch', epoch, 'base', base, 'run', '', 'epochs', cmsgpack.pack({{base, epoch}}))
 end
 
-if request[1] == 'hello' then
+local function hello(request)
   local run = request[2]
   local epochs = cmsgpack.unpack(redis.call('HGET', K_ID, 'epochs') or cmsgpack.pack({}))
   if created then
     redis.call('HSET', K_ID, 'run', run)
+    created = false
   elseif run ~= '' and run ~= redis.call('HGET', K_ID, 'run') then
     -- Above every token of the epoch that ends (epoch + revisions since its base) and
     -- at the server's time, which is above every token of any epoch begun earlier.
@@ -130,7 +131,7 @@ local function encode(r) return cmsgpack.pack({r.create, r.mod, r.version, r.lea
 -- The live records this request has read or written, by key (false: no live
 -- version), so that a transaction reads each key from Redis once: its compare, its
 -- put and its range of the same key cost one HGET. put and deleteKey keep it current.
-local liveCache = {}
+local liveCache
 
 local function live(key)
   local cached = liveCache[key]
@@ -331,8 +332,7 @@ local function reapDue()
   return #due
 end
 
-local reaped = reapDue()
-nextRevision = current + 1
+local reaped
 
 -- Checks a put before anything is written (a failing script is not rolled back).
 local function checkPut(op)
@@ -424,7 +424,7 @@ local function checkRangeRevision(revision)
   end
 end
 
-local pathDeletes = {}
+local pathDeletes
 
 local function choosePath(op)
   if op[1] == 'put' then
@@ -568,22 +568,49 @@ local function checkIntervals(ops)
   return puts, dels
 end
 
-local ok, outcome = pcall(function()
-  if request[1] == 'txn' then
-    checkIntervals(request[3]); checkIntervals(request[4])
+-- Runs one request (ARGV element): its reply is the msgpack described at the top.
+local function run(packed)
+  local request = cmsgpack.unpack(packed)
+  if request[1] == 'hello' then return hello(request) end
+  compacted, changed, events, liveCache, pathDeletes = nil, false, {}, {}, {}
+  reaped = reapDue()
+  nextRevision = current + 1
+  local ok, outcome = pcall(function()
+    if request[1] == 'txn' then
+      checkIntervals(request[3]); checkIntervals(request[4])
+    end
+    choosePath(request)
+    return execute(request)
+  end)
+  if not ok then
+    if type(outcome) == 'table' and outcome.code then
+      return cmsgpack.pack({false, outcome.code, outcome.message, current, storeID, epoch, base})
+    end
+    error(outcome)
   end
-  choosePath(request)
-  return execute(request)
-end)
-if not ok then
-  if type(outcome) == 'table' and outcome.code then
-    return cmsgpack.pack({false, outcome.code, outcome.message, current, storeID, epoch, base})
+  if changed then
+    redis.call('SET', K_REV, nextRevision)
+    redis.call('XADD', K_LOG, nextRevision .. '-0', 't', now, 'e', cmsgpack.pack(events))
+    current = nextRevision
   end
-  error(outcome)
+  return cmsgpack.pack({current, outcome, storeID, epoch, base})
 end
-if changed then
-  redis.call('SET', K_REV, nextRevision)
-  redis.call('XADD', K_LOG, nextRevision .. '-0', 't', now, 'e', cmsgpack.pack(events))
-  return cmsgpack.pack({nextRevision, outcome, storeID, epoch, base})
+
+if #ARGV == 1 then return run(ARGV[1]) end
+-- Several requests (a client's batch of concurrent requests): run one after another,
+-- each at revisions of its own exactly as if each had been a call of its own, and
+-- answered by an array of their replies. A request that fails with a Redis error (one
+-- call of its own would have ended with that error) gets it as its element; the
+-- others run regardless, since a script is not rolled back.
+local replies = {}
+for i = 1, #ARGV do
+  local ok, reply = pcall(run, ARGV[i])
+  if ok then
+    replies[i] = reply
+  else
+    replies[i] = (type(reply) == 'table' and reply.err) and reply or {err = 'ERR ' .. tostring(reply)}
+    -- What it wrote before failing stays (as after a call of its own): go on from there.
+    current = tonumber(redis.call('GET', K_REV) or '1')
+  end
 end
-return cmsgpack.pack({current, outcome, storeID, epoch, base})
+return replies

@@ -87,6 +87,8 @@ public final class CoordinationClient: Sendable {
     /// The request limits.
     public let limits: Limits
     let keys: [[UInt8]]
+    /// Sends KV requests, gathering those that arrive while Redis is busy into one call.
+    private let batcher: RequestBatcher
     private let ownedConnection: RedisConnection?
     private let hubStorage = Mutex<WatchHub?>(nil)
     /// What this client knows of the store's identity and history (storeReset detection).
@@ -157,6 +159,7 @@ public final class CoordinationClient: Sendable {
         self.durability = nil
         self.ownedConnection = nil
         self.keys = Self.redisKeys(namespace)
+        self.batcher = Self.batcher(redis: redis, keys: keys)
     }
 
     private init(connection: RedisConnection, namespace: String, limits: Limits, durability: Durability?) {
@@ -166,6 +169,14 @@ public final class CoordinationClient: Sendable {
         self.durability = durability
         self.ownedConnection = connection
         self.keys = Self.redisKeys(namespace)
+        self.batcher = Self.batcher(redis: connection, keys: keys)
+    }
+
+    /// Two calls in flight per connection: one running in Redis while the next waits
+    /// in its input buffer, so that Redis never idles for a round trip under load.
+    private static func batcher(redis: any RedisCommandExecutor, keys: [[UInt8]]) -> RequestBatcher {
+        let connections = (redis as? RedisConnectionPool)?.connections.count ?? 1
+        return RequestBatcher(redis: redis, script: kvScript, keys: keys, maxInFlight: 2 * max(connections, 1))
     }
 
     /// Connects to Redis at `url`, opens the store `namespace` and checks the server with
@@ -482,7 +493,12 @@ public final class CoordinationClient: Sendable {
     /// Runs one encoded request through the store script; `lease` adds the lease's TTL key.
     private func call(_ request: MessagePack, lease: Int64? = nil) async throws -> (Int64, MessagePack) {
         let ticket = incarnation.withLock { $0.ticket() }
-        let reply = try await redis.run(Self.kvScript, keys: scriptKeys(lease: lease), arguments: [request.encoded()], timeout: nil)
+        let reply: RedisReply
+        if lease == nil, let kind = request.array?.first?.text, Self.batchedRequests.contains(kind) {
+            reply = try await batcher.run(request.encoded())
+        } else {
+            reply = try await redis.run(Self.kvScript, keys: scriptKeys(lease: lease), arguments: [request.encoded()], timeout: nil)
+        }
         let decoded = try Self.decodeScriptReply(reply)
         // With durability, the reply's revision counts as seen only once the replicas
         // have it: a failover that takes back a write whose WAIT fell short (its outcome
@@ -519,6 +535,9 @@ public final class CoordinationClient: Sendable {
             ? "the write reached \(reached) of the \(durability.replicas) replica(s) required within \(durability.timeout): the master has it, but a failover now may lose it; read it back before relying on it"
             : "the read saw writes that have not reached \(durability.replicas) replica(s) within \(durability.timeout): a failover now may undo what it returned; retry it")
     }
+
+    /// The requests that go through ``batcher``: those of the KV script's fixed keys.
+    static let batchedRequests: Set<String> = ["range", "put", "delete", "txn"]
 
     /// The requests that can write (a shortfall of ``durability`` is reported as the write's).
     static let writingRequests: Set<String> = ["put", "delete", "txn", "grant", "revoke", "keepalive", "reap"]

@@ -76,8 +76,10 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         return "\(code): \(message)"
     }
 
-    /// Classifies an error reply from the server.
-    static func fromServerReply(_ text: String) -> RedisError {
+    /// Classifies an error reply from the server (also one nested in an array reply, as
+    /// a script's or a transaction's), as ``RedisCommandExecutor/send(_:timeout:)``
+    /// throws it: `NOPERM` and `NOAUTH`/`WRONGPASS` get codes of their own.
+    public static func fromServerReply(_ text: String) -> RedisError {
         if text.hasPrefix("NOPERM") {
             return RedisError(.noPermission, "the Redis user lacks a permission: \(text); grant it with ACL SETUSER", cause: text)
         }

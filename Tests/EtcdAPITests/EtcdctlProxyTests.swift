@@ -280,6 +280,10 @@ import Testing
             defer { second.signal(SIGKILL) }
             #expect(await eventually { (try? await proxy.store.get("pick/", options: .prefix(Array("pick/".utf8))).count) == 2 })
             #expect(second.printed.isEmpty, "a second candidate was elected while the first led")
+            // The observer is a process of its own, which a busy machine may start late: it
+            // must have seen the first leader (the current one when it began) before the
+            // first resigns, or it would rightly begin with the second.
+            #expect(await eventually { observer.printed.contains("one") }, "\(observer.printed)")
             first.signal(SIGINT)   // etcdctl resigns on interrupt
             _ = await first.wait()
             let next = await second.waitForLines(2)

@@ -1,0 +1,192 @@
+@testable import Coordination
+import Foundation
+import Synchronization
+import Testing
+
+/// The batch queue on its own: which requests go at once, which wait, and how they leave.
+@Suite struct BatchQueueTests {
+    @Test func anIdleQueueSendsEachRequestAloneUpToItsSlots() {
+        var queue = BatchQueue<Int>(maxInFlight: 2, maxBatch: 64, maxBatchBytes: 1000)
+        let sent = [queue.trySend(), queue.trySend(), queue.trySend()]
+        #expect(sent == [true, true, false], "a third call waits while two are in flight")
+        let next = queue.completed()
+        #expect(next == nil, "nothing queued: the slot is freed")
+        #expect(queue.inFlight == 1)
+        let again = queue.trySend()
+        #expect(again)
+    }
+
+    @Test func requestsThatArriveWhileBusyLeaveTogetherInArrivalOrder() {
+        var queue = BatchQueue<Int>(maxInFlight: 1, maxBatch: 64, maxBatchBytes: 1000)
+        let first = queue.trySend()
+        let sentAtOnce = (1...5).compactMap { queue.enqueue($0, bytes: 10) }
+        let overtook = queue.trySend()
+        #expect(first && sentAtOnce.isEmpty)
+        #expect(!overtook, "nobody overtakes a queued request")
+        let batch = queue.completed()
+        #expect(batch == [1, 2, 3, 4, 5], "the slot goes to everything queued")
+        #expect(queue.inFlight == 1)
+        let after = queue.completed()
+        #expect(after == nil && queue.inFlight == 0)
+    }
+
+    @Test func aBatchStopsAtItsCountAndByteLimitsButTakesAtLeastOneRequest() {
+        var queue = BatchQueue<Int>(maxInFlight: 1, maxBatch: 3, maxBatchBytes: 100)
+        _ = queue.trySend()
+        for i in 1...5 { _ = queue.enqueue(i, bytes: 10) }
+        _ = queue.enqueue(6, bytes: 500)
+        _ = queue.enqueue(7, bytes: 60)
+        _ = queue.enqueue(8, bytes: 60)
+        var batches: [[Int]] = []
+        while let batch = queue.completed() { batches.append(batch) }
+        // Three at most; then 4 and 5, as 6 would pass 100 bytes; 6 above the byte
+        // limit still goes, alone; 7 and 8 apart, as 60 + 60 > 100.
+        #expect(batches == [[1, 2, 3], [4, 5], [6], [7], [8]])
+        #expect(queue.inFlight == 0 && queue.queued == 0)
+    }
+
+    @Test func aRequestThatRacesACompletionIsSentAtOnce() {
+        var queue = BatchQueue<Int>(maxInFlight: 1, maxBatch: 64, maxBatchBytes: 1000)
+        // A caller saw no free slot, then the call completed before it queued.
+        _ = queue.trySend()
+        let freed = queue.completed()
+        let batch = queue.enqueue(1, bytes: 10)
+        #expect(freed == nil)
+        #expect(batch == [1], "a free slot takes the queued request at once")
+        #expect(queue.inFlight == 1)
+    }
+}
+
+/// The batcher against a real Redis: concurrent requests share script calls, each gets
+/// its own reply, at revisions of its own, in the order the requests arrived.
+@Suite(.timeLimit(.minutes(3))) struct RequestBatcherTests {
+    /// Holds every command until released, counting the requests of each script call.
+    final class GatedExecutor: RedisCommandExecutor {
+        let redis: RedisConnection
+        private let state = Mutex<(open: Bool, waiting: [CheckedContinuation<Void, Never>], calls: [Int])>((false, [], []))
+
+        init(_ redis: RedisConnection) { self.redis = redis }
+
+        /// The number of requests (ARGV elements) of each EVALSHA sent so far.
+        var calls: [Int] { state.withLock { $0.calls } }
+
+        func open() {
+            let waiting = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                state.open = true
+                defer { state.waiting = [] }
+                return state.waiting
+            }
+            for continuation in waiting { continuation.resume() }
+        }
+
+        func send(_ arguments: [[UInt8]], timeout: Duration?) async throws -> RedisReply {
+            if arguments.first == Array("EVALSHA".utf8), arguments.count > 2, let keys = Int(String(decoding: arguments[2], as: UTF8.self)) {
+                let requests = arguments.count - 3 - keys
+                state.withLock { $0.calls.append(requests) }
+            }
+            await withCheckedContinuation { continuation in
+                let go = state.withLock { state -> Bool in
+                    if state.open { return true }
+                    state.waiting.append(continuation)
+                    return false
+                }
+                if go { continuation.resume() }
+            }
+            return try await redis.send(arguments, timeout: timeout)
+        }
+    }
+
+    @Test func requestsQueuedWhileRedisIsBusyRunInOneScriptCallInArrivalOrder() async throws {
+        try await RedisServer.withServer { server in
+            let connection = try await RedisConnection.connect(server.configuration)
+            defer { Task { await connection.close() } }
+            _ = try await connection.send("SCRIPT", "LOAD", CoordinationClient.kvScriptSource)
+            let gate = GatedExecutor(connection)
+            let store = CoordinationClient(redis: gate, namespace: "batched")
+            let batcher = RequestBatcher(redis: gate, script: CoordinationClient.kvScript, keys: store.keys, maxInFlight: 1)
+            // The first request takes the only slot and waits at the gate; ten more queue
+            // behind it, one at a time so that their order is known.
+            let first = Task { try await batcher.run(CoordinationClient.encodedRequest(.put(key: Array("k0".utf8), value: Array("v0".utf8), options: PutOptions()))) }
+            while gate.calls.count < 1 { try await Task.sleep(for: .milliseconds(5)) }
+            var queued: [Task<RedisReply, any Error>] = []
+            for i in 1...10 {
+                let request = CoordinationClient.encodedRequest(.put(key: Array("k\(i % 3)".utf8), value: Array("v\(i)".utf8), options: PutOptions()))
+                queued.append(Task { try await batcher.run(request) })
+                while batcher.queued < i { try await Task.sleep(for: .milliseconds(5)) }
+            }
+            gate.open()
+            let revisions = try await ([first] + queued).asyncMap { try CoordinationClient.decodeScriptReply(try await $0.value).revision }
+            #expect(gate.calls == [1, 10], "the ten queued requests left in one call: \(gate.calls)")
+            #expect(revisions == Array(2...12), "each request at a revision of its own, in arrival order: \(revisions)")
+            // What the batch wrote is what eleven calls of their own would have written.
+            let k1 = try await store.get("k1").kvs.first
+            #expect(k1?.value == Array("v10".utf8) && k1?.version == 4 && k1?.createRevision == 3 && k1?.modRevision == 12)
+            let history = try await store.get("k", options: .prefix(Array("k".utf8))).header.revision
+            #expect(history == 12)
+        }
+    }
+
+    @Test func aRequestThatFailsInsideABatchFailsAloneAndTheOthersRun() async throws {
+        try await RedisServer.withServer { server in
+            let connection = try await RedisConnection.connect(server.configuration)
+            defer { Task { await connection.close() } }
+            let store = CoordinationClient(redis: connection, namespace: "faulty")
+            _ = try await store.put("a", "1")
+            // The event log as the wrong type: the next write fails in Redis (WRONGTYPE at
+            // XADD) while reads still work.
+            _ = try await connection.send("DEL", "{faulty}:log")
+            _ = try await connection.send("SET", "{faulty}:log", "not a stream")
+            let gate = GatedExecutor(connection)
+            let batcher = RequestBatcher(redis: gate, script: CoordinationClient.kvScript, keys: store.keys, maxInFlight: 1)
+            let read = CoordinationClient.encodedRequest(.range(key: Array("a".utf8), options: RangeOptions()))
+            let write = CoordinationClient.encodedRequest(.put(key: Array("b".utf8), value: Array("2".utf8), options: PutOptions()))
+            let first = Task { try await batcher.run(read) }
+            while gate.calls.count < 1 { try await Task.sleep(for: .milliseconds(5)) }
+            var queued: [Task<RedisReply, any Error>] = []
+            for (i, request) in [read, write, read].enumerated() {
+                queued.append(Task { try await batcher.run(request) })
+                while batcher.queued < i + 1 { try await Task.sleep(for: .milliseconds(5)) }
+            }
+            gate.open()
+            _ = try await first.value
+            #expect(gate.calls.last == 3)
+            let before = try CoordinationClient.decodeScriptReply(try await queued[0].value)
+            #expect(before.revision == 2 && before.failure == nil)
+            do {
+                _ = try await queued[1].value
+                Issue.record("the put succeeded with an event log of the wrong type")
+            } catch let error as RedisError {
+                #expect(error.code == .server && error.message.contains("WRONGTYPE"), "\(error)")
+            }
+            let after = try CoordinationClient.decodeScriptReply(try await queued[2].value)
+            #expect(after.failure == nil, "the read after the failed put ran")
+        }
+    }
+
+    @Test func concurrentRequestsOfOneClientShareScriptCalls() async throws {
+        try await withStore(namespace: "shared") { store, redis in
+            _ = try await redis.send("CONFIG", "RESETSTAT")
+            let count = 400
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<count { group.addTask { _ = try await store.put("key\(i % 20)", "value \(i)") } }
+                try await group.waitForAll()
+            }
+            let stats = try await redis.send("INFO", "commandstats").string ?? ""
+            let calls = stats.split(separator: "\r\n").first { $0.hasPrefix("cmdstat_evalsha:") }
+                .flatMap { $0.split(separator: ",").first?.split(separator: "=").last }.flatMap { Int($0) } ?? 0
+            #expect(calls > 0 && calls < count, "\(count) concurrent puts took \(calls) script calls")
+            let range = try await store.get("key", options: .prefix(Array("key".utf8)))
+            #expect(range.header.revision == Int64(count) + 1, "each put at a revision of its own")
+            #expect(range.kvs.map(\.version).reduce(0, +) == Int64(count))
+        }
+    }
+}
+
+extension Array where Element: Sendable {
+    /// Maps in order, awaiting each element's transform.
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var result: [T] = []
+        for element in self { result.append(try await transform(element)) }
+        return result
+    }
+}
