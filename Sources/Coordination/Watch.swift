@@ -115,8 +115,8 @@ final class WatchHub: Sendable {
         var nextID = 0
         var position: Int64 = -1
         var reader: Task<Void, Never>?
-        /// Whether the reader waits on keyspace notifications (else on blocking reads).
-        var notified = false
+        /// The reader's connection (closed by ``stop()``, which ends a blocked read).
+        var connection: RedisConnection?
         /// Every entry up to here has been handed to every watcher.
         var dispatched: Int64 = -1
         /// The store generation (resets detected) the position belongs to.
@@ -131,9 +131,6 @@ final class WatchHub: Sendable {
 
     /// The revision up to which every watcher has been given its events.
     var dispatched: Int64 { state.withLock { $0.dispatched } }
-
-    /// Whether the reader is woken by keyspace notifications (false: blocking XREAD).
-    var usesNotifications: Bool { state.withLock { $0.notified } }
 
     let store: CoordinationClient
     let logKey: [UInt8]
@@ -163,47 +160,15 @@ final class WatchHub: Sendable {
         configuration.commandTimeout = .seconds(10)
         configuration.clientName = "coord-watch-\(store.namespace)"
         let connection = try await RedisConnection.connect(configuration)
-        // Keyspace notifications on the log wake the reader; where CONFIG is refused it
-        // falls back to blocking reads of the log.
-        let subscriber: RedisSubscriber? = await KeyspaceNotifications.enable(on: connection)
-            ? try? await RedisSubscriber.connect(configuration) : nil
-        let wake = WakeSignal()
-        let channel = "__keyspace@\(configuration.database)__:" + String(decoding: logKey, as: UTF8.self)
         return state.withLock { state in
             if state.reader == nil {
                 state.position = current
                 state.dispatched = current
                 state.generation = generation
-                state.notified = subscriber != nil
-                state.reader = Task { [self] in
-                    if let subscriber {
-                        // A notification wakes the reader from the subscriber's thread
-                        // (no task in between); a sweep once a second covers a lost one.
-                        let listener = Task {
-                            try? await subscriber.subscribe(channels: [channel], onEvent: { _ in wake.signal() }) { ended in
-                                wake.signal()   // subscribed: re-read once, in case an entry came first
-                                for try await _ in ended {}
-                            }
-                        }
-                        let sweep = Task {
-                            while !Task.isCancelled {
-                                try? await Task.sleep(for: .seconds(1))
-                                wake.signal()
-                            }
-                        }
-                        await readLoop(connection, wake: wake)
-                        listener.cancel()
-                        sweep.cancel()
-                        await subscriber.close()
-                    } else {
-                        await readLoop(connection, wake: nil)
-                    }
-                }
+                state.connection = connection
+                state.reader = Task { [self] in await readLoop(connection) }
             } else {
-                Task {
-                    await connection.close()
-                    await subscriber?.close()
-                }
+                Task { await connection.close() }
             }
             return (state.position, state.generation)
         }
@@ -226,11 +191,13 @@ final class WatchHub: Sendable {
 
     /// Stops the reader and ends every watch.
     func stop() async {
-        let (reader, watchers) = state.withLock { state -> (Task<Void, Never>?, [Watcher]) in
-            defer { state.reader = nil; state.watchers = [:] }
-            return (state.reader, Array(state.watchers.values))
+        let (reader, connection, watchers) = state.withLock { state -> (Task<Void, Never>?, RedisConnection?, [Watcher]) in
+            defer { state.reader = nil; state.connection = nil; state.watchers = [:] }
+            return (state.reader, state.connection, Array(state.watchers.values))
         }
         reader?.cancel()
+        // Closing the connection ends a read that is blocked in Redis.
+        await connection?.close()
         await reader?.value
         for watcher in watchers { watcher.continuation.finish() }
     }
@@ -273,6 +240,7 @@ final class WatchHub: Sendable {
             }
             guard now - since >= Self.idleLinger else { return false }
             state.reader = nil
+            state.connection = nil
             state.idleSince = nil
             return true
         }
@@ -282,40 +250,32 @@ final class WatchHub: Sendable {
         _ = state.withLock { $0.watchers.removeValue(forKey: id) }
     }
 
-    /// Reads the log after the position and hands entries out. With `wake`, reads do not
-    /// block: the reader sleeps until a notification (or the sweep's signal, once a second); without
-    /// it, a blocking XREAD waits for the next entry.
-    private func readLoop(_ connection: RedisConnection, wake: WakeSignal?) async {
+    /// Reads the log after the position and hands entries out: a blocking `XREAD`
+    /// (it returns as soon as an entry is written, or after a second without one) with
+    /// the store's identity check pipelined right behind it, so that one round trip
+    /// both waits for entries and checks, as soon as they are read, that they belong to
+    /// the history the position does.
+    private func readLoop(_ connection: RedisConnection) async {
         // With durability, what a read saw counts as seen only once the replicas have it.
         let record = store.durability == nil
         while !Task.isCancelled && !stopIfIdle() {
             let (position, generation) = state.withLock { ($0.position, $0.generation) }
             do {
-                // With every read (at least once a second): is this still the history
-                // the position belongs to? Entries read with (or before) a check that
-                // finds it so belong to it; otherwise they are never handed out.
-                let reply: RedisReply
-                if wake != nil {
-                    // Reads that do not block: the entries and the identity in one
-                    // script, so one round trip per batch and the same instant for both.
-                    let parts = try await connection.run(Self.readScript, keys: [idKey, revKey, logKey],
-                                                         arguments: [Array("\(position)-0".utf8)], timeout: .seconds(10))
-                    guard let array = parts.array, array.count == 5 else {
-                        throw CoordinationError(.protocolError, "the log read returned \(parts)")
-                    }
-                    guard try checkHistory(Array(array[0..<4]), position: position, generation: generation, record: record) else { continue }
-                    reply = array[4]
-                } else {
-                    let command: [[UInt8]] = [Array("XREAD".utf8), Array("COUNT".utf8), Array("512".utf8), Array("BLOCK".utf8), Array("1000".utf8),
-                                              Array("STREAMS".utf8), logKey, Array("\(position)-0".utf8)]
-                    reply = try await connection.send(command, timeout: .seconds(10))
-                    guard try await sameHistory(connection, position: position, generation: generation, record: record) else { continue }
+                // Entries read before (or with) a check that finds the history unchanged
+                // belong to it; otherwise they are never handed out.
+                let command: [[UInt8]] = [Array("XREAD".utf8), Array("COUNT".utf8), Array("512".utf8), Array("BLOCK".utf8), Array("1000".utf8),
+                                          Array("STREAMS".utf8), logKey, Array("\(position)-0".utf8)]
+                let read = ReadOutcome()
+                connection.send(command, timeout: .seconds(10)) { result in read.result.withLock { $0 = result } }
+                // Redis runs it once the read returns: replies come back in order.
+                let same = try await sameHistory(connection, position: position, generation: generation, record: record)
+                guard let result = read.result.withLock({ $0 }) else {
+                    throw CoordinationError(.protocolError, "the log read had no reply before the identity check sent behind it")
                 }
+                let reply = try result.get()
+                guard same else { continue }
                 let entries = Self.parseXRead(reply)
-                guard let last = entries.last else {
-                    await wake?.wait()
-                    continue
-                }
+                guard let last = entries.last else { continue }
                 if let durability = store.durability {
                     // Handed out only once the replicas have them, as etcd's watchers see
                     // only committed revisions: a failover cannot take back an event a
@@ -349,6 +309,11 @@ final class WatchHub: Sendable {
             }
         }
         await connection.close()
+    }
+
+    /// The blocking read's reply, handed over from the connection's thread.
+    private final class ReadOutcome: Sendable {
+        let result = Mutex<Result<RedisReply, any Error>?>(nil)
     }
 
     /// Reads the store's identity and revision and checks them against what the client
@@ -387,13 +352,6 @@ final class WatchHub: Sendable {
     /// The store's ID, epoch and base, and its revision, in one round trip.
     static let identityScript = RedisScript("local i = redis.call('HMGET', KEYS[1], 'id', 'epoch', 'base'); return {i[1], i[2], i[3], redis.call('GET', KEYS[2]) or '1'}")
 
-    /// The identity as ``identityScript`` returns it, and the log's entries after
-    /// ARGV[1] (at most 512, as XREAD replies; nil when there are none).
-    static let readScript = RedisScript("""
-        local i = redis.call('HMGET', KEYS[1], 'id', 'epoch', 'base')
-        local r = redis.call('GET', KEYS[2]) or '1'
-        return {i[1], i[2], i[3], r, redis.call('XREAD', 'COUNT', '512', 'STREAMS', KEYS[3], ARGV[1])}
-        """)
 
     /// Hands live entries to a watcher, or buffers them while it replays history.
     func deliver(_ entries: [LogEntry], to watcher: Watcher) async {

@@ -4,13 +4,15 @@ import Synchronization
 /// Keyspace notifications for a store: turns them on (merging flags, never removing
 /// any) and turns their messages into wake-ups.
 enum KeyspaceNotifications {
-    /// The flags the store needs: keyspace channel (K), stream events (t), expirations (x).
-    static let needed: Set<Character> = ["K", "t", "x"]
+    /// The flags the store needs: keyspace channel (K) and expirations (x), which wake
+    /// the lease reaper (``CoordinationClient/run(interval:retainRevisions:)``) when a
+    /// lease's TTL key expires. (Watches need none: their reader blocks on the log.)
+    static let needed: Set<Character> = ["K", "x"]
 
-    /// `existing` plus what the store needs; "A" (all classes) already covers t and x.
+    /// `existing` plus what the store needs; "A" (all classes) already covers x.
     static func merged(_ existing: String) -> String {
         var flags = Set(existing)
-        let classes: Set<Character> = flags.contains("A") ? ["t", "x"] : []
+        let classes: Set<Character> = flags.contains("A") ? ["x"] : []
         for flag in needed where !classes.contains(flag) { flags.insert(flag) }
         // A stable order makes the setting readable: K and E first, then classes.
         return String(flags.sorted { order($0) < order($1) })
