@@ -609,6 +609,12 @@ for i = 1, #ARGV do
     replies[i] = reply
   else
     replies[i] = (type(reply) == 'table' and reply.err) and reply or {err = 'ERR ' .. tostring(reply)}
+    -- A replica (after a failover) refuses every write of the batch, so nothing of it
+    -- was written: answer the whole call with the error, as a lone call would be
+    -- answered, so that the client sees it and follows the master.
+    if string.find(replies[i].err, 'READONLY', 1, true) or string.find(replies[i].err, 'read only replica', 1, true) then
+      return replies[i]
+    end
     -- What it wrote before failing stays (as after a call of its own): go on from there.
     current = tonumber(redis.call('GET', K_REV) or '1')
   end

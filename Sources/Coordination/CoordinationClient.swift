@@ -87,7 +87,8 @@ public final class CoordinationClient: Sendable {
     /// The request limits.
     public let limits: Limits
     let keys: [[UInt8]]
-    /// Sends KV requests, gathering those that arrive while Redis is busy into one call.
+    /// Sends KV requests of bounded work (``KVOperation/boundedWork``), gathering those
+    /// that arrive while Redis is busy into one call.
     private let batcher: RequestBatcher
     private let ownedConnection: RedisConnection?
     private let hubStorage = Mutex<WatchHub?>(nil)
@@ -487,14 +488,15 @@ public final class CoordinationClient: Sendable {
     private func run(_ operation: KVOperation) async throws -> (Int64, MessagePack) {
         var budget = limits.maxTxnOps
         try validate(operation, budget: &budget, depth: 0)
-        return try await call(Self.encode(operation))
+        return try await call(Self.encode(operation), batchable: operation.boundedWork)
     }
 
-    /// Runs one encoded request through the store script; `lease` adds the lease's TTL key.
-    private func call(_ request: MessagePack, lease: Int64? = nil) async throws -> (Int64, MessagePack) {
+    /// Runs one encoded request through the store script; `lease` adds the lease's TTL
+    /// key. A `batchable` request may share a script call with others (see ``batcher``).
+    private func call(_ request: MessagePack, lease: Int64? = nil, batchable: Bool = false) async throws -> (Int64, MessagePack) {
         let ticket = incarnation.withLock { $0.ticket() }
         let reply: RedisReply
-        if lease == nil, let kind = request.array?.first?.text, Self.batchedRequests.contains(kind) {
+        if batchable && lease == nil {
             reply = try await batcher.run(request.encoded())
         } else {
             reply = try await redis.run(Self.kvScript, keys: scriptKeys(lease: lease), arguments: [request.encoded()], timeout: nil)
@@ -535,9 +537,6 @@ public final class CoordinationClient: Sendable {
             ? "the write reached \(reached) of the \(durability.replicas) replica(s) required within \(durability.timeout): the master has it, but a failover now may lose it; read it back before relying on it"
             : "the read saw writes that have not reached \(durability.replicas) replica(s) within \(durability.timeout): a failover now may undo what it returned; retry it")
     }
-
-    /// The requests that go through ``batcher``: those of the KV script's fixed keys.
-    static let batchedRequests: Set<String> = ["range", "put", "delete", "txn"]
 
     /// The requests that can write (a shortfall of ``durability`` is reported as the write's).
     static let writingRequests: Set<String> = ["put", "delete", "txn", "grant", "revoke", "keepalive", "reap"]

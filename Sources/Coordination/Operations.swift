@@ -86,6 +86,22 @@ public indirect enum KVOperation: Sendable, Hashable {
     case txn(Txn)
 }
 
+extension KVOperation {
+    /// Whether Redis's work for the operation is bounded by its size: single keys only
+    /// (a range, delete or compare over an interval can touch any number of keys).
+    /// Only such requests share a script call with others, so that a batch never holds
+    /// Redis for long.
+    var boundedWork: Bool {
+        switch self {
+        case .range(_, let options): return options.rangeEnd.isEmpty
+        case .put: return true
+        case .delete(_, let rangeEnd, _): return rangeEnd.isEmpty
+        case .txn(let txn):
+            return txn.compares.allSatisfy { $0.rangeEnd.isEmpty } && txn.success.allSatisfy(\.boundedWork) && txn.failure.allSatisfy(\.boundedWork)
+        }
+    }
+}
+
 /// A condition of a transaction on a key (or on every key of a range).
 public struct Compare: Sendable, Hashable {
     /// What is compared, with the operand.

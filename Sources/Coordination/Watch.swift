@@ -115,8 +115,9 @@ final class WatchHub: Sendable {
         var nextID = 0
         var position: Int64 = -1
         var reader: Task<Void, Never>?
-        /// The reader's connection (closed by ``stop()``, which ends a blocked read).
+        /// The reader's connection, and its Redis client ID (for `CLIENT UNBLOCK`).
         var connection: RedisConnection?
+        var clientID: Int64?
         /// Every entry up to here has been handed to every watcher.
         var dispatched: Int64 = -1
         /// The store generation (resets detected) the position belongs to.
@@ -160,12 +161,14 @@ final class WatchHub: Sendable {
         configuration.commandTimeout = .seconds(10)
         configuration.clientName = "coord-watch-\(store.namespace)"
         let connection = try await RedisConnection.connect(configuration)
+        let clientID = try? await connection.send([Array("CLIENT".utf8), Array("ID".utf8)], timeout: nil).int
         return state.withLock { state in
             if state.reader == nil {
                 state.position = current
                 state.dispatched = current
                 state.generation = generation
                 state.connection = connection
+                state.clientID = clientID
                 state.reader = Task { [self] in await readLoop(connection) }
             } else {
                 Task { await connection.close() }
@@ -191,12 +194,17 @@ final class WatchHub: Sendable {
 
     /// Stops the reader and ends every watch.
     func stop() async {
-        let (reader, connection, watchers) = state.withLock { state -> (Task<Void, Never>?, RedisConnection?, [Watcher]) in
-            defer { state.reader = nil; state.connection = nil; state.watchers = [:] }
-            return (state.reader, state.connection, Array(state.watchers.values))
+        let (reader, connection, clientID, watchers) = state.withLock { state -> (Task<Void, Never>?, RedisConnection?, Int64?, [Watcher]) in
+            defer { state.reader = nil; state.connection = nil; state.clientID = nil; state.watchers = [:] }
+            return (state.reader, state.connection, state.clientID, Array(state.watchers.values))
         }
         reader?.cancel()
-        // Closing the connection ends a read that is blocked in Redis.
+        // A read blocked in Redis holds the connection (and its close) for up to a
+        // second: unblock it from the client's own connection (where the user may not
+        // run CLIENT, the read runs out by itself).
+        if reader != nil, let clientID {
+            _ = try? await store.redis.send([Array("CLIENT".utf8), Array("UNBLOCK".utf8), Array(String(clientID).utf8)], timeout: .seconds(1))
+        }
         await connection?.close()
         await reader?.value
         for watcher in watchers { watcher.continuation.finish() }
@@ -241,6 +249,7 @@ final class WatchHub: Sendable {
             guard now - since >= Self.idleLinger else { return false }
             state.reader = nil
             state.connection = nil
+            state.clientID = nil
             state.idleSince = nil
             return true
         }

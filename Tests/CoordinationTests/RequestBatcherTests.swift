@@ -19,7 +19,7 @@ import Testing
     @Test func requestsThatArriveWhileBusyLeaveTogetherInArrivalOrder() {
         var queue = BatchQueue<Int>(maxInFlight: 1, maxBatch: 64, maxBatchBytes: 1000)
         let first = queue.trySend()
-        let sentAtOnce = (1...5).compactMap { queue.enqueue($0, bytes: 10) }
+        let sentAtOnce = (1...5).compactMap { queue.enqueue($0, bytes: 10).send }
         let overtook = queue.trySend()
         #expect(first && sentAtOnce.isEmpty)
         #expect(!overtook, "nobody overtakes a queued request")
@@ -45,12 +45,25 @@ import Testing
         #expect(queue.inFlight == 0 && queue.queued == 0)
     }
 
+    @Test func aWithdrawnRequestLeavesTheQueueAndOneAlreadySentCannotBeWithdrawn() {
+        var queue = BatchQueue<Int>(maxInFlight: 1, maxBatch: 64, maxBatchBytes: 1000)
+        _ = queue.trySend()
+        let ids = (1...4).map { queue.enqueue($0, bytes: 10).id }
+        let withdrawn = queue.withdraw(ids[1])
+        let again = queue.withdraw(ids[1])
+        #expect(withdrawn == 2 && again == nil)
+        let batch = queue.completed()
+        #expect(batch == [1, 3, 4])
+        let late = queue.withdraw(ids[2])
+        #expect(late == nil, "3 has left in a batch")
+    }
+
     @Test func aRequestThatRacesACompletionIsSentAtOnce() {
         var queue = BatchQueue<Int>(maxInFlight: 1, maxBatch: 64, maxBatchBytes: 1000)
         // A caller saw no free slot, then the call completed before it queued.
         _ = queue.trySend()
         let freed = queue.completed()
-        let batch = queue.enqueue(1, bytes: 10)
+        let batch = queue.enqueue(1, bytes: 10).send
         #expect(freed == nil)
         #expect(batch == [1], "a free slot takes the queued request at once")
         #expect(queue.inFlight == 1)
@@ -161,6 +174,76 @@ import Testing
             let after = try CoordinationClient.decodeScriptReply(try await queued[2].value)
             #expect(after.failure == nil, "the read after the failed put ran")
         }
+    }
+
+    @Test func aCallerCancelledWhileItsRequestWaitsWithdrawsItAndItNeverRuns() async throws {
+        try await RedisServer.withServer { server in
+            let connection = try await RedisConnection.connect(server.configuration)
+            defer { Task { await connection.close() } }
+            _ = try await connection.send("SCRIPT", "LOAD", CoordinationClient.kvScriptSource)
+            let gate = GatedExecutor(connection)
+            let store = CoordinationClient(redis: connection, namespace: "withdrawn")
+            let batcher = RequestBatcher(redis: gate, script: CoordinationClient.kvScript, keys: store.keys, maxInFlight: 1)
+            let first = Task { try await batcher.run(CoordinationClient.encodedRequest(.put(key: Array("a".utf8), value: Array("1".utf8), options: PutOptions()))) }
+            while gate.calls.count < 1 { try await Task.sleep(for: .milliseconds(5)) }
+            let waiting = Task { try await batcher.run(CoordinationClient.encodedRequest(.put(key: Array("b".utf8), value: Array("2".utf8), options: PutOptions()))) }
+            while batcher.queued < 1 { try await Task.sleep(for: .milliseconds(5)) }
+            waiting.cancel()
+            do {
+                _ = try await waiting.value
+                Issue.record("a withdrawn request answered")
+            } catch is CancellationError {
+            }
+            #expect(batcher.queued == 0)
+            gate.open()
+            _ = try await first.value
+            #expect(gate.calls == [1], "only the first request was sent: \(gate.calls)")
+            #expect(try await store.get("b").count == 0)
+            #expect(try await store.get("a").header.revision == 2)
+        }
+    }
+
+    @Test func aReplicaRefusingABatchsWriteAnswersTheWholeCallWithREADONLYAsALoneCall() async throws {
+        try await RedisServer.withServer { server in
+            let connection = try await RedisConnection.connect(server.configuration)
+            defer { Task { await connection.close() } }
+            let store = CoordinationClient(redis: connection, namespace: "demoted")
+            _ = try await store.put("a", "1")
+            // Demoted, as by a failover (the master named is not there: it stays a replica).
+            _ = try await connection.send("REPLICAOF", "127.0.0.1", "1")
+            let read = CoordinationClient.encodedRequest(.range(key: Array("a".utf8), options: RangeOptions()))
+            let write = CoordinationClient.encodedRequest(.put(key: Array("b".utf8), value: Array("2".utf8), options: PutOptions()))
+            // The top-level error is what the connection watches for to follow the master.
+            let reply = try? await connection.run(CoordinationClient.kvScript, keys: store.keys, arguments: [read, write, read], timeout: nil)
+            #expect(reply == nil, "the batch was answered \(String(describing: reply))")
+            do {
+                _ = try await connection.run(CoordinationClient.kvScript, keys: store.keys, arguments: [read, write, read], timeout: nil)
+            } catch let error as RedisError {
+                #expect(error.message.contains("READONLY") || error.message.contains("read only replica"), "\(error)")
+            }
+            // A batch of reads still runs on the replica, as lone reads do.
+            let reads = try await connection.run(CoordinationClient.kvScript, keys: store.keys, arguments: [read, read], timeout: nil)
+            #expect(reads.array?.count == 2)
+            _ = try await connection.send("REPLICAOF", "NO", "ONE")
+        }
+    }
+
+    @Test func onlyRequestsOfBoundedWorkShareScriptCalls() {
+        let key = Array("k".utf8)
+        #expect(KVOperation.put(key: key, value: [], options: PutOptions()).boundedWork)
+        #expect(KVOperation.range(key: key, options: RangeOptions()).boundedWork)
+        #expect(!KVOperation.range(key: key, options: .prefix(key)).boundedWork)
+        #expect(KVOperation.delete(key: key, rangeEnd: [], prevKV: false).boundedWork)
+        #expect(!KVOperation.delete(key: key, rangeEnd: [0], prevKV: false).boundedWork)
+        let cas = Txn(compares: [Compare(key: key, .modRevision(3), .equal)], success: [.put(key: key, value: [], options: PutOptions())],
+                      failure: [.range(key: key, options: RangeOptions())])
+        #expect(KVOperation.txn(cas).boundedWork)
+        var overRange = cas
+        overRange.compares = [Compare(key: key, rangeEnd: [0], .version(0), .greater)]
+        #expect(!KVOperation.txn(overRange).boundedWork)
+        var nested = cas
+        nested.failure = [.txn(Txn(success: [.range(key: key, options: .prefix(key))]))]
+        #expect(!KVOperation.txn(nested).boundedWork)
     }
 
     @Test func concurrentRequestsOfOneClientShareScriptCalls() async throws {

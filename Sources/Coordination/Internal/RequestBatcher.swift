@@ -9,16 +9,19 @@ import Synchronization
 /// Requests that arrive while every slot is taken queue, in arrival order; when a call
 /// completes, everything queued by then (up to `maxBatch` requests or about
 /// `maxBatchBytes`) leaves as one call, whose script runs the requests one after
-/// another, each at revisions of its own, as a pipeline would. Requests therefore reach
-/// Redis in the order they arrived, and a busy store pays one call's overhead (the
-/// round trip, Redis's command handling, the script's setup) for many requests.
+/// another, each at revisions of its own, as a pipeline would. Queued requests leave in
+/// the order they arrived (a request sent alone may still overtake a batch that is
+/// about to be written: only requests that were in flight together trade places, as
+/// on any pipelined connection with several writers), and a busy store pays one call's
+/// overhead (the round trip, Redis's command handling, the script's setup) for many.
 struct BatchQueue<Element> {
     let maxInFlight: Int
     let maxBatch: Int
     let maxBatchBytes: Int
     private(set) var inFlight = 0
-    private var queue: [(element: Element, bytes: Int)] = []
+    private var queue: [(element: Element, bytes: Int, id: Int)] = []
     private var head = 0
+    private var nextID = 0
 
     init(maxInFlight: Int, maxBatch: Int, maxBatchBytes: Int) {
         precondition(maxInFlight >= 1 && maxBatch >= 1, "a batch queue needs a slot and room for a request")
@@ -38,14 +41,24 @@ struct BatchQueue<Element> {
         return true
     }
 
-    /// Queues a request of `bytes` bytes. Returns a batch to send at once (holding a
-    /// slot) when a slot is free, which happens only when the request raced a call's
-    /// completion; otherwise the request leaves with a later ``completed()``'s batch.
-    mutating func enqueue(_ element: Element, bytes: Int) -> [Element]? {
-        queue.append((element, bytes))
-        guard inFlight < maxInFlight else { return nil }
+    /// Queues a request of `bytes` bytes under the ID returned (for ``withdraw(_:)``).
+    /// Also returns a batch to send at once (holding a slot) when a slot is free, which
+    /// happens only when the request raced a call's completion; otherwise the request
+    /// leaves with a later ``completed()``'s batch.
+    mutating func enqueue(_ element: Element, bytes: Int) -> (id: Int, send: [Element]?) {
+        let id = nextID
+        nextID += 1
+        queue.append((element, bytes, id))
+        guard inFlight < maxInFlight else { return (id, nil) }
         inFlight += 1
-        return takeBatch()
+        return (id, takeBatch())
+    }
+
+    /// Takes a request that is still waiting out of the queue (its caller was
+    /// cancelled); `nil` when it has already left in a batch.
+    mutating func withdraw(_ id: Int) -> Element? {
+        guard let index = queue[head...].firstIndex(where: { $0.id == id }) else { return nil }
+        return queue.remove(at: index).element
     }
 
     /// A call has completed: its slot goes to the next batch, returned here to be sent,
@@ -84,8 +97,9 @@ struct BatchQueue<Element> {
 /// Each request gets the reply its own call would have had: the script runs a batch's
 /// requests in order, each atomically and at revisions of its own, and answers with an
 /// array of their replies. An error of the whole call (the connection lost, Redis
-/// refusing the script) is every request's error; a Redis error inside one request is
-/// that request's alone.
+/// refusing the script, a replica's `READONLY`, which kv.lua raises for the whole call
+/// so that the connection follows a failover) is every request's error; any other
+/// Redis error inside one request is that request's alone.
 final class RequestBatcher: Sendable {
     private struct Pending: Sendable {
         let request: [UInt8]
@@ -116,9 +130,24 @@ final class RequestBatcher: Sendable {
             defer { sendNext(state.withLock { $0.completed() }) }
             return try await redis.run(script, keys: keys, arguments: [request], timeout: nil)
         }
-        return try await withCheckedThrowingContinuation { continuation in
-            let pending = Pending(request: request, continuation: continuation)
-            sendNext(state.withLock { $0.enqueue(pending, bytes: request.count) })
+        // A caller cancelled while its request waits withdraws it (it never runs), as a
+        // command still queued in the connection is withdrawn; once the request has
+        // left in a batch, the caller gets its reply.
+        let id = Mutex<Int?>(nil)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                if Task.isCancelled {
+                    continuation.resume(throwing: CancellationError())
+                    return
+                }
+                let pending = Pending(request: request, continuation: continuation)
+                let (queued, batch) = state.withLock { $0.enqueue(pending, bytes: request.count) }
+                id.withLock { $0 = queued }
+                sendNext(batch)
+            }
+        } onCancel: {
+            guard let queued = id.withLock({ $0 }) else { return }
+            state.withLock { $0.withdraw(queued) }?.continuation.resume(throwing: CancellationError())
         }
     }
 
