@@ -109,24 +109,46 @@ import Testing
         }
     }
 
-    @Test func requestsQueuedWhileRedisIsBusyRunInOneScriptCallInArrivalOrder() async throws {
+    /// A one-slot batcher over a gated connection to a fresh Redis, the store of
+    /// `namespace` on the same connection (ungated) and the gate.
+    static func withGatedBatcher(namespace: String, _ body: (CoordinationClient, RedisConnection, GatedExecutor, RequestBatcher) async throws -> Void) async throws {
         try await RedisServer.withServer { server in
             let connection = try await RedisConnection.connect(server.configuration)
             defer { Task { await connection.close() } }
             _ = try await connection.send("SCRIPT", "LOAD", CoordinationClient.kvScriptSource)
             let gate = GatedExecutor(connection)
-            let store = CoordinationClient(redis: gate, namespace: "batched")
+            let store = CoordinationClient(redis: connection, namespace: namespace)
             let batcher = RequestBatcher(redis: gate, script: CoordinationClient.kvScript, keys: store.keys, maxInFlight: 1)
-            // The first request takes the only slot and waits at the gate; ten more queue
-            // behind it, one at a time so that their order is known.
-            let first = Task { try await batcher.run(CoordinationClient.encodedRequest(.put(key: Array("k0".utf8), value: Array("v0".utf8), options: PutOptions()))) }
-            while gate.calls.count < 1 { try await Task.sleep(for: .milliseconds(5)) }
-            var queued: [Task<RedisReply, any Error>] = []
-            for i in 1...10 {
-                let request = CoordinationClient.encodedRequest(.put(key: Array("k\(i % 3)".utf8), value: Array("v\(i)".utf8), options: PutOptions()))
-                queued.append(Task { try await batcher.run(request) })
-                while batcher.queued < i { try await Task.sleep(for: .milliseconds(5)) }
-            }
+            try await body(store, connection, gate, batcher)
+        }
+    }
+
+    /// Sends `first`, which takes the only slot and waits at the gate, then queues
+    /// `requests` behind it one at a time, so that their order is known.
+    static func holdSlot(_ first: [UInt8], andQueue requests: [[UInt8]], gate: GatedExecutor, batcher: RequestBatcher) async throws
+        -> (first: Task<RedisReply, any Error>, queued: [Task<RedisReply, any Error>]) {
+        let held = Task { try await batcher.run(first) }
+        while gate.calls.count < 1 { try await Task.sleep(for: .milliseconds(5)) }
+        var queued: [Task<RedisReply, any Error>] = []
+        for (i, request) in requests.enumerated() {
+            queued.append(Task { try await batcher.run(request) })
+            while batcher.queued < i + 1 { try await Task.sleep(for: .milliseconds(5)) }
+        }
+        return (held, queued)
+    }
+
+    static func put(_ key: String, _ value: String) -> [UInt8] {
+        CoordinationClient.encodedRequest(.put(key: Array(key.utf8), value: Array(value.utf8), options: PutOptions()))
+    }
+
+    static func get(_ key: String) -> [UInt8] {
+        CoordinationClient.encodedRequest(.range(key: Array(key.utf8), options: RangeOptions()))
+    }
+
+    @Test func requestsQueuedWhileRedisIsBusyRunInOneScriptCallInArrivalOrder() async throws {
+        try await Self.withGatedBatcher(namespace: "batched") { store, _, gate, batcher in
+            let (first, queued) = try await Self.holdSlot(Self.put("k0", "v0"), andQueue: (1...10).map { Self.put("k\($0 % 3)", "v\($0)") },
+                                                          gate: gate, batcher: batcher)
             gate.open()
             let revisions = try await ([first] + queued).asyncMap { try CoordinationClient.decodeScriptReply(try await $0.value).revision }
             #expect(gate.calls == [1, 10], "the ten queued requests left in one call: \(gate.calls)")
@@ -140,26 +162,14 @@ import Testing
     }
 
     @Test func aRequestThatFailsInsideABatchFailsAloneAndTheOthersRun() async throws {
-        try await RedisServer.withServer { server in
-            let connection = try await RedisConnection.connect(server.configuration)
-            defer { Task { await connection.close() } }
-            let store = CoordinationClient(redis: connection, namespace: "faulty")
+        try await Self.withGatedBatcher(namespace: "faulty") { store, connection, gate, batcher in
             _ = try await store.put("a", "1")
             // The event log as the wrong type: the next write fails in Redis (WRONGTYPE at
             // XADD) while reads still work.
             _ = try await connection.send("DEL", "{faulty}:log")
             _ = try await connection.send("SET", "{faulty}:log", "not a stream")
-            let gate = GatedExecutor(connection)
-            let batcher = RequestBatcher(redis: gate, script: CoordinationClient.kvScript, keys: store.keys, maxInFlight: 1)
-            let read = CoordinationClient.encodedRequest(.range(key: Array("a".utf8), options: RangeOptions()))
-            let write = CoordinationClient.encodedRequest(.put(key: Array("b".utf8), value: Array("2".utf8), options: PutOptions()))
-            let first = Task { try await batcher.run(read) }
-            while gate.calls.count < 1 { try await Task.sleep(for: .milliseconds(5)) }
-            var queued: [Task<RedisReply, any Error>] = []
-            for (i, request) in [read, write, read].enumerated() {
-                queued.append(Task { try await batcher.run(request) })
-                while batcher.queued < i + 1 { try await Task.sleep(for: .milliseconds(5)) }
-            }
+            let (first, queued) = try await Self.holdSlot(Self.get("a"), andQueue: [Self.get("a"), Self.put("b", "2"), Self.get("a")],
+                                                          gate: gate, batcher: batcher)
             gate.open()
             _ = try await first.value
             #expect(gate.calls.last == 3)
@@ -177,20 +187,11 @@ import Testing
     }
 
     @Test func aCallerCancelledWhileItsRequestWaitsWithdrawsItAndItNeverRuns() async throws {
-        try await RedisServer.withServer { server in
-            let connection = try await RedisConnection.connect(server.configuration)
-            defer { Task { await connection.close() } }
-            _ = try await connection.send("SCRIPT", "LOAD", CoordinationClient.kvScriptSource)
-            let gate = GatedExecutor(connection)
-            let store = CoordinationClient(redis: connection, namespace: "withdrawn")
-            let batcher = RequestBatcher(redis: gate, script: CoordinationClient.kvScript, keys: store.keys, maxInFlight: 1)
-            let first = Task { try await batcher.run(CoordinationClient.encodedRequest(.put(key: Array("a".utf8), value: Array("1".utf8), options: PutOptions()))) }
-            while gate.calls.count < 1 { try await Task.sleep(for: .milliseconds(5)) }
-            let waiting = Task { try await batcher.run(CoordinationClient.encodedRequest(.put(key: Array("b".utf8), value: Array("2".utf8), options: PutOptions()))) }
-            while batcher.queued < 1 { try await Task.sleep(for: .milliseconds(5)) }
-            waiting.cancel()
+        try await Self.withGatedBatcher(namespace: "withdrawn") { store, _, gate, batcher in
+            let (first, queued) = try await Self.holdSlot(Self.put("a", "1"), andQueue: [Self.put("b", "2")], gate: gate, batcher: batcher)
+            queued[0].cancel()
             do {
-                _ = try await waiting.value
+                _ = try await queued[0].value
                 Issue.record("a withdrawn request answered")
             } catch is CancellationError {
             }
