@@ -159,7 +159,7 @@ final class WatchHub: Sendable {
         let generation = store.incarnation.withLock { $0.generation }
         var configuration = try store.readerConfiguration
         configuration.commandTimeout = .seconds(10)
-        configuration.clientName = "coord-watch-\(store.namespace)"
+        configuration.clientName = Self.readerName(store.namespace)
         let connection = try await RedisConnection.connect(configuration)
         let clientID = try? await connection.send([Array("CLIENT".utf8), Array("ID".utf8)], timeout: nil).int
         return state.withLock { state in
@@ -200,10 +200,16 @@ final class WatchHub: Sendable {
         }
         reader?.cancel()
         // A read blocked in Redis holds the connection (and its close) for up to a
-        // second: unblock it from the client's own connection (where the user may not
-        // run CLIENT, the read runs out by itself).
+        // second: unblock it from the client's own connection, once Redis confirms the
+        // ID is still the reader's (a reconnect, to another server after a failover,
+        // gives it a new one, and the old one may be another application's client
+        // there). Where the user may not run CLIENT, the read runs out by itself.
         if reader != nil, let clientID {
-            _ = try? await store.redis.send([Array("CLIENT".utf8), Array("UNBLOCK".utf8), Array(String(clientID).utf8)], timeout: .seconds(1))
+            let id = Array(String(clientID).utf8)
+            let listed = try? await store.redis.send([Array("CLIENT".utf8), Array("LIST".utf8), Array("ID".utf8), id], timeout: .seconds(1)).string
+            if let listed, listed.contains(" name=\(Self.readerName(store.namespace)) ") {
+                _ = try? await store.redis.send([Array("CLIENT".utf8), Array("UNBLOCK".utf8), id], timeout: .seconds(1))
+            }
         }
         await connection?.close()
         await reader?.value
@@ -319,6 +325,9 @@ final class WatchHub: Sendable {
         }
         await connection.close()
     }
+
+    /// The reader connection's client name.
+    static func readerName(_ namespace: String) -> String { "coord-watch-\(namespace)" }
 
     /// The blocking read's reply, handed over from the connection's thread.
     private final class ReadOutcome: Sendable {
