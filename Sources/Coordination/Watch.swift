@@ -370,7 +370,6 @@ final class WatchHub: Sendable {
     /// The store's ID, epoch and base, and its revision, in one round trip.
     static let identityScript = RedisScript("local i = redis.call('HMGET', KEYS[1], 'id', 'epoch', 'base'); return {i[1], i[2], i[3], redis.call('GET', KEYS[2]) or '1'}")
 
-
     /// Hands live entries to a watcher, or buffers them while it replays history.
     func deliver(_ entries: [LogEntry], to watcher: Watcher) async {
         let ready = watcher.state.withLock { state -> [LogEntry] in
