@@ -123,7 +123,9 @@ let package = Package(
             ]
         ),
         .testTarget(name: "RedisClientTests", dependencies: ["RedisClient"]),
-        .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "RedisClient"]),
+        .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "RedisClient", "EtcdTestSupport"]),
+        // What the test targets that start a reference etcd share (no dependencies).
+        .target(name: "EtcdTestSupport", path: "Tests/EtcdTestSupport"),
         // A worker process for the multi-process tests of the primitives (mutual
         // exclusion across processes, holders killed or stopped, crashed guests).
         .executableTarget(
@@ -134,7 +136,7 @@ let package = Package(
         .testTarget(name: "CoordinationPrimitivesTests", dependencies: ["CoordinationPrimitives", "RedisClient"]),
         .testTarget(
             name: "EtcdAPITests",
-            dependencies: ["EtcdAPI", "Coordination", "RedisClient", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+            dependencies: ["EtcdAPI", "Coordination", "RedisClient", "EtcdTestSupport", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
             exclude: ["GoClient", "Python"]),
         .testTarget(
             name: "RESPFrontEndTests",

@@ -3,6 +3,7 @@ import EtcdAPI
 import Foundation
 import Logging
 import ServiceLifecycle
+import EtcdTestSupport
 @testable import RedisClient
 import Synchronization
 import Testing
@@ -92,13 +93,8 @@ final class ReferenceEtcd: Sendable {
             let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-etcd")
             let client = "http://127.0.0.1:\(try ChildProcess.freeLoopbackPort())"
             let peer = "http://127.0.0.1:\(try ChildProcess.freeLoopbackPort())"
-            let process = try ChildProcess.spawn(executable, arguments: [
-                "--name", "reference", "--data-dir", directory + "/data",
-                "--listen-client-urls", client, "--advertise-client-urls", client,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", "reference=\(peer)", "--initial-cluster-state", "new",
-                "--logger", "zap", "--log-outputs", directory + "/etcd.log",
-            ], logPath: directory + "/stdout.log", pidFile: directory + "/etcd.pid")
+            let process = try ChildProcess.spawn(executable, arguments: ReferenceEtcdCommandLine.arguments(directory: directory, client: client, peer: peer),
+                                               logPath: directory + "/stdout.log", pidFile: directory + "/etcd.pid")
             let etcd = ReferenceEtcd(endpoint: client, process: process)
             var healthy = false
             do {

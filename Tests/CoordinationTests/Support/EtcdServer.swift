@@ -1,4 +1,5 @@
 import Foundation
+import EtcdTestSupport
 @testable import RedisClient
 
 /// A private single-member etcd (the reference for conformance tests), on two free
@@ -28,13 +29,8 @@ final class EtcdServer: Sendable {
             let peerPort = try ChildProcess.freeLoopbackPort()
             let client = "http://127.0.0.1:\(clientPort)"
             let peer = "http://127.0.0.1:\(peerPort)"
-            let process = try ChildProcess.spawn(executable, arguments: [
-                "--name", "reference", "--data-dir", directory + "/data",
-                "--listen-client-urls", client, "--advertise-client-urls", client,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", "reference=\(peer)", "--initial-cluster-state", "new",
-                "--logger", "zap", "--log-outputs", directory + "/etcd.log",
-            ], logPath: directory + "/stdout.log", pidFile: directory + "/etcd.pid")
+            let process = try ChildProcess.spawn(executable, arguments: ReferenceEtcdCommandLine.arguments(directory: directory, client: client, peer: peer),
+                                               logPath: directory + "/stdout.log", pidFile: directory + "/etcd.pid")
             let server = EtcdServer(clientURL: client, directory: directory, process: process)
             let deadline = ContinuousClock.now + .seconds(20)
             while ContinuousClock.now < deadline, !process.hasExited() {
