@@ -27,7 +27,7 @@
 --                      so that its keyspace `expired` event can wake reapers
 -- ARGV: one msgpack request or several (a batch: each runs as if called on its own,
 --   in order, and the reply is an array of their replies, a Redis error for one that
---   failed with one). A request is one of
+--   failed with one; a replica's READONLY answers the whole call). A request is one of
 --       {"range", key, rangeEnd, limit, revision, sortOrder, sortTarget, keysOnly, countOnly,
 --        minMod, maxMod, minCreate, maxCreate}
 --       {"put", key, value, lease, prevKV, ignoreValue, ignoreLease}
