@@ -324,11 +324,16 @@ local function revokeLease(lease)
   end
 end
 
--- Revokes leases whose deadline has passed, oldest first, at most 100 per script
--- (as etcd rate-limits revocations), so that a mass expiry never stalls one request.
+-- Revokes leases whose deadline has passed, oldest first, at most 100 per script call
+-- (as etcd rate-limits revocations), so that a mass expiry never stalls one call, a
+-- batch of requests included. Once a look finds fewer than it may take, nothing else
+-- is due at this call's `now` (no request makes a lease due sooner than now).
+local reapBudget = 100
 local function reapDue()
-  local due = redis.call('ZRANGEBYSCORE', K_LDUE, '-inf', now, 'LIMIT', 0, 100)
+  if reapBudget == 0 then return 0 end
+  local due = redis.call('ZRANGEBYSCORE', K_LDUE, '-inf', now, 'LIMIT', 0, reapBudget)
   for _, lease in ipairs(due) do revokeLease(lease) end
+  reapBudget = (#due < reapBudget) and 0 or (reapBudget - #due)
   return #due
 end
 
