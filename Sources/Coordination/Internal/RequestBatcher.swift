@@ -133,7 +133,7 @@ final class RequestBatcher: Sendable {
         // A caller cancelled while its request waits withdraws it (it never runs), as a
         // command still queued in the connection is withdrawn; once the request has
         // left in a batch, the caller gets its reply.
-        let id = Mutex<Int?>(nil)
+        let ticket = Mutex(Ticket.arriving)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
                 if Task.isCancelled {
@@ -142,13 +142,34 @@ final class RequestBatcher: Sendable {
                 }
                 let pending = Pending(request: request, continuation: continuation)
                 let (queued, batch) = state.withLock { $0.enqueue(pending, bytes: request.count) }
-                id.withLock { $0 = queued }
+                let cancelledMeanwhile = ticket.withLock { ticket -> Bool in
+                    if case .cancelled = ticket { return true }
+                    ticket = .queued(queued)
+                    return false
+                }
+                // A cancellation between the check above and the queueing found nothing
+                // to withdraw: withdraw here (unless the request has just left).
+                if cancelledMeanwhile {
+                    state.withLock { $0.withdraw(queued) }?.continuation.resume(throwing: CancellationError())
+                }
                 sendNext(batch)
             }
         } onCancel: {
-            guard let queued = id.withLock({ $0 }) else { return }
+            let queued = ticket.withLock { ticket -> Int? in
+                if case .queued(let id) = ticket { return id }
+                ticket = .cancelled
+                return nil
+            }
+            guard let queued else { return }
             state.withLock { $0.withdraw(queued) }?.continuation.resume(throwing: CancellationError())
         }
+    }
+
+    /// Where a waiting request stands, for its cancellation handler.
+    private enum Ticket {
+        case arriving
+        case queued(Int)
+        case cancelled
     }
 
     /// Sends `batch` (which holds a slot) and every batch that takes the slot after it.
