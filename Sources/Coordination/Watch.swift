@@ -155,25 +155,34 @@ final class WatchHub: Sendable {
             return (state.position, state.generation)
         }
         if let running { return running }
-        let current = try await store.currentRevision()
-        let generation = store.incarnation.withLock { $0.generation }
-        var configuration = try store.readerConfiguration
-        configuration.commandTimeout = .seconds(10)
-        configuration.clientName = Self.readerName(store.namespace)
-        let connection = try await RedisConnection.connect(configuration)
-        let clientID = try? await connection.send([Array("CLIENT".utf8), Array("ID".utf8)], timeout: nil).int
-        return state.withLock { state in
-            if state.reader == nil {
-                state.position = current
-                state.dispatched = current
-                state.generation = generation
-                state.connection = connection
-                state.clientID = clientID
-                state.reader = Task { [self] in await readLoop(connection) }
-            } else {
+        while true {
+            let current = try await store.currentRevision()
+            let generation = store.incarnation.withLock { $0.generation }
+            var configuration = try store.readerConfiguration
+            configuration.commandTimeout = .seconds(10)
+            configuration.clientName = Self.readerName(store.namespace)
+            let connection = try await RedisConnection.connect(configuration)
+            let clientID = try? await connection.send([Array("CLIENT".utf8), Array("ID".utf8)], timeout: nil).int
+            let started = state.withLock { state -> (Int64, Int)? in
+                if state.reader == nil {
+                    // A reset noticed since the revision was read (its endAll found no
+                    // reader to move on): that revision belongs to the old history, and a
+                    // reader at its generation would find every later check crossing the
+                    // reset and hand out nothing. Start again from the new history.
+                    guard store.incarnation.withLock({ $0.generation }) == generation else { return nil }
+                    state.position = current
+                    state.dispatched = current
+                    state.generation = generation
+                    state.connection = connection
+                    state.clientID = clientID
+                    state.reader = Task { [self] in await readLoop(connection) }
+                    return (state.position, state.generation)
+                }
                 Task { await connection.close() }
+                return (state.position, state.generation)
             }
-            return (state.position, state.generation)
+            if let started { return started }
+            await connection.close()
         }
     }
 
@@ -304,6 +313,8 @@ final class WatchHub: Sendable {
                     // Compaction trimmed entries this reader had not read yet: the watchers
                     // cannot be given a complete history any more.
                     let (watchers, compacted) = state.withLock { state -> ([Watcher], Int64) in
+                        // After a reset the watchers are the new history's: not these entries' to end.
+                        guard state.generation == generation else { return ([], first.revision) }
                         defer { state.watchers = [:] }
                         return (Array(state.watchers.values), first.revision)
                     }
@@ -317,7 +328,10 @@ final class WatchHub: Sendable {
                     return Array(state.watchers.values)
                 }
                 for watcher in watchers { await deliver(entries, to: watcher) }
-                state.withLock { $0.dispatched = last.revision }
+                state.withLock { state in
+                    // After a reset the position and what was dispatched are the new history's.
+                    if state.generation == generation { state.dispatched = last.revision }
+                }
             } catch {
                 // Lost connection or timeout: read again from the same position.
                 try? await Task.sleep(for: .milliseconds(20))
