@@ -523,14 +523,25 @@ actor ConnectionCoordination {
     }
 
     /// Runs `body`, giving up after `timeout`: `nil` then (the body is cancelled).
-    private static func within<T: Sendable>(_ timeout: Duration?, _ body: @escaping @Sendable () async throws -> T) async throws -> T? {
+    ///
+    /// A body that completes although the timeout has passed (it acquired the lock, won
+    /// the election, began the visit just as the timer fired, and did not see the
+    /// cancellation) counts: its result is returned, so that the client is told what
+    /// its connection now holds, as it would be had the body been a moment faster.
+    static func within<T: Sendable>(_ timeout: Duration?, _ body: @escaping @Sendable () async throws -> T) async throws -> T? {
         guard let timeout else { return try await body() }
         return try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask { try await body() }
             group.addTask { try await Task.sleep(for: timeout); return nil }
             let first = try await group.next()!
             group.cancelAll()
-            return first
+            if first != nil { return first }
+            // The timer fired. The body, cancelled now, has either given up (it throws,
+            // and the answer is the timeout) or got there anyway.
+            while let result = try? await group.next() {
+                if let result { return result }
+            }
+            return nil
         }
     }
 
@@ -570,6 +581,9 @@ actor ConnectionCoordination {
             }
             let inside = try await Self.within(timeout) { () -> Bool in
                 for await _ in entered { return true }
+                // Given up at the timeout (the stream ends when the wait is cancelled)
+                // is not the visit ending before it began.
+                try Task.checkCancellation()
                 return false
             }
             guard inside == true else {
