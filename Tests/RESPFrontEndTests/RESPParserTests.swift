@@ -47,6 +47,12 @@ import Testing
         #expect(error("*1\r\n$-3\r\n") == "invalid bulk length")
         #expect(error("SET \"a\r\n") == "unbalanced quotes in request")
         #expect(error("*2\r\n$3\r\nGET\r\n") == nil)
+        // Redis 7.0's limits (its answers, from a redis-server): proto-max-bulk-len
+        // (512 MiB) and INT_MAX arguments.
+        #expect(error("*1\r\n$536870913\r\n") == "invalid bulk length")
+        #expect(error("*1\r\n$536870912\r\n") == nil)
+        #expect(error("*2147483648\r\n") == "invalid multibulk length")
+        #expect(error("*2147483647\r\n") == nil)
     }
 
     @Test func theReplyScannerFindsWholeRepliesOfEveryType() {

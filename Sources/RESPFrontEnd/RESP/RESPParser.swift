@@ -57,8 +57,9 @@ public struct RESPProtocolError: Error, Sendable, Equatable {
 public struct RESPCommandParser: Sendable {
     /// Redis's `proto-max-bulk-len` default (512 MiB).
     public var maxBulkLength = 512 * 1024 * 1024
-    /// Redis's limit on a multibulk's length.
-    public var maxArguments = 1024 * 1024
+    /// Redis's limit on a multibulk's length (`INT_MAX` since Redis 7.0; memory is
+    /// reserved as the arguments arrive, not for the count announced).
+    public var maxArguments = Int(Int32.max)
     /// Redis's limit on an inline request (64 KiB).
     public var maxInlineLength = 64 * 1024
 
