@@ -322,9 +322,26 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
             if !shared.configuration.allowFlush {
                 return "ERR coordproxy refuses \(name.uppercased()): it would delete the coordination store's keys; start coordproxy with --allow-flush to pass it through"
             }
+        case "swapdb":
+            // It moves every key of a database, the store's with them, under another number.
+            if !shared.configuration.allowFlush {
+                return "ERR coordproxy refuses SWAPDB: it would move the coordination store's keys to another database; start coordproxy with --allow-flush to pass it through"
+            }
         case "client":
             if command.arguments.count >= 2, command.text(1).lowercased() == "reply" {
                 return "ERR coordproxy does not pass CLIENT REPLY through: replies must stay one per command"
+            }
+        case "config":
+            // An allkeys-* policy lets Redis evict the store's keys under memory pressure
+            // (coordproxy refuses to start on such a Redis, see CoordinationClient.connect).
+            if command.arguments.count >= 3, command.text(1).lowercased() == "set" {
+                var index = 2
+                while index + 1 < command.arguments.count {
+                    if command.text(index).lowercased() == "maxmemory-policy", command.text(index + 1).lowercased().hasPrefix("allkeys-") {
+                        return "ERR coordproxy refuses CONFIG SET maxmemory-policy \(command.text(index + 1)): Redis would evict the coordination store's keys under memory pressure, losing revisions, leases and locks; use a volatile-* policy or noeviction"
+                    }
+                    index += 2
+                }
             }
         default:
             break

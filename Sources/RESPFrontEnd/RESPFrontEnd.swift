@@ -67,7 +67,7 @@ public final class RESPFrontEnd: Service, Sendable {
         public var namespace: String
         /// Forward other commands to Redis (`--no-passthrough` turns it off).
         public var passthrough = true
-        /// Pass FLUSHALL and FLUSHDB through (they delete the store too).
+        /// Pass FLUSHALL, FLUSHDB and SWAPDB through (they delete or move the store too).
         public var allowFlush = false
         /// Clients that have sent only commands which leave no state on their Redis
         /// connection share one connection per event loop, their commands pipelined

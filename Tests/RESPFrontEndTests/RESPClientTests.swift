@@ -35,6 +35,12 @@ import Testing
             #expect(try await cli("GET", "{coord}:rev").hasPrefix("ERR coordproxy refuses 'GET' on the coordination store's keys"))
             #expect(try await cli("EVAL", "return redis.call('del', KEYS[1])", "1", "{coord}:rev").hasPrefix("ERR coordproxy refuses"))
             #expect(try await cli("FLUSHALL").hasPrefix("ERR coordproxy refuses FLUSHALL"))
+            #expect(try await cli("FLUSHDB").hasPrefix("ERR coordproxy refuses FLUSHDB"))
+            #expect(try await cli("SWAPDB", "0", "1").hasPrefix("ERR coordproxy refuses SWAPDB"))
+            #expect(try await cli("CONFIG", "SET", "maxmemory-policy", "allkeys-lru").hasPrefix("ERR coordproxy refuses CONFIG SET maxmemory-policy allkeys-lru"))
+            #expect(try await cli("CONFIG", "SET", "hz", "10", "maxmemory-policy", "ALLKEYS-LFU").hasPrefix("ERR coordproxy refuses CONFIG SET maxmemory-policy"))
+            #expect(try await cli("CONFIG", "SET", "maxmemory-policy", "volatile-lru") == "OK\n")
+            #expect(try await cli("CONFIG", "GET", "maxmemory-policy") == "maxmemory-policy\nvolatile-lru\n")
             #expect(try await cli("COORD.GET", "greeting", "COUNTONLY") == "revision\n3\ncount\n1\nmore\n0\nkvs\n\n")
             // COMMAND's lists include the coordination commands (redis-cli's hints read COMMAND DOCS).
             let redisCount = Int(try await redisCLI(proxy.redisPort, ["COMMAND", "COUNT"]).output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
