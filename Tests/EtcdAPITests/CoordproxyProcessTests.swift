@@ -90,6 +90,32 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: serverDirectory), "\(serverDirectory) was left behind")
     }
 
+    /// An operator reading the log sees when Redis went away and when it came back,
+    /// one line each, besides the refused requests.
+    @Test func losingRedisAndItsReturnAreLoggedOnceEach() async throws {
+        try await RedisServer.withServer { server in
+            let proxy = try await CoordproxyProcess.start(redisURL: server.url)
+            defer { proxy.kill() }
+            #expect(!proxy.log().contains("lost Redis"))
+            await server.kill()
+            let lost = await eventually(timeout: .seconds(30)) { proxy.log().contains("lost Redis: requests fail with UNAVAILABLE until it answers again") }
+            #expect(lost, "\(proxy.log())")
+            // Still down a few probes later: one line, not one a second.
+            try await Task.sleep(for: .milliseconds(2_500))
+            try await server.restart()
+            let back = await eventually(timeout: .seconds(30)) { proxy.log().contains("Redis answers again: serving from it") }
+            #expect(back, "\(proxy.log())")
+            let lines = proxy.log().split(separator: "\n")
+            #expect(lines.filter { $0.contains("lost Redis") }.count == 1, "\(proxy.log())")
+            #expect(lines.filter { $0.contains("Redis answers again") }.count == 1, "\(proxy.log())")
+            let line = try #require(lines.first { $0.contains("lost Redis") })
+            #expect(line.contains(server.url) || line.contains("127.0.0.1"), "the line names the Redis: \(line)")
+            // And it serves again.
+            let put = try await etcdctl(["put", "after", "1"], endpoint: proxy.endpoint)
+            #expect(put.status == 0, "\(put)")
+        }
+    }
+
     @Test func twoProxiesOnOneRedisServeOneStoreWatchesAndLocks() async throws {
         try await RedisServer.withServer { server in
             let first = try await CoordproxyProcess.start(redisURL: server.url, name: "first")
