@@ -68,7 +68,7 @@ struct CoordProxy: AsyncParsableCommand {
     @Option(name: .customLong("requirepass"), help: ArgumentHelp("A password of coordproxy's own for the Redis-protocol listener, as Redis's requirepass: clients must AUTH <password> (or HELLO 3 AUTH default <password>) before any command. For a Redis without a password (with one, clients authenticate against Redis's own users and this is refused). Prefer $COORDPROXY_REQUIREPASS: a flag shows in ps.", valueName: "password"))
     var requirePass: String?
 
-    @Flag(name: .customLong("allow-flush"), help: "Pass FLUSHALL and FLUSHDB through to Redis (refused by default: they delete the coordination store too).")
+    @Flag(name: .customLong("allow-flush"), help: "Pass FLUSHALL, FLUSHDB and SWAPDB through to Redis (refused by default: they delete or move the coordination store too).")
     var allowFlush = false
 
     @Option(name: .customLong("session-ttl"), help: ArgumentHelp("TTL in seconds of the lease of a Redis-protocol connection's session (default 60): revoked when the connection closes, expiring after this long if coordproxy dies.", valueName: "seconds"))
@@ -105,7 +105,7 @@ struct CoordProxy: AsyncParsableCommand {
     @Flag(help: "Refuse a Redis whose maxmemory-policy may evict keys (allkeys-*) unless this is given.")
     var allowEvictingPolicy = false
 
-    @Flag(name: .customLong("no-grpc-fast-path"), help: "Serve the etcd API on grpc-swift's own HTTP/2 transport, every call through grpc-swift, instead of coordproxy's transport, which serves the unary calls of etcd's KV and Lease services (Range, Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke, LeaseTimeToLive, LeaseLeases) and Watch streams from the HTTP/2 frames and hands the rest to grpc-swift (the same answers, at less CPU per call and per watch event); for comparison and diagnosis.")
+    @Flag(name: .customLong("no-grpc-fast-path"), help: "Serve the etcd API on grpc-swift's own HTTP/2 transport, every call through grpc-swift, instead of coordproxy's transport, which serves the unary calls of etcd's KV, Lease, Lock and Election services (Range, Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke, LeaseTimeToLive, LeaseLeases, Lock, Unlock, Campaign, Proclaim, Leader, Resign) and Watch streams from the HTTP/2 frames and hands the rest to grpc-swift (the same answers, at less CPU per call and per watch event); for comparison and diagnosis.")
     var noGRPCFastPath = false
 
     func run() async throws {
@@ -195,7 +195,8 @@ struct CoordProxy: AsyncParsableCommand {
         let fastPath = !(noGRPCFastPath || setting(nil, "NO_GRPC_FAST_PATH") == "1")
         let api = EtcdAPIServer(store: store, listen: listen, member: member, fastPath: fastPath, logger: logger)
         let background = StoreBackground(store: store, retainRevisions: retention > 0 ? retention : nil)
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: background), .init(service: api)]
+        let availability = RedisAvailabilityLog(store: store, redisDescription: Self.redacted(url!), logger: logger)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: background), .init(service: availability), .init(service: api)]
         let exposition = Self.exposition(registry: registry, store: store)
         if !gatewayListen.isEmpty {
             services.append(.init(service: EtcdGateway(api: api, listen: gatewayListen, metrics: exposition, logger: logger)))

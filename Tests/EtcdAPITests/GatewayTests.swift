@@ -32,6 +32,7 @@ import Testing
         ["path": "/v3/lease/revoke", "body": ["ID": "4660"]],
         ["path": "/v3/lease/revoke", "body": ["ID": "4660"]],
         ["path": "/v3/kv/lease/timetolive", "body": ["ID": "4660"]],
+        ["path": "/v3/lease/timetolive", "body": ["ID": "4660", "keys": true]],
         ["path": "/v3/kv/put", "body": ["key": base64("x"), "value": base64("v"), "lease": "4660"]],
         ["path": "/v3/watch", "body": ["create_request": ["key": base64("b"), "start_revision": "4"]], "stream": 2],
         ["path": "/v3/kv/range", "body": ["key": "AA==", "range_end": "AA=="]],
@@ -59,6 +60,10 @@ import Testing
         ["path": "/v3/election/leader", "body": ["name": base64("el")]],
         ["path": "/v3/election/proclaim", "body": ["leader": ["name": base64("el"), "key": base64("el/1235"), "rev": "1", "lease": "4661"], "value": base64("b")]],
         ["path": "/v3/election/proclaim", "body": ["value": base64("b")]],
+        ["path": "/v3/election/observe", "body": ["name": base64("el")], "stream": 1],
+        // A resign whose revision is not the leader key's changes nothing.
+        ["path": "/v3/election/resign", "body": ["leader": ["name": base64("el"), "key": base64("el/1235"), "rev": "1", "lease": "4661"]]],
+        ["path": "/v3/election/leader", "body": ["name": base64("el")]],
         ["path": "/v3/election/campaign", "body": ["name": base64("el2"), "value": base64("a"), "lease": "99999"]],
         ["path": "/v3/lease/revoke", "body": ["ID": "4661"]],
         ["path": "/v3/election/leader", "body": ["name": base64("el")]],
