@@ -142,8 +142,8 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
     }
 
     /// The Watch method for ``GRPCFastPath``, by gRPC path: request messages decoded
-    /// (one that does not decode ends the stream with INVALID_ARGUMENT, as through
-    /// grpc-swift), responses encoded.
+    /// (one that does not decode ends the stream with INTERNAL, as on etcd), responses
+    /// encoded.
     func fastPathMethods() -> GRPCFastPath.StreamTable {
         ["/etcdserverpb.Watch/Watch": GRPCFastPath.StreamMethod(service: "etcdserverpb.Watch", name: "Watch", deadlineCode: .unknown) { messages, sink in
             let requests = GRPCFastPath.Messages<Etcdserverpb_WatchRequest>(bytes: messages)

@@ -20,6 +20,7 @@ import Testing
             "success": [["request_put": ["key": base64("c"), "value": base64("3")]], ["request_range": ["key": base64("c")]]],
             "failure": [["request_delete_range": ["key": base64("a")]]],
         ]],
+        ["path": "/v3/kv/txn", "body": ["success": [[String: Any]()]]],
         ["path": "/v3/kv/deleterange", "body": ["key": base64("a"), "prev_kv": true]],
         ["path": "/v3/kv/compaction", "body": ["revision": "3"]],
         ["path": "/v3/kv/range", "body": ["key": base64("a"), "revision": "2"]],

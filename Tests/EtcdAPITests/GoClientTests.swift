@@ -65,6 +65,17 @@ import Testing
         }
     }
 
+    /// The bad-input checks (unknown methods, compression, malformed protobuf, oversized
+    /// requests, on unary calls and a Watch stream) hold against etcd 3.4 itself: what
+    /// coordproxy answers in the test above is etcd's answer.
+    @Test func badInputChecksHoldAgainstEtcdItself() async throws {
+        let program = try await Self.clientcheck()
+        let result = try await ReferenceEtcd.withServer { etcd in
+            try await run(program, [etcd.endpoint, "badinput"], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(300))
+        }
+        #expect(result.status == 0 && result.output == "ok badinput\n", "etcd: \(result.output)\(result.error)")
+    }
+
     @Test func aBusyClientv3ClientKeepsItsConnectionAndEachPutIsAppliedOnce() async throws {
         let program = try await Self.clientcheck()
         try await withProxy { proxy in

@@ -65,14 +65,15 @@ extension PutOptions {
 }
 
 enum WireConversion {
-    /// The store's operation for one request of a transaction; nil for an empty RequestOp.
+    /// The store's operation for one request of a transaction; an empty RequestOp is
+    /// refused as etcd's checkRequestOp refuses it, with `etcdserver: key not found`.
     static func operation(_ op: Etcdserverpb_RequestOp) throws -> KVOperation {
         switch op.request {
         case .requestRange(let range): return .range(key: range.key.bytes, options: RangeOptions(range))
         case .requestPut(let put): return .put(key: put.key.bytes, value: put.value.bytes, options: PutOptions(put))
         case .requestDeleteRange(let delete): return .delete(key: delete.key.bytes, rangeEnd: delete.rangeEnd.bytes, prevKV: delete.prevKv)
         case .requestTxn(let txn): return .txn(try self.txn(txn))
-        case nil: throw CoordinationError(.invalidArgument, "a transaction request operation is empty")
+        case nil: throw CoordinationError(.keyNotFound, "a transaction request operation is empty")
         }
     }
 

@@ -37,7 +37,8 @@ import Synchronization
 ///
 /// Answers are the same as through grpc-swift: the same messages and status codes
 /// (the service methods are shared), RESOURCE_EXHAUSTED past the request size limit,
-/// INVALID_ARGUMENT for a message that does not decode, and the same metrics and logs.
+/// and the same metrics and logs; a message that does not decode gets etcd's answer,
+/// INTERNAL `grpc: error unmarshalling request: ...` (grpc-swift's is INVALID_ARGUMENT).
 final class GRPCFastPath: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame.FramePayload
     typealias InboundOut = HTTP2Frame.FramePayload
@@ -114,7 +115,7 @@ final class GRPCFastPath: ChannelInboundHandler {
     }
 
     /// Request messages decoded as `M` (one that does not decode ends the sequence with
-    /// ``DecodingFailure``, INVALID_ARGUMENT as through grpc-swift).
+    /// ``DecodingFailure``, INTERNAL as on etcd).
     struct Messages<M: SwiftProtobuf.Message>: AsyncSequence, Sendable {
         typealias Element = M
         let bytes: AsyncThrowingStream<[UInt8], any Error>
@@ -127,7 +128,7 @@ final class GRPCFastPath: ChannelInboundHandler {
                 do {
                     return try M(serializedBytes: message)
                 } catch {
-                    throw DecodingFailure(type: "\(M.self)")
+                    throw DecodingFailure(cause: error, onStream: true)
                 }
             }
         }
@@ -194,7 +195,7 @@ final class GRPCFastPath: ChannelInboundHandler {
     }
 
     /// A table entry for `service`'s method `name`: the request decoded (a message that
-    /// does not decode is INVALID_ARGUMENT, as through grpc-swift), `body` run, the
+    /// does not decode is INTERNAL, as on etcd), `body` run, the
     /// response encoded. `body` throws only `RPCError`s it has already logged.
     static func method<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
         service: String, _ name: String, deadlineCode: RPCError.Code = .deadlineExceeded,
@@ -205,7 +206,7 @@ final class GRPCFastPath: ChannelInboundHandler {
             do {
                 request = try Request(serializedBytes: bytes)
             } catch {
-                throw DecodingFailure(type: "\(Request.self)")
+                throw DecodingFailure(cause: error)
             }
             return try await body(request).serializedBytes()
         })
@@ -471,13 +472,14 @@ final class GRPCFastPath: ChannelInboundHandler {
         }
     }
 
-    /// The status a call that threw `error` ends with: INVALID_ARGUMENT for a request
-    /// that does not decode (grpc-swift's message), a service's own `RPCError` as it
-    /// is, anything else mapped and logged as the services do.
+    /// The status a call that threw `error` ends with: for a request that does not
+    /// decode, etcd's (grpc-go's) INTERNAL `grpc: error unmarshalling request: ...`; a
+    /// service's own `RPCError` as it is; anything else mapped and logged as the
+    /// services do.
     private static func status(of error: any Error, method: String, logger: Logger) -> RPCError {
         switch error {
         case let failure as DecodingFailure:
-            return RPCError(code: .invalidArgument, message: "Can't deserialize to message of type \(failure.type).")
+            return RPCError(code: .internalError, message: failure.message)
         case let rpcError as RPCError:
             return rpcError
         default:
@@ -687,8 +689,26 @@ final class GRPCFastPath: ChannelInboundHandler {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// A request message that does not decode: INVALID_ARGUMENT, with grpc-swift's message.
+    /// A request message that does not decode: INTERNAL, as etcd's grpc-go answers it.
     struct DecodingFailure: Error {
-        var type: String
+        var cause: any Error
+        /// A stream's message (grpc-go words that failure differently from a unary call's).
+        var onStream = false
+
+        /// grpc-go's message.
+        var message: String {
+            onStream ? "grpc: failed to unmarshal the received message \(detail)" : "grpc: error unmarshalling request: \(detail)"
+        }
+
+        /// The reason, in Go's words where they are known (a message cut short is
+        /// `unexpected EOF` there).
+        var detail: String {
+            switch cause as? BinaryDecodingError {
+            case .truncated?: return "unexpected EOF"
+            case .malformedProtobuf?: return "proto: cannot parse invalid wire-format data"
+            case .invalidUTF8?: return "proto: invalid UTF-8"
+            default: return "proto: \(cause)"
+            }
+        }
     }
 }
