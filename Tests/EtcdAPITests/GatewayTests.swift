@@ -21,6 +21,10 @@ import Testing
             "failure": [["request_delete_range": ["key": base64("a")]]],
         ]],
         ["path": "/v3/kv/txn", "body": ["success": [[String: Any]()]]],
+        // Over etcd's 1.5 MiB request limit (its answer), and over its gRPC server's 2 MiB
+        // message limit (grpc-go's, HTTP 429), both as more than 2 MiB of JSON.
+        ["path": "/v3/kv/put", "body": ["key": base64("big"), "value": base64(String(repeating: "x", count: 1600 * 1024))]],
+        ["path": "/v3/kv/put", "body": ["key": base64("big"), "value": base64(String(repeating: "x", count: 3 * 1024 * 1024))]],
         ["path": "/v3/kv/deleterange", "body": ["key": base64("a"), "prev_kv": true]],
         ["path": "/v3/kv/compaction", "body": ["revision": "3"]],
         ["path": "/v3/kv/range", "body": ["key": base64("a"), "revision": "2"]],

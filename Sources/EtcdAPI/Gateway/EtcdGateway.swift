@@ -162,8 +162,10 @@ public final class EtcdGateway: Service, Sendable {
                         head = requestHead
                         body.clear()
                     case .body(var chunk):
-                        if body.readableBytes + chunk.readableBytes > 2 * 1024 * 1024 {
-                            try await respond(outbound, status: .payloadTooLarge, json: Self.errorBody(EtcdErrors.requestTooLarge), keepAlive: false)
+                        if body.readableBytes + chunk.readableBytes > Self.maxBodyBytes {
+                            // Far past what any request under the limit takes in JSON.
+                            let error = Self.messageTooLarge(body.readableBytes + chunk.readableBytes)
+                            try await respond(outbound, status: Self.httpStatus(error.code), json: Self.errorBody(error), keepAlive: false)
                             return
                         }
                         body.writeBuffer(&chunk)
@@ -269,8 +271,24 @@ public final class EtcdGateway: Service, Sendable {
             }
         } catch let error as GatewayBadRequest {
             try await respond(outbound, status: .badRequest, json: Self.errorBody(RPCError(code: .invalidArgument, message: error.message)), keepAlive: true)
+        } catch let error as RPCError where error.code == .resourceExhausted {
+            try await respond(outbound, status: Self.httpStatus(error.code), json: Self.errorBody(error), keepAlive: true)
         }
         return true
+    }
+
+    /// etcd's limit on a request message (its gRPC server's: 1.5 MiB plus 512 KiB of
+    /// headroom), which its gateway's requests meet as gRPC messages.
+    static let maxRequestBytes = 2 * 1024 * 1024
+    /// The most JSON read for one request: base64 and field names make a request under
+    /// ``maxRequestBytes`` up to about 2.7 MiB of JSON; past four times the limit the
+    /// request cannot be under it.
+    static let maxBodyBytes = 4 * maxRequestBytes
+
+    /// etcd's (grpc-go's) answer to a request message over the limit: RESOURCE_EXHAUSTED,
+    /// HTTP 429 from the gateway.
+    static func messageTooLarge(_ size: Int) -> RPCError {
+        RPCError(code: .resourceExhausted, message: "grpc: received message larger than max (\(size) vs. \(maxRequestBytes))")
     }
 
     private struct GatewayBadRequest: Error {
@@ -291,11 +309,17 @@ public final class EtcdGateway: Service, Sendable {
 
     private static func decode<Request: SwiftProtobuf.Message>(_ body: [UInt8]) throws -> Request {
         if body.allSatisfy({ $0 == 0x20 || $0 == 0x0a || $0 == 0x0d || $0 == 0x09 }) { return Request() }
+        let request: Request
         do {
-            return try Request(jsonUTF8Bytes: body, options: jsonDecoding)
+            request = try Request(jsonUTF8Bytes: body, options: jsonDecoding)
         } catch {
             throw GatewayBadRequest(message: "invalid request body: \(error)")
         }
+        // JSON is larger than the message it carries: only a large body can be over.
+        if body.count > maxRequestBytes, let bytes: [UInt8] = try? request.serializedBytes(), bytes.count > maxRequestBytes {
+            throw messageTooLarge(bytes.count)
+        }
+        return request
     }
 
     private static func encode(_ message: some SwiftProtobuf.Message) -> String {
@@ -340,7 +364,7 @@ public final class EtcdGateway: Service, Sendable {
         do {
             request = try Self.decode(body)
         } catch {
-            recorder.finish(.invalidArgument)
+            recorder.finish((error as? RPCError)?.code ?? .invalidArgument)
             throw error
         }
         do {
