@@ -147,6 +147,40 @@ def coord(port, protocol, parser):
     show("txn compare and swap", txn("IF", "t", "VALUE", "=", "1", "t", "MOD", ">", "0", "THEN", "PUT", "t", "2", "PREVKV", "DEL", "t2"))
     show("txn bad compare", error_of(lambda: x("COORD.TXN", "IF", "t", "COLOR", "=", "1")))
     show("txn duplicate key", error_of(lambda: x("COORD.TXN", "THEN", "PUT", "t", "1", "PUT", "t", "2")))
+    # The options of the core commands, each on its own: o/c created first (version 3),
+    # then o/b (version 2), then o/a; values "333", "2" and "9".
+    base = x("COORD.REV")
+    for key, value in [("o/c", "3"), ("o/b", "20"), ("o/a", "9"), ("o/b", "2"), ("o/c", "33"), ("o/c", "333")]:
+        x("COORD.PUT", key, value)
+    def keys(*words):
+        return [kv["key"].decode() for kv in as_map(x("COORD.GET", *words))["kvs"]]
+    show("opt end", keys("o/a", "END", "o/c"))
+    show("opt sort key asc", keys("o/", "PREFIX", "SORT", "KEY", "ASC"))
+    show("opt sort version desc", keys("o/", "PREFIX", "SORT", "VERSION", "DESC"))
+    show("opt sort create asc", keys("o/", "PREFIX", "SORT", "CREATE", "ASC"))
+    show("opt sort modify desc", keys("o/", "PREFIX", "SORT", "MODIFY", "DESC"))
+    show("opt sort value asc", keys("o/", "PREFIX", "SORT", "VALUE", "ASC"))
+    show("opt minmod", keys("o/", "PREFIX", "MINMOD", str(base + 5)))
+    show("opt maxmod", keys("o/", "PREFIX", "MAXMOD", str(base + 4)))
+    show("opt mincreate", keys("o/", "PREFIX", "MINCREATE", str(base + 2)))
+    show("opt maxcreate", keys("o/", "PREFIX", "MAXCREATE", str(base + 1)))
+    kept = as_map(x("COORD.PUT", "o/b", "", "IGNORE_VALUE", "PREVKV"))
+    after = as_map(x("COORD.GET", "o/b"))["kvs"][0]
+    show("opt ignore_value", (kept["prev_kv"]["value"], after["value"], after["version"], after["mod_revision"] - base))
+    lease = as_map(x("COORD.LEASE", "GRANT", "60"))["id"]
+    x("COORD.PUT", "o/l", "1", "LEASE", lease)
+    x("COORD.PUT", "o/l", "2", "IGNORE_LEASE")
+    show("opt ignore_lease", as_map(x("COORD.GET", "o/l"))["kvs"][0]["lease"] == lease)
+    show("opt ignore_value missing key", error_of(lambda: x("COORD.PUT", "o/none", "", "IGNORE_VALUE")))
+    show("opt txn create lease != <", txn("IF", "o/c", "CREATE", "<", str(base + 2), "o/a", "LEASE", "=", "0", "o/b", "VERSION", "!=", "5",
+                                         "o/l", "LEASE", "=", str(lease), "THEN", "GET", "o/c", "KEYSONLY"))
+    show("opt txn lease compare fails", txn("IF", "o/a", "LEASE", "=", str(lease), "THEN", "PUT", "o/x", "1", "ELSE", "GET", "o/x", "COUNTONLY"))
+    deleted = as_map(x("COORD.DEL", "o/a", "END", "o/c", "PREVKV"))
+    show("opt del end", (deleted["deleted"], [kv["key"] for kv in deleted["prev_kvs"]]))
+    deleted = as_map(x("COORD.DEL", "o/", "FROMKEY", "PREVKV"))
+    show("opt del fromkey", [kv["key"] for kv in deleted["prev_kvs"]])
+    show("opt lease list", lease in x("COORD.LEASE", "LIST"))
+    show("opt lease keepalive", as_map(x("COORD.LEASE", "KEEPALIVE", lease))["ttl"])
     show("ping", r.ping())
     r.close()
 
