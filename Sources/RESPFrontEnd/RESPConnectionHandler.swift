@@ -126,6 +126,9 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     /// Bytes of watch events written but not yet sent: past the limit, the client
     /// reads too slowly and is disconnected (Redis's client-output-buffer-limit).
     private var unsentPushBytes = 0
+    /// Bytes of watch events held behind a reply still pending (a pipelined command
+    /// ahead of them has not been answered): they count toward the limit too.
+    private var heldPushBytes = 0
     /// RESP2 connections with watches are in watch mode, as in subscribe mode.
     private var inWatchMode: Bool { protocolVersion == 2 && !watches.isEmpty }
 
@@ -671,8 +674,14 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     /// waiting, else at once.
     private func push(_ value: RESPValue, after slot: Slot) {
         guard let context else { return }
+        guard !closing else { return }
         let buffer = encode(value)
         if slots.contains(where: { $0 === slot }) {
+            heldPushBytes += buffer.readableBytes
+            if unsentPushBytes + heldPushBytes > Self.pushLimit {
+                pushLimitReached(context: context)
+                return
+            }
             slot.then.append(buffer)
             return
         }
@@ -680,16 +689,13 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
         context.flush()
     }
 
-    private func writePush(_ buffer: ByteBuffer, context: ChannelHandlerContext) {
+    private func writePush(_ buffer: ByteBuffer, context: ChannelHandlerContext, held: Bool = false) {
         let size = buffer.readableBytes
+        if held { heldPushBytes -= size }
+        guard !closing else { return }
         unsentPushBytes += size
-        if unsentPushBytes > Self.pushLimit {
-            shared.logger.warning("closing a RESP client that does not read its watch events (over \(Self.pushLimit / 1024 / 1024) MiB unread)",
-                                  metadata: ["remote": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")"])
-            for watch in watches.values { watch.cancel() }
-            watches = [:]
-            closing = true
-            context.close(promise: nil)
+        if unsentPushBytes + heldPushBytes > Self.pushLimit {
+            pushLimitReached(context: context)
             return
         }
         let me = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -697,6 +703,35 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
         promise.futureResult.whenComplete { _ in me.value.unsentPushBytes -= size }
         context.write(wrapOutboundOut(buffer), promise: promise)
     }
+
+    /// The client left more than ``pushLimit`` of watch events unread: its watches
+    /// end, each with a `[canceled, id, error]` push that says why, written behind the
+    /// events already queued, and the connection closes once those are sent (a client
+    /// that reads again sees them) or after ``pushLimitGrace`` (one that does not).
+    private func pushLimitReached(context: ChannelHandlerContext) {
+        let remote = context.channel.remoteAddress.map { "\($0)" } ?? "?"
+        shared.logger.warning("closing a RESP client that does not read its watch events (over \(Self.pushLimit / 1024 / 1024) MiB unread)",
+                              metadata: ["remote": "\(remote)", "watches": "\(watches.count)"])
+        let ended = watches.keys.sorted()
+        for watch in watches.values { watch.cancel() }
+        watches = [:]
+        closing = true
+        let text = "OUTPUTLIMIT this connection left more than \(Self.pushLimit / 1024 / 1024) MiB of watch events unread (coordproxy's limit, as Redis's client-output-buffer-limit for pub/sub): its watches ended and the connection closes; read events as they arrive, or watch fewer keys"
+        for id in ended {
+            context.write(wrapOutboundOut(encode(.push([.bulk("canceled"), .integer(id), .bulk(text)]))), promise: nil)
+        }
+        let channel = context.channel
+        let sent = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0)), promise: sent)
+        let deadline = context.eventLoop.scheduleTask(in: Self.pushLimitGrace) { channel.close(promise: nil) }
+        sent.futureResult.whenComplete { _ in
+            deadline.cancel()
+            channel.close(promise: nil)
+        }
+    }
+
+    /// How long a client over the limit is given to read what was queued for it.
+    static let pushLimitGrace = TimeAmount.seconds(5)
 
     // MARK: - Pass-through
 
@@ -1051,7 +1086,7 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
             }
             if !first.then.isEmpty {
                 writeBatch()
-                for push in first.then { writePush(push, context: context) }
+                for push in first.then { writePush(push, context: context, held: true) }
             }
             wrote = true
             if first.closeAfter {

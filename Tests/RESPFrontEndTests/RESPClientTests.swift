@@ -191,6 +191,22 @@ import Testing
             """)
     }
 
+    /// Redis's client-output-buffer-limit for watches: a watcher that stops reading is
+    /// disconnected past 32 MiB unread, with a canceled push saying why behind what it
+    /// was sent; a watcher on another connection gets every event in order.
+    @Test func aWatcherThatStopsReadingIsToldWhyAndDisconnectedAndOthersGetEveryEvent() async throws {
+        let result = try await withRESPProxy { proxy in try await redisPy(["slowwatch", String(proxy.port)]) }
+        #expect(result.status == 0, "\(result.output)\(result.error)")
+        #expect(result.output == """
+            the reading watcher got every event in order: True
+            the slow watcher was told why: True
+            its connection closed: True
+            it was sent more than 32 MiB first: True
+            the proxy serves on: 4
+
+            """, "\(result.output)\(result.error)")
+    }
+
     @Test func electionsCampaignProclaimResignAndObserveAcrossConnections() async throws {
         for (version, parser) in [("2", "python"), ("3", "hiredis")] {
             try await withRESPProxy { proxy in

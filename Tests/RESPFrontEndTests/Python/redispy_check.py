@@ -9,6 +9,8 @@ Usage:
       BLPOP, scripts); run against coordproxy and against Redis, the output must match
   redispy_check.py watch <port> <protocol> <parser>
       COORD.WATCH: history from a revision, live events, watch mode, UNWATCH, compaction
+  redispy_check.py slowwatch <port>
+      a RESP3 watcher that stops reading: disconnected past 32 MiB unread, told why
   redispy_check.py election <port> <protocol> <parser>
       COORD.CAMPAIGN, PROCLAIM, RESIGN, LEADER and OBSERVE across three connections
   redispy_check.py fortress <port> <protocol> <parser>
@@ -309,6 +311,61 @@ def watch(port, protocol, parser):
     r.connection_pool.disconnect()
 
 
+def slowwatch(port):
+    """A watcher that stops reading is disconnected once it leaves more than 32 MiB of
+    events unread, told why by a canceled push behind the events it was sent; a
+    watcher on another connection gets every event, and the proxy serves on."""
+    import socket
+    slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", int(port)))
+    # A PING behind the watch: its PONG comes once the watch has been answered.
+    slow.sendall(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n*3\r\n$11\r\nCOORD.WATCH\r\n$3\r\nsw/\r\n$6\r\nPREFIX\r\n*1\r\n$4\r\nPING\r\n")
+    slow.settimeout(30)
+    greeting = b""
+    while not greeting.endswith(b"+PONG\r\n"):
+        greeting += slow.recv(4096)
+    fast = connect(port, 3, "python")
+    conn = fast.connection_pool.get_connection()
+    conn.send_command("COORD.WATCH", "sw/", "PREFIX")
+    conn.read_response()
+    count = 64
+    received = []
+    def follow():
+        while len(received) < count:
+            message = event_form(conn.read_response(push_request=True))
+            received.extend(event[5] for event in message[3])
+    follower = threading.Thread(target=follow)
+    follower.start()
+    # The slow client reads again once its watch has been ended (well past 32 MiB written
+    # plus what the sockets hold), within the proxy's grace for reading what was queued.
+    unread = {"bytes": 0, "data": b"", "closed": False}
+    def drain():
+        while len(received) < 44:
+            time.sleep(0.01)
+        while True:
+            chunk = slow.recv(1 << 20)
+            if not chunk:
+                unread["closed"] = True
+                return
+            unread["bytes"] += len(chunk)
+            unread["data"] = (unread["data"] + chunk)[-4096:]
+    drainer = threading.Thread(target=drain)
+    drainer.start()
+    writer = connect(port, 3, "python")
+    start = writer.execute_command("COORD.REV")
+    value = b"x" * (1 << 20)
+    for i in range(count):
+        writer.execute_command("COORD.PUT", f"sw/{i % 4}", value)
+    follower.join(120)
+    drainer.join(120)
+    show("the reading watcher got every event in order", received == list(range(start + 1, start + 1 + count)))
+    show("the slow watcher was told why", b"OUTPUTLIMIT this connection left more than 32 MiB of watch events unread" in unread["data"])
+    show("its connection closed", unread["closed"])
+    show("it was sent more than 32 MiB first", unread["bytes"] > 32 << 20)
+    show("the proxy serves on", as_map(writer.execute_command("COORD.GET", "sw/", "PREFIX", "COUNTONLY"))["count"])
+
+
 def election(port, protocol, parser):
     """COORD.CAMPAIGN / PROCLAIM / RESIGN / LEADER / OBSERVE across three connections."""
     a, b, o = (connect(port, protocol, parser) for _ in range(3))
@@ -468,5 +525,5 @@ def fenced_take(port, name, value):
 
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
-    {"coord": coord, "passthrough": passthrough, "watch": watch, "election": election, "fortress": fortress, "lockers": lockers, "hold": hold, "wait": wait,
+    {"coord": coord, "passthrough": passthrough, "watch": watch, "slowwatch": slowwatch, "election": election, "fortress": fortress, "lockers": lockers, "hold": hold, "wait": wait,
      "fenced_hold": fenced_hold, "fenced_take": fenced_take}[mode](*args)
