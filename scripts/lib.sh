@@ -58,7 +58,7 @@ coord_build_go_clientcheck() {
     local output=$1
     mkdir -p "$(dirname "$output")"
     GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="${GOCACHE:-$(pwd)/.build/gocache}" \
-        go build -o "$output" Tests/EtcdAPITests/GoClient/main.go
+        go build -o "$output" Tests/EtcdAPITests/GoClient/*.go
     export COORD_GO_CLIENTCHECK=$output
 }
 

@@ -18,8 +18,15 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
     let store: CoordinationClient
     let member: EtcdMember
     let logger: Logger
-    /// Responses above this size are split when the watcher asked for fragments.
+    /// etcd's request limit (`--max-request-bytes`, 1.5 MiB): a batch of revisions is
+    /// sent in responses of at most this size, split between revisions; and a revision
+    /// whose response passes it plus etcd's gRPC headroom (512 KiB) is split into
+    /// fragments when the watcher asked for them, as etcd's `sendFragments` splits it.
     let maxResponseBytes: Int
+
+    /// The size past which a response is sent in fragments (etcd's `maxRequestBytes +
+    /// grpcOverheadBytes`).
+    var fragmentBytes: Int { maxResponseBytes + 512 * 1024 }
 
     /// Opened when the server begins shutting down: the stream ends with UNAVAILABLE.
     let stopping: Latch
@@ -208,7 +215,7 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
             progressNotify: create.progressNotify)
         let key = create.key.bytes
         let fragment = create.fragment
-        let (store, member, logger, limit) = (store, member, logger, maxResponseBytes)
+        let (store, member, logger, limit, fragmentLimit) = (store, member, logger, maxResponseBytes, fragmentBytes)
         let task = Task(executorPreference: executor) {
             do {
                 for try await events in store.watch(key, options: options) {
@@ -217,7 +224,7 @@ public struct WatchService: Etcdserverpb_Watch.SimpleServiceProtocol {
                     answer.watchID = id
                     answer.events = events.events.map(WireConversion.event)
                     for batch in Self.revisionBatches(of: answer, limit: limit) {
-                        for part in fragment ? Self.fragments(of: batch, limit: limit) : [batch] { send(part) }
+                        for part in fragment ? Self.fragments(of: batch, limit: fragmentLimit) : [batch] { send(part) }
                     }
                 }
             } catch is CancellationError {

@@ -14,13 +14,15 @@ import Testing
         guard let go = ChildProcess.locate("go") else {
             throw RedisError(.serverNotFound, "go was not found on PATH; install golang-go and golang-etcd-server-dev, or run scripts/test.sh")
         }
-        let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("GoClient/main.go").path
+        // The package's files by name (GOPATH mode builds no directory given by an absolute path).
+        let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("GoClient").path
+        let sources = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".go") }.sorted().map { directory + "/" + $0 }
         let output = FileManager.default.temporaryDirectory.appendingPathComponent("clientcheck-\(UUID().uuidString)").path
         var environment = ProcessInfo.processInfo.environment
         environment["GO111MODULE"] = "off"
         environment["GOPATH"] = "/usr/share/gocode"
         if environment["GOCACHE"] == nil { environment["GOCACHE"] = FileManager.default.temporaryDirectory.appendingPathComponent("gocache").path }
-        let build = try await run(go, ["build", "-o", output, source], environment: environment, timeout: .seconds(600))
+        let build = try await run(go, ["build", "-o", output] + sources, environment: environment, timeout: .seconds(600))
         guard build.status == 0 else {
             throw RedisError(.serverStartFailed, "go build of the clientv3 checks failed (is golang-etcd-server-dev installed?): \(build.error)")
         }
@@ -63,6 +65,51 @@ import Testing
             #expect(onSlowPath[index].status == 0 && onSlowPath[index].output == "ok \(scenario)\n",
                     "coordproxy --no-grpc-fast-path: \(onSlowPath[index].output)\(onSlowPath[index].error)")
         }
+    }
+
+    /// The Watch stream's requests, sent raw (watchapi.go): caller-chosen watch IDs and a
+    /// duplicate one, filters, prev_kv, a server-chosen ID, a progress request, a
+    /// cancel (and a second one of the same ID), a watch of history from a start
+    /// revision and one from a future revision give the same responses, in the same
+    /// order, from etcd 3.4 and from coordproxy (revisions relative to the start).
+    @Test func watchStreamRequestsGetEtcdsResponses() async throws {
+        let program = try await Self.clientcheck()
+        func responses(_ endpoint: String) async throws -> ProgramOutput {
+            try await run(program, [endpoint, "watchapi"], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(300))
+        }
+        let onEtcd = try await ReferenceEtcd.withServer { etcd in try await responses(etcd.endpoint) }
+        let onProxy = try await withProxy { proxy in try await responses(proxy.endpoint) }
+        #expect(onEtcd.status == 0 && onEtcd.output.hasSuffix("ok watchapi\n"), "etcd: \(onEtcd.output)\(onEtcd.error)")
+        #expect(onProxy.status == 0, "coordproxy: \(onProxy.output)\(onProxy.error)")
+        #expect(onEtcd.output.contains("mvcc: duplicate watch ID provided on the WatchStream") && onEtcd.output.contains("progress request: id=-1"),
+                "the scenario no longer shows what it is for: \(onEtcd.output)")
+        let theirs = onEtcd.output.split(separator: "\n", omittingEmptySubsequences: false)
+        let ours = onProxy.output.split(separator: "\n", omittingEmptySubsequences: false)
+        for (index, line) in theirs.enumerated() {
+            #expect(index < ours.count && ours[index] == line, "response \(index): etcd \(line), coordproxy \(index < ours.count ? ours[index] : "nothing")")
+        }
+        #expect(ours.count == theirs.count, "coordproxy printed \(ours.count) lines, etcd \(theirs.count):\n\(onProxy.output)")
+    }
+
+    /// One revision of 3 MiB of events (30 keys of 100 KiB deleted at once, watched
+    /// with their previous values): in fragments, as etcd sends them, to a watch that
+    /// asked for fragments (split past etcd's 2 MiB: its 1.5 MiB request limit and
+    /// 512 KiB of gRPC headroom), whole to one that did not; the same from etcd 3.4.
+    @Test func aRevisionOverTwoMiBIsSentInFragmentsAsEtcdSendsIt() async throws {
+        let program = try await Self.clientcheck()
+        func fragments(_ endpoint: String) async throws -> ProgramOutput {
+            try await run(program, [endpoint, "watchfragment"], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(300))
+        }
+        let onEtcd = try await ReferenceEtcd.withServer { etcd in try await fragments(etcd.endpoint) }
+        let onProxy = try await withProxy { proxy in try await fragments(proxy.endpoint) }
+        let expected = """
+            fragment=true: 2 response(s), all but the last flagged true, every event of one revision in key order true
+            fragment=false: 1 response(s), all but the last flagged true, every event of one revision in key order true
+            ok watchfragment
+
+            """
+        #expect(onEtcd.status == 0 && onEtcd.output == expected, "etcd: \(onEtcd.output)\(onEtcd.error)")
+        #expect(onProxy.status == 0 && onProxy.output == expected, "coordproxy: \(onProxy.output)\(onProxy.error)")
     }
 
     /// The bad-input checks (unknown methods, compression, malformed protobuf, oversized
