@@ -116,6 +116,31 @@ import Testing
         }
     }
 
+    /// A Redis-protocol client's session outlives a coordproxy that dies (SIGKILL: no
+    /// revocation) only by its lease's TTL (`--session-ttl`): then its lock is free.
+    @Test func aKilledProxysRESPSessionsExpireAfterTheirTTLAndTheirLocksComeFree() async throws {
+        try await RedisServer.withServer { server in
+            let respPort = try ChildProcess.freeLoopbackPort()
+            let proxy = try await CoordproxyProcess.start(redisURL: server.url, arguments: ["--listen-resp", "127.0.0.1:\(respPort)", "--session-ttl", "6"])
+            defer { proxy.kill() }
+            let client = try await RedisConnection.connect(url: "redis://127.0.0.1:\(respPort)")
+            let locked = try await client.send(["COORD.LOCK", "crashed"].map { Array($0.utf8) })
+            let key = try #require(locked.array?.first?.bytes, "\(locked)")
+            let store = try await CoordinationClient.connect(url: server.url)
+            defer { Task { await store.close() } }
+            let lease = try #require(try await store.get(key).kvs.first?.lease)
+            #expect(try await store.timeToLive(lease).grantedTTL == 6)
+            proxy.kill()
+            let killed = ContinuousClock.now
+            #expect(try await store.get(key).count == 1, "the lock went with the proxy before its TTL")
+            // Every request of the store reaps leases that are due: polling is enough.
+            let freed = await eventually(timeout: .seconds(30)) { (try? await store.get(key).count) == 0 }
+            #expect(freed, "the dead proxy's session kept its lock")
+            #expect(ContinuousClock.now - killed < .seconds(30))
+            await client.close()
+        }
+    }
+
     @Test func twoProxiesOnOneRedisServeOneStoreWatchesAndLocks() async throws {
         try await RedisServer.withServer { server in
             let first = try await CoordproxyProcess.start(redisURL: server.url, name: "first")

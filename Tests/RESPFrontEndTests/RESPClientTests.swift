@@ -300,6 +300,43 @@ import Testing
         }
     }
 
+    /// When a connection closes, everything its session held (a lock, a candidacy, keys
+    /// put with `LEASE SESSION`) goes in one revision; a key put on an explicit lease
+    /// stays, and a later connection keeps that lease alive.
+    @Test func aClosedConnectionsSessionGoesInOneRevisionAndAnExplicitLeaseOutlivesIt() async throws {
+        try await withRESPProxy { proxy in
+            func send(_ connection: RedisConnection, _ words: String...) async throws -> RedisReply {
+                try await connection.send(words.map { Array($0.utf8) })
+            }
+            /// A field of a RESP2 reply (a flat field/value array).
+            func field(_ reply: RedisReply, _ name: String) -> RedisReply? {
+                guard let items = reply.array, let index = items.firstIndex(where: { $0.string == name }), index + 1 < items.count else { return nil }
+                return items[index + 1]
+            }
+            let client = try await RedisConnection.connect(url: "redis://127.0.0.1:\(proxy.port)")
+            _ = try await send(client, "COORD.LOCK", "s/lock")
+            _ = try await send(client, "COORD.CAMPAIGN", "s/election", "me")
+            _ = try await send(client, "COORD.PUT", "s/key", "1", "LEASE", "SESSION")
+            let lease = try #require(field(try await send(client, "COORD.LEASE", "GRANT", "60"), "id")?.int)
+            _ = try await send(client, "COORD.PUT", "s/kept", "1", "LEASE", String(lease))
+            let prefix = RangeOptions.prefix(Array("s/".utf8))
+            let before = try await proxy.store.get(Array("s/".utf8), options: prefix)
+            #expect(before.count == 4, "\(before.kvs.map { String(decoding: $0.key, as: UTF8.self) })")
+            await client.close()
+            let released = await eventually(timeout: .seconds(20)) { (try? await proxy.store.get(Array("s/".utf8), options: prefix).count) == 1 }
+            #expect(released, "the session's keys outlived its connection")
+            let after = try await proxy.store.get(Array("s/".utf8), options: prefix)
+            #expect(after.kvs.map { String(decoding: $0.key, as: UTF8.self) } == ["s/kept"])
+            #expect(after.header.revision == before.header.revision + 1, "the session's lock, candidacy and keys went in more than one revision")
+            // The explicit lease from another connection.
+            let later = try await RedisConnection.connect(url: "redis://127.0.0.1:\(proxy.port)")
+            let renewed = try await send(later, "COORD.LEASE", "KEEPALIVE", String(lease))
+            #expect(field(renewed, "ttl")?.int == 60, "\(renewed)")
+            #expect(try await proxy.store.timeToLive(lease).ttl > 0)
+            await later.close()
+        }
+    }
+
     @Test func aKilledHoldersLockIsFreeAtOnceNotAfterItsTTL() async throws {
         try await withRESPProxy { proxy in
             let python = try await redisPython()
