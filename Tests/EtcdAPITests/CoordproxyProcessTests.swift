@@ -37,6 +37,44 @@ import Testing
         }
     }
 
+    /// Configured from the environment alone, as etcd is (`COORDPROXY_<FLAG>`, and
+    /// `$REDIS_URL`): the namespace, name and listen address take effect; `--help`
+    /// teaches and exits 0.
+    @Test func theEnvironmentConfiguresCoordproxyAsFlagsDo() async throws {
+        let executable = try builtExecutable("coordproxy")
+        let help = try await run(executable, ["--help"], environment: ["PATH": "/usr/bin:/bin"])
+        #expect(help.status == 0 && help.output.contains("--redis-url") && help.output.contains("COORDPROXY_") && help.output.contains("Examples:"),
+                "\(help.output)\(help.error)")
+        try await RedisServer.withServer { server in
+            let port = try ChildProcess.freeLoopbackPort()
+            let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-proxy")
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let logPath = directory + "/coordproxy.log"
+            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+            let log = { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+            let environment = [
+                "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
+                "REDIS_URL": server.url,
+                "COORDPROXY_LISTEN_CLIENT_URLS": "http://127.0.0.1:\(port)",
+                "COORDPROXY_NAMESPACE": "fromenv",
+                "COORDPROXY_NAME": "node-env",
+            ]
+            let process = try PipedProcess(executable, [], environment: environment, stdin: .null, stdout: .null, stderr: .file(logPath))
+            defer { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
+            let serving = await eventually(timeout: .seconds(60)) { log().contains("serving the etcd v3 API") || !process.isRunning }
+            #expect(serving && process.isRunning, "\(log())")
+            let endpoint = "http://127.0.0.1:\(port)"
+            let put = try await etcdctl(["put", "k", "v"], endpoint: endpoint)
+            #expect(put.status == 0, "\(put)")
+            let connection = try await RedisConnection.connect(server.configuration)
+            defer { Task { await connection.close() } }
+            #expect(try await connection.send("HEXISTS", "{fromenv}:kv", "k").int == 1, "the namespace did not come from COORDPROXY_NAMESPACE")
+            #expect(try await connection.send("EXISTS", "{coord}:kv").int == 0)
+            let members = try await etcdctl(["member", "list"], endpoint: endpoint)
+            #expect(members.output.contains("node-env") && members.output.contains(endpoint), "\(members)")
+        }
+    }
+
     /// `coordproxy --dev` starts a private redis-server; killed with SIGKILL (no atexit,
     /// no shutdown), it must not leave that server running behind it.
     @Test func aSIGKILLedDevProxyTakesItsPrivateRedisServerWithItAndItsDirectoryGoesNext() async throws {
