@@ -123,6 +123,16 @@ import Testing
         #expect(result.status == 0 && result.output == "ok badinput\n", "etcd: \(result.output)\(result.error)")
     }
 
+    /// etcd's server lets clients ping to keep idle connections alive; so does
+    /// coordproxy's (grpc-swift's default policy would answer GOAWAY too_many_pings).
+    @Test func anIdleClientv3ClientWithKeepAlivePingsKeepsItsConnection() async throws {
+        let program = try await Self.clientcheck()
+        try await withProxy { proxy in
+            let result = try await run(program, [proxy.endpoint, "idle"], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(300))
+            #expect(result.status == 0 && result.output == "ok idle\n", "\(result.output)\(result.error)")
+        }
+    }
+
     @Test func aBusyClientv3ClientKeepsItsConnectionAndEachPutIsAppliedOnce() async throws {
         let program = try await Self.clientcheck()
         try await withProxy { proxy in

@@ -14,8 +14,10 @@
 //	clientcheck <endpoint> watchapi              the Watch stream's requests raw, every
 //	                                              response printed (watchapi.go; the test
 //	                                              compares etcd's and coordproxy's)
-//	clientcheck <endpoint> watchfragment         one revision of 2 MiB of events, watched with
+//	clientcheck <endpoint> watchfragment         one revision of 3 MiB of events, watched with
 //	                                              and without fragments
+//	clientcheck <endpoint> idle                  a client with keep-alive pings, idle for 32 s,
+//	                                              keeps its connection
 //	clientcheck <endpoint> hold <name> <n> <log>  n holds of mutex <name>, each writing
 //	                                              "in <pid>" and "out <pid>" lines to <log>
 //	clientcheck <endpoint> busy                  4 clients x 4 goroutines put 4,000 distinct
@@ -1026,7 +1028,7 @@ func main() {
 		os.Exit(2)
 	}
 	endpoint := os.Args[1]
-	scenarios := map[string]func(string){"session": session, "mutex": mutex, "election": election, "stm": stm, "watch": watch, "lease": lease, "badinput": badinput, "busy": busy, "slowwatch": slowwatch, "v3lock": v3lock, "v3election": v3election, "deadline": deadline, "watchapi": watchapi, "watchfragment": watchfragment}
+	scenarios := map[string]func(string){"session": session, "mutex": mutex, "election": election, "stm": stm, "watch": watch, "lease": lease, "badinput": badinput, "busy": busy, "slowwatch": slowwatch, "v3lock": v3lock, "v3election": v3election, "deadline": deadline, "watchapi": watchapi, "watchfragment": watchfragment, "idle": idle}
 	order := []string{"session", "mutex", "election", "stm", "watch", "lease", "badinput", "slowwatch"}
 	switch os.Args[2] {
 	case "all":
