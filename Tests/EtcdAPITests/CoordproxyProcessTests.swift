@@ -9,7 +9,7 @@ import Testing
 /// The coordproxy executable as operators run it: processes on a real Redis, shut
 /// down with SIGTERM, several in front of one Redis, scraped for metrics.
 @Suite struct CoordproxyProcessTests {
-    @Test func sigtermEndsWatchAndKeepAliveStreamsWithUnavailableExitsZeroAndRevokesNothing() async throws {
+    @Test func sigtermEndsStreamsAndWaitingCallsWithUnavailableExitsZeroAndRevokesNothing() async throws {
         let program = try await GoClientTests.clientcheck()
         try await RedisServer.withServer { server in
             let store = try await CoordinationClient.connect(url: server.url)
@@ -23,9 +23,12 @@ import Testing
 
             let status = await proxy.terminate()
             #expect(status == 0, "coordproxy did not exit 0 within 30 s of SIGTERM: \(String(describing: status))\n\(proxy.log())")
-            let lines = await streams.waitForLines(4, timeout: .seconds(30))
+            let lines = await streams.waitForLines(7, timeout: .seconds(30))
             #expect(lines == ["streaming",
+                              "campaign ended Unavailable: etcdserver: server stopped",
                               "keepalive ended Unavailable: etcdserver: server stopped",
+                              "lock ended Unavailable: etcdserver: server stopped",
+                              "observe ended Unavailable: etcdserver: server stopped",
                               "watch ended Unavailable: etcdserver: server stopped",
                               "ok streamend"], "\(proxy.log())")
             #expect(proxy.log().contains("coordproxy stopped"))

@@ -23,11 +23,12 @@
 //	clientcheck <endpoint> busy                  4 clients x 4 goroutines put 4,000 distinct
 //	                                              keys: every put applied once, and no
 //	                                              connection ever ends (no GOAWAY)
-//	clientcheck <endpoint> streamend <lease>     opens a raw Watch stream and a raw
-//	                                              LeaseKeepAlive stream for <lease>, prints
-//	                                              "streaming", then one "<stream> ended <code>:
-//	                                              <message>" line as each ends (the server
-//	                                              stopping), then "ok streamend"
+//	clientcheck <endpoint> streamend <lease>     opens raw Watch, LeaseKeepAlive (<lease>) and
+//	                                              Observe streams and a Lock and a Campaign that
+//	                                              wait behind <lease>'s, prints "streaming",
+//	                                              then one "<call> ended <code>: <message>" line
+//	                                              for each as the server stops, sorted, then
+//	                                              "ok streamend"
 package main
 
 import (
@@ -40,6 +41,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -977,8 +979,9 @@ func slowwatch(endpoint string) {
 	}
 }
 
-// streamend: how the server ends long-lived streams, seen without clientv3's
-// retries: raw etcdserverpb Watch and LeaseKeepAlive streams on one connection.
+// streamend: how the server ends long-lived streams and waiting calls, seen without
+// clientv3's retries: raw Watch, LeaseKeepAlive and Observe streams, a Lock and a
+// Campaign waiting behind <lease>'s, on one connection.
 func streamend(endpoint string, lease int64) {
 	client := connect(endpoint)
 	defer client.Close()
@@ -994,8 +997,53 @@ func streamend(endpoint string, lease int64) {
 	if refreshed.TTL <= 0 {
 		fail("lease %x is not alive: %v", lease, refreshed)
 	}
+	// A held lock and election on <lease>, and a second lease's calls waiting behind
+	// them, with an Observe of the election open.
+	second, err := client.Grant(ctx, 300)
+	check(err, "grant a second lease")
+	locks := v3lockpb.NewLockClient(conn)
+	_, err = locks.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("streamend-lock"), Lease: lease})
+	check(err, "take the lock")
+	elections := v3electionpb.NewElectionClient(conn)
+	_, err = elections.Campaign(ctx, &v3electionpb.CampaignRequest{Name: []byte("streamend-election"), Lease: lease, Value: []byte("first")})
+	check(err, "win the election")
+	observe, err := elections.Observe(ctx, &v3electionpb.LeaderRequest{Name: []byte("streamend-election")})
+	check(err, "observe the election")
+	_, err = observe.Recv()
+	check(err, "the observed leader")
+	ended := make(chan string, 5)
+	ending := func(what string, err error) string {
+		s, _ := status.FromError(err)
+		return fmt.Sprintf("%s ended %v: %s", what, s.Code(), s.Message())
+	}
+	go func() {
+		_, err := locks.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("streamend-lock"), Lease: int64(second.ID)})
+		ended <- ending("lock", err)
+	}()
+	go func() {
+		_, err := elections.Campaign(ctx, &v3electionpb.CampaignRequest{Name: []byte("streamend-election"), Lease: int64(second.ID), Value: []byte("second")})
+		ended <- ending("campaign", err)
+	}()
+	go func() {
+		for {
+			if _, err := observe.Recv(); err != nil {
+				ended <- ending("observe", err)
+				return
+			}
+		}
+	}()
+	// Streaming once both waiters are in line (their keys are in the store).
+	for _, prefix := range []string{"streamend-lock/", "streamend-election/"} {
+		for {
+			waiting, err := client.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+			check(err, "count the waiters of "+prefix)
+			if waiting.Count == 2 {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	fmt.Println("streaming")
-	ended := make(chan string, 2)
 	go func() {
 		for {
 			if _, err := watch.Recv(); err != nil {
@@ -1014,12 +1062,14 @@ func streamend(endpoint string, lease int64) {
 			}
 		}
 	}()
-	first, second := <-ended, <-ended
-	if first > second {
-		first, second = second, first
+	var lines []string
+	for len(lines) < 5 {
+		lines = append(lines, <-ended)
 	}
-	fmt.Println(first)
-	fmt.Println(second)
+	sort.Strings(lines)
+	for _, line := range lines {
+		fmt.Println(line)
+	}
 }
 
 func main() {
