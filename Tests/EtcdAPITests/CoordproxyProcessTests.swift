@@ -352,6 +352,22 @@ import Testing
                 #expect(text.split(separator: "\n").contains(Substring(line)), "missing \(line) in\n\(text)")
             }
             #expect(text.contains("redis_client_round_trip_seconds_count"))
+            #expect(text.contains(#"grpc_server_handling_seconds_bucket{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Put",le="#), "\(text)")
+            // Leases: granted, renewed and revoked are counted; Redis round trips grow.
+            func value(_ text: String, _ name: String) -> Double {
+                text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") } ?? -1
+            }
+            let roundTrips = value(text, "redis_client_round_trip_seconds_count")
+            #expect(roundTrips > 0, "\(text)")
+            let grant = try await etcdctl(["lease", "grant", "60"], endpoint: proxy.endpoint)
+            let lease = try #require(grant.output.split(separator: " ").dropFirst().first.map(String.init), "\(grant)")
+            #expect(try await etcdctl(["lease", "keep-alive", "--once", lease], endpoint: proxy.endpoint).status == 0)
+            #expect(try await etcdctl(["lease", "revoke", lease], endpoint: proxy.endpoint).status == 0)
+            let after = try await proxy.metrics()
+            #expect(value(after, "etcd_debugging_lease_granted_total") == 1, "\(after)")
+            #expect(value(after, "etcd_debugging_lease_renewed_total") == 1, "\(after)")
+            #expect(value(after, "etcd_debugging_lease_revoked_total") == 1, "\(after)")
+            #expect(value(after, "redis_client_round_trip_seconds_count") > roundTrips, "\(after)")
             watch.signal(SIGKILL)
             _ = await watch.wait()
             let closed = await eventually {
