@@ -70,8 +70,75 @@ import Testing
         Step(arguments: ["auth", "enable"]),
     ]
 
+    /// A seeded random sequence of etcdctl's KV commands: puts (with --prev-kv), gets
+    /// with every range option etcdctl 3.4 has (prefix, from-key, range end, limit,
+    /// sort target and order, revision, keys-only), deletes (prefix, from-key, range end,
+    /// --prev-kv), txns (compares of value, version, create and mod revision with each
+    /// operator; puts, gets and deletes in both branches) and compactions, some with
+    /// `-w json`. Revisions are drawn from the sequence's length, so some are in the
+    /// future and, after a compaction, some compacted.
+    static func randomSteps(seed: UInt64, count: Int) -> [Step] {
+        var random = SplitMix64(seed: seed)
+        let keys = ["a", "a/1", "a/2", "a/3", "b", "b/1", "c"]
+        func key() -> String { keys[random.below(keys.count)] }
+        func value() -> String { ["x", "yy", "10", "9", "zzz"][random.below(5)] }
+        // About half the steps write: mostly past revisions, some in the future.
+        func revision(_ step: Int) -> String { String(1 + random.below(step / 2 + 3)) }
+        func range(into arguments: inout [String]) {
+            switch random.below(4) {
+            case 0: arguments.append("--prefix")
+            case 1: arguments.append("--from-key")
+            case 2: arguments.append(key())
+            default: break
+            }
+        }
+        var steps: [Step] = []
+        for index in 0..<count {
+            var arguments: [String]
+            var input = ""
+            switch random.below(10) {
+            case 0, 1, 2:
+                arguments = ["put", key(), value()]
+                if random.below(3) == 0 { arguments.append("--prev-kv") }
+            case 3, 4, 5:
+                arguments = ["get", key()]
+                range(into: &arguments)
+                if random.below(3) == 0 { arguments += ["--limit", String(1 + random.below(3))] }
+                if random.below(3) == 0 {
+                    arguments += ["--sort-by", ["KEY", "VERSION", "CREATE", "MODIFY", "VALUE"][random.below(5)],
+                                  "--order", ["ASCEND", "DESCEND"][random.below(2)]]
+                }
+                if random.below(4) == 0 { arguments += ["--rev", revision(index)] }
+                // (etcdctl 3.4's get has no --count-only.)
+                if random.below(5) == 0 { arguments.append("--keys-only") }
+            case 6, 7:
+                arguments = ["del", key()]
+                range(into: &arguments)
+                if random.below(2) == 0 { arguments.append("--prev-kv") }
+            case 8:
+                arguments = ["txn"]
+                let target = ["value", "version", "create", "mod"][random.below(4)]
+                let operand = target == "value" ? "\"\(value())\"" : target == "version" ? "\"\(random.below(3))\"" : "\"\(random.below(index / 2 + 3))\""
+                let compare = "\(target)(\"\(key())\") \(["=", "!=", "<", ">"][random.below(4)]) \(operand)"
+                func op() -> String {
+                    switch random.below(3) {
+                    case 0: return "put \(key()) \(value())"
+                    case 1: return "get \(key())"
+                    default: return "del \(key())"
+                    }
+                }
+                input = "\(compare)\n\n\(op())\n\n\(op())\n\n"
+            default:
+                arguments = ["compaction", revision(index)]
+            }
+            if random.below(4) == 0 && arguments[0] != "compaction" { arguments += ["-w", "json"] }
+            steps.append(Step(arguments: arguments, input: input))
+        }
+        return steps
+    }
+
     /// Runs the steps against `endpoint`; one printable record per step.
-    static func transcript(_ endpoint: String) async throws -> [String] {
+    static func transcript(_ endpoint: String, steps: [Step] = steps) async throws -> [String] {
         var lease = ""
         var records: [String] = []
         for step in steps {
@@ -128,6 +195,25 @@ import Testing
         #expect(reference.contains { $0.contains("root user does not exist") })
     }
 
+    /// Seeded random command sequences (see ``randomSteps(seed:count:)``): the same
+    /// outputs, errors and exit codes from etcd 3.4 and coordproxy.
+    @Test(arguments: [1, 2, 3] as [UInt64])
+    func seededRandomSequencesGiveEtcdsOutputs(seed: UInt64) async throws {
+        let steps = Self.randomSteps(seed: seed, count: 40)
+        let reference = try await ReferenceEtcd.withServer { etcd in try await Self.transcript(etcd.endpoint, steps: steps) }
+        let ours = try await withProxy { proxy in try await Self.transcript(proxy.endpoint, steps: steps) }
+        #expect(ours.count == reference.count)
+        for (theirs, mine) in zip(reference, ours) {
+            #expect(mine == theirs, "seed \(seed)")
+        }
+        if let directory = ProcessInfo.processInfo.environment["COORD_TRANSCRIPTS"] {
+            try reference.joined(separator: "\n\n").write(toFile: directory + "/etcd-seed\(seed).txt", atomically: true, encoding: .utf8)
+            try ours.joined(separator: "\n\n").write(toFile: directory + "/coordproxy-seed\(seed).txt", atomically: true, encoding: .utf8)
+        }
+        let misused = reference.filter { $0.contains("unknown flag") || $0.contains("Error: bad") }
+        #expect(misused.isEmpty, "steps etcdctl refused as usage: \(misused)")
+    }
+
     /// The events etcdctl's `watch --prefix "" --rev <from> -w json` prints until one
     /// at revision `until` arrives: "PUT key value create mod version" per event.
     static func watchedEvents(_ endpoint: String, from: Int64, until: Int64) async throws -> [String] {
@@ -178,4 +264,22 @@ import Testing
         let throughGRPCSwift = try await withProxy(fastPath: false) { proxy in try await apply(proxy.endpoint) }
         #expect(throughGRPCSwift == reference, "with the fast path off")
     }
+}
+
+/// A small seeded generator (SplitMix64), so that a sequence is the same on every run.
+struct SplitMix64 {
+    private var state: UInt64
+
+    init(seed: UInt64) { state = seed }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// A number in 0..<bound.
+    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
 }
