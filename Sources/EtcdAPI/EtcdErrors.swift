@@ -83,6 +83,10 @@ public enum EtcdErrors {
         case .connectionLost, .connectionRefused, .connectionClosed:
             // Nothing was written: the client may retry (etcd clients do on UNAVAILABLE).
             return RPCError(code: .unavailable, message: "coordproxy: Redis is unavailable (\(error.message)); nothing was written, retry once it is back")
+        case .server where error.message.contains("OOM command not allowed"):
+            // Redis at its maxmemory (noeviction): etcd's answer when its database
+            // reaches its quota, which clients recognise (and the NOSPACE alarm is on).
+            return noSpace
         case .noPermission, .authenticationFailed:
             return RPCError(code: .unavailable, message: "coordproxy: Redis refused the request (\(error.message)); fix the Redis user's permissions or password")
         default:
@@ -90,6 +94,9 @@ public enum EtcdErrors {
         }
     }
 
+    /// etcd's answer to a write while its database is at its quota (NOSPACE alarm);
+    /// coordproxy's while Redis is at its `maxmemory`.
+    public static let noSpace = RPCError(code: .resourceExhausted, message: "etcdserver: mvcc: database space exceeded")
     /// A request above the 1.5 MiB limit.
     public static let requestTooLarge = RPCError(code: .invalidArgument, message: "etcdserver: request is too large")
     /// A revision at or below the compacted one.

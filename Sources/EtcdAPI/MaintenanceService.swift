@@ -27,28 +27,47 @@ public struct MaintenanceService: Etcdserverpb_Maintenance.SimpleServiceProtocol
         self.logger = logger
     }
 
+    /// etcd's NOSPACE alarm, which etcd raises when its database reaches its quota: here
+    /// while Redis's memory is at its `maxmemory` (writes then fail with etcd's
+    /// `database space exceeded`). It goes away by itself once memory is freed, so
+    /// DEACTIVATE (`etcdctl alarm disarm`) has nothing to do, and ACTIVATE is ignored.
     public func alarm(request: Etcdserverpb_AlarmRequest, context: ServerContext) async throws -> Etcdserverpb_AlarmResponse {
         do {
             var response = Etcdserverpb_AlarmResponse()
             response.header = member.header(try await store.currentRevision())
+            if request.action == .get, try await memory().full {
+                var alarm = Etcdserverpb_AlarmMember()
+                alarm.memberID = member.memberID
+                alarm.alarm = .nospace
+                response.alarms = [alarm]
+            }
             return response
         } catch {
             throw EtcdAPIServer.refuse("Alarm", error, logger: logger)
         }
     }
 
+    /// Redis's memory: `used_memory`, and whether it has reached `maxmemory` (when set).
+    private func memory() async throws -> (used: Int64, full: Bool) {
+        let info = try await store.redis.send([Array("INFO".utf8), Array("memory".utf8)], timeout: nil).string ?? ""
+        func field(_ name: String) -> Int64 {
+            info.split(whereSeparator: \.isNewline).first { $0.hasPrefix(name + ":") }.flatMap { Int64($0.dropFirst(name.count + 1)) } ?? 0
+        }
+        let used = field("used_memory"), limit = field("maxmemory")
+        return (used, limit > 0 && used >= limit)
+    }
+
     public func status(request: Etcdserverpb_StatusRequest, context: ServerContext) async throws -> Etcdserverpb_StatusResponse {
         do {
             let revision = try await store.currentRevision()
-            let info = try await store.redis.send([Array("INFO".utf8), Array("memory".utf8)], timeout: nil).string ?? ""
-            let used = info.split(whereSeparator: \.isNewline)
-                .first { $0.hasPrefix("used_memory:") }
-                .flatMap { Int64($0.dropFirst("used_memory:".count)) } ?? 0
+            let (used, full) = try await memory()
             var response = Etcdserverpb_StatusResponse()
             response.header = member.header(revision)
             response.version = EtcdMember.apiVersion
             response.dbSize = used
             response.dbSizeInUse = used
+            // As etcd lists its alarms (an AlarmMember in protobuf's compact text).
+            if full { response.errors = ["memberID:\(member.memberID) alarm:NOSPACE "] }
             response.leader = member.memberID
             response.raftIndex = UInt64(max(revision, 0))
             response.raftAppliedIndex = UInt64(max(revision, 0))

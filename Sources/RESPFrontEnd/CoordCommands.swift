@@ -714,6 +714,9 @@ actor ConnectionCoordination {
                 return "TRYAGAIN coordproxy cannot reach Redis (\(error.message)); nothing was written, retry once it is back"
             case .outcomeUnknown, .timeout:
                 return "TRYAGAIN the request to Redis timed out (\(error.message)); it may or may not have been applied"
+            case .server where error.message.contains("OOM command not allowed"):
+                // Redis's own error for a write at maxmemory (redis-py: OutOfMemoryError).
+                return "OOM command not allowed when used memory > 'maxmemory' (etcdserver: mvcc: database space exceeded): compact the store (COORD.COMPACT), delete keys or raise Redis's maxmemory"
             default:
                 return "ERR Redis failed the request (\(error.message))"
             }

@@ -182,6 +182,42 @@ import Testing
         }
     }
 
+    /// Redis at its maxmemory (noeviction) is etcd at its quota: writes fail with etcd's
+    /// `database space exceeded` (RESOURCE_EXHAUSTED), the NOSPACE alarm is listed,
+    /// the Redis protocol answers Redis's own OOM error; reads and deletes go on, and
+    /// once memory is freed writes succeed and the alarm is gone.
+    @Test func aRedisAtItsMaxmemoryIsEtcdAtItsQuota() async throws {
+        try await RedisServer.withServer { server in
+            let respPort = try ChildProcess.freeLoopbackPort()
+            let proxy = try await CoordproxyProcess.start(redisURL: server.url, arguments: ["--listen-resp", "127.0.0.1:\(respPort)"])
+            defer { proxy.kill() }
+            let connection = try await RedisConnection.connect(server.configuration)
+            defer { Task { await connection.close() } }
+            let used = try #require((try await connection.send("INFO", "memory").string ?? "").split(whereSeparator: \.isNewline)
+                .first { $0.hasPrefix("used_memory:") }.flatMap { Int($0.dropFirst("used_memory:".count)) })
+            _ = try await connection.send("CONFIG", "SET", "maxmemory", String(used + 2 * 1024 * 1024))
+            let value = String(repeating: "x", count: 100 * 1024)
+            var refused: ProgramOutput?
+            for index in 0..<100 {
+                let put = try await etcdctl(["put", "big/\(index)"], endpoint: proxy.endpoint, input: value)
+                if put.status != 0 { refused = put; break }
+            }
+            let error = try #require(refused, "100 puts of 100 KiB fit in 2 MiB")
+            #expect(error.error.contains("Error: etcdserver: mvcc: database space exceeded"), "\(error)")
+            let alarms = try await etcdctl(["alarm", "list"], endpoint: proxy.endpoint)
+            #expect(alarms.status == 0 && alarms.output.contains("alarm:NOSPACE"), "\(alarms)")
+            let redisCLI = try #require(ChildProcess.locate("redis-cli"))
+            let resp = try await run(redisCLI, ["-p", String(respPort), "COORD.PUT", "small", "v"], environment: ["PATH": "/usr/bin:/bin"])
+            #expect(resp.output.hasPrefix("OOM command not allowed when used memory > 'maxmemory'"), "\(resp.output)\(resp.error)")
+            // Reads and deletes still work; freeing memory ends it.
+            #expect(try await etcdctl(["get", "big/0", "--keys-only"], endpoint: proxy.endpoint).output == "big/0\n\n")
+            _ = try await connection.send("CONFIG", "SET", "maxmemory", "0")
+            let put = try await etcdctl(["put", "after", "1"], endpoint: proxy.endpoint)
+            #expect(put.status == 0, "\(put)")
+            #expect(try await etcdctl(["alarm", "list"], endpoint: proxy.endpoint).output == "")
+        }
+    }
+
     @Test func twoProxiesOnOneRedisServeOneStoreWatchesAndLocks() async throws {
         try await RedisServer.withServer { server in
             let first = try await CoordproxyProcess.start(redisURL: server.url, name: "first")
