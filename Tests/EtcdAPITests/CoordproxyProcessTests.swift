@@ -218,6 +218,35 @@ import Testing
         }
     }
 
+    /// clientv3's watch resumes across a restart of the coordproxy it watches through,
+    /// from the revision after the last it received: every put, some made while the
+    /// proxy was down, arrives once, in revision order.
+    @Test func aClientv3WatchResumesAcrossAProxyRestartWithoutGapOrRepeat() async throws {
+        let program = try await GoClientTests.clientcheck()
+        try await RedisServer.withServer { server in
+            var proxy = try await CoordproxyProcess.start(redisURL: server.url)
+            let port = try #require(Int(proxy.endpoint.split(separator: ":").last ?? ""))
+            let watcher = try Background(executable: program, arguments: [proxy.endpoint, "resume", "60"], environment: ["PATH": "/usr/bin:/bin"])
+            defer { watcher.signal(SIGKILL) }
+            let watching = await watcher.waitForLines(1, timeout: .seconds(60))
+            #expect(watching == ["watching"], "\(watcher.printed)")
+            let store = try await CoordinationClient.connect(url: server.url)
+            defer { Task { await store.close() } }
+            func put(_ range: Range<Int>) async throws {
+                for index in range { _ = try await store.put(String(format: "resume/%03d", index), "v") }
+            }
+            try await put(0..<20)
+            try await Task.sleep(for: .milliseconds(300))
+            proxy.kill()
+            try await put(20..<40)
+            proxy = try await CoordproxyProcess.start(redisURL: server.url, port: port)
+            defer { proxy.kill() }
+            try await put(40..<60)
+            let lines = await watcher.waitForLines(2, timeout: .seconds(90))
+            #expect(lines == ["watching", "ok resume"], "\(watcher.printed)")
+        }
+    }
+
     @Test func twoProxiesOnOneRedisServeOneStoreWatchesAndLocks() async throws {
         try await RedisServer.withServer { server in
             let first = try await CoordproxyProcess.start(redisURL: server.url, name: "first")
@@ -429,22 +458,22 @@ final class CoordproxyProcess: @unchecked Sendable {
     }
 
     /// Starts coordproxy on `redisURL` and waits until its gRPC port answers.
-    static func start(redisURL: String, name: String = "default", metrics: Bool = false, arguments extra: [String] = []) async throws -> CoordproxyProcess {
+    static func start(redisURL: String, name: String = "default", metrics: Bool = false, port: Int? = nil, arguments extra: [String] = []) async throws -> CoordproxyProcess {
         // A free port can be taken by another test's server before coordproxy binds it
         // (the suite runs many at once): then coordproxy says so, and gets another.
         var attempt = 1
         while true {
             do {
-                return try await startOnce(redisURL: redisURL, name: name, metrics: metrics, arguments: extra)
-            } catch let error as RedisError where attempt < 3 && error.message.contains("Address already in use") {
+                return try await startOnce(redisURL: redisURL, name: name, metrics: metrics, port: port, arguments: extra)
+            } catch let error as RedisError where attempt < 3 && port == nil && error.message.contains("Address already in use") {
                 attempt += 1
             }
         }
     }
 
-    private static func startOnce(redisURL: String, name: String, metrics: Bool, arguments extra: [String]) async throws -> CoordproxyProcess {
+    private static func startOnce(redisURL: String, name: String, metrics: Bool, port: Int?, arguments extra: [String]) async throws -> CoordproxyProcess {
         let executable = try builtExecutable("coordproxy")
-        let port = try ChildProcess.freeLoopbackPort()
+        let port = try port ?? ChildProcess.freeLoopbackPort()
         let metricsPort = metrics ? try ChildProcess.freeLoopbackPort() : nil
         let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-proxy")
         let logPath = directory + "/coordproxy.log"

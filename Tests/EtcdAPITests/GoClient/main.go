@@ -18,6 +18,9 @@
 //	                                              and without fragments
 //	clientcheck <endpoint> idle                  a client with keep-alive pings, idle for 32 s,
 //	                                              keeps its connection
+//	clientcheck <endpoint> resume <n>            a clientv3 watch that must see <n> puts the test
+//	                                              makes around a restart of the server, in order
+//	                                              and once each (resume.go)
 //	clientcheck <endpoint> hold <name> <n> <log>  n holds of mutex <name>, each writing
 //	                                              "in <pid>" and "out <pid>" lines to <log>
 //	clientcheck <endpoint> busy                  4 clients x 4 goroutines put 4,000 distinct
@@ -1091,6 +1094,9 @@ func main() {
 		check(err, "the lease ID")
 		streamend(endpoint, lease)
 		fmt.Println("ok streamend")
+	case "resume":
+		resumeMain(endpoint, os.Args[3:])
+		fmt.Println("ok resume")
 	case "hold":
 		n, _ := strconv.Atoi(os.Args[4])
 		hold(endpoint, os.Args[3], n, os.Args[5])
