@@ -247,6 +247,31 @@ import Testing
         }
     }
 
+    /// A Redis user whose permissions are taken away under a running coordproxy: its
+    /// requests fail with UNAVAILABLE naming Redis's refusal and what to fix, nothing is
+    /// written, and it serves again once the permissions are back.
+    @Test func aRedisUserThatLosesItsPermissionsGetsAClearErrorAndNothingIsWritten() async throws {
+        let user = RedisServer.ACLUser(name: "proxy", password: "proxy-pw")
+        try await RedisServer.withServer(.init(transport: .tcp(), aclUsers: [user])) { server in
+            guard case .tcp(let host, let port) = server.endpoint else { return }
+            let proxy = try await CoordproxyProcess.start(redisURL: "redis://proxy:proxy-pw@\(host):\(port)")
+            defer { proxy.kill() }
+            #expect(try await etcdctl(["put", "k", "1"], endpoint: proxy.endpoint).status == 0)
+            let admin = try await RedisConnection.connect(server.configuration)
+            defer { Task { await admin.close() } }
+            _ = try await admin.send("ACL", "SETUSER", "proxy", "-evalsha", "-eval")
+            let refused = try await etcdctl(["put", "k", "2"], endpoint: proxy.endpoint)
+            #expect(refused.status != 0, "\(refused)")
+            #expect(refused.error.contains("coordproxy: Redis refused the request") && refused.error.contains("NOPERM")
+                    && refused.error.contains("fix the Redis user's permissions"), "\(refused)")
+            #expect(proxy.log().contains("Redis refused the request"), "the refusal is not in the log: \(proxy.log())")
+            _ = try await admin.send("ACL", "SETUSER", "proxy", "+@all")
+            let read = try await etcdctl(["get", "k", "--print-value-only"], endpoint: proxy.endpoint)
+            #expect(read.output == "1\n", "the refused put was written: \(read)")
+            #expect(try await etcdctl(["put", "k", "3"], endpoint: proxy.endpoint).status == 0)
+        }
+    }
+
     @Test func twoProxiesOnOneRedisServeOneStoreWatchesAndLocks() async throws {
         try await RedisServer.withServer { server in
             let first = try await CoordproxyProcess.start(redisURL: server.url, name: "first")
