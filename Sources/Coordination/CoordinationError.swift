@@ -55,4 +55,21 @@ public struct CoordinationError: Error, Sendable, Hashable, CustomStringConverti
     }
 
     public var description: String { "\(code): \(message)" }
+
+    /// etcd's own message for this error (what its server answers and etcdctl prints,
+    /// what etcd clients match), when etcd has one for the code.
+    public var etcdMessage: String? {
+        switch code {
+        case .futureRevision: return "etcdserver: mvcc: required revision is a future revision"
+        case .compacted: return "etcdserver: mvcc: required revision has been compacted"
+        case .leaseNotFound: return "etcdserver: requested lease not found"
+        case .leaseExists: return "etcdserver: lease already exists"
+        case .duplicateKey: return "etcdserver: duplicate key given in txn request"
+        case .emptyKey: return "etcdserver: key is not provided"
+        case .valueTooLarge: return "etcdserver: request is too large"
+        case .tooManyOps: return "etcdserver: too many operations in txn request"
+        case .keyNotFound: return "etcdserver: key not found"
+        default: return nil
+        }
+    }
 }

@@ -36,14 +36,11 @@ public enum EtcdErrors {
 
     static func rpcError(for error: CoordinationError) -> RPCError {
         switch error.code {
-        case .emptyKey: return RPCError(code: .invalidArgument, message: "etcdserver: key is not provided")
-        case .keyNotFound: return RPCError(code: .invalidArgument, message: "etcdserver: key not found")
-        case .tooManyOps: return RPCError(code: .invalidArgument, message: "etcdserver: too many operations in txn request")
-        case .duplicateKey: return RPCError(code: .invalidArgument, message: "etcdserver: duplicate key given in txn request")
+        case .emptyKey, .keyNotFound, .tooManyOps, .duplicateKey: return RPCError(code: .invalidArgument, message: error.etcdMessage!)
         case .compacted: return compacted
-        case .futureRevision: return RPCError(code: .outOfRange, message: "etcdserver: mvcc: required revision is a future revision")
+        case .futureRevision: return RPCError(code: .outOfRange, message: error.etcdMessage!)
         case .leaseNotFound: return leaseNotFound
-        case .leaseExists: return RPCError(code: .failedPrecondition, message: "etcdserver: lease already exists")
+        case .leaseExists: return RPCError(code: .failedPrecondition, message: error.etcdMessage!)
         case .valueTooLarge: return requestTooLarge
         case .invalidArgument:
             if error.message.hasPrefix("value is provided") { return RPCError(code: .invalidArgument, message: "etcdserver: value is provided") }

@@ -147,13 +147,16 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case simple, json, fields
 }
 
-/// An error printed as etcdctl prints them: "Error: <message>", exit code 1.
+/// An error printed as etcdctl prints them: "Error: <message>", exit code 1; an error
+/// etcd has a message for starts with etcd's message (what scripts written for
+/// etcdctl look for), coordctl's own detail after it in parentheses.
 struct CommandFailure: Error, CustomStringConvertible {
     let description: String
 
     init(_ error: any Error) {
         switch error {
-        case let error as CoordinationError: description = error.message
+        case let error as CoordinationError:
+            description = error.etcdMessage.map { "\($0) (\(error.message))" } ?? error.message
         case let error as RedisError: description = error.message
         default: description = "\(error)"
         }

@@ -70,7 +70,9 @@ func runToCompletion(_ executable: URL, _ arguments: [String], environment: [Str
             #expect(try await coordctl(["compaction", "3"], url: url).output == "compacted revision 3\n")
             let compacted = try await coordctl(["get", "a", "--rev", "2"], url: url)
             #expect(compacted.status == 1)
-            #expect(compacted.error.contains("Error: required revision 2 has been compacted"))
+            // etcdctl's message first, then coordctl's detail.
+            #expect(compacted.error.contains("Error: etcdserver: mvcc: required revision has been compacted (required revision 2 has been compacted; the oldest available is 3)"),
+                    "\(compacted.error)")
             let status = try await coordctl(["endpoint", "status"], url: url)
             #expect(status.output.contains("revision 8,") && status.output.contains("appendfsync everysec, replicas 0")
                     && status.error.contains("warning: Redis persistence is off"), "\(status)")

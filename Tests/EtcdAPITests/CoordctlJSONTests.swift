@@ -4,7 +4,8 @@ import Testing
 
 /// coordctl's `-w json` has etcdctl 3.4's shapes: the same commands, etcdctl against
 /// etcd and coordctl against Redis, print the same JSON (leaving out the cluster
-/// fields, with lease IDs written <lease> and remaining TTLs left out).
+/// fields, with lease IDs written <lease> and remaining TTLs left out), and the same
+/// errors and exit codes.
 @Suite struct CoordctlJSONTests {
     static let commands: [[String]] = [
         ["lease", "grant", "30", "-w", "json"],
@@ -17,6 +18,15 @@ import Testing
         ["lease", "revoke", "$LEASE", "-w", "json"],
         ["lease", "timetolive", "$LEASE", "-w", "json"],
         ["get", "", "--prefix", "-w", "json"],
+        ["put", "d/1", "1", "-w", "json"],
+        ["put", "d/1", "2", "--prev-kv", "-w", "json"],
+        ["put", "d/2", "3"],
+        ["get", "d/", "--prefix", "--sort-by=MODIFY", "--order=DESCEND", "--limit=1", "-w", "json"],
+        ["del", "d/", "--prefix", "--prev-kv", "-w", "json"],
+        ["del", "d/", "--prefix", "-w", "json"],
+        ["compaction", "3"],
+        ["get", "d/1", "--rev=2", "-w", "json"],
+        ["get", "d/1", "--rev=9", "-w", "json"],
     ]
 
     static func transcript(_ run: ([String], String) async throws -> ProgramOutput) async throws -> [String] {
@@ -36,7 +46,11 @@ import Testing
                 if (object["ttl"] as? Int ?? 0) > 0 { object["ttl"] = "<remaining>" }
                 text = String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
             }
-            lines.append("\(command.joined(separator: " ")) -> exit \(result.status): \(text)")
+            // An error's message, without etcdctl's log lines (timestamps) before it and
+            // without coordctl's detail after etcd's message.
+            let error = result.error.split(separator: "\n").filter { $0.hasPrefix("Error:") }
+                .map { $0.split(separator: " (", maxSplits: 1).first.map(String.init) ?? "" }.joined(separator: "\n")
+            lines.append("\(command.joined(separator: " ")) -> exit \(result.status): \(text) \(error)")
         }
         return lines
     }
