@@ -730,8 +730,9 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
         }
     }
 
-    /// How long a client over the limit is given to read what was queued for it.
-    static let pushLimitGrace = TimeAmount.seconds(5)
+    /// How long a client over the limit is given to read what was queued for it (Redis
+    /// gives a pub/sub client 60 s over its soft limit, none over its hard limit).
+    static let pushLimitGrace = TimeAmount.seconds(30)
 
     // MARK: - Pass-through
 

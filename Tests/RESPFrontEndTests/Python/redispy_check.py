@@ -337,12 +337,15 @@ def slowwatch(port):
             received.extend(event[5] for event in message[3])
     follower = threading.Thread(target=follow)
     follower.start()
-    # The slow client reads again once its watch has been ended (well past 32 MiB written
-    # plus what the sockets hold), within the proxy's grace for reading what was queued.
+    # The slow client reads again once every event has reached the reading watcher (and
+    # a second more, for the slow one's): its watch was ended long before, past 32 MiB
+    # of events plus what the sockets hold, and it reads within the proxy's 30 s grace
+    # for reading what was queued.
     unread = {"bytes": 0, "data": b"", "closed": False}
     def drain():
-        while len(received) < 44:
+        while len(received) < count:
             time.sleep(0.01)
+        time.sleep(1)
         while True:
             chunk = slow.recv(1 << 20)
             if not chunk:
