@@ -252,18 +252,21 @@ local function range(op)
   end
   if sortOrder == 'none' and sortTarget ~= 'key' then sortOrder = 'ascend' end
   if sortOrder ~= 'none' then
-    local field = sortTarget
-    local less
+    -- Ties stay in key order, both ways, as etcd's sort (Go's, stable up to 12
+    -- results) leaves them; table.sort alone is not stable.
+    local field, descending = sortTarget, sortOrder == 'descend'
+    local compare
     if field == 'key' or field == 'value' then
-      less = function(a, b) return compareBytes(a[field], b[field]) < 0 end
+      compare = function(a, b) return compareBytes(a[field], b[field]) end
     else
-      less = function(a, b) return a[field] < b[field] end
+      compare = function(a, b) return a[field] < b[field] and -1 or (a[field] > b[field] and 1 or 0) end
     end
-    if sortOrder == 'descend' then
-      local ascending = less
-      less = function(a, b) return ascending(b, a) end
-    end
-    table.sort(kept, less)
+    table.sort(kept, function(a, b)
+      local c = compare(a, b)
+      if c == 0 then return compareBytes(a.key, b.key) < 0 end
+      if descending then return c > 0 end
+      return c < 0
+    end)
   end
   local kvs, more = {}, false
   if not countOnly then
