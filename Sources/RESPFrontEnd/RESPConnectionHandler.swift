@@ -183,9 +183,22 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
             closing = true
             reply(.error("ERR Protocol error: \(error.message)"), closeAfter: true)
         }
+        self.parser = parser
+        if pending.readableBytes > Self.queryBufferLimit {
+            // Redis's client-query-buffer-limit: a command that never ends is not held
+            // in memory without bound; Redis closes such a client without a reply.
+            shared.logger.warning("closing a RESP client whose unfinished command passed the query buffer limit",
+                                  metadata: ["remote": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")", "bytes": "\(pending.readableBytes)"])
+            closing = true
+            context.close(promise: nil)
+            return
+        }
         if pending.readableBytes > 0 { input = pending }
         openSharedSlot = nil
     }
+
+    /// Redis's `client-query-buffer-limit` default (1 GiB).
+    static let queryBufferLimit = 1 << 30
 
     func channelReadComplete(context: ChannelHandlerContext) {
         backend?.flush()

@@ -20,6 +20,29 @@ import Testing
         #expect(buffer.readableBytes == 0)
     }
 
+    /// A command of many arguments arriving in many reads is read once, argument by
+    /// argument, not again from its start on every read (which made one command of a
+    /// million arguments cost a million times the reads it took).
+    @Test func aLongCommandArrivingInManyReadsIsReadOnce() throws {
+        var wire = "*20001\r\n$5\r\nRPUSH\r\n"
+        for index in 0..<20_000 { wire += "$\(String(index).count)\r\n\(index)\r\n" }
+        let bytes = Array(wire.utf8)
+        var parser = RESPCommandParser()
+        var buffer = ByteBuffer()
+        var command: RESPCommand?
+        var reads = 0
+        for chunk in stride(from: 0, to: bytes.count, by: 100) {
+            buffer.writeBytes(bytes[chunk..<min(chunk + 100, bytes.count)])
+            reads += 1
+            if let whole = try parser.next(&buffer) { command = whole }
+        }
+        #expect(reads > 1_000)
+        let arguments = try #require(command).arguments
+        #expect(arguments.count == 20_001 && String(buffer: arguments[20_000]) == "19999" && String(buffer: arguments[0]) == "RPUSH")
+        #expect(parser.argumentsRead == 20_001, "arguments read \(parser.argumentsRead) times for 20,001")
+        #expect(buffer.readableBytes == 0)
+    }
+
     @Test func inlineCommandsSplitOnSpacesAndHonourQuotes() throws {
         var parser = RESPCommandParser()
         var buffer = ByteBuffer(string: "COORD.PUT k \"a b\\n\" 'c d'\r\n\r\nPING\n")

@@ -53,7 +53,9 @@ public struct RESPProtocolError: Error, Sendable, Equatable {
 /// bulk strings, or inline commands (a line of space-separated words, with quotes).
 ///
 /// Incremental: ``next(_:)`` returns `nil` until a whole command has arrived, and
-/// leaves the partial bytes in the buffer.
+/// leaves the partial bytes in the buffer. Keep the parser between reads, and give it
+/// the same buffer with the new bytes appended: it goes on from the last argument it
+/// had read, so a command of many arguments costs its length once, not once per read.
 public struct RESPCommandParser: Sendable {
     /// Redis's `proto-max-bulk-len` default (512 MiB).
     public var maxBulkLength = 512 * 1024 * 1024
@@ -62,6 +64,20 @@ public struct RESPCommandParser: Sendable {
     public var maxArguments = Int(Int32.max)
     /// Redis's limit on an inline request (64 KiB).
     public var maxInlineLength = 64 * 1024
+
+    /// An unfinished multibulk: where it starts, its count, the arguments read so far
+    /// and where the next one starts (indices of the buffer it came in).
+    private struct Progress: Sendable {
+        var start: Int
+        var count: Int
+        var arguments: [ByteBuffer]
+        var next: Int
+    }
+
+    private var progress: Progress?
+    /// Multibulk arguments read so far, each once however many reads its command took
+    /// (for the tests).
+    private(set) var argumentsRead = 0
 
     public init() {}
 
@@ -110,35 +126,50 @@ public struct RESPCommandParser: Sendable {
         return negative ? -value : value
     }
 
-    private func multibulk(_ buffer: ByteBuffer) throws(RESPProtocolError) -> (arguments: [ByteBuffer], end: Int)? {
-        guard let end = lineEnd(buffer, from: buffer.readerIndex) else {
-            if buffer.readableBytes > maxInlineLength { throw RESPProtocolError(message: "too big mbulk count string") }
+    private mutating func multibulk(_ buffer: ByteBuffer) throws(RESPProtocolError) -> (arguments: [ByteBuffer], end: Int)? {
+        var index: Int
+        var count: Int
+        var arguments: [ByteBuffer]
+        if let resumed = progress, resumed.start == buffer.readerIndex, resumed.next <= buffer.writerIndex {
+            // The same command, more of it arrived: go on after the last whole argument.
+            (count, arguments, index) = (resumed.count, resumed.arguments, resumed.next)
+            progress = nil
+        } else {
+            progress = nil
+            guard let end = lineEnd(buffer, from: buffer.readerIndex) else {
+                if buffer.readableBytes > maxInlineLength { throw RESPProtocolError(message: "too big mbulk count string") }
+                return nil
+            }
+            let crEnd = buffer.getInteger(at: end - 2, as: UInt8.self) == UInt8(ascii: "\r") ? end - 2 : end - 1
+            guard let announced = number(buffer, from: buffer.readerIndex + 1, to: crEnd), announced <= maxArguments else {
+                throw RESPProtocolError(message: "invalid multibulk length")
+            }
+            (count, index, arguments) = (announced, end, [])
+            // Reserved up to a bound: a client announcing a huge count pays as it sends.
+            if count > 0 { arguments.reserveCapacity(min(count, 1024)) }
+        }
+        // Until the command is whole: the arguments read, for the next call.
+        func unfinished() -> (arguments: [ByteBuffer], end: Int)? {
+            progress = Progress(start: buffer.readerIndex, count: count, arguments: arguments, next: index)
             return nil
         }
-        let crEnd = buffer.getInteger(at: end - 2, as: UInt8.self) == UInt8(ascii: "\r") ? end - 2 : end - 1
-        guard let count = number(buffer, from: buffer.readerIndex + 1, to: crEnd), count <= maxArguments else {
-            throw RESPProtocolError(message: "invalid multibulk length")
-        }
-        var index = end
-        var arguments: [ByteBuffer] = []
-        // Reserved up to a bound: a client announcing a huge count pays as it sends.
-        if count > 0 { arguments.reserveCapacity(min(count, 1024)) }
-        for _ in 0..<max(count, 0) {
-            guard index < buffer.writerIndex else { return nil }
+        while arguments.count < count {
+            guard index < buffer.writerIndex else { return unfinished() }
             let type = buffer.getInteger(at: index, as: UInt8.self)!
             guard type == UInt8(ascii: "$") else {
                 throw RESPProtocolError(message: "expected '$', got '\(Character(Unicode.Scalar(type)))'")
             }
             guard let headerEnd = lineEnd(buffer, from: index) else {
                 if buffer.writerIndex - index > 64 { throw RESPProtocolError(message: "invalid bulk length") }
-                return nil
+                return unfinished()
             }
             let lengthEnd = buffer.getInteger(at: headerEnd - 2, as: UInt8.self) == UInt8(ascii: "\r") ? headerEnd - 2 : headerEnd - 1
             guard let length = number(buffer, from: index + 1, to: lengthEnd), length >= 0, length <= maxBulkLength else {
                 throw RESPProtocolError(message: "invalid bulk length")
             }
-            guard buffer.writerIndex >= headerEnd + length + 2 else { return nil }
+            guard buffer.writerIndex >= headerEnd + length + 2 else { return unfinished() }
             arguments.append(buffer.getSlice(at: headerEnd, length: length)!)
+            argumentsRead += 1
             index = headerEnd + length + 2
         }
         return (arguments, index)
