@@ -132,6 +132,15 @@ public final class CoordinationClient: Sendable {
         }
     }
 
+    /// How to open another connection to the store's Redis, configured as the client's
+    /// own (address, Sentinel, credentials, database): for a watch reader, a probe or a
+    /// tool that must not share the client's connection.
+    /// - Throws: ``CoordinationError/Code/invalidArgument`` for a client built on another
+    ///   kind of executor.
+    public var redisConfiguration: RedisConfiguration {
+        get throws { try readerConfiguration }
+    }
+
     /// How to open the watch reader's own connection: like the client's.
     var readerConfiguration: RedisConfiguration {
         get throws {

@@ -7,20 +7,24 @@ import ServiceLifecycle
 /// each way, for the operator (every refused request is logged too, with its
 /// reason, but a burst of those does not say when the outage began or ended).
 ///
-/// It asks Redis a `PING` every `interval` on the store's connection; the line about
-/// a loss names the error, the line about the return how long Redis was away. A
-/// ServiceLifecycle service: it stops on graceful shutdown.
+/// It asks Redis a `PING` every `interval` on a connection of its own (a slow answer
+/// there ends no request of the store's; the connection reconnects by itself), with
+/// `timeout` for the answer; the line about a loss names the error, the line about the
+/// return how long Redis was away. A ServiceLifecycle service: it stops on graceful
+/// shutdown.
 public struct RedisAvailabilityLog: Service {
     public let store: CoordinationClient
     /// The Redis as the log lines name it (without its password).
     public let redisDescription: String
     public let interval: Duration
+    public let timeout: Duration
     public let logger: Logger
 
-    public init(store: CoordinationClient, redisDescription: String, interval: Duration = .seconds(1), logger: Logger) {
+    public init(store: CoordinationClient, redisDescription: String, interval: Duration = .seconds(1), timeout: Duration = .seconds(5), logger: Logger) {
         self.store = store
         self.redisDescription = redisDescription
         self.interval = interval
+        self.timeout = timeout
         self.logger = logger
     }
 
@@ -28,10 +32,17 @@ public struct RedisAvailabilityLog: Service {
         await cancelWhenGracefulShutdown {
             let clock = ContinuousClock()
             var lostAt: ContinuousClock.Instant?
+            var connection: RedisConnection?
+            defer { if let connection { Task { await connection.close() } } }
             while !Task.isCancelled {
                 do {
+                    if connection == nil {
+                        var configuration = try store.redisConfiguration
+                        configuration.clientName = "coordproxy-probe"
+                        connection = try await RedisConnection.connect(configuration)
+                    }
                     do {
-                        _ = try await store.redis.send([Array("PING".utf8)], timeout: interval * 2)
+                        _ = try await connection!.send([Array("PING".utf8)], timeout: timeout)
                     } catch let error as RedisError where error.code == .noPermission {
                         // A user that may not PING: Redis answered all the same.
                     }
