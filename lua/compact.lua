@@ -23,6 +23,11 @@ if cursor == '' then
   if at > current then
     return {false, 'futureRevision', 'required revision ' .. at .. ' is a future revision; the current revision is ' .. current}
   end
+  -- Over maxmemory Redis refuses a script's first write that can grow memory (SET),
+  -- but not one after a write: a write that cannot grow it (HDEL of no field) comes
+  -- first, so that compaction, which frees memory, goes on as etcd's does under its
+  -- NOSPACE alarm.
+  redis.call('HDEL', K_HIST, '')
   redis.call('SET', K_COMPACT, at)
 end
 

@@ -295,12 +295,15 @@ local function leaseMembers(lease)
 end
 
 local function deleteKey(k, old, revision)
+  -- HDEL first: over maxmemory Redis refuses a script's first write that can grow
+  -- memory (HSET, ZADD) but not those after a write, so deletes go on, as etcd's go
+  -- on under its NOSPACE alarm.
+  redis.call('HDEL', K_KV, k)
   -- archive(k, old) and the tombstone, in one HSET and one ZADD.
   local member = k .. '\0' .. hex(old.mod)
   local tombstone = k .. '\0' .. hex(revision)
   redis.call('HSET', K_HIST, member, old.packed or encode(old), tombstone, cmsgpack.pack({0}))
   redis.call('ZADD', K_HKEYS, 0, member, 0, tombstone)
-  redis.call('HDEL', K_KV, k)
   liveCache[k] = false
   redis.call('ZREM', K_KEYS, k)
   if old.lease ~= '0' then redis.call('ZREM', K_LKEYS, leaseMember(old.lease, k)) end

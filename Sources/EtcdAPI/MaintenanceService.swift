@@ -28,14 +28,16 @@ public struct MaintenanceService: Etcdserverpb_Maintenance.SimpleServiceProtocol
     }
 
     /// etcd's NOSPACE alarm, which etcd raises when its database reaches its quota: here
-    /// while Redis's memory is at its `maxmemory` (writes then fail with etcd's
-    /// `database space exceeded`). It goes away by itself once memory is freed, so
+    /// while Redis's memory is at its `maxmemory` under `noeviction` (writes then fail
+    /// with etcd's `database space exceeded`). It goes away by itself once memory is freed, so
     /// DEACTIVATE (`etcdctl alarm disarm`) has nothing to do, and ACTIVATE is ignored.
     public func alarm(request: Etcdserverpb_AlarmRequest, context: ServerContext) async throws -> Etcdserverpb_AlarmResponse {
         do {
             var response = Etcdserverpb_AlarmResponse()
             response.header = member.header(try await store.currentRevision())
-            if request.action == .get, try await memory().full {
+            // A user that may not run INFO (allowed: see CoordinationClient.connect) has
+            // no alarm to show rather than no answer.
+            if request.action == .get, (try? await memory())?.full == true {
                 var alarm = Etcdserverpb_AlarmMember()
                 alarm.memberID = member.memberID
                 alarm.alarm = .nospace
@@ -47,14 +49,17 @@ public struct MaintenanceService: Etcdserverpb_Maintenance.SimpleServiceProtocol
         }
     }
 
-    /// Redis's memory: `used_memory`, and whether it has reached `maxmemory` (when set).
+    /// Redis's memory: `used_memory`, and whether it is full: at its `maxmemory` (when
+    /// set) under `noeviction`, where writes fail (under a volatile-* policy Redis
+    /// evicts keys with a TTL at the limit, and writes go on).
     private func memory() async throws -> (used: Int64, full: Bool) {
         let info = try await store.redis.send([Array("INFO".utf8), Array("memory".utf8)], timeout: nil).string ?? ""
-        func field(_ name: String) -> Int64 {
-            info.split(whereSeparator: \.isNewline).first { $0.hasPrefix(name + ":") }.flatMap { Int64($0.dropFirst(name.count + 1)) } ?? 0
+        let lines = info.split(whereSeparator: \.isNewline)
+        func field(_ name: String) -> Substring? {
+            lines.first { $0.hasPrefix(name + ":") }.map { $0.dropFirst(name.count + 1) }
         }
-        let used = field("used_memory"), limit = field("maxmemory")
-        return (used, limit > 0 && used >= limit)
+        let used = field("used_memory").flatMap { Int64($0) } ?? 0, limit = field("maxmemory").flatMap { Int64($0) } ?? 0
+        return (used, limit > 0 && used >= limit && field("maxmemory_policy") == "noeviction")
     }
 
     public func status(request: Etcdserverpb_StatusRequest, context: ServerContext) async throws -> Etcdserverpb_StatusResponse {

@@ -184,8 +184,8 @@ import Testing
 
     /// Redis at its maxmemory (noeviction) is etcd at its quota: writes fail with etcd's
     /// `database space exceeded` (RESOURCE_EXHAUSTED), the NOSPACE alarm is listed,
-    /// the Redis protocol answers Redis's own OOM error; reads and deletes go on, and
-    /// once memory is freed writes succeed and the alarm is gone.
+    /// the Redis protocol answers Redis's own OOM error; reads, deletes and compaction
+    /// go on, and once memory is freed writes succeed and the alarm is gone.
     @Test func aRedisAtItsMaxmemoryIsEtcdAtItsQuota() async throws {
         try await RedisServer.withServer { server in
             let respPort = try ChildProcess.freeLoopbackPort()
@@ -212,8 +212,14 @@ import Testing
             let redisCLI = try #require(ChildProcess.locate("redis-cli"))
             let resp = try await run(redisCLI, ["-p", String(respPort), "COORD.PUT", "small", "v"], environment: ["PATH": "/usr/bin:/bin"])
             #expect(resp.output.hasPrefix("OOM command not allowed when used memory > 'maxmemory'"), "\(resp.output)\(resp.error)")
-            // Reads and deletes still work; freeing memory ends it.
+            // Reads, deletes and compaction still work, as on etcd under NOSPACE; raising
+            // maxmemory ends it.
             #expect(try await etcdctl(["get", "big/0", "--keys-only"], endpoint: proxy.endpoint).output == "big/0\n\n")
+            let deleted = try await etcdctl(["del", "big/0"], endpoint: proxy.endpoint)
+            #expect(deleted.status == 0 && deleted.output == "1\n", "\(deleted)")
+            let revision = try #require(try await connection.send("GET", "{coord}:rev").string)
+            let compacted = try await etcdctl(["compaction", revision], endpoint: proxy.endpoint)
+            #expect(compacted.status == 0, "\(compacted)")
             _ = try await connection.send("CONFIG", "SET", "maxmemory", "0")
             let put = try await etcdctl(["put", "after", "1"], endpoint: proxy.endpoint)
             #expect(put.status == 0, "\(put)")
