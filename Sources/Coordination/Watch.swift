@@ -156,8 +156,10 @@ final class WatchHub: Sendable {
         }
         if let running { return running }
         while true {
-            let current = try await store.currentRevision()
+            // The generation first: a reset noticed from here on (by the revision's own
+            // reply too) changes it, and the reader is not installed at the old one.
             let generation = store.incarnation.withLock { $0.generation }
+            let current = try await store.currentRevision()
             var configuration = try store.readerConfiguration
             configuration.commandTimeout = .seconds(10)
             configuration.clientName = Self.readerName(store.namespace)

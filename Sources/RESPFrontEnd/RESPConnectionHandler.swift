@@ -719,8 +719,9 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
 
     /// The client left more than ``pushLimit`` of watch events unread: its watches
     /// end, each with a `[canceled, id, error]` push that says why, written behind the
-    /// events already queued, and the connection closes once those are sent (a client
-    /// that reads again sees them) or after ``pushLimitGrace`` (one that does not).
+    /// events already queued (and behind replies still due), and the connection closes
+    /// once those are sent (a client that reads again sees them) or after
+    /// ``pushLimitGrace`` (one that does not).
     private func pushLimitReached(context: ChannelHandlerContext) {
         let remote = context.channel.remoteAddress.map { "\($0)" } ?? "?"
         shared.logger.warning("closing a RESP client that does not read its watch events (over \(Self.pushLimit / 1024 / 1024) MiB unread)",
@@ -730,13 +731,24 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
         watches = [:]
         closing = true
         let text = "OUTPUTLIMIT this connection left more than \(Self.pushLimit / 1024 / 1024) MiB of watch events unread (coordproxy's limit, as Redis's client-output-buffer-limit for pub/sub): its watches ended and the connection closes; read events as they arrive, or watch fewer keys"
+        var notices = context.channel.allocator.buffer(capacity: 512)
         for id in ended {
-            context.write(wrapOutboundOut(encode(.push([.bulk("canceled"), .integer(id), .bulk(text)]))), promise: nil)
+            var notice = encode(.push([.bulk("canceled"), .integer(id), .bulk(text)]))
+            notices.writeBuffer(&notice)
         }
         let channel = context.channel
-        let sent = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0)), promise: sent)
         let deadline = context.eventLoop.scheduleTask(in: Self.pushLimitGrace) { channel.close(promise: nil) }
+        if !slots.isEmpty {
+            // Replies still due (a pipelined command ahead of the events held back): the
+            // notices follow them, in command order, and the connection closes after
+            // (the events held behind them are dropped with their watches).
+            let last = Slot(fromBackend: false, reply: notices)
+            last.closeAfter = true
+            slots.append(last)
+            return
+        }
+        let sent = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(notices), promise: sent)
         sent.futureResult.whenComplete { _ in
             deadline.cancel()
             channel.close(promise: nil)
