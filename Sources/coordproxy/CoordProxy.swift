@@ -105,7 +105,7 @@ struct CoordProxy: AsyncParsableCommand {
     @Flag(help: "Refuse a Redis whose maxmemory-policy may evict keys (allkeys-*) unless this is given.")
     var allowEvictingPolicy = false
 
-    @Flag(name: .customLong("no-grpc-fast-path"), help: "Serve the etcd API on grpc-swift's own HTTP/2 transport, every call through grpc-swift, instead of coordproxy's transport, which serves the unary calls of etcd's KV, Lease, Lock and Election services (Range, Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke, LeaseTimeToLive, LeaseLeases, Lock, Unlock, Campaign, Proclaim, Leader, Resign) and Watch streams from the HTTP/2 frames and hands the rest to grpc-swift (the same answers, at less CPU per call and per watch event); for comparison and diagnosis.")
+    @Flag(name: .customLong("no-grpc-fast-path"), help: "Serve the etcd API on grpc-swift's own HTTP/2 transport, every call through grpc-swift, instead of coordproxy's transport, which serves the unary calls of etcd's KV, Lease, Lock and Election services (Range, Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke, LeaseTimeToLive, LeaseLeases, Lock, Unlock, Campaign, Proclaim, Leader, Resign) and Watch streams from the HTTP/2 frames and hands the rest to grpc-swift (the same answers, at less CPU per call and per watch event, but for a request that does not decode: etcd's INTERNAL there, grpc-swift's INVALID_ARGUMENT here); for comparison and diagnosis.")
     var noGRPCFastPath = false
 
     func run() async throws {

@@ -239,10 +239,12 @@ import Testing
             let connection = try await RedisConnection.connect(server.configuration)
             defer { Task { await connection.close() } }
             let store = CoordinationClient(redis: connection, namespace: "reaped")
-            for _ in 0..<250 { _ = try await store.grantLease(ttl: 2) }
+            // A TTL the 250 grants fit in even on a loaded machine (every request reaps due
+            // leases first: a grant after the first ones were due would reap them).
+            for _ in 0..<250 { _ = try await store.grantLease(ttl: 6) }
             #expect(try await connection.send("HLEN", "{reaped}:leases").int == 250)
-            // Nothing else may reach the store meanwhile: every request reaps.
-            try await Task.sleep(for: .milliseconds(2_500))
+            // Nothing else may reach the store meanwhile.
+            try await Task.sleep(for: .milliseconds(6_500))
             let read = CoordinationClient.encodedRequest(.range(key: Array("a".utf8), options: RangeOptions()))
             let replies = try await connection.run(CoordinationClient.kvScript, keys: store.keys, arguments: [read, read, read], timeout: nil)
             #expect(replies.array?.count == 3)

@@ -49,23 +49,30 @@ import Testing
         #expect(help.status == 0 && help.output.contains("--redis-url") && help.output.contains("COORDPROXY_") && help.output.contains("Examples:"),
                 "\(help.output)\(help.error)")
         try await RedisServer.withServer { server in
-            let port = try ChildProcess.freeLoopbackPort()
             let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-proxy")
             defer { try? FileManager.default.removeItem(atPath: directory) }
             let logPath = directory + "/coordproxy.log"
-            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
             let log = { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
-            let environment = [
-                "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
-                "REDIS_URL": server.url,
-                "COORDPROXY_LISTEN_CLIENT_URLS": "http://127.0.0.1:\(port)",
-                "COORDPROXY_NAMESPACE": "fromenv",
-                "COORDPROXY_NAME": "node-env",
-            ]
-            let process = try PipedProcess(executable, [], environment: environment, stdin: .null, stdout: .null, stderr: .file(logPath))
-            defer { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
-            let serving = await eventually(timeout: .seconds(60)) { log().contains("serving the etcd v3 API") || !process.isRunning }
-            #expect(serving && process.isRunning, "\(log())")
+            var port = 0
+            var process: PipedProcess?
+            defer { if let process, process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
+            // A free port can be taken by another test's server before coordproxy binds it.
+            for _ in 1...3 {
+                port = try ChildProcess.freeLoopbackPort()
+                _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+                let environment = [
+                    "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
+                    "REDIS_URL": server.url,
+                    "COORDPROXY_LISTEN_CLIENT_URLS": "http://127.0.0.1:\(port)",
+                    "COORDPROXY_NAMESPACE": "fromenv",
+                    "COORDPROXY_NAME": "node-env",
+                ]
+                let started = try PipedProcess(executable, [], environment: environment, stdin: .null, stdout: .null, stderr: .file(logPath))
+                process = started
+                _ = await eventually(timeout: .seconds(60)) { log().contains("serving the etcd v3 API") || !started.isRunning }
+                if started.isRunning || !log().contains("Address already in use") { break }
+            }
+            #expect(process?.isRunning == true && log().contains("serving the etcd v3 API"), "\(log())")
             let endpoint = "http://127.0.0.1:\(port)"
             let put = try await etcdctl(["put", "k", "v"], endpoint: endpoint)
             #expect(put.status == 0, "\(put)")
@@ -505,8 +512,10 @@ final class CoordproxyProcess: @unchecked Sendable {
         while true {
             do {
                 return try await startOnce(redisURL: redisURL, name: name, metrics: metrics, port: port, arguments: extra)
-            } catch let error as RedisError where attempt < 3 && port == nil && error.message.contains("Address already in use") {
+            } catch let error as RedisError where attempt < 3 && error.message.contains("Address already in use") {
+                // Another free port; or, for a port asked for, a moment for it to come free.
                 attempt += 1
+                if port != nil { try await Task.sleep(for: .milliseconds(500)) }
             }
         }
     }
@@ -568,8 +577,12 @@ final class CoordproxyProcess: @unchecked Sendable {
         }
     }
 
+    /// SIGKILL, and gone before the caller goes on (a restart on its port must find the
+    /// port free; a SIGKILLed process exits at once).
     func kill() {
-        if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
+        guard process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
     }
 
     deinit { kill() }

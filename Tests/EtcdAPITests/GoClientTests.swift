@@ -125,12 +125,17 @@ import Testing
 
     /// etcd's server lets clients ping to keep idle connections alive; so does
     /// coordproxy's (grpc-swift's default policy would answer GOAWAY too_many_pings).
+    /// The same scenario against etcd 3.4 and coordproxy, side by side.
     @Test func anIdleClientv3ClientWithKeepAlivePingsKeepsItsConnection() async throws {
         let program = try await Self.clientcheck()
-        try await withProxy { proxy in
-            let result = try await run(program, [proxy.endpoint, "idle"], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(300))
-            #expect(result.status == 0 && result.output == "ok idle\n", "\(result.output)\(result.error)")
+        func idle(_ endpoint: String) async throws -> ProgramOutput {
+            try await run(program, [endpoint, "idle"], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(300))
         }
+        async let onEtcd = ReferenceEtcd.withServer { etcd in try await idle(etcd.endpoint) }
+        async let onProxy = withProxy { proxy in try await idle(proxy.endpoint) }
+        let (etcd, proxy) = try await (onEtcd, onProxy)
+        #expect(etcd.status == 0 && etcd.output == "ok idle\n", "etcd: \(etcd.output)\(etcd.error)")
+        #expect(proxy.status == 0 && proxy.output == "ok idle\n", "coordproxy: \(proxy.output)\(proxy.error)")
     }
 
     @Test func aBusyClientv3ClientKeepsItsConnectionAndEachPutIsAppliedOnce() async throws {

@@ -16,8 +16,8 @@
 //	                                              compares etcd's and coordproxy's)
 //	clientcheck <endpoint> watchfragment         one revision of 3 MiB of events, watched with
 //	                                              and without fragments
-//	clientcheck <endpoint> idle                  a client with keep-alive pings, idle for 32 s,
-//	                                              keeps its connection
+//	clientcheck <endpoint> idle                  a client with keep-alive pings and a watch, idle
+//	                                              for 32 s, keeps its connection (idle.go)
 //	clientcheck <endpoint> resume <n>            a clientv3 watch that must see <n> puts the test
 //	                                              makes around a restart of the server, in order
 //	                                              and once each (resume.go)
