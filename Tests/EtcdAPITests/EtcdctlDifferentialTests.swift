@@ -179,10 +179,7 @@ import Testing
         for (theirs, mine) in zip(reference, throughGRPCSwift) {
             #expect(mine == theirs, "with the fast path off")
         }
-        if let directory = ProcessInfo.processInfo.environment["COORD_TRANSCRIPTS"] {
-            try reference.joined(separator: "\n\n").write(toFile: directory + "/etcd.txt", atomically: true, encoding: .utf8)
-            try ours.joined(separator: "\n\n").write(toFile: directory + "/coordproxy.txt", atomically: true, encoding: .utf8)
-        }
+        try Self.keep(reference, ours, as: "")
         // The comparison covers the error paths too, and no step failed on etcdctl's own usage.
         #expect(!reference.contains { $0.contains("unknown flag") })
         #expect(reference.contains { $0.contains("required revision has been compacted") })
@@ -193,6 +190,14 @@ import Testing
         #expect(reference.contains { $0.contains("bad leader transferee") })
         #expect(reference.contains { $0.contains("Authentication Disabled") })
         #expect(reference.contains { $0.contains("root user does not exist") })
+    }
+
+    /// With `COORD_TRANSCRIPTS` set to a directory: both transcripts written there
+    /// (`etcd<suffix>.txt`, `coordproxy<suffix>.txt`), to read a difference whole.
+    static func keep(_ reference: [String], _ ours: [String], as suffix: String) throws {
+        guard let directory = ProcessInfo.processInfo.environment["COORD_TRANSCRIPTS"] else { return }
+        try reference.joined(separator: "\n\n").write(toFile: directory + "/etcd\(suffix).txt", atomically: true, encoding: .utf8)
+        try ours.joined(separator: "\n\n").write(toFile: directory + "/coordproxy\(suffix).txt", atomically: true, encoding: .utf8)
     }
 
     /// Seeded random command sequences (see ``randomSteps(seed:count:)``): the same
@@ -206,10 +211,7 @@ import Testing
         for (theirs, mine) in zip(reference, ours) {
             #expect(mine == theirs, "seed \(seed)")
         }
-        if let directory = ProcessInfo.processInfo.environment["COORD_TRANSCRIPTS"] {
-            try reference.joined(separator: "\n\n").write(toFile: directory + "/etcd-seed\(seed).txt", atomically: true, encoding: .utf8)
-            try ours.joined(separator: "\n\n").write(toFile: directory + "/coordproxy-seed\(seed).txt", atomically: true, encoding: .utf8)
-        }
+        try Self.keep(reference, ours, as: "-seed\(seed)")
         let misused = reference.filter { $0.contains("unknown flag") || $0.contains("Error: bad") }
         #expect(misused.isEmpty, "steps etcdctl refused as usage: \(misused)")
     }

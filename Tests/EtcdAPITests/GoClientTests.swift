@@ -29,6 +29,22 @@ import Testing
         return output
     }
 
+    /// The program's `scenario` run against a private etcd 3.4 and against coordproxy,
+    /// one after the other or `concurrently`.
+    static func onEtcdAndProxy(_ scenario: String, concurrently: Bool = false) async throws -> (etcd: ProgramOutput, proxy: ProgramOutput) {
+        let program = try await clientcheck()
+        @Sendable func scenarioOutput(_ endpoint: String) async throws -> ProgramOutput {
+            try await run(program, [endpoint, scenario], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(300))
+        }
+        if concurrently {
+            async let onEtcd = ReferenceEtcd.withServer { etcd in try await scenarioOutput(etcd.endpoint) }
+            async let onProxy = withProxy { proxy in try await scenarioOutput(proxy.endpoint) }
+            return try await (onEtcd, onProxy)
+        }
+        let onEtcd = try await ReferenceEtcd.withServer { etcd in try await scenarioOutput(etcd.endpoint) }
+        return (onEtcd, try await withProxy { proxy in try await scenarioOutput(proxy.endpoint) })
+    }
+
     @Test func clientv3SessionMutexElectionSTMWatchLeaseAndBadInputScenariosPass() async throws {
         let program = try await Self.clientcheck()
         try await withProxy { proxy in
@@ -73,12 +89,7 @@ import Testing
     /// revision and one from a future revision give the same responses, in the same
     /// order, from etcd 3.4 and from coordproxy (revisions relative to the start).
     @Test func watchStreamRequestsGetEtcdsResponses() async throws {
-        let program = try await Self.clientcheck()
-        func responses(_ endpoint: String) async throws -> ProgramOutput {
-            try await run(program, [endpoint, "watchapi"], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(300))
-        }
-        let onEtcd = try await ReferenceEtcd.withServer { etcd in try await responses(etcd.endpoint) }
-        let onProxy = try await withProxy { proxy in try await responses(proxy.endpoint) }
+        let (onEtcd, onProxy) = try await Self.onEtcdAndProxy("watchapi")
         #expect(onEtcd.status == 0 && onEtcd.output.hasSuffix("ok watchapi\n"), "etcd: \(onEtcd.output)\(onEtcd.error)")
         #expect(onProxy.status == 0, "coordproxy: \(onProxy.output)\(onProxy.error)")
         #expect(onEtcd.output.contains("mvcc: duplicate watch ID provided on the WatchStream") && onEtcd.output.contains("progress request: id=-1"),
@@ -96,12 +107,7 @@ import Testing
     /// asked for fragments (split past etcd's 2 MiB: its 1.5 MiB request limit and
     /// 512 KiB of gRPC headroom), whole to one that did not; the same from etcd 3.4.
     @Test func aRevisionOverTwoMiBIsSentInFragmentsAsEtcdSendsIt() async throws {
-        let program = try await Self.clientcheck()
-        func fragments(_ endpoint: String) async throws -> ProgramOutput {
-            try await run(program, [endpoint, "watchfragment"], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(300))
-        }
-        let onEtcd = try await ReferenceEtcd.withServer { etcd in try await fragments(etcd.endpoint) }
-        let onProxy = try await withProxy { proxy in try await fragments(proxy.endpoint) }
+        let (onEtcd, onProxy) = try await Self.onEtcdAndProxy("watchfragment")
         let expected = """
             fragment=true: 2 response(s), all but the last flagged true, every event of one revision in key order true
             fragment=false: 1 response(s), all but the last flagged true, every event of one revision in key order true
@@ -127,13 +133,8 @@ import Testing
     /// coordproxy's (grpc-swift's default policy would answer GOAWAY too_many_pings).
     /// The same scenario against etcd 3.4 and coordproxy, side by side.
     @Test func anIdleClientv3ClientWithKeepAlivePingsKeepsItsConnection() async throws {
-        let program = try await Self.clientcheck()
-        func idle(_ endpoint: String) async throws -> ProgramOutput {
-            try await run(program, [endpoint, "idle"], environment: ["PATH": "/usr/bin:/bin"], timeout: .seconds(300))
-        }
-        async let onEtcd = ReferenceEtcd.withServer { etcd in try await idle(etcd.endpoint) }
-        async let onProxy = withProxy { proxy in try await idle(proxy.endpoint) }
-        let (etcd, proxy) = try await (onEtcd, onProxy)
+        // Side by side: 32 s of idling each.
+        let (etcd, proxy) = try await Self.onEtcdAndProxy("idle", concurrently: true)
         #expect(etcd.status == 0 && etcd.output == "ok idle\n", "etcd: \(etcd.output)\(etcd.error)")
         #expect(proxy.status == 0 && proxy.output == "ok idle\n", "coordproxy: \(proxy.output)\(proxy.error)")
     }
