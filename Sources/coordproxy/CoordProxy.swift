@@ -74,6 +74,9 @@ struct CoordProxy: AsyncParsableCommand {
     @Option(name: .customLong("session-ttl"), help: ArgumentHelp("TTL in seconds of the lease of a Redis-protocol connection's session (default 60): revoked when the connection closes, expiring after this long if coordproxy dies.", valueName: "seconds"))
     var sessionTTL: Int64?
 
+    @Option(name: .customLong("maxclients"), help: ArgumentHelp("At most this many Redis-protocol client connections (default 10000, as Redis's maxclients); one more is answered 'ERR max number of clients reached' and closed.", valueName: "n"))
+    var maxClients: Int?
+
     @Option(name: .customLong("wait-replicas"), help: ArgumentHelp("Acknowledge a write only once this many Redis replicas have it (Redis WAIT); when they do not within --wait-timeout, the request fails as 'request timed out' (gRPC) or TRYAGAIN (RESP): applied on the master, but a failover may lose it. Default 0: acknowledged once the master has it.", valueName: "n"))
     var waitReplicas: Int?
 
@@ -143,6 +146,8 @@ struct CoordProxy: AsyncParsableCommand {
         let respListen = try (setting(listenRESP, "LISTEN_RESP") ?? "").split(separator: ",").map { try RESPFrontEnd.Address(parsing: String($0)) }
         let respSessionTTL = sessionTTL ?? setting(nil, "SESSION_TTL").flatMap { Int64($0) } ?? 60
         guard respSessionTTL >= 1 else { throw ValidationError("--session-ttl must be at least 1 second") }
+        let respMaxClients = maxClients ?? setting(nil, "MAXCLIENTS").flatMap { Int($0) } ?? 10_000
+        guard respMaxClients >= 1 else { throw ValidationError("--maxclients must be at least 1") }
         let replicas = waitReplicas ?? setting(nil, "WAIT_REPLICAS").flatMap { Int($0) } ?? 0
         let replicaTimeout = waitTimeout ?? setting(nil, "WAIT_TIMEOUT").flatMap { Int($0) } ?? 1000
         guard replicas >= 0, replicaTimeout >= 1 else { throw ValidationError("--wait-replicas must be 0 or more and --wait-timeout at least 1 ms") }
@@ -207,6 +212,7 @@ struct CoordProxy: AsyncParsableCommand {
             configuration.allowFlush = allowFlush || setting(nil, "ALLOW_FLUSH") == "1"
             configuration.multiplex = !(noMultiplex || setting(nil, "NO_MULTIPLEX") == "1")
             configuration.sessionTTL = respSessionTTL
+            configuration.maxClients = respMaxClients
             configuration.sessionKeepAlive = respKeepAlive
             configuration.requirePassword = setting(requirePass, "REQUIREPASS").flatMap { $0.isEmpty ? nil : $0 }
             services.append(.init(service: RESPFrontEnd(store: store, configuration: configuration, logger: logger)))

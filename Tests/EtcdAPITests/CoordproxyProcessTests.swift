@@ -294,6 +294,26 @@ import Testing
         }
     }
 
+    /// `--maxclients` (as Redis's): one Redis-protocol connection more gets Redis's error.
+    @Test func maxclientsLimitsTheRedisProtocolConnections() async throws {
+        try await RedisServer.withServer { server in
+            let respPort = try ChildProcess.freeLoopbackPort()
+            let proxy = try await CoordproxyProcess.start(redisURL: server.url, arguments: ["--listen-resp", "127.0.0.1:\(respPort)", "--maxclients", "1"])
+            defer { proxy.kill() }
+            let first = try await RedisConnection.connect(url: "redis://127.0.0.1:\(respPort)")
+            #expect(try await first.send("PING") == .status("PONG"))
+            do {
+                let second = try await RedisConnection.connect(url: "redis://127.0.0.1:\(respPort)")
+                await second.close()
+                Issue.record("a second connection was served past --maxclients 1")
+            } catch let error as RedisError {
+                #expect(error.message.contains("max number of clients reached"), "\(error)")
+            }
+            #expect(try await first.send("PING") == .status("PONG"))
+            await first.close()
+        }
+    }
+
     @Test func twoProxiesOnOneRedisServeOneStoreWatchesAndLocks() async throws {
         try await RedisServer.withServer { server in
             let first = try await CoordproxyProcess.start(redisURL: server.url, name: "first")
