@@ -176,13 +176,28 @@ struct CoordProxy: AsyncParsableCommand {
         }
         defer { if let privateServer { Task { await privateServer.stop() } } }
 
+        // A Redis that does not answer yet (started after coordproxy, restarting) is
+        // waited for, as a running coordproxy waits for it to come back; one that
+        // refuses (a wrong password, missing permissions, an unsafe configuration)
+        // is a mistake to fix: coordproxy exits.
         let store: CoordinationClient
-        do {
-            store = try await CoordinationClient.connect(url: url!, namespace: namespace, allowEvictingPolicy: allowEvictingPolicy, durability: durability)
-        } catch {
-            logger.critical("cannot use the Redis at \(Self.redacted(url!)): \(error)")
-            if let privateServer { await privateServer.stop() }
-            throw ExitCode(1)
+        var waitingSince: ContinuousClock.Instant?
+        while true {
+            do {
+                store = try await CoordinationClient.connect(url: url!, namespace: namespace, allowEvictingPolicy: allowEvictingPolicy, durability: durability)
+                break
+            } catch let error as RedisError where Self.unreachable(error) && privateServer == nil {
+                if waitingSince == nil {
+                    waitingSince = .now
+                    logger.warning("Redis does not answer; waiting for it (a try a second; SIGTERM to give up)", metadata: [
+                        "redis": "\(Self.redacted(url!))", "error": "\(error.message)"])
+                }
+                try await Task.sleep(for: .seconds(1))
+            } catch {
+                logger.critical("cannot use the Redis at \(Self.redacted(url!)): \(error)")
+                if let privateServer { await privateServer.stop() }
+                throw ExitCode(1)
+            }
         }
         let status = try await store.status(allowEvictingPolicy: allowEvictingPolicy)
         logger.info("connected to Redis", metadata: [
@@ -241,6 +256,11 @@ struct CoordProxy: AsyncParsableCommand {
         if let privateServer { await privateServer.stop() }
         privateServer = nil
         logger.info("coordproxy stopped")
+    }
+
+    /// Errors of a Redis that is not there (yet): nothing answered.
+    static func unreachable(_ error: RedisError) -> Bool {
+        [.connectionRefused, .connectionLost, .connectionClosed, .timeout, .outcomeUnknown].contains(error.code)
     }
 
     /// Prometheus behind swift-metrics, with latency buckets fine enough for requests

@@ -294,6 +294,34 @@ import Testing
         }
     }
 
+    /// A Redis that is not up yet when coordproxy starts is waited for (logged once),
+    /// and served from as soon as it answers.
+    @Test func coordproxyStartedBeforeItsRedisWaitsForItThenServes() async throws {
+        let executable = try builtExecutable("coordproxy")
+        let redisPort = try ChildProcess.freeLoopbackPort()
+        let port = try ChildProcess.freeLoopbackPort()
+        let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-proxy")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let logPath = directory + "/coordproxy.log"
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+        let process = try PipedProcess(executable, ["--redis-url", "redis://127.0.0.1:\(redisPort)", "--listen-client-urls", "http://127.0.0.1:\(port)"],
+                                       environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"],
+                                       stdin: .null, stdout: .null, stderr: .file(logPath))
+        defer { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
+        let waiting = await eventually(timeout: .seconds(30)) { log().contains("Redis does not answer; waiting for it") || !process.isRunning }
+        #expect(waiting && process.isRunning, "\(log())")
+        try await Task.sleep(for: .seconds(2))
+        #expect(process.isRunning && log().components(separatedBy: "Redis does not answer").count == 2, "logged once: \(log())")
+        try await RedisServer.withServer(.init(transport: .tcp(port: redisPort))) { _ in
+            let serving = await eventually(timeout: .seconds(30)) { log().contains("serving the etcd v3 API") || !process.isRunning }
+            #expect(serving && process.isRunning, "\(log())")
+            let put = try await etcdctl(["put", "k", "v"], endpoint: "http://127.0.0.1:\(port)")
+            #expect(put.status == 0, "\(put)")
+            Glibc.kill(process.processIdentifier, SIGKILL)
+        }
+    }
+
     /// `--maxclients` (as Redis's): one Redis-protocol connection more gets Redis's error.
     @Test func maxclientsLimitsTheRedisProtocolConnections() async throws {
         try await RedisServer.withServer { server in
