@@ -125,6 +125,8 @@ final class WatchHub: Sendable {
         /// Since when the reader has had no watcher (nil while it has one, or a watch
         /// is starting).
         var idleSince: ContinuousClock.Instant?
+        /// The client closed (``stop()``): no reader starts again.
+        var stopped = false
     }
 
     /// How long the reader goes on without watchers before it stops.
@@ -165,26 +167,36 @@ final class WatchHub: Sendable {
             configuration.clientName = Self.readerName(store.namespace)
             let connection = try await RedisConnection.connect(configuration)
             let clientID = try? await connection.send([Array("CLIENT".utf8), Array("ID".utf8)], timeout: nil).int
-            let started = state.withLock { state -> (Int64, Int)? in
+            enum Start { case running(Int64, Int), retry, closed }
+            let started = state.withLock { state -> Start in
+                // Closed while this reader connected: it must not outlive the client.
+                if state.stopped { return .closed }
                 if state.reader == nil {
                     // A reset noticed since the revision was read (its endAll found no
                     // reader to move on): that revision belongs to the old history, and a
                     // reader at its generation would find every later check crossing the
                     // reset and hand out nothing. Start again from the new history.
-                    guard store.incarnation.withLock({ $0.generation }) == generation else { return nil }
+                    guard store.incarnation.withLock({ $0.generation }) == generation else { return .retry }
                     state.position = current
                     state.dispatched = current
                     state.generation = generation
                     state.connection = connection
                     state.clientID = clientID
                     state.reader = Task { [self] in await readLoop(connection) }
-                    return (state.position, state.generation)
+                    return .running(state.position, state.generation)
                 }
                 Task { await connection.close() }
-                return (state.position, state.generation)
+                return .running(state.position, state.generation)
             }
-            if let started { return started }
-            await connection.close()
+            switch started {
+            case .running(let position, let generation):
+                return (position, generation)
+            case .closed:
+                await connection.close()
+                throw RedisError(.connectionClosed, "the client was closed while its watch started")
+            case .retry:
+                await connection.close()
+            }
         }
     }
 
@@ -206,7 +218,7 @@ final class WatchHub: Sendable {
     /// Stops the reader and ends every watch.
     func stop() async {
         let (reader, connection, clientID, watchers) = state.withLock { state -> (Task<Void, Never>?, RedisConnection?, Int64?, [Watcher]) in
-            defer { state.reader = nil; state.connection = nil; state.clientID = nil; state.watchers = [:] }
+            defer { state.reader = nil; state.connection = nil; state.clientID = nil; state.watchers = [:]; state.stopped = true }
             return (state.reader, state.connection, state.clientID, Array(state.watchers.values))
         }
         reader?.cancel()
