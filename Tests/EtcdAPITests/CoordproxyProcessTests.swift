@@ -49,17 +49,16 @@ import Testing
         #expect(help.status == 0 && help.output.contains("--redis-url") && help.output.contains("COORDPROXY_") && help.output.contains("Examples:"),
                 "\(help.output)\(help.error)")
         try await RedisServer.withServer { server in
-            let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-proxy")
-            defer { try? FileManager.default.removeItem(atPath: directory) }
-            let logPath = directory + "/coordproxy.log"
-            let log = { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+            let logFile = try LogFile()
+            defer { logFile.remove() }
+            let log = logFile.text
             var port = 0
             var process: PipedProcess?
             defer { if let process, process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
             // A free port can be taken by another test's server before coordproxy binds it.
             for _ in 1...3 {
                 port = try ChildProcess.freeLoopbackPort()
-                _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+                _ = FileManager.default.createFile(atPath: logFile.path, contents: nil)
                 let environment = [
                     "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
                     "REDIS_URL": server.url,
@@ -67,7 +66,7 @@ import Testing
                     "COORDPROXY_NAMESPACE": "fromenv",
                     "COORDPROXY_NAME": "node-env",
                 ]
-                let started = try PipedProcess(executable, [], environment: environment, stdin: .null, stdout: .null, stderr: .file(logPath))
+                let started = try PipedProcess(executable, [], environment: environment, stdin: .null, stdout: .null, stderr: .file(logFile.path))
                 process = started
                 _ = await eventually(timeout: .seconds(60)) { log().contains("serving the etcd v3 API") || !started.isRunning }
                 if started.isRunning || !log().contains("Address already in use") { break }
@@ -90,16 +89,14 @@ import Testing
     @Test func aSIGKILLedDevProxyTakesItsPrivateRedisServerWithItAndItsDirectoryGoesNext() async throws {
         let executable = try builtExecutable("coordproxy")
         let port = try ChildProcess.freeLoopbackPort()
-        let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-proxy")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let logPath = directory + "/coordproxy.log"
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        let log = { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+        let logFile = try LogFile()
+        defer { logFile.remove() }
+        let log = logFile.text
         var environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
         environment["TMPDIR"] = ProcessInfo.processInfo.environment["TMPDIR"]
         let process = try PipedProcess(executable, ["--dev", "--listen-client-urls", "http://127.0.0.1:\(port)"],
                                        environment: environment,
-                                       stdin: .null, stdout: .null, stderr: .file(logPath))
+                                       stdin: .null, stdout: .null, stderr: .file(logFile.path))
         defer { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
         let serving = await eventually(timeout: .seconds(60)) { log().contains("serving the etcd v3 API") || !process.isRunning }
         #expect(serving && process.isRunning, "\(log())")
@@ -300,14 +297,12 @@ import Testing
         let executable = try builtExecutable("coordproxy")
         let redisPort = try ChildProcess.freeLoopbackPort()
         let port = try ChildProcess.freeLoopbackPort()
-        let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-proxy")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let logPath = directory + "/coordproxy.log"
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        let log = { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+        let logFile = try LogFile()
+        defer { logFile.remove() }
+        let log = logFile.text
         let process = try PipedProcess(executable, ["--redis-url", "redis://127.0.0.1:\(redisPort)", "--listen-client-urls", "http://127.0.0.1:\(port)"],
                                        environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"],
-                                       stdin: .null, stdout: .null, stderr: .file(logPath))
+                                       stdin: .null, stdout: .null, stderr: .file(logFile.path))
         defer { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
         let waiting = await eventually(timeout: .seconds(30)) { log().contains("Redis does not answer; waiting for it") || !process.isRunning }
         #expect(waiting && process.isRunning, "\(log())")
@@ -538,6 +533,23 @@ import Testing
     }
 }
 
+/// A file in a temporary directory of its own for a process's stderr, and its text.
+struct LogFile {
+    let directory: String
+    let path: String
+
+    init() throws {
+        directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-proxy")
+        path = directory + "/coordproxy.log"
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
+    }
+
+    /// Everything written so far.
+    func text() -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+
+    func remove() { try? FileManager.default.removeItem(atPath: directory) }
+}
+
 /// A coordproxy process on free loopback ports, its log in a file.
 final class CoordproxyProcess: @unchecked Sendable {
     let endpoint: String
@@ -572,9 +584,7 @@ final class CoordproxyProcess: @unchecked Sendable {
         let executable = try builtExecutable("coordproxy")
         let port = try port ?? ChildProcess.freeLoopbackPort()
         let metricsPort = metrics ? try ChildProcess.freeLoopbackPort() : nil
-        let directory = try ChildProcess.makeTemporaryDirectory(prefix: "coord-proxy")
-        let logPath = directory + "/coordproxy.log"
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let logPath = try LogFile().path
         let process = try PipedProcess(executable, ["--redis-url", redisURL, "--listen-client-urls", "http://127.0.0.1:\(port)", "--name", name]
             + (metricsPort.map { ["--listen-metrics-urls", "http://127.0.0.1:\($0)"] } ?? []) + extra,
             environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"],
@@ -587,6 +597,10 @@ final class CoordproxyProcess: @unchecked Sendable {
         }
         if metrics {
             _ = await eventually(timeout: .seconds(30)) { proxy.log().contains("serving metrics") }
+        }
+        // The Redis-protocol listener starts beside the gRPC one, not before it.
+        if extra.contains("--listen-resp") {
+            _ = await eventually(timeout: .seconds(30)) { proxy.log().contains("serving the Redis protocol") }
         }
         return proxy
     }
