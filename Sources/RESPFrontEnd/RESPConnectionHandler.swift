@@ -188,13 +188,18 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
             // Redis's client-query-buffer-limit: a command that never ends is not held
             // in memory without bound; Redis closes such a client without a reply.
             shared.logger.warning("closing a RESP client whose unfinished command passed the query buffer limit",
-                                  metadata: ["remote": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")", "bytes": "\(pending.readableBytes)"])
+                                  metadata: ["remote": "\(Self.remote(context.channel))", "bytes": "\(pending.readableBytes)"])
             closing = true
             context.close(promise: nil)
             return
         }
         if pending.readableBytes > 0 { input = pending }
         openSharedSlot = nil
+    }
+
+    /// The client's address, for log lines.
+    private static func remote(_ channel: (any Channel)?) -> String {
+        channel?.remoteAddress.map { "\($0)" } ?? "?"
     }
 
     /// Redis's `client-query-buffer-limit` default (1 GiB).
@@ -263,7 +268,7 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
             return difference == 0
         }
         func refuseWrongPassword() {
-            shared.logger.notice("RESP client gave a wrong password", metadata: ["remote": "\(context?.remoteAddress.map { "\($0)" } ?? "?")"])
+            shared.logger.notice("RESP client gave a wrong password", metadata: ["remote": "\(Self.remote(context?.channel))"])
             reply(.error("WRONGPASS invalid username-password pair or user is disabled."))
         }
         switch name {
@@ -334,14 +339,11 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     /// Why pass-through will not forward a command, if it will not.
     private func refusal(_ command: RESPCommand, name: String) -> String? {
         switch name {
-        case "flushall", "flushdb":
+        case "flushall", "flushdb", "swapdb":
+            // SWAPDB moves every key of a database, the store's with them, under another number.
             if !shared.configuration.allowFlush {
-                return "ERR coordproxy refuses \(name.uppercased()): it would delete the coordination store's keys; start coordproxy with --allow-flush to pass it through"
-            }
-        case "swapdb":
-            // It moves every key of a database, the store's with them, under another number.
-            if !shared.configuration.allowFlush {
-                return "ERR coordproxy refuses SWAPDB: it would move the coordination store's keys to another database; start coordproxy with --allow-flush to pass it through"
+                let effect = name == "swapdb" ? "move the coordination store's keys to another database" : "delete the coordination store's keys"
+                return "ERR coordproxy refuses \(name.uppercased()): it would \(effect); start coordproxy with --allow-flush to pass it through"
             }
         case "client":
             if command.arguments.count >= 2, command.text(1).lowercased() == "reply" {
@@ -723,9 +725,8 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     /// once those are sent (a client that reads again sees them) or after
     /// ``pushLimitGrace`` (one that does not).
     private func pushLimitReached(context: ChannelHandlerContext) {
-        let remote = context.channel.remoteAddress.map { "\($0)" } ?? "?"
         shared.logger.warning("closing a RESP client that does not read its watch events (over \(Self.pushLimit / 1024 / 1024) MiB unread)",
-                              metadata: ["remote": "\(remote)", "watches": "\(watches.count)"])
+                              metadata: ["remote": "\(Self.remote(context.channel))", "watches": "\(watches.count)"])
         let ended = watches.keys.sorted()
         for watch in watches.values { watch.cancel() }
         watches = [:]
