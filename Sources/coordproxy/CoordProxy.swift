@@ -181,14 +181,14 @@ struct CoordProxy: AsyncParsableCommand {
         // refuses (a wrong password, missing permissions, an unsafe configuration)
         // is a mistake to fix: coordproxy exits.
         let store: CoordinationClient
-        var waitingSince: ContinuousClock.Instant?
+        var waiting = false
         while true {
             do {
                 store = try await CoordinationClient.connect(url: url!, namespace: namespace, allowEvictingPolicy: allowEvictingPolicy, durability: durability)
                 break
             } catch let error as RedisError where Self.unreachable(error) && privateServer == nil {
-                if waitingSince == nil {
-                    waitingSince = .now
+                if !waiting {
+                    waiting = true
                     logger.warning("Redis does not answer; waiting for it (a try a second; SIGTERM to give up)", metadata: [
                         "redis": "\(Self.redacted(url!))", "error": "\(error.message)"])
                 }
