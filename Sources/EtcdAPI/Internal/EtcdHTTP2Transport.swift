@@ -9,17 +9,19 @@ import NIOPosix
 import Synchronization
 
 /// coordproxy's own HTTP/2 server transport for grpc-swift: one plaintext listener whose
-/// streams all begin with a ``GRPCFastPath``.
+/// unary KV and Lease calls are served on the connection's frames (``GRPCUnaryCalls``)
+/// and whose other streams all begin with a ``GRPCFastPath``.
 ///
 /// grpc-swift's transport sets up every HTTP/2 stream for its server before any
 /// handler of ours sees the request: a stream handler, an async channel, a task on
 /// Swift's global pool awaiting the method, and the stream's hand-over to the
 /// connection's task. A profile of the load test's get workload put a quarter of
 /// coordproxy's CPU there, for calls that the fast path then served by itself. Here
-/// the stream holds only the fast path: the hot calls (KV, Lease, Watch) are served
-/// from the frames, and every other call goes to grpc-swift's server through
-/// ``GRPCFastPath/Router`` as the `RPCStream` of this transport, so that its router,
-/// interceptors and services answer it as before.
+/// the hot unary calls (KV, Lease) get no stream channel at all; a stream channel
+/// holds only the fast path, which serves the Watch stream from the frames, and
+/// every other call goes to grpc-swift's server through ``GRPCFastPath/Router`` as
+/// the `RPCStream` of this transport, so that its router, interceptors and services
+/// answer it as before.
 ///
 /// The connection is configured as grpc-swift configures its own (the same HTTP/2
 /// settings: 64 KiB windows, 16 KiB frames), behind a ``PingAnswerer`` and a
@@ -126,7 +128,8 @@ final class EtcdHTTP2Transport: ListeningServerTransport {
     }
 
     /// A connection's pipeline: the ping answerer and flush coalescer next to the
-    /// socket, then HTTP/2 with a fast path first in each stream.
+    /// socket, then HTTP/2, the unary calls served on the connection's frames, and the
+    /// multiplexer of the other streams, with a fast path first in each.
     private func configure(_ channel: any Channel, streamHandler: @escaping @Sendable (RPCStream<Inbound, Outbound>, ServerContext) async -> Void) throws {
         let streams = StreamCount(channel: channel)
         let admitted = state.withLock { state -> Bool in
@@ -145,26 +148,28 @@ final class EtcdHTTP2Transport: ListeningServerTransport {
         try sync.addHandler(FlushCoalescer())
         try sync.addHandler(PingAnswerer())
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
-        connection.targetWindowSize = Self.windowSize
         connection.initialSettings = [
             HTTP2Setting(parameter: .initialWindowSize, value: Self.windowSize),
             HTTP2Setting(parameter: .maxFrameSize, value: 1 << 14),
             HTTP2Setting(parameter: .maxHeaderListSize, value: HPACKDecoder.defaultMaxHeaderListSize),
         ]
-        var stream = NIOHTTP2Handler.StreamConfiguration()
-        stream.targetWindowSize = Self.windowSize
         let router = GRPCFastPath.Router(handle: streamHandler, remotePeer: Self.peer(channel.remoteAddress),
                                          localPeer: Self.peer(channel.localAddress))
         let (methods, streamMethods, maxRequestSize, logger) = (self.methods, self.streams, self.maxRequestSize, self.logger)
         let executor = EventLoopTaskExecutor.for(channel.eventLoop)
-        _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: stream,
-                                            streamDelegate: streams) { stream in
+        try sync.addHandler(NIOHTTP2Handler(mode: .server, connectionConfiguration: connection))
+        try sync.addHandler(GRPCUnaryCalls(methods: methods, executor: executor, maxRequestSize: maxRequestSize,
+                                           windowSize: Self.windowSize, streams: streams, logger: logger))
+        // The multiplexer keeps the connection's window open (for every stream's DATA)
+        // and each stream channel's.
+        try sync.addHandler(HTTP2StreamMultiplexer(mode: .server, channel: channel, targetWindowSize: Self.windowSize,
+                                                   inboundStreamInitializer: { stream in
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandler(
-                    GRPCFastPath(methods: methods, streams: streamMethods, router: router, executor: executor,
+                    GRPCFastPath(streams: streamMethods, router: router, executor: executor,
                                  maxRequestSize: maxRequestSize, logger: logger))
             }
-        }
+        }))
     }
 
     /// grpc-swift's windows (64 KiB - 1).
@@ -194,8 +199,9 @@ final class EtcdHTTP2Transport: ListeningServerTransport {
 }
 
 /// The open streams of one connection, so that a draining connection closes when its
-/// last stream ends. Called by swift-nio-http2 on the connection's event loop.
-final class StreamCount: NIOHTTP2StreamDelegate, Sendable {
+/// last stream ends. Told by ``GRPCUnaryCalls`` of swift-nio-http2's stream events, on
+/// the connection's event loop.
+final class StreamCount: Sendable {
     private struct Counts {
         var open = 0
         var draining = false
@@ -216,11 +222,11 @@ final class StreamCount: NIOHTTP2StreamDelegate, Sendable {
         if counts.value.open == 0 { channel.close(promise: nil) }
     }
 
-    func streamCreated(_ id: HTTP2StreamID, channel: any Channel) {
+    func streamOpened(_ id: HTTP2StreamID) {
         counts.value.open += 1
     }
 
-    func streamClosed(_ id: HTTP2StreamID, channel: any Channel) {
+    func streamClosed(_ id: HTTP2StreamID) {
         counts.value.open -= 1
         if counts.value.draining && counts.value.open == 0 { self.channel.close(promise: nil) }
     }

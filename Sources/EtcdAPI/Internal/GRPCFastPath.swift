@@ -7,10 +7,11 @@ import NIOHTTP2
 import SwiftProtobuf
 import Synchronization
 
-/// Serves the unary calls of the KV service (Range, Put, DeleteRange, Txn, Compact)
-/// and the Lease service (LeaseGrant, LeaseRevoke, LeaseTimeToLive, LeaseLeases), and
-/// the Watch service's stream, straight from the HTTP/2 stream's frames: the one
-/// handler of each stream of ``EtcdHTTP2Transport``.
+/// Serves the Watch service's stream straight from the HTTP/2 stream's frames, and
+/// hands every other stream to grpc-swift's server: the one handler of each stream
+/// channel of ``EtcdHTTP2Transport``. (The unary calls of the KV and Lease services
+/// are served on the connection's frames, with no stream channel, by
+/// ``GRPCUnaryCalls``, which shares this type's method table and answers.)
 ///
 /// A call through grpc-swift's server passes each request and response through its
 /// stream state machine, an async channel, an async sequence, the RPC executor's tasks
@@ -19,14 +20,11 @@ import Synchronization
 /// calls are the hot path of every etcd client (the whole of the load test's put, get,
 /// txn and STM workloads, most of its lock workloads, and every watch event), and they
 /// are plain. So this handler, the whole of each HTTP/2 stream's pipeline, takes a
-/// stream whose `:path` is one of them and whose request is uncompressed gRPC:
-///
-/// - a unary call: it collects the request message, runs the service's method in a
-///   task and writes the response headers, message and trailers itself;
-/// - a stream (``StreamMethod``): it hands each request message to the method's task
-///   as it completes, and writes each response message the method sends straight to
-///   the stream, flushed once per turn of the event loop, then the trailers with the
-///   status the method ends with.
+/// stream (``StreamMethod``) whose `:path` is one of them and whose request is
+/// uncompressed gRPC: it hands each request message to the method's task as it
+/// completes, and writes each response message the method sends straight to the
+/// stream, flushed once per turn of the event loop, then the trailers with the status
+/// the method ends with.
 ///
 /// Every other stream (the other services, unknown methods) goes to grpc-swift's server
 /// (its router, interceptors and service handlers) as an `RPCStream` over the same
@@ -215,17 +213,12 @@ final class GRPCFastPath: ChannelInboundHandler {
     private enum State {
         /// Waiting for the request headers.
         case idle
-        /// Ours: collecting the request message.
-        case collecting(Method)
-        /// Ours: the call runs; frames that still arrive are dropped.
-        case running
-        /// Ours, a stream: its method runs; request messages go to it as they complete.
+        /// A stream: its method runs; request messages go to it as they complete.
         case streaming(StreamMethod)
         /// Answered (or reset).
         case done
     }
 
-    private let methods: Table
     private let streams: StreamTable
     private let router: Router
     /// The stream's event loop as a task executor: the calls run there.
@@ -235,10 +228,8 @@ final class GRPCFastPath: ChannelInboundHandler {
     private var state = State.idle
     private var body: ByteBuffer?
     private var task: Task<Void, Never>?
-    /// A unary call's `grpc-timeout`, and the timer that ends the call when it passes.
-    private var timeout: TimeAmount?
+    /// The timer that ends a stream when its `grpc-timeout` passes.
     private var deadline: Scheduled<Void>?
-    private var timedOut = false
     /// A stream's request messages, to its method.
     private var requests: AsyncThrowingStream<[UInt8], any Error>.Continuation?
     /// Whether a stream's response headers have been written.
@@ -254,8 +245,7 @@ final class GRPCFastPath: ChannelInboundHandler {
     /// buffer limit for pub/sub, 32 MiB).
     static let unsentLimit = 32 * 1024 * 1024
 
-    init(methods: Table, streams: StreamTable, router: Router, executor: EventLoopTaskExecutor, maxRequestSize: Int, logger: Logger) {
-        self.methods = methods
+    init(streams: StreamTable, router: Router, executor: EventLoopTaskExecutor, maxRequestSize: Int, logger: Logger) {
         self.streams = streams
         self.router = router
         self.executor = executor
@@ -275,43 +265,11 @@ final class GRPCFastPath: ChannelInboundHandler {
             }
             guard let path = take(headers.headers, context: context) else { return }
             let requested = headers.headers.first(name: "grpc-timeout").flatMap(Self.timeout(parsing:))
-            if let method = methods[path] {
-                state = .collecting(method)
-                timeout = requested
-                if headers.endStream { finishRequest(context: context, method: method) }
-            } else {
-                startStream(context: context, method: streams[path] ?? bridged(path: path, headers: headers.headers), timeout: requested)
-                if headers.endStream { requests?.finish() }
-            }
+            startStream(context: context, method: streams[path] ?? bridged(path: path, headers: headers.headers), timeout: requested)
+            if headers.endStream { requests?.finish() }
         case .streaming(let method):
             streamRead(context: context, method: method, payload: unwrapInboundIn(data))
-        case .collecting(let method):
-            switch unwrapInboundIn(data) {
-            case .data(let frame):
-                append(frame.data)
-                // The message's length is known from its first 5 bytes: past the
-                // limit, the call is refused before the rest arrives.
-                if let body, body.readableBytes >= 5, let length = body.getInteger(at: body.readerIndex + 1, as: UInt32.self),
-                   Int(length) > maxRequestSize || body.readableBytes > maxRequestSize + 5 {
-                    // (Or more bytes than one message of the limit: whatever the length
-                    // said, nothing is buffered past it.)
-                    state = .done
-                    self.body = nil
-                    fail(context: context, method: method, status: .resourceExhausted,
-                         message: "Message has exceeded the configured maximum payload size (max: \(maxRequestSize), actual: \(max(Int(length), body.readableBytes - 5)))",
-                         reset: true)
-                    return
-                }
-                if frame.endStream { finishRequest(context: context, method: method) }
-            case .headers(let trailers):
-                if trailers.endStream { finishRequest(context: context, method: method) }
-            case .rstStream:
-                state = .done
-                body = nil
-            default:
-                break
-            }
-        case .running, .done:
+        case .done:
             if case .rstStream = unwrapInboundIn(data) {
                 task?.cancel()
                 state = .done
@@ -390,73 +348,6 @@ final class GRPCFastPath: ChannelInboundHandler {
     /// Headers that are the transport's, not the call's metadata.
     private static let transportHeaders: Set<String> = ["content-type", "te", "grpc-encoding", "grpc-accept-encoding"]
 
-    private func finishRequest(context: ChannelHandlerContext, method: Method) {
-        state = .running
-        var request = body ?? context.channel.allocator.buffer(capacity: 0)
-        body = nil
-        let empty = request.readableBytes == 0
-        // Exactly one uncompressed message: a flag byte, a 4-byte length, the bytes.
-        guard request.readableBytes >= 5,
-              let compressed = request.readInteger(as: UInt8.self),
-              let length = request.readInteger(as: UInt32.self),
-              compressed == 0, Int(length) == request.readableBytes
-        else {
-            state = .done
-            let message = empty
-                ? "Unary RPC requires exactly one request message"
-                : "Invalid gRPC message framing in the request"
-            fail(context: context, method: method, status: .internalError, message: message, reset: false)
-            return
-        }
-        let message = Array(request.readableBytesView)
-        let recorder = APIMetrics.start(service: method.service, method: method.name)
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        let eventLoop = context.eventLoop
-        let logger = self.logger
-        // On the stream's event loop: the store's reply resumes the call there, where
-        // its response is written (no hop through Swift's global pool and back).
-        task = Task(executorPreference: executor) {
-            let result: Result<[UInt8], RPCError>
-            do {
-                result = .success(try await method.call(message))
-            } catch {
-                result = .failure(GRPCFastPath.status(of: error, method: method.name, logger: logger))
-            }
-            let finish: @Sendable () -> Void = {
-                let (handler, context) = bound.value
-                handler.task = nil
-                handler.deadline?.cancel()
-                handler.deadline = nil
-                // Answered when the deadline passed.
-                if handler.timedOut { return }
-                switch result {
-                case .success(let bytes):
-                    recorder.finish(nil)
-                    handler.respond(context: context, message: bytes)
-                case .failure(let error):
-                    recorder.finish(error.code)
-                    handler.writeStatus(context: context, status: error.code, message: error.message, headersSent: false, reset: false)
-                }
-            }
-            if eventLoop.inEventLoop { finish() } else { eventLoop.execute(finish) }
-        }
-        if let timeout {
-            // As etcd's grpc-go server: the call's context ends at the client's deadline,
-            // the call is cancelled (a waiting Lock leaves the queue) and the client gets
-            // DEADLINE_EXCEEDED, whether or not it cancels the call itself.
-            deadline = eventLoop.scheduleTask(in: timeout) {
-                let (handler, context) = bound.value
-                handler.deadline = nil
-                guard case .running = handler.state else { return }
-                handler.timedOut = true
-                handler.task?.cancel()
-                handler.task = nil
-                recorder.finish(method.deadlineCode)
-                handler.writeStatus(context: context, status: method.deadlineCode, message: "context deadline exceeded", headersSent: false, reset: false)
-            }
-        }
-    }
-
     /// gRPC's `grpc-timeout` (up to 8 digits and a unit: H, M, S, m, u or n); nil when
     /// malformed, as grpc-go ignores it then.
     static func timeout(parsing text: String) -> TimeAmount? {
@@ -476,7 +367,7 @@ final class GRPCFastPath: ChannelInboundHandler {
     /// decode, etcd's (grpc-go's) INTERNAL `grpc: error unmarshalling request: ...`; a
     /// service's own `RPCError` as it is; anything else mapped and logged as the
     /// services do.
-    private static func status(of error: any Error, method: String, logger: Logger) -> RPCError {
+    static func status(of error: any Error, method: String, logger: Logger) -> RPCError {
         switch error {
         case let failure as DecodingFailure:
             return RPCError(code: .internalError, message: failure.message)
@@ -627,33 +518,34 @@ final class GRPCFastPath: ChannelInboundHandler {
         }
     }
 
-    /// A failure answered before the call ran: counted and answered as grpc-swift would.
-    private func fail(context: ChannelHandlerContext, method: Method, status: RPCError.Code, message: String, reset: Bool) {
-        let recorder = APIMetrics.start(service: method.service, method: method.name)
-        recorder.finish(status)
-        logger.notice("refused request", metadata: ["method": "\(method.name)", "code": "\(status)", "message": "\(message)"])
-        writeStatus(context: context, status: status, message: message, headersSent: false, reset: reset)
-    }
-
-    private func respond(context: ChannelHandlerContext, message: [UInt8]) {
-        guard context.channel.isActive else { return }
-        state = .done
-        write(context: context, message: message, withHeaders: true)
-        writeStatus(context: context, status: nil, message: "", headersSent: true, reset: false)
-    }
-
     /// Writes (without flushing) one response message, uncompressed and length-prefixed,
     /// after the response headers when they are still to be sent.
     private func write(context: ChannelHandlerContext, message: [UInt8], withHeaders: Bool, promise: EventLoopPromise<Void>? = nil) {
         if withHeaders {
-            let headers: HPACKHeaders = [":status": "200", "content-type": "application/grpc"]
-            context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.headers(.init(headers: Self.responseHeaders))), promise: nil)
         }
-        var framed = context.channel.allocator.buffer(capacity: 5 + message.count)
+        context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(Self.framed(message, allocator: context.channel.allocator))))), promise: promise)
+    }
+
+    /// A response's headers.
+    static let responseHeaders: HPACKHeaders = [":status": "200", "content-type": "application/grpc"]
+
+    /// A message as gRPC frames it: uncompressed, length-prefixed.
+    static func framed(_ message: [UInt8], allocator: ByteBufferAllocator) -> ByteBuffer {
+        var framed = allocator.buffer(capacity: 5 + message.count)
         framed.writeInteger(UInt8(0))
         framed.writeInteger(UInt32(message.count))
         framed.writeBytes(message)
-        context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(framed)))), promise: promise)
+        return framed
+    }
+
+    /// The trailers with a call's status (nil: OK); before any headers, a trailers-only
+    /// response, which carries the headers' fields too.
+    static func trailers(status: RPCError.Code?, message: String, headersSent: Bool) -> HPACKHeaders {
+        var trailers: HPACKHeaders = headersSent ? [:] : responseHeaders
+        trailers.add(name: "grpc-status", value: String(status?.rawValue ?? 0))
+        if status != nil, !message.isEmpty { trailers.add(name: "grpc-message", value: percentEncoded(message)) }
+        return trailers
     }
 
     /// The trailers (or, before any headers, a trailers-only response) with the status;
@@ -661,9 +553,7 @@ final class GRPCFastPath: ChannelInboundHandler {
     private func writeStatus(context: ChannelHandlerContext, status: RPCError.Code?, message: String, headersSent: Bool, reset: Bool) {
         guard context.channel.isActive else { return }
         state = .done
-        var trailers: HPACKHeaders = headersSent ? [:] : [":status": "200", "content-type": "application/grpc"]
-        trailers.add(name: "grpc-status", value: String(status?.rawValue ?? 0))
-        if status != nil, !message.isEmpty { trailers.add(name: "grpc-message", value: Self.percentEncoded(message)) }
+        let trailers = Self.trailers(status: status, message: message, headersSent: headersSent)
         let written = context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true))))
         if reset {
             let channel = context.channel
