@@ -182,6 +182,18 @@ public final class CoordinationClient: Sendable {
         self.batcher = Self.batcher(redis: connection, keys: keys)
     }
 
+    /// Runs the task that sends the client's batched requests on `executor` (nil, the
+    /// default: Swift's global concurrent executor).
+    ///
+    /// Under load, requests that arrive while the connection is busy leave together in
+    /// one script call, sent by a task of the client's, which also hands each request
+    /// its reply. A server whose requests all run on one executor (coordproxy's event
+    /// loop) passes it here: the batch's replies then resume their callers where they
+    /// run, without a hop through another thread and back.
+    public func runBatches(on executor: (any TaskExecutor)?) {
+        batcher.runBatches(on: executor)
+    }
+
     /// Two calls in flight per connection: one running in Redis while the next waits
     /// in its input buffer, so that Redis never idles for a round trip under load.
     private static func batcher(redis: any RedisCommandExecutor, keys: [[UInt8]]) -> RequestBatcher {

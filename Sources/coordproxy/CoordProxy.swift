@@ -3,8 +3,10 @@ import Coordination
 import EtcdAPI
 import Foundation
 import Logging
+import EventLoopExecution
 import Metrics
 import NIOCore
+import NIOPosix
 import Prometheus
 import RESPFrontEnd
 import RedisClient
@@ -185,6 +187,9 @@ struct CoordProxy: AsyncParsableCommand {
         while true {
             do {
                 store = try await CoordinationClient.connect(url: url!, namespace: namespace, allowEvictingPolicy: allowEvictingPolicy, durability: durability)
+                // The calls run on the (first) event loop, and so do the batches that
+                // answer them under load.
+                store.runBatches(on: EventLoopTaskExecutor.for(MultiThreadedEventLoopGroup.singleton.next()))
                 break
             } catch let error as RedisError where Self.unreachable(error) && privateServer == nil {
                 if !waiting {

@@ -161,6 +161,38 @@ import Testing
         }
     }
 
+    /// Runs jobs on a serial queue of its own, counting them.
+    final class CountingExecutor: TaskExecutor {
+        private let queue = DispatchQueue(label: "counting-executor")
+        private let count = Mutex(0)
+
+        var jobs: Int { count.withLock { $0 } }
+
+        func enqueue(_ job: consuming ExecutorJob) {
+            count.withLock { $0 += 1 }
+            let job = UnownedJob(job)
+            queue.async { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
+        }
+    }
+
+    @Test func batchesRunOnTheExecutorTheClientIsGiven() async throws {
+        try await Self.withGatedBatcher(namespace: "placed") { store, _, gate, batcher in
+            let executor = CountingExecutor()
+            batcher.runBatches(on: executor)
+            let (first, queued) = try await Self.holdSlot(Self.put("k0", "v0"), andQueue: (1...4).map { Self.put("k\($0)", "v\($0)") },
+                                                          gate: gate, batcher: batcher)
+            // The first request went alone, from its caller's task.
+            #expect(executor.jobs == 0)
+            gate.open()
+            let revisions = try await ([first] + queued).asyncMap { try CoordinationClient.decodeScriptReply(try await $0.value).revision }
+            #expect(gate.calls == [1, 4], "the four queued requests left in one call: \(gate.calls)")
+            #expect(executor.jobs > 0, "the task that sent the batch ran on the executor given")
+            #expect(revisions == Array(2...6), "each request answered with its own revision: \(revisions)")
+            let k4 = try await store.get("k4").kvs.first
+            #expect(k4?.value == Array("v4".utf8) && k4?.modRevision == 6)
+        }
+    }
+
     @Test func aRequestThatFailsInsideABatchFailsAloneAndTheOthersRun() async throws {
         try await Self.withGatedBatcher(namespace: "faulty") { store, connection, gate, batcher in
             _ = try await store.put("a", "1")

@@ -110,6 +110,8 @@ final class RequestBatcher: Sendable {
     private let script: RedisScript
     private let keys: [[UInt8]]
     private let state: Mutex<BatchQueue<Pending>>
+    /// Where the task that sends batches runs (nil: Swift's global concurrent executor).
+    private let batchExecutor = Mutex<(any TaskExecutor)?>(nil)
 
     init(redis: any RedisCommandExecutor, script: RedisScript, keys: [[UInt8]],
          maxInFlight: Int = 2, maxBatch: Int = 64, maxBatchBytes: Int = 1 << 20) {
@@ -121,6 +123,12 @@ final class RequestBatcher: Sendable {
 
     /// Requests waiting for a call to complete.
     var queued: Int { state.withLock { $0.queued } }
+
+    /// Runs the batches' task on `executor` from now on (see
+    /// ``CoordinationClient/runBatches(on:)``).
+    func runBatches(on executor: (any TaskExecutor)?) {
+        batchExecutor.withLock { $0 = executor }
+    }
 
     /// Runs one request (the script's ARGV element) and returns its reply.
     func run(_ request: [UInt8]) async throws -> RedisReply {
@@ -175,11 +183,11 @@ final class RequestBatcher: Sendable {
     /// Sends `batch` (which holds a slot) and every batch that takes the slot after it.
     private func sendNext(_ batch: [Pending]?) {
         guard let batch else { return }
-        Task {
+        Task(executorPreference: batchExecutor.withLock { $0 }) {
             var next: [Pending]? = batch
             while let batch = next {
-                await send(batch)
-                next = state.withLock { $0.completed() }
+                await self.send(batch)
+                next = self.state.withLock { $0.completed() }
             }
         }
     }
