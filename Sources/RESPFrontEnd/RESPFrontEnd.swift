@@ -206,13 +206,21 @@ public final class RESPFrontEnd: Service, Sendable {
             }
         }
         defer { if let observation, let sentinel = configuration.redis.sentinel { SentinelMonitor.stopObserving(observation, of: sentinel) } }
-        await withGracefulShutdownHandler {
-            await withTaskGroup(of: Void.self) { group in
-                for listener in open {
-                    group.addTask { try? await listener.closeFuture.get() }
+        // Graceful shutdown closes the listeners, and so does cancellation: the service
+        // group cancels the other services when one fails (the etcd API's port taken,
+        // say), and a listener left open kept coordproxy running, silent, forever.
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await withTaskGroup(of: Void.self) { group in
+                    for listener in open {
+                        group.addTask { try? await listener.closeFuture.get() }
+                    }
                 }
+            } onGracefulShutdown: {
+                for listener in open { listener.close(promise: nil) }
+                connections.closeAll()
             }
-        } onGracefulShutdown: {
+        } onCancel: {
             for listener in open { listener.close(promise: nil) }
             connections.closeAll()
         }

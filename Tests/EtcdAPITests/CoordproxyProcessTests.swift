@@ -441,11 +441,15 @@ import Testing
 
     /// A client port another process holds: coordproxy exits non-zero with the socket
     /// error and the flag to change, not grpc-swift's "no listening address bound".
-    @Test func aClientPortInUseIsNamedInTheErrorAndTheExitStatus() async throws {
+    /// With the Redis-protocol listener too, which binds beside it: before, that
+    /// listener ignored the cancellation that follows a failed service, and coordproxy
+    /// kept running without a word, serving RESP only.
+    @Test(arguments: [[], ["--listen-resp", "127.0.0.1:0"]])
+    func aClientPortInUseIsNamedInTheErrorAndTheExitStatus(extra: [String]) async throws {
         try await RedisServer.withServer { server in
             let (holder, port) = try Self.holdLoopbackPort()
             defer { close(holder) }
-            let result = try await run(try builtExecutable("coordproxy"), ["--redis-url", server.url, "--listen-client-urls", "http://127.0.0.1:\(port)"],
+            let result = try await run(try builtExecutable("coordproxy"), ["--redis-url", server.url, "--listen-client-urls", "http://127.0.0.1:\(port)"] + extra,
                                        environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"], timeout: .seconds(60))
             #expect(result.status != 0)
             #expect(result.error.contains("cannot listen for clients on 127.0.0.1:\(port): Address already in use (errno 98); choose another --listen-client-urls"), "\(result.error)")
