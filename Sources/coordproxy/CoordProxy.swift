@@ -187,9 +187,12 @@ struct CoordProxy: AsyncParsableCommand {
         while true {
             do {
                 store = try await CoordinationClient.connect(url: url!, namespace: namespace, allowEvictingPolicy: allowEvictingPolicy, durability: durability)
-                // The calls run on the (first) event loop, and so do the batches that
-                // answer them under load.
-                store.runBatches(on: EventLoopTaskExecutor.for(MultiThreadedEventLoopGroup.singleton.next()))
+                // With one event loop (the default on two cores) the calls all run on
+                // it, and so do the batches that answer them under load; with several,
+                // batches stay on Swift's pool rather than load one loop with all.
+                if loopCount == 1 {
+                    store.runBatches(on: EventLoopTaskExecutor.for(MultiThreadedEventLoopGroup.singleton.next()))
+                }
                 break
             } catch let error as RedisError where Self.unreachable(error) && privateServer == nil {
                 if !waiting {

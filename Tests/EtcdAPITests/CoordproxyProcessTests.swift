@@ -40,6 +40,36 @@ import Testing
         }
     }
 
+    /// A put in flight when SIGTERM comes (held in Redis by CLIENT PAUSE) is answered
+    /// before coordproxy closes the connection it drains: its last stream's end used
+    /// to close the connection before the answer was flushed, so a put applied in
+    /// Redis failed at its client (which retries it).
+    @Test func aPutInFlightAtSIGTERMIsAnsweredBeforeItsConnectionCloses() async throws {
+        try await RedisServer.withServer { server in
+            let proxy = try await CoordproxyProcess.start(redisURL: server.url)
+            let admin = try await RedisConnection.connect(server.configuration)
+            defer { Task { await admin.close() } }
+            _ = try await admin.send("CLIENT", "PAUSE", "20000", "WRITE")
+            let put = Task { try await etcdctl(["put", "drained", "answered"], endpoint: proxy.endpoint) }
+            // In flight: coordproxy's script call waits in Redis.
+            let held = await eventually(timeout: .seconds(30)) {
+                let clients = (try? await admin.send("INFO", "clients").string) ?? ""
+                return clients.contains("blocked_clients:1")
+            }
+            #expect(held)
+            let exit = Task { await proxy.terminate() }
+            _ = await eventually(timeout: .seconds(10)) { proxy.log().contains("shutting down") }
+            _ = try await admin.send("CLIENT", "UNPAUSE")
+            let result = try await put.value
+            #expect(result.status == 0 && result.output == "OK\n", "the put's client got: \(result.status) \(result.output) \(result.error)\n\(proxy.log())")
+            let status = await exit.value
+            #expect(status == 0, "\(proxy.log())")
+            let store = try await CoordinationClient.connect(url: server.url)
+            #expect(try await store.get("drained").kvs.map { String(decoding: $0.value, as: UTF8.self) } == ["answered"])
+            await store.close()
+        }
+    }
+
     /// Configured from the environment alone, as etcd is (`COORDPROXY_<FLAG>`, and
     /// `$REDIS_URL`): the namespace, name and listen address take effect; `--help`
     /// teaches and exits 0.

@@ -215,11 +215,11 @@ final class StreamCount: Sendable {
         self.counts = NIOLoopBoundBox(Counts(), eventLoop: channel.eventLoop)
     }
 
-    /// On the connection's event loop: closes it now if no stream is open, or when the
-    /// last one ends.
+    /// On the connection's event loop: closes it once no stream is open, now or when
+    /// the last one ends.
     func startDraining() {
         counts.value.draining = true
-        if counts.value.open == 0 { channel.close(promise: nil) }
+        if counts.value.open == 0 { closeAfterThisTurn() }
     }
 
     func streamOpened(_ id: HTTP2StreamID) {
@@ -228,6 +228,15 @@ final class StreamCount: Sendable {
 
     func streamClosed(_ id: HTTP2StreamID) {
         counts.value.open -= 1
-        if counts.value.draining && counts.value.open == 0 { self.channel.close(promise: nil) }
+        if counts.value.draining && counts.value.open == 0 { closeAfterThisTurn() }
+    }
+
+    /// swift-nio-http2 tells of a stream's end from inside the write of its last frame,
+    /// before that write is flushed: closing there would drop the last response (a
+    /// call applied in Redis that its client sees fail). Closed on the loop's next
+    /// turn instead, behind the flush (the flush coalescer flushes before a close).
+    private func closeAfterThisTurn() {
+        let channel = self.channel
+        channel.eventLoop.execute { channel.close(promise: nil) }
     }
 }

@@ -221,19 +221,23 @@ final class GRPCUnaryCalls: ChannelInboundHandler {
             }
             let finish: @Sendable () -> Void = {
                 let (handler, context, call) = bound.value
-                // Gone: the stream was reset or the connection closed.
-                guard let current = handler.calls[id], current === call else { return }
                 call.task = nil
                 call.deadline?.cancel()
                 call.deadline = nil
-                // Answered when the deadline passed.
+                // Answered (and counted) when the deadline passed.
                 guard !call.timedOut else { return }
+                // Counted however it ended, a call whose client went away included
+                // (its cancellation's code), as the stream channels counted them.
+                switch result {
+                case .success: recorder.finish(nil)
+                case .failure(let error): recorder.finish(error.code)
+                }
+                // Gone: the stream was reset or the connection closed.
+                guard let current = handler.calls[id], current === call else { return }
                 switch result {
                 case .success(let bytes):
-                    recorder.finish(nil)
                     handler.respond(context: context, id: id, call: call, message: bytes)
                 case .failure(let error):
-                    recorder.finish(error.code)
                     handler.writeStatus(context: context, id: id, call: call, status: error.code, message: error.message, reset: false)
                 }
             }

@@ -333,13 +333,16 @@ def slowwatch(port):
     received = []
     others = []
     def follow():
-        while len(received) < count:
-            message = event_form(conn.read_response(push_request=True))
-            if message[0] != "event":
-                others.append(message)
-                return
-            received.extend(event[5] for event in message[3])
-    follower = threading.Thread(target=follow)
+        try:
+            while len(received) < count:
+                message = event_form(conn.read_response(push_request=True))
+                if message[0] != "event":
+                    others.append(message)
+                    return
+                received.extend(event[5] for event in message[3])
+        except Exception as error:
+            others.append(repr(error))
+    follower = threading.Thread(target=follow, daemon=True)
     follower.start()
     # The slow client reads again once every event has reached the reading watcher (and
     # a second more, for the slow one's): its watch was ended long before, past 32 MiB
@@ -347,7 +350,7 @@ def slowwatch(port):
     # for reading what was queued.
     unread = {"bytes": 0, "data": b"", "closed": False}
     def drain():
-        while len(received) < count and not others:
+        while len(received) < count and follower.is_alive():
             time.sleep(0.01)
         time.sleep(1)
         while True:
@@ -357,7 +360,7 @@ def slowwatch(port):
                 return
             unread["bytes"] += len(chunk)
             unread["data"] = (unread["data"] + chunk)[-4096:]
-    drainer = threading.Thread(target=drain)
+    drainer = threading.Thread(target=drain, daemon=True)
     drainer.start()
     writer = connect(port, 3, "python")
     start = writer.execute_command("COORD.REV")
@@ -367,7 +370,7 @@ def slowwatch(port):
         # the limit however busy the machine (on a loaded one it fell 32 MiB behind and
         # was rightly disconnected too); the slow one falls behind by all of them.
         waited = time.time()
-        while len(received) < i - 8 and not others and time.time() - waited < 60:
+        while len(received) < i - 8 and follower.is_alive() and time.time() - waited < 60:
             time.sleep(0.005)
         writer.execute_command("COORD.PUT", f"sw/{i % 4}", value)
     follower.join(120)
