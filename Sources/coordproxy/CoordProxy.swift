@@ -1,9 +1,9 @@
 import ArgumentParser
 import Coordination
 import EtcdAPI
+import EventLoopExecution
 import Foundation
 import Logging
-import EventLoopExecution
 import Metrics
 import NIOCore
 import NIOPosix
@@ -11,6 +11,7 @@ import Prometheus
 import RESPFrontEnd
 import RedisClient
 import ServiceLifecycle
+import Synchronization
 
 /// The coordination proxy: etcd's v3 API served from a Redis.
 @main
@@ -296,12 +297,17 @@ struct CoordProxy: AsyncParsableCommand {
         let revision = gauge("coordproxy_store_revision", "The store's current revision")
         let leases = gauge("coordproxy_store_leases", "Live leases in the store")
         return {
-            let answered = await withTaskGroup(of: (Int64, Int)?.self) { group -> (Int64, Int)? in
-                group.addTask { try? await (store.currentRevision(), store.leases().count) }
-                group.addTask { try? await Task.sleep(for: .seconds(1)); return nil }
-                let first = await group.next() ?? nil
-                group.cancelAll()
-                return first
+            // At most a second for Redis: a scrape answers (with coordproxy_redis_up 0)
+            // while Redis is paused or stalled. A task group would wait for its query at
+            // its end, and a request already written to Redis is awaited whatever the
+            // cancellation: the queries run in tasks of their own and are left behind.
+            let answered: (Int64, Int)? = await withCheckedContinuation { continuation in
+                let resumed = Mutex(false)
+                let answer: @Sendable ((Int64, Int)?) -> Void = { value in
+                    if resumed.withLock({ done in defer { done = true }; return !done }) { continuation.resume(returning: value) }
+                }
+                Task { answer(try? await (store.currentRevision(), store.leases().count)) }
+                Task { try? await Task.sleep(for: .seconds(1)); answer(nil) }
             }
             if let (current, count) = answered {
                 up.set(to: 1)

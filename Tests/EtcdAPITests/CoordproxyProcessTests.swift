@@ -40,23 +40,42 @@ import Testing
         }
     }
 
+    /// A Prometheus scrape while Redis holds coordproxy's queries (CLIENT PAUSE) is
+    /// answered, with coordproxy_redis_up 0, instead of waiting for Redis (it waited
+    /// as long as the pause: a stalled Redis stalled the scrapes that should show it).
+    @Test func aScrapeWhileRedisIsPausedAnswersThatRedisIsNotUp() async throws {
+        try await RedisServer.withServer { server in
+            let proxy = try await CoordproxyProcess.start(redisURL: server.url, metrics: true)
+            let admin = try await RedisConnection.connect(server.configuration)
+            defer { Task { await admin.close() } }
+            #expect(try await proxy.metrics().contains("coordproxy_redis_up 1"))
+            _ = try await admin.send("CLIENT", "PAUSE", "30000", "WRITE")
+            let paused = try await proxy.metrics()
+            #expect(paused.contains("coordproxy_redis_up 0"), "\(paused)")
+            _ = try await admin.send("CLIENT", "UNPAUSE")
+            let back = await eventually(timeout: .seconds(30)) { ((try? await proxy.metrics()) ?? "").contains("coordproxy_redis_up 1") }
+            #expect(back)
+            _ = await proxy.terminate()
+        }
+    }
+
     /// A put in flight when SIGTERM comes (held in Redis by CLIENT PAUSE) is answered
     /// before coordproxy closes the connection it drains: its last stream's end used
     /// to close the connection before the answer was flushed, so a put applied in
     /// Redis failed at its client (which retries it).
     @Test func aPutInFlightAtSIGTERMIsAnsweredBeforeItsConnectionCloses() async throws {
         try await RedisServer.withServer { server in
-            let proxy = try await CoordproxyProcess.start(redisURL: server.url)
+            let proxy = try await CoordproxyProcess.start(redisURL: server.url, metrics: true)
             let admin = try await RedisConnection.connect(server.configuration)
             defer { Task { await admin.close() } }
-            _ = try await admin.send("CLIENT", "PAUSE", "20000", "WRITE")
+            _ = try await admin.send("CLIENT", "PAUSE", "30000", "WRITE")
             let put = Task { try await etcdctl(["put", "drained", "answered"], endpoint: proxy.endpoint) }
-            // In flight: coordproxy's script call waits in Redis.
-            let held = await eventually(timeout: .seconds(30)) {
-                let clients = (try? await admin.send("INFO", "clients").string) ?? ""
-                return clients.contains("blocked_clients:1")
-            }
-            #expect(held)
+            // In flight: coordproxy has the whole request and runs it; its script call
+            // waits in Redis. (Redis's blocked clients do not tell: coordproxy's own
+            // lease reaper's script waits there too.)
+            let started = #"grpc_server_started_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Put"} 1"#
+            let held = await eventually(timeout: .seconds(30)) { ((try? await proxy.metrics()) ?? "").contains(started) }
+            #expect(held, "\(proxy.log())")
             let exit = Task { await proxy.terminate() }
             _ = await eventually(timeout: .seconds(10)) { proxy.log().contains("shutting down") }
             _ = try await admin.send("CLIENT", "UNPAUSE")
