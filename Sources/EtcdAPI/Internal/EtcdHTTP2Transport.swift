@@ -9,15 +9,15 @@ import NIOPosix
 import Synchronization
 
 /// coordproxy's own HTTP/2 server transport for grpc-swift: one plaintext listener whose
-/// unary KV and Lease calls are served on the connection's frames (``GRPCUnaryCalls``)
-/// and whose other streams all begin with a ``GRPCFastPath``.
+/// unary KV, Lease, Lock and Election calls are served on the connection's frames
+/// (``GRPCUnaryCalls``) and whose other streams all begin with a ``GRPCFastPath``.
 ///
 /// grpc-swift's transport sets up every HTTP/2 stream for its server before any
 /// handler of ours sees the request: a stream handler, an async channel, a task on
 /// Swift's global pool awaiting the method, and the stream's hand-over to the
 /// connection's task. A profile of the load test's get workload put a quarter of
 /// coordproxy's CPU there, for calls that the fast path then served by itself. Here
-/// the hot unary calls (KV, Lease) get no stream channel at all; a stream channel
+/// the hot unary calls (KV, Lease, Lock, Election) get no stream channel at all; a stream channel
 /// holds only the fast path, which serves the Watch stream from the frames, and
 /// every other call goes to grpc-swift's server through ``GRPCFastPath/Router`` as
 /// the `RPCStream` of this transport, so that its router, interceptors and services

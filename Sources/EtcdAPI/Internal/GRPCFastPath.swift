@@ -9,8 +9,8 @@ import Synchronization
 
 /// Serves the Watch service's stream straight from the HTTP/2 stream's frames, and
 /// hands every other stream to grpc-swift's server: the one handler of each stream
-/// channel of ``EtcdHTTP2Transport``. (The unary calls of the KV and Lease services
-/// are served on the connection's frames, with no stream channel, by
+/// channel of ``EtcdHTTP2Transport``. (The unary calls of the KV, Lease, Lock and
+/// Election services are served on the connection's frames, with no stream channel, by
 /// ``GRPCUnaryCalls``, which shares this type's method table and answers.)
 ///
 /// A call through grpc-swift's server passes each request and response through its
