@@ -222,11 +222,11 @@ final class StreamCount: Sendable {
         if counts.value.open == 0 { closeAfterThisTurn() }
     }
 
-    func streamOpened(_ id: HTTP2StreamID) {
+    func streamOpened() {
         counts.value.open += 1
     }
 
-    func streamClosed(_ id: HTTP2StreamID) {
+    func streamClosed() {
         counts.value.open -= 1
         if counts.value.draining && counts.value.open == 0 { closeAfterThisTurn() }
     }

@@ -427,8 +427,9 @@ final class GRPCFastPath: ChannelInboundHandler {
         }
     }
 
-    /// Adds a DATA frame's bytes to the request bytes received so far.
-    private func append(_ data: IOData) {
+    /// Adds a DATA frame's bytes to the request bytes received so far (a stream's
+    /// here, a unary call's in ``GRPCUnaryCalls``).
+    static func append(_ data: IOData, to body: inout ByteBuffer?) {
         guard case .byteBuffer(var bytes) = data else { return }
         if body == nil {
             body = bytes
@@ -442,7 +443,7 @@ final class GRPCFastPath: ChannelInboundHandler {
     private func streamRead(context: ChannelHandlerContext, method: StreamMethod, payload: HTTP2Frame.FramePayload) {
         switch payload {
         case .data(let frame):
-            append(frame.data)
+            Self.append(frame.data, to: &body)
             while var buffer = body, buffer.readableBytes >= 5,
                   let compressed = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
                   let length = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt32.self) {

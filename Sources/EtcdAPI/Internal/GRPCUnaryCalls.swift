@@ -104,10 +104,10 @@ final class GRPCUnaryCalls: ChannelInboundHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
-        case let created as NIOHTTP2StreamCreatedEvent:
-            streams.streamOpened(created.streamID)
+        case is NIOHTTP2StreamCreatedEvent:
+            streams.streamOpened()
         case let closed as StreamClosedEvent:
-            streams.streamClosed(closed.streamID)
+            streams.streamClosed()
             if let call = calls.removeValue(forKey: closed.streamID) {
                 call.state = .done
                 call.body = nil
@@ -155,9 +155,8 @@ final class GRPCUnaryCalls: ChannelInboundHandler {
         guard case .collecting = call.state else { return }
         switch payload {
         case .data(let frame):
-            guard case .byteBuffer(var bytes) = frame.data else { return }
-            let received = bytes.readableBytes + (frame.paddingBytes.map { $0 + 1 } ?? 0)
-            if call.body == nil { call.body = bytes } else { call.body!.writeBuffer(&bytes) }
+            let received = frame.data.readableBytes + (frame.paddingBytes.map { $0 + 1 } ?? 0)
+            GRPCFastPath.append(frame.data, to: &call.body)
             // The message's length is known from its first 5 bytes: past the limit, the
             // call is refused before the rest arrives (or past one message of the limit,
             // whatever the length said: nothing is buffered beyond it).
