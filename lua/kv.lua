@@ -55,30 +55,20 @@
 --   {"ttl", id, ttl (-1: not found), grantedTTL, {key...}}   {"leases", {id...}}   {"reap", revoked}
 --   {"hello", {{base, epoch}...}} (every epoch of the store, oldest first)
 
-local K_REV, K_COMPACT, K_KV, K_KEYS, K_HIST, K_HKEYS, K_LOG, K_LEASES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local K_LKEYS, K_LDUE, K_LEASESEQ, K_ID, K_TTLKEY = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
-local current = tonumber(redis.call('GET', K_REV) or '1')
+-- The state of one call, set by `main` when the call begins. Loaded by FUNCTION LOAD
+-- these locals outlive the call (the library's chunk runs once, its functions are
+-- called many times), so main sets every one of them, and nothing else keeps state.
+local K_REV, K_COMPACT, K_KV, K_KEYS, K_HIST, K_HKEYS, K_LOG, K_LEASES
+local K_LKEYS, K_LDUE, K_LEASESEQ, K_ID, K_TTLKEY
+local current
 -- The state of the request being run (see run below: one call may carry several).
 local compacted -- read only when a request names a past revision (checkRangeRevision)
 local nextRevision -- set once due leases are reaped
-local changed = false
-local events = {}
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local nowMicros = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-
--- The store's identity (see KEYS[12]); a namespace without one gets one now.
-local identity = redis.call('HMGET', K_ID, 'id', 'epoch', 'base')
-local storeID, epoch, base = identity[1], tonumber(identity[2]), tonumber(identity[3])
-local created = not storeID
-if created then
-  -- The server's time to the microsecond makes it unique (math.random is seeded alike
-  -- in every fresh Redis process; it only adds noise).
-  storeID = string.format('%08x%05x%06x%05x', tonumber(clock[1]) % 4294967296, tonumber(clock[2]),
-    math.random(0, 16777215), math.random(0, 1048575))
-  epoch, base = nowMicros, current
-  redis.call('HSET', K_ID, 'id', storeID, 'epoch', epoch, 'base', base, 'run', '', 'epochs', cmsgpack.pack({{base, epoch}}))
-end
+local changed
+local events
+local clock, now, nowMicros
+-- The store's identity (see KEYS[12]); `created`: this call created it.
+local storeID, epoch, base, created
 
 local function hello(request)
   local run = request[2]
@@ -334,7 +324,7 @@ end
 -- (as etcd rate-limits revocations), so that a mass expiry never stalls one call, a
 -- batch of requests included. Once a look finds fewer than it may take, nothing else
 -- is due at this call's `now` (no request makes a lease due sooner than now).
-local reapBudget = 100
+local reapBudget
 local function reapDue()
   if reapBudget == 0 then return 0 end
   local due = redis.call('ZRANGEBYSCORE', K_LDUE, '-inf', now, 'LIMIT', 0, reapBudget)
@@ -579,6 +569,15 @@ local function checkIntervals(ops)
   return puts, dels
 end
 
+-- A request's body, run protected (see run): a refusal raised by fail() ends it.
+local function runRequest(request)
+  if request[1] == 'txn' then
+    checkIntervals(request[3]); checkIntervals(request[4])
+  end
+  choosePath(request)
+  return execute(request)
+end
+
 -- Runs one request (ARGV element): its reply is the msgpack described at the top.
 local function run(packed)
   local request = cmsgpack.unpack(packed)
@@ -586,13 +585,7 @@ local function run(packed)
   compacted, changed, events, liveCache, pathDeletes = nil, false, {}, {}, {}
   reaped = reapDue()
   nextRevision = current + 1
-  local ok, outcome = pcall(function()
-    if request[1] == 'txn' then
-      checkIntervals(request[3]); checkIntervals(request[4])
-    end
-    choosePath(request)
-    return execute(request)
-  end)
+  local ok, outcome = pcall(runRequest, request)
   if not ok then
     if type(outcome) == 'table' and outcome.code then
       return cmsgpack.pack({false, outcome.code, outcome.message, current, storeID, epoch, base})
@@ -607,27 +600,64 @@ local function run(packed)
   return cmsgpack.pack({current, outcome, storeID, epoch, base})
 end
 
-if #ARGV == 1 then return run(ARGV[1]) end
--- Several requests (a client's batch of concurrent requests): run one after another,
--- each at revisions of its own exactly as if each had been a call of its own, and
--- answered by an array of their replies. A request that fails with a Redis error (one
--- call of its own would have ended with that error) gets it as its element; the
--- others run regardless, since a script is not rolled back.
-local replies = {}
-for i = 1, #ARGV do
-  local ok, reply = pcall(run, ARGV[i])
-  if ok then
-    replies[i] = reply
-  else
-    replies[i] = (type(reply) == 'table' and reply.err) and reply or {err = 'ERR ' .. tostring(reply)}
-    -- A replica (after a failover) refuses every write of the batch, so nothing of it
-    -- was written: answer the whole call with the error, as a lone call would be
-    -- answered, so that the client sees it and follows the master.
-    if string.find(replies[i].err, 'READONLY', 1, true) or string.find(replies[i].err, 'read only replica', 1, true) then
-      return replies[i]
-    end
-    -- What it wrote before failing stays (as after a call of its own): go on from there.
-    current = tonumber(redis.call('GET', K_REV) or '1')
+-- One call: KEYS and ARGV as described at the top.
+local function main(keys, argv)
+  K_REV, K_COMPACT, K_KV, K_KEYS, K_HIST, K_HKEYS, K_LOG, K_LEASES = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8]
+  K_LKEYS, K_LDUE, K_LEASESEQ, K_ID, K_TTLKEY = keys[9], keys[10], keys[11], keys[12], keys[13]
+  current = tonumber(redis.call('GET', K_REV) or '1')
+  compacted, nextRevision, changed, events = nil, nil, false, {}
+  clock = redis.call('TIME')
+  now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  nowMicros = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  reapBudget, reaped, liveCache, pathDeletes = 100, nil, nil, nil
+
+  -- A namespace without an identity gets one now.
+  local identity = redis.call('HMGET', K_ID, 'id', 'epoch', 'base')
+  storeID, epoch, base = identity[1], tonumber(identity[2]), tonumber(identity[3])
+  created = not storeID
+  if created then
+    -- The server's time to the microsecond makes it unique (math.random is seeded alike
+    -- in every fresh Redis process; it only adds noise).
+    storeID = string.format('%08x%05x%06x%05x', tonumber(clock[1]) % 4294967296, tonumber(clock[2]),
+      math.random(0, 16777215), math.random(0, 1048575))
+    epoch, base = nowMicros, current
+    redis.call('HSET', K_ID, 'id', storeID, 'epoch', epoch, 'base', base, 'run', '', 'epochs', cmsgpack.pack({{base, epoch}}))
   end
+
+  if #argv == 1 then return run(argv[1]) end
+  -- Several requests (a client's batch of concurrent requests): run one after another,
+  -- each at revisions of its own exactly as if each had been a call of its own, and
+  -- answered by an array of their replies. A request that fails with a Redis error (one
+  -- call of its own would have ended with that error) gets it as its element; the
+  -- others run regardless, since a script is not rolled back.
+  local replies = {}
+  for i = 1, #argv do
+    local ok, reply = pcall(run, argv[i])
+    if ok then
+      replies[i] = reply
+    else
+      replies[i] = (type(reply) == 'table' and reply.err) and reply or {err = 'ERR ' .. tostring(reply)}
+      -- A replica (after a failover) refuses every write of the batch, so nothing of it
+      -- was written: answer the whole call with the error, as a lone call would be
+      -- answered, so that the client sees it and follows the master.
+      if string.find(replies[i].err, 'READONLY', 1, true) or string.find(replies[i].err, 'read only replica', 1, true) then
+        return replies[i]
+      end
+      -- What it wrote before failing stays (as after a call of its own): go on from there.
+      current = tonumber(redis.call('GET', K_REV) or '1')
+    end
+  end
+  return replies
 end
-return replies
+
+-- Run by EVAL/EVALSHA, the chunk is the call. Loaded by FUNCTION LOAD (the client
+-- prepends the library's "#!lua name=..." line and the LIBRARY local naming it), the
+-- chunk runs once and registers main as the function of that name, called by FCALL
+-- with the same KEYS and ARGV: the helpers above are then created once, not at every
+-- call.
+if redis.register_function then
+  redis.register_function{function_name = LIBRARY, callback = main,
+    description = 'the coordination store: one etcd v3 request, or a batch of them, per call (kv.lua)'}
+else
+  return main(KEYS, ARGV)
+end

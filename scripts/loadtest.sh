@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds in release mode and runs the load test, then prints its reports:
 #   1. coordbench kv      the store: put, get, txn compare-and-swap from 16 clients, the
-#                         Redis ceiling for the same put script (redis-benchmark EVALSHA),
+#                         Redis ceiling for the same put script (redis-benchmark FCALL),
 #                         and Redis memory per live key after compaction (skip with
 #                         LOADTEST_KV=0);
 #   2. coordbench primitives  locks (uncontended, contended handoff), election

@@ -90,6 +90,8 @@ public final class CoordinationClient: Sendable {
     /// Sends KV requests of bounded work (``KVOperation/boundedWork``), gathering those
     /// that arrive while Redis is busy into one call.
     private let batcher: RequestBatcher
+    /// Runs kv.lua, as a Redis function where the server allows it.
+    private let kvFunction: StoreFunction
     private let ownedConnection: RedisConnection?
     private let hubStorage = Mutex<WatchHub?>(nil)
     /// What this client knows of the store's identity and history (storeReset detection).
@@ -156,6 +158,13 @@ public final class CoordinationClient: Sendable {
     public static var kvScriptSource: String { kvScript.source }
     /// The SHA-1 under which Redis knows the KV script.
     public static var kvScriptSHA1: String { kvScript.sha1 }
+    /// The name of the KV script's Redis function (and of its library): the client runs
+    /// the script by `FCALL` where the server allows it (see ``kvFunctionLibrary``).
+    public static var kvFunctionName: String { StoreFunction.name(of: kvScript) }
+    /// The KV script as a Redis function library, for `FUNCTION LOAD`: FCALL
+    /// ``kvFunctionName`` takes the same KEYS and ARGV as EVALSHA ``kvScriptSHA1`` and
+    /// answers alike, without running the script's setup at every call.
+    public static var kvFunctionLibrary: String { StoreFunction.library(of: kvScript) }
 
     /// The script argument that encodes `operation` (for tools that run the script directly).
     public static func encodedRequest(_ operation: KVOperation) -> [UInt8] { encode(operation).encoded() }
@@ -169,7 +178,8 @@ public final class CoordinationClient: Sendable {
         self.durability = nil
         self.ownedConnection = nil
         self.keys = Self.redisKeys(namespace)
-        self.batcher = Self.batcher(redis: redis, keys: keys)
+        self.kvFunction = StoreFunction(Self.kvScript)
+        self.batcher = Self.batcher(redis: redis, keys: keys, function: kvFunction)
     }
 
     private init(connection: RedisConnection, namespace: String, limits: Limits, durability: Durability?) {
@@ -179,7 +189,8 @@ public final class CoordinationClient: Sendable {
         self.durability = durability
         self.ownedConnection = connection
         self.keys = Self.redisKeys(namespace)
-        self.batcher = Self.batcher(redis: connection, keys: keys)
+        self.kvFunction = StoreFunction(Self.kvScript)
+        self.batcher = Self.batcher(redis: connection, keys: keys, function: kvFunction)
     }
 
     /// Runs the task that sends the client's batched requests on `executor` (nil, the
@@ -196,9 +207,9 @@ public final class CoordinationClient: Sendable {
 
     /// Two calls in flight per connection: one running in Redis while the next waits
     /// in its input buffer, so that Redis never idles for a round trip under load.
-    private static func batcher(redis: any RedisCommandExecutor, keys: [[UInt8]]) -> RequestBatcher {
+    private static func batcher(redis: any RedisCommandExecutor, keys: [[UInt8]], function: StoreFunction) -> RequestBatcher {
         let connections = (redis as? RedisConnectionPool)?.connections.count ?? 1
-        return RequestBatcher(redis: redis, script: kvScript, keys: keys, maxInFlight: 2 * max(connections, 1))
+        return RequestBatcher(redis: redis, function: function, keys: keys, maxInFlight: 2 * max(connections, 1))
     }
 
     /// Connects to Redis at `url`, opens the store `namespace` and checks the server with
@@ -250,11 +261,7 @@ public final class CoordinationClient: Sendable {
             guard let text = info.string,
                   let line = text.split(separator: "\r\n").first(where: { $0.hasPrefix("run_id:") }) else { return }
             let request = MessagePack.array([.string("hello"), .string(String(line.dropFirst("run_id:".count)))]).encoded()
-            let count = Array(String(keys.count).utf8)
-            let reply = try channel.send([Array("EVALSHA".utf8), Array(kvScript.sha1.utf8), count] + keys + [request])
-            if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
-                _ = try channel.send([Array("EVAL".utf8), Array(kvScript.source.utf8), count] + keys + [request])
-            }
+            try StoreFunction.runSetup(StoreFunction(kvScript), on: channel, keys: keys, argument: request)
         }
     }
 
@@ -520,7 +527,7 @@ public final class CoordinationClient: Sendable {
         if batchable && lease == nil {
             reply = try await batcher.run(request.encoded())
         } else {
-            reply = try await redis.run(Self.kvScript, keys: scriptKeys(lease: lease), arguments: [request.encoded()], timeout: nil)
+            reply = try await kvFunction.run(on: redis, keys: scriptKeys(lease: lease), arguments: [request.encoded()])
         }
         let decoded = try Self.decodeScriptReply(reply)
         // With durability, the reply's revision counts as seen only once the replicas

@@ -37,7 +37,11 @@ extension CoordinationClient {
     ///   store's keys; ``RedisError`` with ``RedisError/Code/noPermission`` naming the
     ///   command when the Redis user may not run what the store needs.
     public func status(allowEvictingPolicy: Bool = false) async throws -> ServerStatus {
-        // The store script itself is the first probe: NOPERM names EVALSHA or SCRIPT.
+        // The store script by EVALSHA is the first probe (compaction, the watch reader and
+        // lease keep-alives run scripts, whether or not requests run as a Redis function):
+        // NOPERM names EVALSHA or SCRIPT.
+        let probe = Self.encodedRequest(.range(key: [0], options: RangeOptions()))
+        _ = try Self.decodeScriptReply(try await redis.run(Self.kvScript, keys: keys, arguments: [probe], timeout: nil)).succeeded()
         let revision = try await currentRevision()
         let compactRevision = try await compactedRevision()
         // INFO is readable by most users, unlike CONFIG.

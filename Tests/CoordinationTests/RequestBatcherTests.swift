@@ -80,7 +80,7 @@ import Testing
 
         init(_ redis: RedisConnection) { self.redis = redis }
 
-        /// The number of requests (ARGV elements) of each EVALSHA sent so far.
+        /// The number of requests (ARGV elements) of each script call (FCALL or EVALSHA) sent so far.
         var calls: [Int] { state.withLock { $0.calls } }
 
         func open() {
@@ -93,7 +93,7 @@ import Testing
         }
 
         func send(_ arguments: [[UInt8]], timeout: Duration?) async throws -> RedisReply {
-            if arguments.first == Array("EVALSHA".utf8), arguments.count > 2, let keys = Int(String(decoding: arguments[2], as: UTF8.self)) {
+            if arguments.first == Array("FCALL".utf8) || arguments.first == Array("EVALSHA".utf8), arguments.count > 2, let keys = Int(String(decoding: arguments[2], as: UTF8.self)) {
                 let requests = arguments.count - 3 - keys
                 state.withLock { $0.calls.append(requests) }
             }
@@ -115,10 +115,10 @@ import Testing
         try await RedisServer.withServer { server in
             let connection = try await RedisConnection.connect(server.configuration)
             defer { Task { await connection.close() } }
-            _ = try await connection.send("SCRIPT", "LOAD", CoordinationClient.kvScriptSource)
+            _ = try await connection.send("FUNCTION", "LOAD", CoordinationClient.kvFunctionLibrary)
             let gate = GatedExecutor(connection)
             let store = CoordinationClient(redis: connection, namespace: namespace)
-            let batcher = RequestBatcher(redis: gate, script: CoordinationClient.kvScript, keys: store.keys, maxInFlight: 1)
+            let batcher = RequestBatcher(redis: gate, function: StoreFunction(CoordinationClient.kvScript), keys: store.keys, maxInFlight: 1)
             try await body(store, connection, gate, batcher)
         }
     }
@@ -314,9 +314,10 @@ import Testing
                 try await group.waitForAll()
             }
             let stats = try await redis.send("INFO", "commandstats").string ?? ""
-            let calls = stats.split(separator: "\r\n").first { $0.hasPrefix("cmdstat_evalsha:") }
+            let calls = stats.split(separator: "\r\n").first { $0.hasPrefix("cmdstat_fcall:") }
                 .flatMap { $0.split(separator: ",").first?.split(separator: "=").last }.flatMap { Int($0) } ?? 0
-            #expect(calls > 0 && calls < count, "\(count) concurrent puts took \(calls) script calls")
+            #expect(calls > 0 && calls < count, "\(count) concurrent puts took \(calls) function calls")
+            #expect(!stats.contains("cmdstat_evalsha:"), "requests went by EVALSHA: \(stats)")
             let range = try await store.get("key", options: .prefix(Array("key".utf8)))
             #expect(range.header.revision == Int64(count) + 1, "each put at a revision of its own")
             #expect(range.kvs.map(\.version).reduce(0, +) == Int64(count))

@@ -328,7 +328,7 @@ import Testing
             #expect(try await etcdctl(["put", "k", "1"], endpoint: proxy.endpoint).status == 0)
             let admin = try await RedisConnection.connect(server.configuration)
             defer { Task { await admin.close() } }
-            _ = try await admin.send("ACL", "SETUSER", "proxy", "-evalsha", "-eval")
+            _ = try await admin.send("ACL", "SETUSER", "proxy", "-evalsha", "-eval", "-fcall")
             let refused = try await etcdctl(["put", "k", "2"], endpoint: proxy.endpoint)
             #expect(refused.status != 0, "\(refused)")
             #expect(refused.error.contains("coordproxy: Redis refused the request") && refused.error.contains("NOPERM")

@@ -107,16 +107,16 @@ final class RequestBatcher: Sendable {
     }
 
     private let redis: any RedisCommandExecutor
-    private let script: RedisScript
+    private let function: StoreFunction
     private let keys: [[UInt8]]
     private let state: Mutex<BatchQueue<Pending>>
     /// Where the task that sends batches runs (nil: Swift's global concurrent executor).
     private let batchExecutor = Mutex<(any TaskExecutor)?>(nil)
 
-    init(redis: any RedisCommandExecutor, script: RedisScript, keys: [[UInt8]],
+    init(redis: any RedisCommandExecutor, function: StoreFunction, keys: [[UInt8]],
          maxInFlight: Int = 2, maxBatch: Int = 64, maxBatchBytes: Int = 1 << 20) {
         self.redis = redis
-        self.script = script
+        self.function = function
         self.keys = keys
         self.state = Mutex(BatchQueue(maxInFlight: maxInFlight, maxBatch: maxBatch, maxBatchBytes: maxBatchBytes))
     }
@@ -136,7 +136,7 @@ final class RequestBatcher: Sendable {
             // The common case on an idle store: sent alone, from the caller's task (a
             // cancelled caller withdraws it while it is still queued in the connection).
             defer { sendNext(state.withLock { $0.completed() }) }
-            return try await redis.run(script, keys: keys, arguments: [request], timeout: nil)
+            return try await function.run(on: redis, keys: keys, arguments: [request])
         }
         // A caller cancelled while its request waits withdraws it (it never runs), as a
         // command still queued in the connection is withdrawn; once the request has
@@ -195,7 +195,7 @@ final class RequestBatcher: Sendable {
     private func send(_ batch: [Pending]) async {
         let reply: RedisReply
         do {
-            reply = try await redis.run(script, keys: keys, arguments: batch.map(\.request), timeout: nil)
+            reply = try await function.run(on: redis, keys: keys, arguments: batch.map(\.request))
         } catch {
             for pending in batch { pending.continuation.resume(throwing: error) }
             return
