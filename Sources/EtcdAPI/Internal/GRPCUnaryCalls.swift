@@ -279,14 +279,15 @@ final class GRPCUnaryCalls: ChannelInboundHandler {
                               promise: nil)
     }
 
-    /// A trailers-only response with the status; `reset` then resets the stream, so
-    /// that a client still sending stops.
+    /// A trailers-only response with the status; `reset` then resets the stream with
+    /// NO_ERROR, so that a client still sending stops (RFC 9113 §8.1: a response
+    /// complete before its request; grpc-go's server, etcd's, resets so too).
     private func writeStatus(context: ChannelHandlerContext, id: HTTP2StreamID, call: Call, status: RPCError.Code?, message: String, reset: Bool) {
         call.state = .done
         let trailers = GRPCFastPath.trailers(status: status, message: message, headersSent: false)
         context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: trailers, endStream: true)))), promise: nil)
         if reset {
-            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.cancel))), promise: nil)
+            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.noError))), promise: nil)
         }
         context.flush()
     }
