@@ -600,6 +600,13 @@ local function run(packed)
   return cmsgpack.pack({current, outcome, storeID, epoch, base})
 end
 
+-- A call's reply, once the records it read are let go (a function's locals outlive
+-- the call: a large range's would stay in memory until the next call).
+local function finish(reply)
+  events, liveCache, pathDeletes = nil, nil, nil
+  return reply
+end
+
 -- One call: KEYS and ARGV as described at the top.
 local function main(keys, argv)
   K_REV, K_COMPACT, K_KV, K_KEYS, K_HIST, K_HKEYS, K_LOG, K_LEASES = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8]
@@ -624,7 +631,7 @@ local function main(keys, argv)
     redis.call('HSET', K_ID, 'id', storeID, 'epoch', epoch, 'base', base, 'run', '', 'epochs', cmsgpack.pack({{base, epoch}}))
   end
 
-  if #argv == 1 then return run(argv[1]) end
+  if #argv == 1 then return finish(run(argv[1])) end
   -- Several requests (a client's batch of concurrent requests): run one after another,
   -- each at revisions of its own exactly as if each had been a call of its own, and
   -- answered by an array of their replies. A request that fails with a Redis error (one
@@ -641,13 +648,13 @@ local function main(keys, argv)
       -- was written: answer the whole call with the error, as a lone call would be
       -- answered, so that the client sees it and follows the master.
       if string.find(replies[i].err, 'READONLY', 1, true) or string.find(replies[i].err, 'read only replica', 1, true) then
-        return replies[i]
+        return finish(replies[i])
       end
       -- What it wrote before failing stays (as after a call of its own): go on from there.
       current = tonumber(redis.call('GET', K_REV) or '1')
     end
   end
-  return replies
+  return finish(replies)
 end
 
 -- Run by EVAL/EVALSHA, the chunk is the call. Loaded by FUNCTION LOAD (the client

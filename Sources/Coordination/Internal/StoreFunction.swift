@@ -12,8 +12,9 @@ import Synchronization
 /// and the same replies.
 ///
 /// The function is tried first. EVALSHA (the script as it always ran) takes over:
-/// - for a minute, when the server has no functions (Redis 6: unknown command) or the
-///   Redis user may not run `FCALL` or `FUNCTION LOAD` (`NOPERM`);
+/// - for a minute, when the server has no functions (Redis 6: unknown command), the
+///   Redis user may not run `FCALL` or `FUNCTION LOAD` (`NOPERM`), or the server
+///   refuses to load the library (over maxmemory, a replica);
 /// - for one call, when Redis refused the function before running it where it lets a
 ///   script without flags run: `OOM` (over maxmemory a function that writes is refused
 ///   whole, while the script still runs, may delete, and is refused only at its first
@@ -78,11 +79,10 @@ final class StoreFunction: Sendable {
                         _ = try await redis.send([Array("FUNCTION".utf8), Array("LOAD".utf8), Array(library.utf8)], timeout: nil)
                     } catch let error as RedisError where error.message.contains("already exists") {
                         // Another connection loaded it meanwhile.
-                    } catch let error as RedisError where Self.meansNoFunctions(error) {
+                    } catch let error as RedisError where error.code == .server || error.code == .noPermission {
+                        // Not allowed (NOPERM, no functions) or refused now (over maxmemory,
+                        // a replica): EVALSHA, for a minute, rather than a load per call.
                         useScriptOnly()
-                        break
-                    } catch let error as RedisError where error.code == .server {
-                        // Refused now (over maxmemory, a replica): this call goes by EVALSHA.
                         break
                     }
                 } catch let error as RedisError where Self.meansNoFunctions(error) {
@@ -126,7 +126,7 @@ final class StoreFunction: Sendable {
 
     /// The server has no functions (before Redis 7), or the user may not use them.
     static func meansNoFunctions(_ error: RedisError) -> Bool {
-        error.code == .noPermission || (error.code == .server && error.message.lowercased().contains("unknown command"))
+        error.code == .noPermission || (error.code == .server && error.message.lowercased().hasPrefix("err unknown command"))
     }
 
     /// Refusals of a function that writes, made before it runs, where a script without
