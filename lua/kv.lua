@@ -81,6 +81,10 @@ local function hello(request)
     -- at the server's time, which is above every token of any epoch begun earlier.
     epoch, base = math.max(nowMicros, epoch + (current - base) + 1), current
     epochs[#epochs + 1] = {base, epoch}
+    -- HDEL first, as deleteKey does: over maxmemory Redis refuses a script's first
+    -- write that can grow memory but not those after a write, and a Redis that
+    -- restarted full must still begin the new epoch (its tokens would repeat).
+    redis.call('HDEL', K_ID, 'run')
     redis.call('HSET', K_ID, 'epoch', epoch, 'base', base, 'run', run, 'epochs', cmsgpack.pack(epochs))
   end
   return cmsgpack.pack({current, {'hello', epochs}, storeID, epoch, base})

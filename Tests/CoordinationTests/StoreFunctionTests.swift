@@ -152,6 +152,25 @@ import Testing
         }
     }
 
+    /// A connection that reaches another Redis process (a restart, a failover) begins a
+    /// new epoch with its hello, also when that Redis is over its maxmemory: tokens of
+    /// the new epoch must not repeat the old one's. The function is refused there; the
+    /// script runs, and its first write is one that frees memory.
+    @Test func aHelloOverMaxmemoryStillBeginsANewEpoch() async throws {
+        try await withStore(namespace: "full") { store, redis in
+            _ = try await store.put("a", "1")
+            let before = try #require(try await redis.send("HGET", "{full}:id", "epoch").string)
+            _ = try await redis.send("CONFIG", "SET", "maxmemory", "1")
+            defer { Task { _ = try? await redis.send("CONFIG", "SET", "maxmemory", "0") } }
+            let hello = MessagePack.array([.string("hello"), .string("another-redis-process")]).encoded()
+            let reply = try await StoreFunction(CoordinationClient.kvScript).run(on: redis, keys: store.keys, arguments: [hello])
+            #expect(try CoordinationClient.decodeScriptReply(reply).failure == nil)
+            let after = try #require(try await redis.send("HGET", "{full}:id", "epoch").string)
+            #expect(Int64(after)! > Int64(before)!, "epoch \(before) before the hello, \(after) after")
+            #expect(try await redis.send("HGET", "{full}:id", "run").string == "another-redis-process")
+        }
+    }
+
     /// A server demoted to a replica refuses a writing function whole, but runs the
     /// script's reads: reads still answer there, writes get READONLY.
     @Test func aDemotedServerAnswersReadsAndRefusesWritesWithREADONLY() async throws {
