@@ -252,11 +252,9 @@ public final class CoordinationClient: Sendable {
 
     /// What every store connection runs when it (re)connects: INFO's run_id, then the
     /// script's "hello", which begins a new epoch when the process is not the one the
-    /// current epoch began on. A user whose ACL refuses INFO gets no new epochs. A
-    /// refused hello is not sent again before the next reconnect: a refusal the
-    /// requests share (NOPERM) reaches them with the first one; one they may not share
-    /// (over maxmemory the hello's write is refused, while reads and deletes run) leaves
-    /// that connection without a new epoch until it reconnects.
+    /// current epoch began on (also over maxmemory: its first write frees memory). A
+    /// user whose ACL refuses INFO gets no new epochs. A refused hello (NOPERM) is not
+    /// sent again before the next reconnect; the requests, refused alike, report it.
     static func connectionSetup(namespace: String) -> @Sendable (RedisSetupChannel) throws -> Void {
         let keys = redisKeys(namespace)
         return { channel in
