@@ -262,7 +262,7 @@ public final class CoordinationClient: Sendable {
             guard let text = info.string,
                   let line = text.split(separator: "\r\n").first(where: { $0.hasPrefix("run_id:") }) else { return }
             let request = MessagePack.array([.string("hello"), .string(String(line.dropFirst("run_id:".count)))]).encoded()
-            try StoreFunction.runSetup(StoreFunction(kvScript), on: channel, keys: keys, argument: request)
+            try StoreFunction(kvScript).runSetup(on: channel, keys: keys, argument: request)
         }
     }
 

@@ -33,15 +33,14 @@ final class StoreFunction: Sendable {
     /// The library's (and its one function's) name.
     let name: String
     /// What `FUNCTION LOAD` gets: the script under a `#!lua name=` line and the local
-    /// that tells the chunk the name to register.
-    let library: String
+    /// that tells the chunk the name to register (built when loaded, which is rare).
+    var library: String { Self.library(of: script) }
     /// Until when calls go by EVALSHA without trying the function.
     private let scriptOnlyUntil = Mutex<ContinuousClock.Instant?>(nil)
 
     init(_ script: RedisScript) {
         self.script = script
         self.name = Self.name(of: script)
-        self.library = Self.library(of: script)
     }
 
     static func name(of script: RedisScript) -> String { "coordkv_" + script.sha1.prefix(16) }
@@ -98,20 +97,18 @@ final class StoreFunction: Sendable {
 
     /// The hello a store connection sends when it (re)connects, on its setup channel:
     /// by the function (loaded first when missing), else by EVALSHA, else by EVAL.
-    static func runSetup(_ function: StoreFunction, on channel: RedisSetupChannel, keys: [[UInt8]], argument: [UInt8]) throws {
+    func runSetup(on channel: RedisSetupChannel, keys: [[UInt8]], argument: [UInt8]) throws {
         let count = Array(String(keys.count).utf8)
-        if function.triesFunction {
-            let fcall = [Array("FCALL".utf8), Array(function.name.utf8), count] + keys + [argument]
-            var reply = try channel.send(fcall)
-            if case .error(let message) = reply, message.hasPrefix("ERR Function not found") {
-                _ = try channel.send([Array("FUNCTION".utf8), Array("LOAD".utf8), Array(function.library.utf8)])
-                reply = try channel.send(fcall)
-            }
-            guard case .error = reply else { return }
+        let fcall = [Array("FCALL".utf8), Array(name.utf8), count] + keys + [argument]
+        var reply = try channel.send(fcall)
+        if case .error(let message) = reply, message.hasPrefix("ERR Function not found") {
+            _ = try channel.send([Array("FUNCTION".utf8), Array("LOAD".utf8), Array(library.utf8)])
+            reply = try channel.send(fcall)
         }
-        let reply = try channel.send([Array("EVALSHA".utf8), Array(function.script.sha1.utf8), count] + keys + [argument])
+        guard case .error = reply else { return }
+        reply = try channel.send([Array("EVALSHA".utf8), Array(script.sha1.utf8), count] + keys + [argument])
         if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
-            _ = try channel.send([Array("EVAL".utf8), Array(function.script.source.utf8), count] + keys + [argument])
+            _ = try channel.send([Array("EVAL".utf8), Array(script.source.utf8), count] + keys + [argument])
         }
     }
 
