@@ -39,6 +39,8 @@ let package = Package(
                 "CHiredis",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         .target(
@@ -124,7 +126,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "RedisClientTests", dependencies: ["RedisClient"]),
+        .testTarget(name: "RedisClientTests", dependencies: ["RedisClient", .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "RedisClient", "EtcdTestSupport"]),
         // What the test targets that start a reference etcd share (no dependencies).
         .target(name: "EtcdTestSupport", path: "Tests/EtcdTestSupport"),

@@ -236,10 +236,21 @@ public final class CoordinationClient: Sendable {
     /// a failover cannot take back a value that was read.
     public static func connect(_ configuration: RedisConfiguration, namespace: String = "coord", limits: Limits = Limits(), allowEvictingPolicy: Bool = false,
                                durability: Durability? = nil) async throws -> CoordinationClient {
+        try await connect(configuration, namespace: namespace, limits: limits, allowEvictingPolicy: allowEvictingPolicy, durability: durability) { configuration, setup in
+            try await RedisConnection.connect(configuration, setup: setup)
+        }
+    }
+
+    /// Connects as ``connect(_:namespace:limits:allowEvictingPolicy:durability:)`` does,
+    /// over the connection `open` makes with the store's setup hook (which it must run
+    /// at every connect): coordproxy opens one its event loop serves.
+    package static func connect(_ configuration: RedisConfiguration, namespace: String = "coord", limits: Limits = Limits(), allowEvictingPolicy: Bool = false,
+                                durability: Durability? = nil,
+                                open: (RedisConfiguration, @escaping @Sendable (RedisSetupChannel) throws -> Void) async throws -> RedisConnection) async throws -> CoordinationClient {
         if let durability, durability.replicas < 1 {
             throw CoordinationError(.invalidArgument, "durability needs at least 1 replica, not \(durability.replicas); leave it out to acknowledge writes once the master has them")
         }
-        let connection = try await RedisConnection.connect(configuration, setup: connectionSetup(namespace: namespace))
+        let connection = try await open(configuration, connectionSetup(namespace: namespace))
         let client = CoordinationClient(connection: connection, namespace: namespace, limits: limits, durability: durability)
         do {
             _ = try await client.status(allowEvictingPolicy: allowEvictingPolicy)

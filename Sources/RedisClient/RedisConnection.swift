@@ -1,3 +1,5 @@
+import NIOCore
+
 /// Something that runs Redis commands: a ``RedisConnection`` or a ``RedisConnectionPool``.
 public protocol RedisCommandExecutor: Sendable {
     /// Sends one command (its name and arguments as bytes) and returns the reply.
@@ -48,12 +50,12 @@ extension RedisCommandExecutor {
 /// await connection.close()
 /// ```
 public final class RedisConnection: RedisCommandExecutor {
-    let engine: ConnectionEngine
+    let engine: any RedisEngine
 
     /// The configuration this connection was opened with.
     public var configuration: RedisConfiguration { engine.configuration }
 
-    init(engine: ConnectionEngine) {
+    init(engine: any RedisEngine) {
         self.engine = engine
     }
 
@@ -74,6 +76,26 @@ public final class RedisConnection: RedisCommandExecutor {
     package static func connect(_ configuration: RedisConfiguration, setup: @escaping @Sendable (RedisSetupChannel) throws -> Void) async throws -> RedisConnection {
         let engine = ConnectionEngine(configuration: configuration, hooks: .init(setup: { handshake in try setup(RedisSetupChannel(handshake: handshake)) }))
         try await engine.start(name: ConnectionEngine.threadName("redis", configuration.endpoint))
+        return RedisConnection(engine: engine)
+    }
+
+    /// Opens a connection as ``connect(_:setup:)`` does, whose socket `eventLoop`
+    /// serves instead of a thread of its own: for a server whose requests run on that
+    /// loop, each reply resumes its caller without waking another thread (see
+    /// `EventLoopEngine`). A configuration with Sentinel or without pipelining gets the
+    /// thread.
+    package static func connect(_ configuration: RedisConfiguration, on eventLoop: any EventLoop,
+                                setup: @escaping @Sendable (RedisSetupChannel) throws -> Void) async throws -> RedisConnection {
+        guard configuration.sentinel == nil, configuration.pipelining else {
+            return try await connect(configuration, setup: setup)
+        }
+        let engine = EventLoopEngine(configuration: configuration, eventLoop: eventLoop, setup: { handshake in try setup(RedisSetupChannel(handshake: handshake)) })
+        do {
+            try await engine.start()
+        } catch {
+            engine.shutdown()
+            throw error
+        }
         return RedisConnection(engine: engine)
     }
 

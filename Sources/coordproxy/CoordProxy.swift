@@ -114,6 +114,9 @@ struct CoordProxy: AsyncParsableCommand {
     @Flag(name: .customLong("no-grpc-fast-path"), help: "Serve the etcd API on grpc-swift's own HTTP/2 transport, every call through grpc-swift, instead of coordproxy's transport, which serves the unary calls of etcd's KV, Lease, Lock and Election services (Range, Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke, LeaseTimeToLive, LeaseLeases, Lock, Unlock, Campaign, Proclaim, Leader, Resign) and Watch streams from the HTTP/2 frames and hands the rest to grpc-swift (the same answers, at less CPU per call and per watch event, but for a request that does not decode: etcd's INTERNAL there, grpc-swift's INVALID_ARGUMENT here); for comparison and diagnosis.")
     var noGRPCFastPath = false
 
+    @Flag(name: .customLong("redis-io-thread"), help: "Serve the store's Redis connection from a thread of its own, as coordproxy did before, instead of from the event loop that serves the clients (with one event loop, the default on up to three cores: each reply then resumes its request without waking another thread). For comparison and diagnosis; with several event loops, or Sentinel, the thread serves it anyway.")
+    var redisIOThread = false
+
     func run() async throws {
         let environment = ProcessInfo.processInfo.environment
         func setting(_ value: String?, _ flag: String, default fallback: String? = nil) -> String? {
@@ -155,6 +158,7 @@ struct CoordProxy: AsyncParsableCommand {
         let replicaTimeout = waitTimeout ?? setting(nil, "WAIT_TIMEOUT").flatMap { Int($0) } ?? 1000
         guard replicas >= 0, replicaTimeout >= 1 else { throw ValidationError("--wait-replicas must be 0 or more and --wait-timeout at least 1 ms") }
         let durability = replicas > 0 ? CoordinationClient.Durability(replicas: replicas, timeout: .milliseconds(replicaTimeout)) : nil
+        let storeIOThread = redisIOThread || setting(nil, "REDIS_IO_THREAD") == "1"
         let keepAliveText = setting(sessionKeepAlive, "SESSION_KEEPALIVE", default: "activity")!
         guard let respKeepAlive = RESPFrontEnd.SessionKeepAlive(rawValue: keepAliveText.lowercased()) else {
             throw ValidationError("--session-keepalive is 'activity' or 'connection', not '\(keepAliveText)'")
@@ -187,10 +191,20 @@ struct CoordProxy: AsyncParsableCommand {
         var waiting = false
         while true {
             do {
-                store = try await CoordinationClient.connect(url: url!, namespace: namespace, allowEvictingPolicy: allowEvictingPolicy, durability: durability)
                 // With one event loop (the default on two cores) the calls all run on
-                // it, and so do the batches that answer them under load; with several,
-                // batches stay on Swift's pool rather than load one loop with all.
+                // it, and so do the batches that answer them under load, and the loop
+                // serves the store's Redis socket too; with several, batches stay on
+                // Swift's pool rather than load one loop with all, and the connection
+                // keeps its thread.
+                let configuration = try RedisConfiguration(url: url!)
+                if loopCount == 1 && !storeIOThread {
+                    let loop = MultiThreadedEventLoopGroup.singleton.next()
+                    store = try await CoordinationClient.connect(configuration, namespace: namespace, allowEvictingPolicy: allowEvictingPolicy, durability: durability) { configuration, setup in
+                        try await RedisConnection.connect(configuration, on: loop, setup: setup)
+                    }
+                } else {
+                    store = try await CoordinationClient.connect(configuration, namespace: namespace, allowEvictingPolicy: allowEvictingPolicy, durability: durability)
+                }
                 if loopCount == 1 {
                     store.runBatches(on: EventLoopTaskExecutor.for(MultiThreadedEventLoopGroup.singleton.next()))
                 }
@@ -252,6 +266,7 @@ struct CoordProxy: AsyncParsableCommand {
             "name": "\(memberName)", "member_id": "\(String(member.memberID, radix: 16))",
             "listen": "\(listen.map(\.description).joined(separator: ","))",
             "grpc_fast_path": "\(fastPath ? "on" : "off")", "event_loops": "\(loopCount)",
+            "store_redis_io": "\(loopCount == 1 && !storeIOThread ? "event loop" : "thread")",
         ])
         do {
             try await group.run()

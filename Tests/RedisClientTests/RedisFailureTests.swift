@@ -3,9 +3,10 @@ import Testing
 @testable import RedisClient
 
 @Suite struct RedisFailureTests {
-    @Test func serverKilledMidPipelineFailsInFlightRequestsAsOutcomeUnknown() async throws {
+    @Test(arguments: Engine.allCases)
+    func serverKilledMidPipelineFailsInFlightRequestsAsOutcomeUnknown(engine: Engine) async throws {
         let server = try await RedisServer.start()
-        let connection = try await RedisConnection.connect(server.configuration)
+        let connection = try await engine.connect(server.configuration)
         let observer = try await RedisConnection.connect(server.configuration)
         // BLPOP holds the connection; the INCRs are pipelined behind it. Queued in this
         // order for certain (the callback form queues before it returns: tasks could
@@ -88,8 +89,9 @@ import Testing
         await server.stop()
     }
 
-    @Test func clientKillIsSurvivedByTheNextRequest() async throws {
-        try await withConnection { server, connection in
+    @Test(arguments: Engine.allCases)
+    func clientKillIsSurvivedByTheNextRequest(engine: Engine) async throws {
+        try await withConnection(engine: engine) { server, connection in
             let admin = try await RedisConnection.connect(server.configuration)
             let id = try await connection.send("CLIENT", "ID").int ?? -1
             #expect(try await admin.send("CLIENT", "KILL", "ID", id) == .integer(1))
@@ -103,28 +105,29 @@ import Testing
         }
     }
 
-    @Test func wrongPasswordIsAuthenticationFailed() async throws {
+    @Test(arguments: Engine.allCases)
+    func wrongPasswordIsAuthenticationFailed(engine: Engine) async throws {
         try await RedisServer.withServer(.init(password: "s3cret")) { server in
             var wrong = server.configuration
             wrong.password = "nope"
-            let error = await redisError { _ = try await RedisConnection.connect(wrong) }
+            let error = await redisError { _ = try await engine.connect(wrong) }
             #expect(error?.code == .authenticationFailed)
             #expect(error?.message.contains("rejected the password") == true)
 
             var missing = server.configuration
             missing.password = nil
-            let noAuth = await redisError { _ = try await RedisConnection.connect(missing) }
+            let noAuth = await redisError { _ = try await engine.connect(missing) }
             #expect(noAuth?.code == .authenticationFailed)
             #expect(noAuth?.message.contains("requires a password") == true)
 
-            let right = try await RedisConnection.connect(url: server.url)
+            let right = try await engine.connect(url: server.url)
             #expect(try await right.send("PING") == .status("PONG"))
             await right.close()
         }
         try await RedisServer.withServer { server in
             var extra = server.configuration
             extra.password = "unexpected"
-            let error = await redisError { _ = try await RedisConnection.connect(extra) }
+            let error = await redisError { _ = try await engine.connect(extra) }
             #expect(error?.code == .authenticationFailed)
             #expect(error?.message.contains("none configured") == true)
         }

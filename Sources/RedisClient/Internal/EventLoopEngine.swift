@@ -1,0 +1,421 @@
+import CHiredis
+import DequeModule
+import Glibc
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// What a ``RedisConnection`` runs on: a thread of its own (``ConnectionEngine``) or
+/// a SwiftNIO event loop (``EventLoopEngine``).
+protocol RedisEngine: AnyObject, Sendable {
+    var configuration: RedisConfiguration { get }
+    /// Queues one command; its reply (or error) resumes `continuation`. Returns an id
+    /// for ``withdraw(_:)`` (0: the request cannot be withdrawn).
+    @discardableResult
+    func enqueue(_ arguments: [[UInt8]], deadline: UInt64, continuation: ConnectionEngine.Completion) -> UInt64
+    func send(_ arguments: [[UInt8]], timeout: Duration?) async throws -> RedisReply
+    func shutdown()
+    func waitForTermination() async
+    /// Whether SO_KEEPALIVE is on for the current socket; `nil` when disconnected.
+    func keepAliveEnabled() -> Bool?
+}
+
+extension ConnectionEngine: RedisEngine {}
+
+/// One Redis connection whose socket is served by a SwiftNIO event loop.
+///
+/// A server whose requests run on an event loop (coordproxy with one loop) gets each
+/// reply where its caller waits: the loop reads the socket in the same `epoll_wait`
+/// that serves its clients, and resumes the caller without a wake-up of another
+/// thread. ``ConnectionEngine``'s thread costs, per round trip, its own wake-up for
+/// the reply and the wake-up of the loop it hands the reply to; on two cores shared
+/// with Redis and the clients, each is a context switch.
+///
+/// The connect is the engine's: hiredis's blocking handshake (connect timeout, AUTH,
+/// SELECT, CLIENT SETNAME, PING, the setup hook) runs on NIO's thread pool, and the
+/// loop then adopts the socket. Replies are parsed by hiredis's reader, as on the
+/// engine's thread. Requests are written as they come; a request that finds no
+/// connection waits for one connect, started at once (a failed connect fails the
+/// requests that waited for it, with its error). A lost connection fails the requests
+/// it carried as ``ConnectionEngine`` does: ``RedisError/Code/outcomeUnknown`` when
+/// their bytes were written, ``RedisError/Code/connectionLost`` when they were not,
+/// ``RedisError/Code/timeout`` past their deadline. Without Sentinel and with
+/// pipelining only (``RedisConnection`` uses the thread otherwise). Cancelling a
+/// caller does not withdraw its request: it is written at once.
+final class EventLoopEngine: RedisEngine, @unchecked Sendable {
+    let configuration: RedisConfiguration
+    let eventLoop: any EventLoop
+    private let setup: (@Sendable (BlockingHandshake) throws -> Void)?
+
+    private struct Waiting {
+        let arguments: [[UInt8]]
+        let continuation: ConnectionEngine.Completion
+        let deadline: UInt64
+    }
+
+    private struct InFlight {
+        let continuation: ConnectionEngine.Completion
+        let deadline: UInt64
+        /// When the request was written (MonotonicClock), for the round-trip metric.
+        let queued: UInt64
+        let sequence: UInt64
+    }
+
+    private enum State {
+        case idle
+        case connecting
+        case connected(any Channel, UnsafeMutablePointer<redisReader>)
+        case closed
+    }
+
+    // Everything below is touched on `eventLoop` only.
+    private var state = State.idle
+    private var waiting = Deque<Waiting>()
+    private var inFlight = Deque<InFlight>()
+    /// Tells the callbacks of a connection that is gone from those of the current one.
+    private var generation: UInt64 = 0
+    private var nextSequence: UInt64 = 1
+    /// The last request whose bytes the socket took (writes complete in order).
+    private var lastWritten: UInt64 = 0
+    private var closing = false
+    private var finished = false
+    private var terminationWaiters: [CheckedContinuation<Void, Never>] = []
+    private var timer: Scheduled<Void>?
+    private var timerDeadline: UInt64 = .max
+    /// The socket of the current connection, for ``keepAliveEnabled()``.
+    private let socket = Mutex<Int32>(-1)
+
+    init(configuration: RedisConfiguration, eventLoop: any EventLoop, setup: (@Sendable (BlockingHandshake) throws -> Void)?) {
+        precondition(configuration.sentinel == nil && configuration.pipelining, "an event loop engine serves a pipelined connection to one server")
+        self.configuration = configuration
+        self.eventLoop = eventLoop
+        self.setup = setup
+    }
+
+    /// Connects and waits for the first connect; throws its error.
+    func start() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            eventLoop.execute {
+                self.connect { error in
+                    if let error { continuation.resume(throwing: error) } else { continuation.resume() }
+                }
+            }
+        }
+    }
+
+    // MARK: - Caller side
+
+    @discardableResult
+    func enqueue(_ arguments: [[UInt8]], deadline: UInt64, continuation: ConnectionEngine.Completion) -> UInt64 {
+        if eventLoop.inEventLoop {
+            submit(arguments, deadline: deadline, continuation: continuation)
+        } else {
+            eventLoop.execute { self.submit(arguments, deadline: deadline, continuation: continuation) }
+        }
+        return 0
+    }
+
+    func send(_ arguments: [[UInt8]], timeout: Duration?) async throws -> RedisReply {
+        try Task.checkCancellation()
+        let deadline = MonotonicClock.deadline(after: timeout ?? configuration.commandTimeout)
+        return try await withUnsafeThrowingContinuation { continuation in
+            enqueue(arguments, deadline: deadline, continuation: .continuation(continuation))
+        }
+    }
+
+    func shutdown() {
+        eventLoop.execute {
+            guard !self.closing else { return }
+            self.closing = true
+            self.finishIfDone()
+        }
+    }
+
+    func waitForTermination() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            eventLoop.execute {
+                if self.finished { continuation.resume() } else { self.terminationWaiters.append(continuation) }
+            }
+        }
+    }
+
+    func keepAliveEnabled() -> Bool? {
+        socket.withLock { fd -> Bool? in
+            guard fd >= 0 else { return nil }
+            let value = chiredis_keepalive_enabled(fd)
+            return value < 0 ? nil : value == 1
+        }
+    }
+
+    // MARK: - Event loop
+
+    private func submit(_ arguments: [[UInt8]], deadline: UInt64, continuation: ConnectionEngine.Completion) {
+        switch state {
+        case .connected(let channel, _) where !closing:
+            write(arguments, deadline: deadline, continuation: continuation, on: channel)
+        case .idle where !closing:
+            waiting.append(Waiting(arguments: arguments, continuation: continuation, deadline: deadline))
+            connect(then: nil)
+        case .connecting where !closing:
+            waiting.append(Waiting(arguments: arguments, continuation: continuation, deadline: deadline))
+        default:
+            continuation.resume(throwing: RedisError(.connectionClosed, "the connection to \(configuration.redactedURL) has been closed"))
+        }
+    }
+
+    private func write(_ arguments: [[UInt8]], deadline: UInt64, continuation: ConnectionEngine.Completion, on channel: any Channel) {
+        var size = 16
+        for argument in arguments { size += argument.count + 16 }
+        var buffer = channel.allocator.buffer(capacity: size)
+        buffer.writeStaticString("*")
+        buffer.writeString(String(arguments.count))
+        buffer.writeStaticString("\r\n")
+        for argument in arguments {
+            buffer.writeStaticString("$")
+            buffer.writeString(String(argument.count))
+            buffer.writeStaticString("\r\n")
+            buffer.writeBytes(argument)
+            buffer.writeStaticString("\r\n")
+        }
+        let sequence = nextSequence
+        nextSequence += 1
+        inFlight.append(InFlight(continuation: continuation, deadline: deadline, queued: MonotonicClock.now(), sequence: sequence))
+        armTimer(for: deadline)
+        let written = eventLoop.makePromise(of: Void.self)
+        written.futureResult.whenSuccess {
+            if sequence > self.lastWritten { self.lastWritten = sequence }
+        }
+        channel.writeAndFlush(buffer, promise: written)
+    }
+
+    /// Opens a connection: the handshake on NIO's thread pool, then the loop adopts the
+    /// socket. `done` (the first connect) gets the outcome; requests that waited are
+    /// written, or failed with the connect's error.
+    private func connect(then done: (@Sendable (RedisError?) -> Void)?) {
+        state = .connecting
+        generation += 1
+        let attempt = generation
+        let configuration = self.configuration
+        let setup = self.setup
+        let loop = eventLoop
+        NIOThreadPool.singleton.runIfActive(eventLoop: loop) { () throws -> Int32 in
+            // A write to a socket the server closed must fail with EPIPE, not kill the process.
+            var blocked = sigset_t()
+            sigemptyset(&blocked)
+            sigaddset(&blocked, SIGPIPE)
+            pthread_sigmask(SIG_BLOCK, &blocked, nil)
+            let handshake = try BlockingHandshake.open(configuration)
+            defer { redisFree(handshake.context) }
+            try handshake.authenticate()
+            try setup?(handshake)
+            let fd = dup(handshake.context.pointee.fd)
+            guard fd >= 0 else {
+                throw RedisError(.connectionRefused, "could not take over the socket to \(configuration.redactedURL)", cause: String(cString: strerror(chiredis_errno())))
+            }
+            return fd
+        }.flatMap { (fd: Int32) -> EventLoopFuture<any Channel> in
+            var bootstrap = ClientBootstrap(group: loop)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ReplyHandler(engine: self, generation: attempt))
+                    }
+                }
+            if case .tcp = configuration.endpoint {
+                bootstrap = bootstrap.channelOption(.socketOption(.tcp_nodelay), value: 1)
+            }
+            return bootstrap.withConnectedSocket(fd).map { channel in
+                self.socket.withLock { $0 = fd }
+                return channel
+            }
+        }.whenComplete { result in
+            self.connected(result, attempt: attempt, done: done)
+        }
+    }
+
+    private func connected(_ result: Result<any Channel, any Error>, attempt: UInt64, done: (@Sendable (RedisError?) -> Void)?) {
+        guard attempt == generation, case .connecting = state else {
+            if case .success(let channel) = result { channel.close(promise: nil) }
+            return
+        }
+        switch result {
+        case .failure(let error):
+            let failure = (error as? RedisError) ?? RedisError(.connectionRefused, "could not connect to \(configuration.redactedURL): \(error)")
+            state = .idle
+            let failed = waiting
+            waiting.removeAll()
+            for request in failed { request.continuation.resume(throwing: failure) }
+            done?(failure)
+            finishIfDone()
+        case .success(let channel):
+            guard let reader = redisReaderCreate() else {
+                channel.close(promise: nil)
+                state = .idle
+                let failure = RedisError(.connectionRefused, "could not allocate a reply reader for \(configuration.redactedURL)")
+                let failed = waiting
+                waiting.removeAll()
+                for request in failed { request.continuation.resume(throwing: failure) }
+                done?(failure)
+                return
+            }
+            state = .connected(channel, reader)
+            done?(nil)
+            let ready = waiting
+            waiting.removeAll()
+            for request in ready {
+                write(request.arguments, deadline: request.deadline, continuation: request.continuation, on: channel)
+            }
+            finishIfDone()
+        }
+    }
+
+    fileprivate func received(_ buffer: ByteBuffer, generation attempt: UInt64) {
+        guard attempt == generation, case .connected(_, let reader) = state else { return }
+        let fed = buffer.withUnsafeReadableBytes { raw -> Int32 in
+            guard let base = raw.baseAddress, raw.count > 0 else { return REDIS_OK }
+            return redisReaderFeed(reader, base.assumingMemoryBound(to: CChar.self), raw.count)
+        }
+        if fed != REDIS_OK {
+            lost(reason: "the reply could not be buffered", code: .protocolError)
+            return
+        }
+        var now: UInt64 = 0
+        while true {
+            var raw: UnsafeMutableRawPointer?
+            if redisReaderGetReply(reader, &raw) != REDIS_OK {
+                let detail = withUnsafeBytes(of: reader.pointee.errstr) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+                lost(reason: "the server sent a reply this client cannot parse (hiredis 0.14 nests at most 7 levels): \(detail)", code: .protocolError)
+                return
+            }
+            guard let raw else { break }
+            let reply = ReplyConversion.convert(raw.assumingMemoryBound(to: redisReply.self))
+            freeReplyObject(raw)
+            guard let request = inFlight.popFirst() else {
+                lost(reason: "the server sent a reply nobody asked for: \(reply)", code: .protocolError)
+                return
+            }
+            if now == 0 { now = MonotonicClock.now() }
+            RedisMetrics.roundTrip.recordNanoseconds(Int64(truncatingIfNeeded: now &- request.queued))
+            if case .error(let message) = reply {
+                request.continuation.resume(throwing: RedisError.fromServerReply(message))
+            } else {
+                request.continuation.resume(returning: reply)
+            }
+            // A callback may have sent a request that lost the connection meanwhile.
+            guard attempt == generation else { return }
+        }
+        finishIfDone()
+    }
+
+    fileprivate func channelLost(reason: String, generation attempt: UInt64) {
+        guard attempt == generation else { return }
+        lost(reason: reason)
+    }
+
+    /// Fails what the connection carried; the next request connects again.
+    private func lost(reason: String, code: RedisError.Code = .outcomeUnknown, timedOutAt: UInt64? = nil) {
+        guard case .connected(let channel, let reader) = state else { return }
+        generation += 1
+        state = .idle
+        socket.withLock { $0 = -1 }
+        redisReaderFree(reader)
+        channel.close(promise: nil)
+        RedisMetrics.connectionsLost.increment()
+        let endpoint = configuration.redactedURL
+        let carried = inFlight
+        inFlight.removeAll()
+        for request in carried {
+            let error: RedisError
+            if request.sequence > lastWritten {
+                error = RedisError(.connectionLost, "the connection to \(endpoint) was lost before the request was sent, so it did not run; retrying is safe", cause: reason)
+            } else if let timedOutAt, request.deadline <= timedOutAt {
+                error = RedisError(.timeout, "no reply from \(endpoint) within the command timeout; the request may or may not have run", cause: reason)
+            } else if code == .protocolError {
+                error = RedisError(.protocolError, "protocol error on the connection to \(endpoint); the request may or may not have run", cause: reason)
+            } else {
+                error = RedisError(.outcomeUnknown, "the connection to \(endpoint) was lost after the request was sent; it may or may not have run", cause: reason)
+            }
+            request.continuation.resume(throwing: error)
+        }
+        if !waiting.isEmpty, case .idle = state, !closing {
+            connect(then: nil)
+        }
+        finishIfDone()
+    }
+
+    /// Keeps one timer, at the earliest deadline of a request in flight (a request's
+    /// deadline is seldom earlier than those before it).
+    private func armTimer(for deadline: UInt64) {
+        guard deadline < timerDeadline else { return }
+        timer?.cancel()
+        timerDeadline = deadline
+        let now = MonotonicClock.now()
+        let delay = deadline > now ? deadline - now : 0
+        timer = eventLoop.scheduleTask(in: .nanoseconds(Int64(min(delay, UInt64(Int64.max))))) {
+            self.deadlinePassed()
+        }
+    }
+
+    private func deadlinePassed() {
+        timer = nil
+        timerDeadline = .max
+        let now = MonotonicClock.now()
+        var earliest: UInt64 = .max
+        for request in inFlight where request.deadline < earliest { earliest = request.deadline }
+        if earliest <= now {
+            lost(reason: "a reply took longer than the command timeout", timedOutAt: now)
+        } else if earliest != .max {
+            armTimer(for: earliest)
+        }
+    }
+
+    /// After ``shutdown()``: once nothing is in flight or waiting, closes the socket and
+    /// ends.
+    private func finishIfDone() {
+        guard closing, !finished, inFlight.isEmpty, waiting.isEmpty else { return }
+        switch state {
+        case .connecting:
+            return
+        case .connected(let channel, let reader):
+            generation += 1
+            redisReaderFree(reader)
+            channel.close(promise: nil)
+            socket.withLock { $0 = -1 }
+        case .idle, .closed:
+            break
+        }
+        state = .closed
+        finished = true
+        timer?.cancel()
+        timer = nil
+        let waiters = terminationWaiters
+        terminationWaiters = []
+        for waiter in waiters { waiter.resume() }
+    }
+}
+
+/// Hands what the socket reads to its engine.
+private final class ReplyHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let engine: EventLoopEngine
+    private let generation: UInt64
+
+    init(engine: EventLoopEngine, generation: UInt64) {
+        self.engine = engine
+        self.generation = generation
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        engine.received(unwrapInboundIn(data), generation: generation)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        engine.channelLost(reason: "the server closed the connection", generation: generation)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        engine.channelLost(reason: "the socket failed: \(error)", generation: generation)
+        context.close(promise: nil)
+    }
+}

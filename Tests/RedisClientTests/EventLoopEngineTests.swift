@@ -1,0 +1,91 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Synchronization
+import Testing
+@testable import RedisClient
+
+/// A connection whose socket an event loop serves (coordproxy's store connection). The
+/// tests the thread's connection passes run for it too (`Engine.allCases`); these are
+/// its own.
+@Suite struct EventLoopEngineTests {
+    /// The point of the engine: a reply is handed over on the loop that serves the
+    /// socket, where the server's requests run, not on another thread.
+    @Test func repliesAreHandedOverOnTheLoopThatServesTheSocket() async throws {
+        try await RedisServer.withServer { server in
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let connection = try await RedisConnection.connect(server.configuration, on: loop, setup: { _ in })
+            let (stream, continuation) = AsyncStream<Bool>.makeStream()
+            // From the loop and from elsewhere: every reply arrives on the loop.
+            loop.execute {
+                connection.send([Array("PING".utf8)], timeout: nil) { _ in continuation.yield(loop.inEventLoop) }
+            }
+            for _ in 0..<20 {
+                connection.send([Array("INCR".utf8), Array("n".utf8)], timeout: nil) { _ in continuation.yield(loop.inEventLoop) }
+            }
+            var seen: [Bool] = []
+            for await onLoop in stream {
+                seen.append(onLoop)
+                if seen.count == 21 { break }
+            }
+            #expect(seen.allSatisfy { $0 }, "\(seen)")
+            #expect(try await connection.send("GET", "n").int == 20)
+            await connection.close()
+        }
+    }
+
+    /// The store's hello runs in the setup: at every connect, before any request that
+    /// waited for the connection.
+    @Test func setupRunsAtEveryConnectBeforeTheRequestsThatWaited() async throws {
+        try await RedisServer.withServer { server in
+            let connects = Atomic<Int>(0)
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let connection = try await RedisConnection.connect(server.configuration, on: loop) { channel in
+                let number = connects.add(1, ordering: .relaxed).newValue
+                _ = try channel.send([Array("RPUSH".utf8), Array("order".utf8), Array("setup \(number)".utf8)])
+            }
+            let admin = try await RedisConnection.connect(server.configuration)
+            #expect(try await connection.send("RPUSH", "order", "request 1") == .integer(2))
+            let id = try await connection.send("CLIENT", "ID").int ?? -1
+            #expect(try await admin.send("CLIENT", "KILL", "ID", id) == .integer(1))
+            // The next requests find the connection gone (or going): the first that finds
+            // none connects again, and they all run after the setup.
+            #expect(await eventually {
+                (try? await connection.send("PING")) == .status("PONG")
+            })
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<10 { group.addTask { _ = try await connection.send("RPUSH", "order", "request 2") } }
+                try await group.waitForAll()
+            }
+            let order = try await admin.send("LRANGE", "order", 0, -1).array?.compactMap(\.string) ?? []
+            #expect(connects.load(ordering: .relaxed) == 2)
+            #expect(order == ["setup 1", "request 1", "setup 2"] + Array(repeating: "request 2", count: 10), "\(order)")
+            #expect(try await connection.send("CLIENT", "ID").int != id)
+            await admin.close()
+            await connection.close()
+        }
+    }
+
+    /// A connect whose setup throws fails the requests that waited for it with the
+    /// setup's error; the next request tries again.
+    @Test func aFailedConnectFailsTheRequestsThatWaitedAndTheNextOneConnects() async throws {
+        try await RedisServer.withServer { server in
+            let refuse = Atomic<Bool>(false)
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let connection = try await RedisConnection.connect(server.configuration, on: loop) { _ in
+                if refuse.load(ordering: .relaxed) { throw RedisError(.noPermission, "setup refused for the test") }
+            }
+            let admin = try await RedisConnection.connect(server.configuration)
+            let id = try await connection.send("CLIENT", "ID").int ?? -1
+            refuse.store(true, ordering: .relaxed)
+            #expect(try await admin.send("CLIENT", "KILL", "ID", id) == .integer(1))
+            #expect(await eventually {
+                await redisError { try await connection.send("PING") }?.code == .noPermission
+            })
+            refuse.store(false, ordering: .relaxed)
+            #expect(try await connection.send("PING") == .status("PONG"))
+            await admin.close()
+            await connection.close()
+        }
+    }
+}
