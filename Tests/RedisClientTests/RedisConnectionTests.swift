@@ -251,14 +251,18 @@ import Testing
     @Test(arguments: Engine.allCases)
     func commandsLargerThanTheSocketBufferArriveWholeBetweenSmallOnes(engine: Engine) async throws {
         try await withConnection(engine: engine) { _, connection throws in
-            let big = (0..<(12 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 13) }
+            // 12 MiB: a pattern of 1 MiB (prime-length runs, so no two MiB are alike)
+            // repeated with a different byte added each time, and three variants, all
+            // built by whole-array copies (a closure per byte costs seconds of a debug
+            // build's CPU, which the test run's other tests wait for).
+            let (big, variants) = Self.largeValues()
             try await Task.sleep(for: .milliseconds(50))
             #expect(try await connection.send(["SET", "big"].map { Array($0.utf8) } + [big]) == .status("OK"))
             #expect(try await connection.send(["GET", "big"].map { Array($0.utf8) }).bytes == big)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for round in 0..<3 {
                     group.addTask {
-                        let value = big.map { $0 ^ UInt8(round + 1) }
+                        let value = variants[round]
                         let reply = try await connection.send(["SET", "big\(round)"].map { Array($0.utf8) } + [value])
                         #expect(reply == .status("OK"))
                     }
@@ -268,9 +272,37 @@ import Testing
             }
             #expect(try await connection.send("GET", "n").int == 300)
             for round in 0..<3 {
-                #expect(try await connection.send(["GET", "big\(round)"].map { Array($0.utf8) }).bytes == big.map { $0 ^ UInt8(round + 1) })
+                #expect(try await connection.send(["GET", "big\(round)"].map { Array($0.utf8) }).bytes == variants[round])
             }
         }
+    }
+
+    /// A 12 MiB value and three others like it: runs of a prime length (4093 bytes,
+    /// a different run for each value) repeated, each MiB starting at another place in
+    /// the run, so that no two MiB, and no two neighbouring chunks, are alike.
+    static func largeValues() -> (value: [UInt8], variants: [[UInt8]]) {
+        let megabyte = 1 << 20
+        func build(_ seed: Int) -> [UInt8] {
+            var run = [UInt8](repeating: 0, count: 4093)
+            for index in run.indices { run[index] = UInt8(truncatingIfNeeded: index &* 31 &+ index >> 5 &+ seed) }
+            // Whole-array copies only: a closure per byte costs seconds of a debug
+            // build's CPU, which the test run's other tests wait for.
+            var value: [UInt8] = []
+            value.reserveCapacity(12 * megabyte + run.count)
+            for block in 0..<12 {
+                let start = block &* 977 % run.count
+                var filled = 0
+                value.append(contentsOf: run[start...])
+                filled += run.count - start
+                while filled < megabyte {
+                    let take = min(run.count, megabyte - filled)
+                    value.append(contentsOf: run[..<take])
+                    filled += take
+                }
+            }
+            return value
+        }
+        return (build(0), [build(1), build(2), build(3)])
     }
 
     @Test(arguments: Engine.allCases)
