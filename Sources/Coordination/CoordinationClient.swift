@@ -124,6 +124,26 @@ public final class CoordinationClient: Sendable {
         }
     }
 
+    /// How the watch reader opens its connection, and where its task runs (see
+    /// ``readWatchLog(on:opening:)``); nil: a connection with a thread of its own, and
+    /// a task on Swift's global executor.
+    private let watchReaderPlacement = Mutex<WatchReaderPlacement?>(nil)
+
+    struct WatchReaderPlacement: Sendable {
+        let executor: any TaskExecutor
+        let open: @Sendable (RedisConfiguration) async throws -> RedisConnection
+    }
+
+    var watchReader: WatchReaderPlacement? { watchReaderPlacement.withLock { $0 } }
+
+    /// Runs the watch reader's task on `executor` and opens its connection with `open`
+    /// (from the next reader on): coordproxy passes its event loop and a connection
+    /// that loop serves, so that an entry read from the log reaches the watch streams
+    /// without a hand-over between threads.
+    package func readWatchLog(on executor: any TaskExecutor, opening open: @escaping @Sendable (RedisConfiguration) async throws -> RedisConnection) {
+        watchReaderPlacement.withLock { $0 = WatchReaderPlacement(executor: executor, open: open) }
+    }
+
     /// The watch hub of this client, created on first use.
     var watchHub: WatchHub {
         hubStorage.withLock { storage in

@@ -165,7 +165,13 @@ final class WatchHub: Sendable {
             var configuration = try store.readerConfiguration
             configuration.commandTimeout = .seconds(10)
             configuration.clientName = Self.readerName(store.namespace)
-            let connection = try await RedisConnection.connect(configuration)
+            let placement = store.watchReader
+            let connection: RedisConnection
+            if let placement {
+                connection = try await placement.open(configuration)
+            } else {
+                connection = try await RedisConnection.connect(configuration)
+            }
             let clientID = try? await connection.send([Array("CLIENT".utf8), Array("ID".utf8)], timeout: nil).int
             enum Start { case running(Int64, Int), retry, closed }
             let started = state.withLock { state -> Start in
@@ -182,7 +188,7 @@ final class WatchHub: Sendable {
                     state.generation = generation
                     state.connection = connection
                     state.clientID = clientID
-                    state.reader = Task { [self] in await readLoop(connection) }
+                    state.reader = Task(executorPreference: placement?.executor) { [self] in await readLoop(connection) }
                     return .running(state.position, state.generation)
                 }
                 Task { await connection.close() }

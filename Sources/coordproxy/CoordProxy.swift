@@ -206,7 +206,13 @@ struct CoordProxy: AsyncParsableCommand {
                     store = try await CoordinationClient.connect(configuration, namespace: namespace, allowEvictingPolicy: allowEvictingPolicy, durability: durability)
                 }
                 if loopCount == 1 {
-                    store.runBatches(on: EventLoopTaskExecutor.for(MultiThreadedEventLoopGroup.singleton.next()))
+                    let loop = MultiThreadedEventLoopGroup.singleton.next()
+                    store.runBatches(on: EventLoopTaskExecutor.for(loop))
+                    if !storeIOThread {
+                        store.readWatchLog(on: EventLoopTaskExecutor.for(loop)) { configuration in
+                            try await RedisConnection.connect(configuration, on: loop, setup: { _ in })
+                        }
+                    }
                 }
                 break
             } catch let error as RedisError where Self.unreachable(error) && privateServer == nil {
