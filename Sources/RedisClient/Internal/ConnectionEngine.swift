@@ -673,17 +673,8 @@ final class ConnectionEngine: @unchecked Sendable {
         context = nil
         let endpoint = configuration.redactedURL
         for request in inFlight {
-            let error: RedisError
-            if request.end > bytesWritten {
-                error = RedisError(.connectionLost, "the connection to \(endpoint) was lost before the request was sent, so it did not run; retrying is safe", cause: reason)
-            } else if let timedOutAt, request.deadline <= timedOutAt {
-                error = RedisError(.timeout, "no reply from \(endpoint) within the command timeout; the request may or may not have run", cause: reason)
-            } else if code == .protocolError {
-                error = RedisError(.protocolError, "protocol error on the connection to \(endpoint); the request may or may not have run", cause: reason)
-            } else {
-                error = RedisError(.outcomeUnknown, "the connection to \(endpoint) was lost after the request was sent; it may or may not have run", cause: reason)
-            }
-            request.continuation.resume(throwing: error)
+            let timedOut = timedOutAt.map { request.deadline <= $0 } ?? false
+            request.continuation.resume(throwing: Self.lostRequestError(endpoint: endpoint, written: request.end <= bytesWritten, timedOut: timedOut, code: code, reason: reason))
         }
         inFlight.removeAll()
         output.removeAll()
@@ -692,6 +683,19 @@ final class ConnectionEngine: @unchecked Sendable {
         bytesWritten = 0
         earliestDeadline = .max
         backoff.connectionLost(now: MonotonicClock.now())
+    }
+
+    /// The error of a request that a lost connection carried: not sent (retrying is
+    /// safe), past its deadline, after a protocol error, or sent with its outcome unknown.
+    static func lostRequestError(endpoint: String, written: Bool, timedOut: Bool, code: RedisError.Code, reason: String) -> RedisError {
+        if !written {
+            return RedisError(.connectionLost, "the connection to \(endpoint) was lost before the request was sent, so it did not run; retrying is safe", cause: reason)
+        } else if timedOut {
+            return RedisError(.timeout, "no reply from \(endpoint) within the command timeout; the request may or may not have run", cause: reason)
+        } else if code == .protocolError {
+            return RedisError(.protocolError, "protocol error on the connection to \(endpoint); the request may or may not have run", cause: reason)
+        }
+        return RedisError(.outcomeUnknown, "the connection to \(endpoint) was lost after the request was sent; it may or may not have run", cause: reason)
     }
 
     /// Opens a context, authenticates, selects the database, runs the setup hook and

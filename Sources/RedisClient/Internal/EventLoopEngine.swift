@@ -324,17 +324,9 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
         let carried = inFlight
         inFlight.removeAll()
         for request in carried {
-            let error: RedisError
-            if request.sequence > lastWritten {
-                error = RedisError(.connectionLost, "the connection to \(endpoint) was lost before the request was sent, so it did not run; retrying is safe", cause: reason)
-            } else if let timedOutAt, request.deadline <= timedOutAt {
-                error = RedisError(.timeout, "no reply from \(endpoint) within the command timeout; the request may or may not have run", cause: reason)
-            } else if code == .protocolError {
-                error = RedisError(.protocolError, "protocol error on the connection to \(endpoint); the request may or may not have run", cause: reason)
-            } else {
-                error = RedisError(.outcomeUnknown, "the connection to \(endpoint) was lost after the request was sent; it may or may not have run", cause: reason)
-            }
-            request.continuation.resume(throwing: error)
+            let timedOut = timedOutAt.map { request.deadline <= $0 } ?? false
+            request.continuation.resume(throwing: ConnectionEngine.lostRequestError(
+                endpoint: endpoint, written: request.sequence <= lastWritten, timedOut: timedOut, code: code, reason: reason))
         }
         if !waiting.isEmpty, case .idle = state, !closing {
             connect(then: nil)
