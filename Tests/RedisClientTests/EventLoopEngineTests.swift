@@ -88,4 +88,42 @@ import Testing
             await connection.close()
         }
     }
+    /// A connection that dies right after its handshake, with requests waiting for it
+    /// (Redis closed it while they were written): each of them ends, with a reply or an
+    /// error, none is left waiting, and the next request connects again.
+    @Test func aConnectionThatDiesRightAfterItsHandshakeLeavesNoRequestWaiting() async throws {
+        try await RedisServer.withServer { server in
+            let killNext = Atomic<Bool>(false)
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let connection = try await RedisConnection.connect(server.configuration, on: loop) { channel in
+                guard killNext.exchange(false, ordering: .relaxed) else { return }
+                // Redis answers, then closes the connection the loop is about to take over.
+                let id = try channel.send([Array("CLIENT".utf8), Array("ID".utf8)]).int ?? -1
+                _ = try channel.send(["CLIENT", "KILL", "ID", String(id), "SKIPME", "no"].map { Array($0.utf8) })
+            }
+            let admin = try await RedisConnection.connect(server.configuration)
+            let id = try await connection.send("CLIENT", "ID").int ?? -1
+            killNext.store(true, ordering: .relaxed)
+            #expect(try await admin.send("CLIENT", "KILL", "ID", id) == .integer(1))
+            let outcomes = Mutex<[Result<RedisReply, any Error>]>([])
+            for _ in 0..<20 {
+                connection.send([Array("INCR".utf8), Array("n".utf8)], timeout: .seconds(20)) { result in
+                    outcomes.withLock { $0.append(result) }
+                }
+            }
+            let ended = await eventually(timeout: .seconds(30)) { outcomes.withLock { $0.count } == 20 }
+            #expect(ended, "\(outcomes.withLock { $0.count }) of 20 requests ended")
+            for outcome in outcomes.withLock({ $0 }) {
+                if case .failure(let error) = outcome {
+                    let code = (error as? RedisError)?.code
+                    #expect(code == .connectionLost || code == .outcomeUnknown || code == .connectionRefused, "\(error)")
+                }
+            }
+            #expect(try await connection.send("PING") == .status("PONG"))
+            let applied = try await admin.send("GET", "n").int ?? 0
+            #expect(applied == Int64(outcomes.withLock { $0.filter { (try? $0.get()) != nil }.count }))
+            await connection.close()
+            await admin.close()
+        }
+    }
 }

@@ -309,15 +309,21 @@ import Testing
     func closeFinishesQueuedRequestsThenRefusesNewOnes(engine: Engine) async throws {
         try await RedisServer.withServer { server in
             let connection = try await engine.connect(server.configuration)
-            // A slow request keeps the others queued while close() is called.
-            let slow = Task { try await connection.send(command: ["BLPOP", "never", "0.3"]) }
-            let queued = (0..<50).map { _ in Task { try await connection.send("INCR", "n") } }
-            try await Task.sleep(for: .milliseconds(50))
+            // A slow request keeps the others queued while close() is called. They are
+            // queued before it for certain (the callback form queues before it returns;
+            // tasks could start after the close on a busy machine, and be refused).
+            let (replies, reply) = AsyncStream<Result<RedisReply, any Error>>.makeStream()
+            let record: @Sendable (Result<RedisReply, any Error>) -> Void = { reply.yield($0) }
+            connection.send([Array("BLPOP".utf8), Array("never".utf8), Array("0.3".utf8)], timeout: nil, completion: record)
+            for _ in 0..<50 { connection.send([Array("INCR".utf8), Array("n".utf8)], timeout: nil, completion: record) }
             await connection.close()
-            #expect(try await slow.value == .null)
-            var results: [Int64] = []
-            for task in queued { results.append(try await task.value.int ?? -1) }
-            #expect(results.sorted() == Array(1...50))
+            var results: [RedisReply] = []
+            for await result in replies {
+                results.append(try result.get())
+                if results.count == 51 { break }
+            }
+            #expect(results.first == .null)
+            #expect(results.dropFirst().compactMap(\.int).sorted() == Array(1...50))
             let error = await redisError { try await connection.send("PING") }
             #expect(error?.code == .connectionClosed)
         }

@@ -134,7 +134,8 @@ final class RequestBatcher: Sendable {
     func run(_ request: [UInt8]) async throws -> RedisReply {
         if state.withLock({ $0.trySend() }) {
             // The common case on an idle store: sent alone, from the caller's task (a
-            // cancelled caller withdraws it while it is still queued in the connection).
+            // cancelled caller withdraws it while it is still queued in a connection
+            // with a thread of its own; one an event loop serves writes it at once).
             defer { sendNext(state.withLock { $0.completed() }) }
             return try await function.run(on: redis, keys: keys, arguments: [request])
         }

@@ -41,7 +41,10 @@ extension ConnectionEngine: RedisEngine {}
 /// their bytes were written, ``RedisError/Code/connectionLost`` when they were not,
 /// ``RedisError/Code/timeout`` past their deadline. Without Sentinel and with
 /// pipelining only (``RedisConnection`` uses the thread otherwise). Cancelling a
-/// caller does not withdraw its request: it is written at once.
+/// caller does not withdraw its request: it is written at once, or as soon as the
+/// connect it waits for completes. A connection that dies while the requests that
+/// waited are being written leaves the rest waiting for the next connect (never sent,
+/// they run once).
 final class EventLoopEngine: RedisEngine, @unchecked Sendable {
     let configuration: RedisConfiguration
     let eventLoop: any EventLoop
@@ -124,11 +127,18 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
     }
 
     func shutdown() {
-        eventLoop.execute {
-            guard !self.closing else { return }
-            self.closing = true
-            self.finishIfDone()
+        // At once on the loop: a request sent there after `close` is refused.
+        if eventLoop.inEventLoop {
+            beginClosing()
+        } else {
+            eventLoop.execute { self.beginClosing() }
         }
+    }
+
+    private func beginClosing() {
+        guard !closing else { return }
+        closing = true
+        finishIfDone()
     }
 
     func waitForTermination() async {
@@ -164,6 +174,13 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
     }
 
     private func write(_ arguments: [[UInt8]], deadline: UInt64, continuation: ConnectionEngine.Completion, on channel: any Channel) {
+        // A write fails synchronously when the socket does (EPIPE): NIO closes the
+        // channel inside it, and the connection is lost before the next write. Only
+        // the current connection takes requests.
+        guard case .connected(let current, _) = state, current === channel else {
+            submit(arguments, deadline: deadline, continuation: continuation)
+            return
+        }
         var size = 16
         for argument in arguments { size += argument.count + 16 }
         var buffer = channel.allocator.buffer(capacity: size)
@@ -213,7 +230,7 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
                 throw RedisError(.connectionRefused, "could not take over the socket to \(configuration.redactedURL)", cause: String(cString: strerror(chiredis_errno())))
             }
             return fd
-        }.flatMap { (fd: Int32) -> EventLoopFuture<any Channel> in
+        }.flatMap { (fd: Int32) -> EventLoopFuture<(any Channel, Int32)> in
             var bootstrap = ClientBootstrap(group: loop)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
@@ -223,18 +240,15 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
             if case .tcp = configuration.endpoint {
                 bootstrap = bootstrap.channelOption(.socketOption(.tcp_nodelay), value: 1)
             }
-            return bootstrap.withConnectedSocket(fd).map { channel in
-                self.socket.withLock { $0 = fd }
-                return channel
-            }
+            return bootstrap.withConnectedSocket(fd).map { channel in (channel, fd) }
         }.whenComplete { result in
             self.connected(result, attempt: attempt, done: done)
         }
     }
 
-    private func connected(_ result: Result<any Channel, any Error>, attempt: UInt64, done: (@Sendable (RedisError?) -> Void)?) {
+    private func connected(_ result: Result<(any Channel, Int32), any Error>, attempt: UInt64, done: (@Sendable (RedisError?) -> Void)?) {
         guard attempt == generation, case .connecting = state else {
-            if case .success(let channel) = result { channel.close(promise: nil) }
+            if case .success(let (channel, _)) = result { channel.close(promise: nil) }
             return
         }
         switch result {
@@ -246,7 +260,7 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
             for request in failed { request.continuation.resume(throwing: failure) }
             done?(failure)
             finishIfDone()
-        case .success(let channel):
+        case .success(let (channel, fd)):
             guard let reader = redisReaderCreate() else {
                 channel.close(promise: nil)
                 state = .idle
@@ -255,12 +269,16 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
                 waiting.removeAll()
                 for request in failed { request.continuation.resume(throwing: failure) }
                 done?(failure)
+                finishIfDone()
                 return
             }
             state = .connected(channel, reader)
+            socket.withLock { $0 = fd }
             done?(nil)
             let ready = waiting
             waiting.removeAll()
+            // In order; should the connection die meanwhile, the rest wait for the next
+            // (never sent, they run once).
             for request in ready {
                 write(request.arguments, deadline: request.deadline, continuation: request.continuation, on: channel)
             }
@@ -369,9 +387,9 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
             return
         case .connected(let channel, let reader):
             generation += 1
+            socket.withLock { $0 = -1 }
             redisReaderFree(reader)
             channel.close(promise: nil)
-            socket.withLock { $0 = -1 }
         case .idle, .closed:
             break
         }
