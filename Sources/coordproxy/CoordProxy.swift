@@ -189,6 +189,7 @@ struct CoordProxy: AsyncParsableCommand {
         // is a mistake to fix: coordproxy exits.
         let store: CoordinationClient
         var waiting = false
+        var storeIO = "thread"
         while true {
             do {
                 // With one event loop (the default on two cores) the calls all run on
@@ -197,22 +198,22 @@ struct CoordProxy: AsyncParsableCommand {
                 // Swift's pool rather than load one loop with all, and the connection
                 // keeps its thread.
                 let configuration = try RedisConfiguration(url: url!)
-                if loopCount == 1 && !storeIOThread {
-                    let loop = MultiThreadedEventLoopGroup.singleton.next()
+                let loop = loopCount == 1 ? MultiThreadedEventLoopGroup.singleton.next() : nil
+                // Sentinel's connections keep their threads (they follow the master).
+                let ioLoop = storeIOThread || configuration.sentinel != nil ? nil : loop
+                if let ioLoop {
                     store = try await CoordinationClient.connect(configuration, namespace: namespace, allowEvictingPolicy: allowEvictingPolicy, durability: durability) { configuration, setup in
-                        try await RedisConnection.connect(configuration, on: loop, setup: setup)
+                        try await RedisConnection.connect(configuration, on: ioLoop, setup: setup)
                     }
+                    store.readWatchLog(on: EventLoopTaskExecutor.for(ioLoop)) { configuration in
+                        try await RedisConnection.connect(configuration, on: ioLoop, setup: { _ in })
+                    }
+                    storeIO = "event loop"
                 } else {
                     store = try await CoordinationClient.connect(configuration, namespace: namespace, allowEvictingPolicy: allowEvictingPolicy, durability: durability)
                 }
-                if loopCount == 1 {
-                    let loop = MultiThreadedEventLoopGroup.singleton.next()
+                if let loop {
                     store.runBatches(on: EventLoopTaskExecutor.for(loop))
-                    if !storeIOThread {
-                        store.readWatchLog(on: EventLoopTaskExecutor.for(loop)) { configuration in
-                            try await RedisConnection.connect(configuration, on: loop, setup: { _ in })
-                        }
-                    }
                 }
                 break
             } catch let error as RedisError where Self.unreachable(error) && privateServer == nil {
@@ -272,7 +273,7 @@ struct CoordProxy: AsyncParsableCommand {
             "name": "\(memberName)", "member_id": "\(String(member.memberID, radix: 16))",
             "listen": "\(listen.map(\.description).joined(separator: ","))",
             "grpc_fast_path": "\(fastPath ? "on" : "off")", "event_loops": "\(loopCount)",
-            "store_redis_io": "\(loopCount == 1 && !storeIOThread ? "event loop" : "thread")",
+            "store_redis_io": "\(storeIO)",
         ])
         do {
             try await group.run()
