@@ -114,7 +114,7 @@ struct CoordProxy: AsyncParsableCommand {
     @Flag(name: .customLong("no-grpc-fast-path"), help: "Serve the etcd API on grpc-swift's own HTTP/2 transport, every call through grpc-swift, instead of coordproxy's transport, which serves the unary calls of etcd's KV, Lease, Lock and Election services (Range, Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke, LeaseTimeToLive, LeaseLeases, Lock, Unlock, Campaign, Proclaim, Leader, Resign) and Watch streams from the HTTP/2 frames and hands the rest to grpc-swift (the same answers, at less CPU per call and per watch event, but for a request that does not decode: etcd's INTERNAL there, grpc-swift's INVALID_ARGUMENT here); for comparison and diagnosis.")
     var noGRPCFastPath = false
 
-    @Flag(name: .customLong("redis-io-thread"), help: "Serve the store's Redis connection from a thread of its own, as coordproxy did before, instead of from the event loop that serves the clients (with one event loop, the default on up to three cores: each reply then resumes its request without waking another thread). For comparison and diagnosis; with several event loops, or Sentinel, the thread serves it anyway.")
+    @Flag(name: .customLong("redis-io-thread"), help: "Serve the store's Redis connection and the watch reader's from threads of their own, as coordproxy did before, instead of from the event loop that serves the clients (with one event loop, the default on up to three cores: a reply then resumes its request, and a watch event reaches its streams, without waking another thread). For comparison and diagnosis; with several event loops, or a redis-sentinel:// URL, the threads serve them anyway.")
     var redisIOThread = false
 
     func run() async throws {
