@@ -313,10 +313,7 @@ extension ChildProcess {
                 Thread.detachNewThread {
                     // A child that exits without reading its input makes the write fail
                     // with EPIPE (SIGPIPE is blocked on this thread), not kill us.
-                    var blocked = sigset_t()
-                    sigemptyset(&blocked)
-                    sigaddset(&blocked, SIGPIPE)
-                    pthread_sigmask(SIG_BLOCK, &blocked, nil)
+                    blockSIGPIPEOnThisThread()
                     try? process.standardInput?.write(contentsOf: Data(input.utf8))
                     try? process.standardInput?.close()
                     inputDone.signal()

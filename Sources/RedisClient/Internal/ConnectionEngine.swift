@@ -151,11 +151,7 @@ final class ConnectionEngine: @unchecked Sendable {
             let thread = Thread { [self] in
                 // Foundation's Thread.name does not reach the kernel on Linux.
                 _ = chiredis_set_thread_name(name)
-                // A write to a socket the server closed must fail with EPIPE, not kill the process.
-                var blocked = sigset_t()
-                sigemptyset(&blocked)
-                sigaddset(&blocked, SIGPIPE)
-                pthread_sigmask(SIG_BLOCK, &blocked, nil)
+                blockSIGPIPEOnThisThread()
                 guard wakeFD >= 0 else {
                     shared.withLock { $0.closing = true }
                     finish()

@@ -216,11 +216,7 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
         let setup = self.setup
         let loop = eventLoop
         NIOThreadPool.singleton.runIfActive(eventLoop: loop) { () throws -> Int32 in
-            // A write to a socket the server closed must fail with EPIPE, not kill the process.
-            var blocked = sigset_t()
-            sigemptyset(&blocked)
-            sigaddset(&blocked, SIGPIPE)
-            pthread_sigmask(SIG_BLOCK, &blocked, nil)
+            blockSIGPIPEOnThisThread()
             let handshake = try BlockingHandshake.open(configuration)
             defer { redisFree(handshake.context) }
             try handshake.authenticate()
@@ -253,23 +249,11 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
         }
         switch result {
         case .failure(let error):
-            let failure = (error as? RedisError) ?? RedisError(.connectionRefused, "could not connect to \(configuration.redactedURL): \(error)")
-            state = .idle
-            let failed = waiting
-            waiting.removeAll()
-            for request in failed { request.continuation.resume(throwing: failure) }
-            done?(failure)
-            finishIfDone()
+            connectFailed((error as? RedisError) ?? RedisError(.connectionRefused, "could not connect to \(configuration.redactedURL): \(error)"), done: done)
         case .success(let (channel, fd)):
             guard let reader = redisReaderCreate() else {
                 channel.close(promise: nil)
-                state = .idle
-                let failure = RedisError(.connectionRefused, "could not allocate a reply reader for \(configuration.redactedURL)")
-                let failed = waiting
-                waiting.removeAll()
-                for request in failed { request.continuation.resume(throwing: failure) }
-                done?(failure)
-                finishIfDone()
+                connectFailed(RedisError(.connectionRefused, "could not allocate a reply reader for \(configuration.redactedURL)"), done: done)
                 return
             }
             state = .connected(channel, reader)
@@ -284,6 +268,16 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
             }
             finishIfDone()
         }
+    }
+
+    /// A connect failed: the requests that waited for it fail with its error.
+    private func connectFailed(_ failure: RedisError, done: (@Sendable (RedisError?) -> Void)?) {
+        state = .idle
+        let failed = waiting
+        waiting.removeAll()
+        for request in failed { request.continuation.resume(throwing: failure) }
+        done?(failure)
+        finishIfDone()
     }
 
     fileprivate func received(_ buffer: ByteBuffer, generation attempt: UInt64) {

@@ -243,10 +243,7 @@ package final class SentinelMonitor: Sendable {
     }
 
     private func run() {
-        var blocked = sigset_t()
-        sigemptyset(&blocked)
-        sigaddset(&blocked, SIGPIPE)
-        pthread_sigmask(SIG_BLOCK, &blocked, nil)
+        blockSIGPIPEOnThisThread()
         var index = 0
         while !shouldStop() {
             let endpoint = sentinel.endpoints[index % sentinel.endpoints.count]
