@@ -11,7 +11,8 @@
 #                         next to redis-benchmark (skip with LOADTEST_CLIENT=0);
 #   4. etcd 3.4 vs coordproxy  the Go load generator (scripts/loadgen, etcd's own
 #                         clientv3) drives a private etcd 3.4 and a private coordproxy
-#                         over a private Redis, side by side: put, get, txn, lock,
+#                         over a private Redis, side by side (each workload's rounds
+#                         alternate between the two): put, get, txn, lock,
 #                         lock-handoff, election-handoff, stm, watch, v3lock, with the
 #                         servers' CPU per operation; prints one table and writes an
 #                         HTML report with latency plots (skip with LOADTEST_ETCD=0).
@@ -293,16 +294,16 @@ if [ "$LOADTEST_ETCD" != 0 ]; then
         loadgen_args+=(-workloads "$LOADTEST_WORKLOADS")
     fi
     loadgen_failed=
-    coord_log "running: loadgen run against etcd ${loadgen_args[*]}"
+    # One run measures both: each workload's rounds alternate between etcd and
+    # coordproxy, so that the host's other work falls on both sides alike.
+    coord_log "running: loadgen run against etcd and coordproxy, rounds alternating ${loadgen_args[*]}"
     loadtest_loadgen run -endpoints "127.0.0.1:$etcd_port" -label "etcd 3.4" \
         -pids "etcd=$etcd_pid" -out "$report_dir/etcd.json" \
         -notes "etcd ${etcd_version:-?}, single member, fsync per write, data dir on $fs_type" \
-        "${loadgen_args[@]}" || loadgen_failed+=" etcd"
-    coord_log "running: loadgen run against coordproxy ${loadgen_args[*]}"
-    loadtest_loadgen run -endpoints "127.0.0.1:$proxy_port" -label "coordproxy" \
-        -pids "coordproxy=$proxy_pid,redis=$redis_pid" -out "$report_dir/coordproxy.json" \
-        -notes "coordproxy ($coordproxy_build) over redis-server ${redis_version:-?}, appendonly yes, appendfsync everysec, dir on $fs_type" \
-        "${loadgen_args[@]}" || loadgen_failed+=" coordproxy"
+        -vs-endpoints "127.0.0.1:$proxy_port" -vs-label "coordproxy" \
+        -vs-pids "coordproxy=$proxy_pid,redis=$redis_pid" -vs-out "$report_dir/coordproxy.json" \
+        -vs-notes "coordproxy ($coordproxy_build) over redis-server ${redis_version:-?}, appendonly yes, appendfsync everysec, dir on $fs_type" \
+        "${loadgen_args[@]}" || loadgen_failed=1
 
     loadtest_stop_servers
 
@@ -326,7 +327,7 @@ if [ "$LOADTEST_ETCD" != 0 ]; then
     fi
     coord_log "results in $report_dir: loadtest-report.html, loadtest-report.txt, etcd.json, coordproxy.json, logs/"
     if [ -n "$loadgen_failed" ]; then
-        coord_log "loadgen failed against:$loadgen_failed (see its messages above and the notes in the result files)"
+        coord_log "loadgen failed (its messages above say against which server; the notes in the result files too)"
         exit 1
     fi
 fi

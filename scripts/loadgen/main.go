@@ -27,6 +27,15 @@
 //	                                   "loadgen" beside them)
 //	    -out result.json               the result file (written after every workload)
 //	    -notes "etcd 3.4.23, ..."      free text to start the file's notes with
+//	    -vs-endpoints 127.0.0.1:7301   a second server, measured side by side with the
+//	                                   first: each workload runs against both, its rounds
+//	                                   alternating (the first server's round first in
+//	                                   odd rounds, the second's in even ones), so that
+//	                                   what else the machine does in the meantime falls
+//	                                   on both alike; its -vs-label, -vs-pids, -vs-out
+//	                                   and -vs-notes are those of the first's flags.
+//	                                   A server that stops answering runs no more
+//	                                   workloads; the other goes on
 //
 //	loadgen report [-html report.html] ref.json other.json [more.json...]
 //	    prints one table, a row per workload: ops/s, p50, p99 and CPU µs/op of each
@@ -76,7 +85,7 @@
 //
 // Every round ends by itself after -duration (operations in flight get 30 s more);
 // a watchdog ends the run (exit 1) if a workload is still going after 2 minutes plus
-// (-duration + 60 s) per round.
+// (-duration + 60 s) per round, per server measured.
 package main
 
 import (
@@ -167,7 +176,8 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: loadgen run -endpoints host:port -label name -out result.json [-workers 16] [-clients 4] [-duration 3s] [-rounds 3] [-workloads put,get,...] [-value-size 256] [-prefix loadgen/] [-pids name=pid,...]")
+	fmt.Fprintln(os.Stderr, "usage: loadgen run -endpoints host:port -label name -out result.json [-workers 16] [-clients 4] [-duration 3s] [-rounds 3] [-workloads put,get,...] [-value-size 256] [-prefix loadgen/] [-pids name=pid,...] [-notes text]")
+	fmt.Fprintln(os.Stderr, "                   [-vs-endpoints host:port -vs-label name -vs-out result.json [-vs-pids name=pid,...] [-vs-notes text]]")
 	fmt.Fprintln(os.Stderr, "       loadgen report [-html report.html] ref.json other.json [more.json...]")
 	os.Exit(2)
 }
@@ -202,8 +212,10 @@ type runner struct {
 	file     ResultFile
 	failures []string
 	baseNote string
-	// transportNotes: connections the server closed during a workload, and the
-	// requests gRPC then sent again (see transportEvents).
+	// transport: the events of this runner's connections; transportNotes: the
+	// connections the server closed during a workload, and the requests gRPC then sent
+	// again (see transportEvents).
+	transport      *transportEvents
 	transportNotes []string
 }
 
@@ -221,6 +233,11 @@ func runCommand(args []string) {
 	pids := fs.String("pids", "", "server processes to measure: name=pid,name=pid")
 	out := fs.String("out", "", "result file (JSON)")
 	notes := fs.String("notes", "", "free text to start the result file's notes with (what was measured: versions, build, durability settings)")
+	vsEndpoints := fs.String("vs-endpoints", "", "a second server to measure side by side: each workload's rounds alternate between the two (see -vs-label, -vs-pids, -vs-out, -vs-notes)")
+	vsLabel := fs.String("vs-label", "", "name of the second side in reports")
+	vsPids := fs.String("vs-pids", "", "the second side's server processes: name=pid,name=pid")
+	vsOut := fs.String("vs-out", "", "the second side's result file (JSON)")
+	vsNotes := fs.String("vs-notes", "", "free text to start the second side's notes with")
 	fs.Parse(args)
 	if fs.NArg() != 0 {
 		fatalf("run: unexpected arguments %q", fs.Args())
@@ -234,34 +251,17 @@ func runCommand(args []string) {
 	if *prefix == "" {
 		fatalf("run: -prefix must not be empty (the workloads delete their keys under it)")
 	}
-	r := &runner{
-		label: *label, workers: *workers, duration: *duration, rounds: *rounds,
-		valueSize: *valueSize, prefix: *prefix, clkTck: clockTicks(), out: *out,
+	if *vsEndpoints == "" && (*vsLabel != "" || *vsPids != "" || *vsOut != "" || *vsNotes != "") {
+		fatalf("run: -vs-label, -vs-pids, -vs-out and -vs-notes describe the server of -vs-endpoints, which is missing")
 	}
-	for _, e := range strings.Split(*endpoints, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			r.endpoints = append(r.endpoints, e)
+	if *vsEndpoints != "" {
+		if *vsOut == "" || *vsLabel == "" {
+			fatalf("run: with -vs-endpoints give the second side's result file with -vs-out and its name with -vs-label")
+		}
+		if abs(*vsOut) == abs(*out) {
+			fatalf("run: -out and -vs-out must be different files")
 		}
 	}
-	if len(r.endpoints) == 0 {
-		fatalf("run: -endpoints is empty")
-	}
-	if *pids != "" {
-		for _, item := range strings.Split(*pids, ",") {
-			name, pidText, ok := strings.Cut(item, "=")
-			pid, err := strconv.Atoi(pidText)
-			if !ok || name == "" || err != nil || pid <= 0 {
-				fatalf("run: -pids wants name=pid,name=pid, got %q", item)
-			}
-			if _, err := readTicks(pid); err != nil {
-				fatalf("run: cannot read the CPU time of %s (pid %d): %v", name, pid, err)
-			}
-			r.pids = append(r.pids, namedPID{name, pid})
-		}
-	}
-	// The load generator's own CPU too: on a machine it shares with the servers it
-	// bounds what they can be given.
-	r.pids = append(r.pids, namedPID{"loadgen", os.Getpid()})
 	var selected []string
 	for _, w := range strings.Split(*workloads, ",") {
 		w = strings.TrimSpace(w)
@@ -274,27 +274,87 @@ func runCommand(args []string) {
 		selected = append(selected, w)
 	}
 
-	clientv3.SetLogger(transport)
-	for i := 0; i < *clients; i++ {
-		c, err := connect(r.endpoints, r.prefix)
-		if err != nil {
-			fatalf("%s: %v", r.label, err)
-		}
-		r.clients = append(r.clients, c)
-	}
+	clientv3.SetLogger(logged)
 	load, _ := os.ReadFile("/proc/loadavg")
 	loadFields := strings.Fields(string(load))
 	loadText := "?"
 	if len(loadFields) >= 3 {
 		loadText = strings.Join(loadFields[:3], " ")
 	}
-	r.baseNote = fmt.Sprintf("%sloadgen (Go clientv3 3.4): %d workers over %d clients, %d round(s) of %s per workload, the median round by ops/s reported (watch: by p99); values %d B; CPU from /proc/<pid>/stat at %.0f ticks/s; started %s on %d CPUs, load average %s",
-		notePrefix(*notes), r.workers, len(r.clients), r.rounds, r.duration, r.valueSize, r.clkTck, time.Now().Format(time.RFC3339), runtime.NumCPU(), loadText)
-	r.file = ResultFile{Label: r.label, Endpoint: strings.Join(r.endpoints, ","), Workers: r.workers, Notes: r.baseNote, Results: []Result{}}
-	r.writeFile()
+	// alongside: the note telling that rounds alternated with those of another server.
+	newRunner := func(label, endpoints, pids, out, notes, alongside string) *runner {
+		r := &runner{
+			label: label, workers: *workers, duration: *duration, rounds: *rounds,
+			valueSize: *valueSize, prefix: *prefix, clkTck: clockTicks(), out: out,
+			transport: &transportEvents{},
+		}
+		for _, e := range strings.Split(endpoints, ",") {
+			if e = strings.TrimSpace(e); e != "" {
+				r.endpoints = append(r.endpoints, e)
+			}
+		}
+		if len(r.endpoints) == 0 {
+			fatalf("run: no endpoints for %s", label)
+		}
+		if pids != "" {
+			for _, item := range strings.Split(pids, ",") {
+				name, pidText, ok := strings.Cut(item, "=")
+				pid, err := strconv.Atoi(pidText)
+				if !ok || name == "" || err != nil || pid <= 0 {
+					fatalf("run: the pids of %s want name=pid,name=pid, got %q", label, item)
+				}
+				if _, err := readTicks(pid); err != nil {
+					fatalf("run: cannot read the CPU time of %s (pid %d): %v", name, pid, err)
+				}
+				r.pids = append(r.pids, namedPID{name, pid})
+			}
+		}
+		// The load generator's own CPU too: on a machine it shares with the servers it
+		// bounds what they can be given.
+		r.pids = append(r.pids, namedPID{"loadgen", os.Getpid()})
+		for i := 0; i < *clients; i++ {
+			c, err := connect(r.endpoints, r.prefix, r.transport)
+			if err != nil {
+				fatalf("%s: %v", r.label, err)
+			}
+			r.clients = append(r.clients, c)
+		}
+		r.baseNote = fmt.Sprintf("%sloadgen (Go clientv3 3.4): %d workers over %d clients, %d round(s) of %s per workload, the median round by ops/s reported (watch: by p99)%s; values %d B; CPU from /proc/<pid>/stat at %.0f ticks/s; started %s on %d CPUs, load average %s",
+			notePrefix(notes), r.workers, len(r.clients), r.rounds, r.duration, alongside, r.valueSize, r.clkTck, time.Now().Format(time.RFC3339), runtime.NumCPU(), loadText)
+		r.file = ResultFile{Label: r.label, Endpoint: strings.Join(r.endpoints, ","), Workers: r.workers, Notes: r.baseNote, Results: []Result{}}
+		r.writeFile()
+		return r
+	}
+	alongside := func(other, where string) string {
+		if *vsEndpoints == "" {
+			return ""
+		}
+		return fmt.Sprintf("; each round alternated with one of %s (%s): %s first in odd rounds, %s in even ones", other, where, *label, *vsLabel)
+	}
+	runners := []*runner{newRunner(*label, *endpoints, *pids, *out, *notes, alongside(*vsLabel, *vsEndpoints))}
+	if *vsEndpoints != "" {
+		runners = append(runners, newRunner(*vsLabel, *vsEndpoints, *vsPids, *vsOut, *vsNotes, alongside(*label, *endpoints)))
+	}
 
+	// A side whose server stopped answering runs no more workloads; the other goes on.
+	stopped := make([]bool, len(runners))
 	for _, name := range selected {
-		if err := r.runWorkload(name); err != nil {
+		var active []*runner
+		var indices []int
+		for i, r := range runners {
+			if !stopped[i] {
+				active = append(active, r)
+				indices = append(indices, i)
+			}
+		}
+		if len(active) == 0 {
+			break
+		}
+		for k, err := range runSideBySide(active, name) {
+			if err == nil {
+				continue
+			}
+			r := active[k]
 			msg := fmt.Sprintf("%s %s: FAILED: %v", r.label, name, err)
 			fmt.Fprintf(os.Stderr, "loadgen: %s\n", msg)
 			r.mu.Lock()
@@ -306,19 +366,34 @@ func runCommand(args []string) {
 				r.failures = append(r.failures, "stopped: "+perr.Error())
 				r.mu.Unlock()
 				r.writeFile()
-				fatalf("%s: %v; the remaining workloads were not run", r.label, perr)
+				fmt.Fprintf(os.Stderr, "loadgen: %s: %v; the remaining workloads are not run against it\n", r.label, perr)
+				stopped[indices[k]] = true
 			}
 		}
 	}
-	for _, c := range r.clients {
-		c.Close()
+	failed := 0
+	for _, r := range runners {
+		for _, c := range r.clients {
+			c.Close()
+		}
+		r.mu.Lock()
+		if len(r.failures) > 0 {
+			failed++
+			fmt.Fprintf(os.Stderr, "loadgen: %s: %d workload(s) failed (see above and the notes in %s)\n", r.label, len(r.failures), r.out)
+		}
+		r.mu.Unlock()
 	}
-	r.mu.Lock()
-	failed := len(r.failures)
-	r.mu.Unlock()
 	if failed > 0 {
-		fatalf("%s: %d workload(s) failed (see above and the notes in %s)", r.label, failed, r.out)
+		os.Exit(1)
 	}
+}
+
+// abs is path's absolute form (path itself if it has none).
+func abs(path string) string {
+	if a, err := filepath.Abs(path); err == nil {
+		return a
+	}
+	return path
 }
 
 func notePrefix(notes string) string {
@@ -328,12 +403,12 @@ func notePrefix(notes string) string {
 	return ""
 }
 
-func connect(endpoints []string, prefix string) (*clientv3.Client, error) {
+func connect(endpoints []string, prefix string, events *transportEvents) (*clientv3.Client, error) {
 	where := strings.Join(endpoints, ",")
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: dialTimeout,
-		DialOptions: []grpc.DialOption{grpc.WithBlock(), grpc.WithStatsHandler(transport)},
+		DialOptions: []grpc.DialOption{grpc.WithBlock(), grpc.WithStatsHandler(events)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cannot connect to %s within %s: %v", where, dialTimeout, err)
@@ -420,21 +495,120 @@ type roundResult struct {
 	cpu map[string]float64
 }
 
-func (r *runner) runWorkload(name string) error {
-	limit := setupTimeout + time.Duration(r.rounds)*(r.duration+2*roundGrace) + setupTimeout
+// workloadRun is one workload against one server: set up by begin, a round at a time
+// by round, and ended by finish, so that two servers' rounds can alternate.
+type workloadRun struct {
+	r               *runner
+	name            string
+	wl              workload
+	transportBefore transportSnapshot
+	rounds          []roundResult
+	err             error
+	setupDone       bool
+}
+
+// runSideBySide runs workload `name` against each runner, the rounds alternating
+// between them (with two: the first runner's round first in odd rounds, the
+// second's in even ones), so that what else the machine does falls on both alike.
+// It returns each runner's error (nil: its result is in its file).
+func runSideBySide(runners []*runner, name string) []error {
+	r0 := runners[0]
+	perSide := setupTimeout + time.Duration(r0.rounds)*(r0.duration+2*roundGrace) + setupTimeout
+	limit := time.Duration(len(runners)) * perSide
 	watchdog := time.AfterFunc(limit, func() {
-		r.mu.Lock()
-		r.failures = append(r.failures, fmt.Sprintf("%s: did not finish within %s", name, limit))
-		r.mu.Unlock()
-		r.writeFile()
-		fatalf("%s %s: did not finish within %s (a stuck operation?); giving up", r.label, name, limit)
+		for _, r := range runners {
+			r.mu.Lock()
+			r.failures = append(r.failures, fmt.Sprintf("%s: did not finish within %s", name, limit))
+			r.mu.Unlock()
+			r.writeFile()
+		}
+		fatalf("%s: did not finish within %s (a stuck operation?); giving up", name, limit)
 	})
 	defer watchdog.Stop()
 
-	wl := r.workloadNamed(name)
-	transportBefore := transport.snapshot()
+	runs := make([]*workloadRun, len(runners))
+	for i, r := range runners {
+		runs[i] = r.beginWorkload(name)
+	}
+	for round := 1; round <= r0.rounds; round++ {
+		for k := range runs {
+			i := k
+			if round%2 == 0 {
+				i = len(runs) - 1 - k
+			}
+			runs[i].round(round)
+		}
+	}
+	errs := make([]error, len(runs))
+	for i, w := range runs {
+		errs[i] = w.finish()
+	}
+	return errs
+}
+
+// beginWorkload clears the workload's keys and runs its setup.
+func (r *runner) beginWorkload(name string) *workloadRun {
+	w := &workloadRun{r: r, name: name, wl: r.workloadNamed(name), transportBefore: r.transport.snapshot()}
+	sctx, scancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer scancel()
+	if _, err := r.clients[0].Delete(sctx, r.prefix+name+"/", clientv3.WithPrefix()); err != nil {
+		w.err = fmt.Errorf("clearing %s%s/: %v", r.prefix, name, err)
+		return w
+	}
+	w.setupDone = true
+	if w.wl.setup != nil {
+		if err := w.wl.setup(sctx); err != nil {
+			w.err = fmt.Errorf("setup: %w", err)
+		}
+	}
+	return w
+}
+
+// round runs round i, unless an earlier step failed.
+func (w *workloadRun) round(i int) {
+	if w.err != nil {
+		return
+	}
+	r := w.r
+	before, err := r.cpuTicks()
+	if err != nil {
+		w.err = err
+		return
+	}
+	end := time.Now().Add(r.duration)
+	rctx, rcancel := context.WithDeadline(context.Background(), end.Add(roundGrace))
+	out, err := w.wl.round(rctx, end)
+	if err == nil && w.wl.check != nil {
+		err = w.wl.check(rctx)
+	}
+	rcancel()
+	if err != nil {
+		w.err = fmt.Errorf("round %d/%d: %w", i, r.rounds, err)
+		return
+	}
+	after, err := r.cpuTicks()
+	if err != nil {
+		w.err = err
+		return
+	}
+	rr := roundResult{outcome: out, cpu: map[string]float64{}}
+	for _, p := range r.pids {
+		if out.ops > 0 {
+			rr.cpu[p.name] = float64(after[p.name]-before[p.name]) / r.clkTck * 1e6 / float64(out.ops)
+		}
+	}
+	sort.Slice(rr.samples, func(a, b int) bool { return rr.samples[a] < rr.samples[b] })
+	w.rounds = append(w.rounds, rr)
+	fmt.Fprintf(os.Stderr, "loadgen: %s %s round %d/%d: %s ops/s p50 %s p99 %s\n", r.label, w.name, i, r.rounds,
+		fmtOps(rr.opsPerSec()), fmtLatency(percentileUs(rr.samples, 0.50)), fmtLatency(percentileUs(rr.samples, 0.99)))
+}
+
+// finish runs the teardown, clears the workload's keys and adds the median round to
+// the result file; it returns the first error of the workload's steps.
+func (w *workloadRun) finish() error {
+	r, name := w.r, w.name
 	defer func() {
-		if note := transport.since(transportBefore); note != "" {
+		if note := r.transport.since(w.transportBefore); note != "" {
 			fmt.Fprintf(os.Stderr, "loadgen: %s %s: %s\n", r.label, name, note)
 			r.mu.Lock()
 			r.transportNotes = append(r.transportNotes, name+": "+note)
@@ -442,73 +616,29 @@ func (r *runner) runWorkload(name string) error {
 			r.writeFile()
 		}
 	}()
-	sctx, scancel := context.WithTimeout(context.Background(), setupTimeout)
-	defer scancel()
-	if _, err := r.clients[0].Delete(sctx, r.prefix+name+"/", clientv3.WithPrefix()); err != nil {
-		return fmt.Errorf("clearing %s%s/: %v", r.prefix, name, err)
-	}
-	if wl.setup != nil {
-		if err := wl.setup(sctx); err != nil {
-			if wl.teardown != nil {
-				tctx, tcancel := context.WithTimeout(context.Background(), setupTimeout)
-				wl.teardown(tctx) // close what setup opened; the setup error is the one to report
-				tcancel()
-			}
-			return fmt.Errorf("setup: %w", err)
-		}
-	}
-	var rounds []roundResult
-	var roundErr error
-	for i := 1; i <= r.rounds; i++ {
-		before, err := r.cpuTicks()
-		if err != nil {
-			roundErr = err
-			break
-		}
-		end := time.Now().Add(r.duration)
-		rctx, rcancel := context.WithDeadline(context.Background(), end.Add(roundGrace))
-		out, err := wl.round(rctx, end)
-		if err == nil && wl.check != nil {
-			err = wl.check(rctx)
-		}
-		rcancel()
-		if err != nil {
-			roundErr = fmt.Errorf("round %d/%d: %w", i, r.rounds, err)
-			break
-		}
-		after, err := r.cpuTicks()
-		if err != nil {
-			roundErr = err
-			break
-		}
-		rr := roundResult{outcome: out, cpu: map[string]float64{}}
-		for _, p := range r.pids {
-			if out.ops > 0 {
-				rr.cpu[p.name] = float64(after[p.name]-before[p.name]) / r.clkTck * 1e6 / float64(out.ops)
-			}
-		}
-		sort.Slice(rr.samples, func(a, b int) bool { return rr.samples[a] < rr.samples[b] })
-		rounds = append(rounds, rr)
-		fmt.Fprintf(os.Stderr, "loadgen: %s %s round %d/%d: %s ops/s p50 %s p99 %s\n", r.label, name, i, r.rounds,
-			fmtOps(rr.opsPerSec()), fmtLatency(percentileUs(rr.samples, 0.50)), fmtLatency(percentileUs(rr.samples, 0.99)))
-	}
 	tctx, tcancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer tcancel()
-	if wl.teardown != nil {
-		if err := wl.teardown(tctx); err != nil && roundErr == nil {
-			roundErr = fmt.Errorf("teardown: %w", err)
+	if !w.setupDone {
+		return w.err
+	}
+	// The teardown closes what setup opened, also after a failed setup or round (the
+	// first error is the one to report).
+	if w.wl.teardown != nil {
+		if err := w.wl.teardown(tctx); err != nil && w.err == nil {
+			w.err = fmt.Errorf("teardown: %w", err)
 		}
 	}
-	if roundErr == nil {
+	if w.err == nil {
 		if _, err := r.clients[0].Delete(tctx, r.prefix+name+"/", clientv3.WithPrefix()); err != nil {
-			roundErr = fmt.Errorf("clearing %s%s/ at the end: %v", r.prefix, name, err)
+			w.err = fmt.Errorf("clearing %s%s/ at the end: %v", r.prefix, name, err)
 		}
 	}
-	if roundErr != nil {
-		return roundErr
+	if w.err != nil {
+		return w.err
 	}
 
-	if wl.fixedRate {
+	rounds := w.rounds
+	if w.wl.fixedRate {
 		sort.SliceStable(rounds, func(a, b int) bool {
 			return percentileUs(rounds[a].samples, 0.99) < percentileUs(rounds[b].samples, 0.99)
 		})
@@ -1241,13 +1371,21 @@ func compareRevisions(got []int64, events []string, want []int64, wantKeys map[i
 // GOAWAY or REFUSED_STREAM says the server did not process it) and the connections
 // that ended; as gRPC's logger it keeps the messages about GOAWAY frames and drops
 // the rest (clientv3 discards gRPC's log by default).
+// transportEvents counts one runner's RPCs, their attempts and its connections'
+// ends (each runner's connections have their own); the GOAWAY messages gRPC logs go
+// through its one process-wide logger, so they are counted in `logged`, shared by
+// the runners, and a workload run against two servers side by side (-vs-endpoints)
+// names them on both sides.
 type transportEvents struct {
 	rpcs, attempts, connEnds atomic.Int64
-	mu                       sync.Mutex
-	goaways                  map[string]int
 }
 
-var transport = &transportEvents{goaways: map[string]int{}}
+var logged = &goawayLog{goaways: map[string]int{}}
+
+type goawayLog struct {
+	mu      sync.Mutex
+	goaways map[string]int
+}
 
 type transportSnapshot struct {
 	rpcs, attempts, connEnds int64
@@ -1255,10 +1393,10 @@ type transportSnapshot struct {
 }
 
 func (t *transportEvents) snapshot() transportSnapshot {
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	logged.mu.Lock()
+	defer logged.mu.Unlock()
 	g := map[string]int{}
-	for k, v := range t.goaways {
+	for k, v := range logged.goaways {
 		g[k] = v
 	}
 	return transportSnapshot{t.rpcs.Load(), t.attempts.Load(), t.connEnds.Load(), g}
@@ -1310,7 +1448,7 @@ func (t *transportEvents) HandleConn(_ context.Context, s stats.ConnStats) {
 	}
 }
 
-func (t *transportEvents) note(msg string) {
+func (t *goawayLog) note(msg string) {
 	if strings.Contains(strings.ToLower(msg), "goaway") {
 		t.mu.Lock()
 		t.goaways[strings.TrimSpace(msg)]++
@@ -1318,30 +1456,30 @@ func (t *transportEvents) note(msg string) {
 	}
 }
 
-func (t *transportEvents) Info(args ...interface{})   { t.note(fmt.Sprint(args...)) }
-func (t *transportEvents) Infoln(args ...interface{}) { t.note(fmt.Sprintln(args...)) }
-func (t *transportEvents) Infof(format string, args ...interface{}) {
+func (t *goawayLog) Info(args ...interface{})   { t.note(fmt.Sprint(args...)) }
+func (t *goawayLog) Infoln(args ...interface{}) { t.note(fmt.Sprintln(args...)) }
+func (t *goawayLog) Infof(format string, args ...interface{}) {
 	t.note(fmt.Sprintf(format, args...))
 }
-func (t *transportEvents) Warning(args ...interface{})   { t.note(fmt.Sprint(args...)) }
-func (t *transportEvents) Warningln(args ...interface{}) { t.note(fmt.Sprintln(args...)) }
-func (t *transportEvents) Warningf(format string, args ...interface{}) {
+func (t *goawayLog) Warning(args ...interface{})   { t.note(fmt.Sprint(args...)) }
+func (t *goawayLog) Warningln(args ...interface{}) { t.note(fmt.Sprintln(args...)) }
+func (t *goawayLog) Warningf(format string, args ...interface{}) {
 	t.note(fmt.Sprintf(format, args...))
 }
-func (t *transportEvents) Error(args ...interface{})   { t.note(fmt.Sprint(args...)) }
-func (t *transportEvents) Errorln(args ...interface{}) { t.note(fmt.Sprintln(args...)) }
-func (t *transportEvents) Errorf(format string, args ...interface{}) {
+func (t *goawayLog) Error(args ...interface{})   { t.note(fmt.Sprint(args...)) }
+func (t *goawayLog) Errorln(args ...interface{}) { t.note(fmt.Sprintln(args...)) }
+func (t *goawayLog) Errorf(format string, args ...interface{}) {
 	t.note(fmt.Sprintf(format, args...))
 }
-func (t *transportEvents) Fatal(args ...interface{})   { fatalf("gRPC: %s", fmt.Sprint(args...)) }
-func (t *transportEvents) Fatalln(args ...interface{}) { fatalf("gRPC: %s", fmt.Sprint(args...)) }
-func (t *transportEvents) Fatalf(format string, args ...interface{}) {
+func (t *goawayLog) Fatal(args ...interface{})   { fatalf("gRPC: %s", fmt.Sprint(args...)) }
+func (t *goawayLog) Fatalln(args ...interface{}) { fatalf("gRPC: %s", fmt.Sprint(args...)) }
+func (t *goawayLog) Fatalf(format string, args ...interface{}) {
 	fatalf("gRPC: "+format, args...)
 }
-func (t *transportEvents) V(l int) bool { return l <= 2 } // 2: the transport logs GOAWAYs at level 2
+func (t *goawayLog) V(l int) bool { return l <= 2 } // 2: the transport logs GOAWAYs at level 2
 
-var _ grpclog.LoggerV2 = transport
-var _ stats.Handler = transport
+var _ grpclog.LoggerV2 = logged
+var _ stats.Handler = &transportEvents{}
 
 // ---------------------------------------------------------------------------
 // Measurements
