@@ -10,9 +10,12 @@ import RedisClient
 struct RESPFrontEndContext: Sendable {
     let store: CoordinationClient
     let configuration: RESPFrontEnd.Configuration
-    /// The hash tag of the store's Redis keys (`{coord}`): pass-through refuses any
-    /// argument that contains it.
+    /// The hash tag of the store's Redis keys (`{coord}`): pass-through refuses a
+    /// command with a key that contains it (any argument, where `commandKeys` cannot
+    /// tell which are keys).
     let namespaceTag: [UInt8]
+    /// Where the backing Redis's commands take their keys, once read.
+    let commandKeys: CommandKeys
     /// Whether clients must authenticate: the backing Redis requires AUTH (so
     /// coordination commands do too), or coordproxy has a password of its own.
     let requiresAuth: Bool
@@ -365,10 +368,16 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
             break
         }
         let tag = shared.namespaceTag
-        for argument in command.arguments.dropFirst() where argument.readableBytes >= tag.count {
-            if Self.contains(argument, tag) {
-                return "ERR coordproxy refuses '\(command.text(0))' on the coordination store's keys (\(String(decoding: tag, as: UTF8.self))*): use COORD.* commands, which keep revisions, leases and watches consistent"
-            }
+        let arguments = command.arguments
+        func refused(_ index: Int) -> Bool { arguments[index].readableBytes >= tag.count && Self.contains(arguments[index], tag) }
+        let touches: Bool
+        if let keys = shared.commandKeys.current?.keyIndices(name: name, subcommand: arguments.count > 1 ? command.text(1) : nil, count: arguments.count) {
+            touches = keys.contains(where: refused)
+        } else {
+            touches = (1..<max(arguments.count, 1)).contains(where: refused)
+        }
+        if touches {
+            return "ERR coordproxy refuses '\(command.text(0))' on the coordination store's keys (\(String(decoding: tag, as: UTF8.self))*): use COORD.* commands, which keep revisions, leases and watches consistent"
         }
         return nil
     }

@@ -63,7 +63,9 @@ public final class RESPFrontEnd: Service, Sendable {
         /// The backing Redis, for pass-through (each client authenticates itself; the
         /// proxy's own credentials are never used for clients' commands).
         public var redis: RedisConfiguration
-        /// The store's namespace: pass-through refuses arguments containing `{namespace}`.
+        /// The store's namespace: pass-through refuses commands whose keys contain
+        /// `{namespace}` (every argument is checked for a command whose keys Redis's
+        /// `COMMAND` does not place, such as EVAL and SORT).
         public var namespace: String
         /// Forward other commands to Redis (`--no-passthrough` turns it off).
         public var passthrough = true
@@ -149,9 +151,32 @@ public final class RESPFrontEnd: Service, Sendable {
         }
         var tag = Array("{\(configuration.namespace)}".utf8)
         if tag.isEmpty { tag = Array("{coord}".utf8) }
+        // Which arguments are keys, from Redis's COMMAND, read before listening; if
+        // Redis does not answer (down at the start), every argument is checked until a
+        // later read succeeds.
+        let commandKeys = CommandKeys()
+        var keyTableReader: Task<Void, Never>?
+        if let table = await CommandKeys.read(from: store.redis) {
+            commandKeys.set(table)
+        } else {
+            logger.warning("could not read Redis's command table (COMMAND); until it answers, pass-through refuses any command with the store's hash tag in any argument, values included; retrying every 5 s")
+            let store = self.store
+            let logger = self.logger
+            keyTableReader = Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(5))
+                    if let table = await CommandKeys.read(from: store.redis) {
+                        commandKeys.set(table)
+                        logger.info("read Redis's command table: pass-through now looks for the store's hash tag in the keys of commands only")
+                        return
+                    }
+                }
+            }
+        }
+        defer { keyTableReader?.cancel() }
         // With AUTH, each client's commands must run as the user it authenticated as.
         let sharedBackends = configuration.passthrough && configuration.multiplex && !requiresAuth ? SharedBackends(configuration: configuration.redis) : nil
-        let shared = RESPFrontEndContext(store: store, configuration: configuration, namespaceTag: tag,
+        let shared = RESPFrontEndContext(store: store, configuration: configuration, namespaceTag: tag, commandKeys: commandKeys,
                                          requiresAuth: requiresAuth || configuration.requirePassword != nil,
                                          localPassword: configuration.requirePassword.map { Array($0.utf8) },
                                          logger: logger, connections: connections, sharedBackends: sharedBackends)

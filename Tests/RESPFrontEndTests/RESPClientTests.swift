@@ -2,7 +2,7 @@ import Coordination
 import Foundation
 import Logging
 @testable import RedisClient
-import RESPFrontEnd
+@testable import RESPFrontEnd
 import Testing
 
 /// Real Redis clients (redis-cli, redis-py with and without hiredis, RESP2 and
@@ -58,6 +58,65 @@ import Testing
             #expect(info.hasPrefix("coord.lock\n-2\nwrite\nblocking\n0\n0\n0\n@coordination\n"), "\(info)")
             let docs = try await cli("COMMAND", "DOCS", "coord.get")
             #expect(docs.contains("summary\nReads one key or a range of keys of the store") && docs.contains("syntax\nCOORD.GET key [PREFIX"), "\(docs)")
+        }
+    }
+
+    @Test func passThroughRefusesTheStoresKeysAndPassesItsTagInValues() async throws {
+        try await withRESPProxy { proxy in
+            func cli(_ arguments: String...) async throws -> String {
+                let result = try await redisCLI(proxy.port, arguments)
+                #expect(result.status == 0, "\(result.error)")
+                return result.output
+            }
+            let refused = "ERR coordproxy refuses"
+            #expect(try await cli("COORD.PUT", "k", "v") == "revision\n2\n")
+            // The hash tag in a value, a message or a member is not a key of the store.
+            #expect(try await cli("SET", "note", "{coord}:rev") == "OK\n")
+            #expect(try await cli("GET", "note") == "{coord}:rev\n")
+            #expect(try await cli("PUBLISH", "chan", "{coord}") == "0\n")
+            #expect(try await cli("RPUSH", "list", "{coord}:kv", "x") == "2\n")
+            #expect(try await cli("HSET", "h", "{coord}:f", "{coord}:v") == "1\n")
+            // In a key, wherever the command has its keys, it is refused.
+            #expect(try await cli("SET", "{coord}:rev", "1").hasPrefix(refused))
+            #expect(try await cli("SET", "x{coord}", "1").hasPrefix(refused))
+            #expect(try await cli("MSET", "a", "1", "{coord}:kv", "2").hasPrefix(refused))
+            #expect(try await cli("RENAME", "note", "{coord}:kv").hasPrefix(refused))
+            #expect(try await cli("COPY", "{coord}:kv", "mine").hasPrefix(refused))
+            #expect(try await cli("DEL", "a", "b", "{coord}:log").hasPrefix(refused))
+            // A container's keys are its subcommand's.
+            #expect(try await cli("XINFO", "STREAM", "{coord}:log").hasPrefix(refused))
+            #expect(try await cli("OBJECT", "ENCODING", "{coord}:kv").hasPrefix(refused))
+            #expect(try await cli("MEMORY", "USAGE", "{coord}:kv").hasPrefix(refused))
+            // Keys that COMMAND does not place (movablekeys): every argument is checked.
+            #expect(try await cli("EVAL", "return 1", "0", "{coord}").hasPrefix(refused))
+            #expect(try await cli("SORT", "list", "ALPHA", "STORE", "{coord}:kv").hasPrefix(refused))
+            #expect(try await cli("XREAD", "STREAMS", "{coord}:log", "0").hasPrefix(refused))
+            #expect(try await cli("ZUNIONSTORE", "{coord}:keys", "1", "z").hasPrefix(refused))
+            // Nothing refused reached Redis: the store's keys are as they were.
+            let direct = try await RedisConnection.connect(url: proxy.redis.url)
+            #expect(try await direct.send(["TYPE", "{coord}:kv"].map { Array($0.utf8) }) == .status("hash"))
+            #expect(try await direct.send(["HLEN", "{coord}:kv"].map { Array($0.utf8) }) == .integer(1))
+            #expect(try await direct.send(["EXISTS", "{coord}:x", "x{coord}", "mine"].map { Array($0.utf8) }) == .integer(0))
+            await direct.close()
+        }
+    }
+
+    @Test func theCommandKeyTablePlacesKeysAsRedisDescribesThem() async throws {
+        try await withRESPProxy { proxy in
+            let direct = try await RedisConnection.connect(url: proxy.redis.url)
+            let table = try #require(CommandKeyTable(reply: try await direct.send([Array("COMMAND".utf8)])))
+            await direct.close()
+            #expect(table.keyIndices(name: "get", subcommand: nil, count: 2).map(Array.init) == [1])
+            #expect(table.keyIndices(name: "set", subcommand: nil, count: 5).map(Array.init) == [1])
+            #expect(table.keyIndices(name: "mset", subcommand: nil, count: 7).map(Array.init) == [1, 3, 5])
+            #expect(table.keyIndices(name: "del", subcommand: nil, count: 4).map(Array.init) == [1, 2, 3])
+            #expect(table.keyIndices(name: "publish", subcommand: nil, count: 3).map(Array.init) == [])
+            #expect(table.keyIndices(name: "xinfo", subcommand: "STREAM", count: 3).map(Array.init) == [2])
+            #expect(table.keyIndices(name: "xinfo", subcommand: "nonesuch", count: 3) == nil)
+            #expect(table.keyIndices(name: "eval", subcommand: nil, count: 4) == nil)
+            #expect(table.keyIndices(name: "nonesuch", subcommand: nil, count: 2) == nil)
+            #expect(CommandKeyTable(reply: .array([])) == nil)
+            #expect(CommandKeyTable(reply: .error("NOPERM")) == nil)
         }
     }
 
