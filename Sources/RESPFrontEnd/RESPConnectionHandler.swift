@@ -339,6 +339,9 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
         }
     }
 
+    /// Where Redis's commands take their keys, once read (see ``CommandKeys``).
+    private var keyTable: CommandKeyTable?
+
     /// Why pass-through will not forward a command, if it will not.
     private func refusal(_ command: RESPCommand, name: String) -> String? {
         switch name {
@@ -370,13 +373,11 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
         let tag = shared.namespaceTag
         let arguments = command.arguments
         func refused(_ index: Int) -> Bool { arguments[index].readableBytes >= tag.count && Self.contains(arguments[index], tag) }
-        let touches: Bool
-        if let keys = shared.commandKeys.current?.keyIndices(name: name, subcommand: arguments.count > 1 ? command.text(1) : nil, count: arguments.count) {
-            touches = keys.contains(where: refused)
-        } else {
-            touches = (1..<max(arguments.count, 1)).contains(where: refused)
-        }
-        if touches {
+        // Most commands carry no tag at all: only those that do look up their keys.
+        guard (1..<max(arguments.count, 1)).contains(where: refused) else { return nil }
+        if keyTable == nil { keyTable = shared.commandKeys.current }
+        let keys = keyTable?.keyIndices(name: name, subcommand: arguments.count > 1 ? command.text(1) : nil, count: arguments.count)
+        if keys?.contains(where: refused) ?? true {
             return "ERR coordproxy refuses '\(command.text(0))' on the coordination store's keys (\(String(decoding: tag, as: UTF8.self))*): use COORD.* commands, which keep revisions, leases and watches consistent"
         }
         return nil
