@@ -10,11 +10,7 @@ import Testing
 @Suite struct RESPClientTests {
     @Test func redisCliRunsCoordinationCommandsAndPassesOthersThrough() async throws {
         try await withRESPProxy { proxy in
-            func cli(_ arguments: String...) async throws -> String {
-                let result = try await redisCLI(proxy.port, arguments)
-                #expect(result.status == 0, "\(result.error)")
-                return result.output
-            }
+            func cli(_ arguments: String...) async throws -> String { try await redisCLIOutput(proxy.port, arguments) }
             #expect(try await cli("PING") == "PONG\n")
             #expect(try await cli("COORD.PUT", "greeting", "hello") == "revision\n2\n")
             #expect(try await cli("COORD.PUT", "greeting", "hi", "PREVKV") ==
@@ -63,11 +59,7 @@ import Testing
 
     @Test func passThroughRefusesTheStoresKeysAndPassesItsTagInValues() async throws {
         try await withRESPProxy { proxy in
-            func cli(_ arguments: String...) async throws -> String {
-                let result = try await redisCLI(proxy.port, arguments)
-                #expect(result.status == 0, "\(result.error)")
-                return result.output
-            }
+            func cli(_ arguments: String...) async throws -> String { try await redisCLIOutput(proxy.port, arguments) }
             let refused = "ERR coordproxy refuses"
             #expect(try await cli("COORD.PUT", "k", "v") == "revision\n2\n")
             // The hash tag in a value, a message or a member is not a key of the store.

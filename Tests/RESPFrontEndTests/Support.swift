@@ -62,6 +62,13 @@ struct RESPFrontEndTestError: Error, CustomStringConvertible {
 }
 
 /// redis-cli (Debian's redis-tools) against `port`.
+/// redis-cli's output for `arguments` against `port`, expecting it to exit 0.
+func redisCLIOutput(_ port: Int, _ arguments: [String], sourceLocation: SourceLocation = #_sourceLocation) async throws -> String {
+    let result = try await redisCLI(port, arguments)
+    #expect(result.status == 0, "\(result.error)", sourceLocation: sourceLocation)
+    return result.output
+}
+
 func redisCLI(_ port: Int, _ arguments: [String], input: String = "") async throws -> ChildProcess.Finished {
     guard let executable = ChildProcess.locate("redis-cli") else {
         throw RedisError(.serverNotFound, "redis-cli was not found on PATH; install it (Debian: apt-get install redis-tools)")
