@@ -66,7 +66,10 @@ local compacted -- read only when a request names a past revision (checkRangeRev
 local nextRevision -- set once due leases are reaped
 local changed
 local events
-local clock, now, nowMicros
+-- now (ms) also as text: redis.call prints a Lua number with "%.17g", glibc's
+-- floating-point printing, and Redis's own text of an integer is the same digits, so
+-- the numbers sent often (the revision, the time, ZADD's score 0) go as text made once.
+local clock, now, nowText, nowMicros
 -- The store's identity (see KEYS[12]); `created`: this call created it.
 local storeID, epoch, base, created
 
@@ -275,7 +278,7 @@ end
 local function archive(key, r)
   local member = key .. '\0' .. hex(r.mod)
   redis.call('HSET', K_HIST, member, r.packed or encode(r))
-  redis.call('ZADD', K_HKEYS, 0, member)
+  redis.call('ZADD', K_HKEYS, '0', member)
 end
 
 -- lkeys members: the lease ID zero-padded to 19 digits, NUL, the key.
@@ -297,7 +300,7 @@ local function deleteKey(k, old, revision)
   local member = k .. '\0' .. hex(old.mod)
   local tombstone = k .. '\0' .. hex(revision)
   redis.call('HSET', K_HIST, member, old.packed or encode(old), tombstone, cmsgpack.pack({0}))
-  redis.call('ZADD', K_HKEYS, 0, member, 0, tombstone)
+  redis.call('ZADD', K_HKEYS, '0', member, '0', tombstone)
   liveCache[k] = false
   redis.call('ZREM', K_KEYS, k)
   if old.lease ~= '0' then redis.call('ZREM', K_LKEYS, leaseMember(old.lease, k)) end
@@ -318,8 +321,9 @@ local function revokeLease(lease)
   redis.call('HDEL', K_LEASES, lease)
   redis.call('ZREM', K_LDUE, lease)
   if #revoked > 0 then
-    redis.call('SET', K_REV, revision)
-    redis.call('XADD', K_LOG, revision .. '-0', 't', now, 'e', cmsgpack.pack(revoked))
+    local text = string.format('%d', revision)
+    redis.call('SET', K_REV, text)
+    redis.call('XADD', K_LOG, text .. '-0', 't', nowText, 'e', cmsgpack.pack(revoked))
     current = revision
   end
 end
@@ -331,7 +335,7 @@ end
 local reapBudget
 local function reapDue()
   if reapBudget == 0 then return 0 end
-  local due = redis.call('ZRANGEBYSCORE', K_LDUE, '-inf', now, 'LIMIT', 0, reapBudget)
+  local due = redis.call('ZRANGEBYSCORE', K_LDUE, '-inf', nowText, 'LIMIT', '0', string.format('%d', reapBudget))
   for _, lease in ipairs(due) do revokeLease(lease) end
   reapBudget = (#due < reapBudget) and 0 or (reapBudget - #due)
   return #due
@@ -357,13 +361,13 @@ local function put(op)
   if ignoreValue then value = old.value end
   if ignoreLease then lease = old.lease end
   if old and old.lease ~= '0' and old.lease ~= lease then redis.call('ZREM', K_LKEYS, leaseMember(old.lease, key)) end
-  if lease ~= '0' then redis.call('ZADD', K_LKEYS, 0, leaseMember(lease, key)) end
+  if lease ~= '0' then redis.call('ZADD', K_LKEYS, '0', leaseMember(lease, key)) end
   local r
   if old then
     archive(key, old)
     r = {create = old.create, mod = nextRevision, version = old.version + 1, lease = lease, value = value}
   else
-    redis.call('ZADD', K_KEYS, 0, key)
+    redis.call('ZADD', K_KEYS, '0', key)
     r = {create = nextRevision, mod = nextRevision, version = 1, lease = lease, value = value}
   end
   r.packed = encode(r)
@@ -597,8 +601,9 @@ local function run(packed)
     error(outcome)
   end
   if changed then
-    redis.call('SET', K_REV, nextRevision)
-    redis.call('XADD', K_LOG, nextRevision .. '-0', 't', now, 'e', cmsgpack.pack(events))
+    local text = string.format('%d', nextRevision)
+    redis.call('SET', K_REV, text)
+    redis.call('XADD', K_LOG, text .. '-0', 't', nowText, 'e', cmsgpack.pack(events))
     current = nextRevision
   end
   return cmsgpack.pack({current, outcome, storeID, epoch, base})
@@ -619,6 +624,7 @@ local function main(keys, argv)
   compacted, nextRevision, changed, events = nil, nil, false, {}
   clock = redis.call('TIME')
   now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  nowText = string.format('%d', now)
   nowMicros = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
   reapBudget, reaped, liveCache, pathDeletes = 100, nil, nil, nil
 
