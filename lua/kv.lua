@@ -623,9 +623,10 @@ local function main(keys, argv)
   current = tonumber(redis.call('GET', K_REV) or '1')
   compacted, nextRevision, changed, events = nil, nil, false, {}
   clock = redis.call('TIME')
-  now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  local seconds, micros = tonumber(clock[1]), tonumber(clock[2])
+  now = seconds * 1000 + math.floor(micros / 1000)
   nowText = string.format('%d', now)
-  nowMicros = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  nowMicros = seconds * 1000000 + micros
   reapBudget, reaped, liveCache, pathDeletes = 100, nil, nil, nil
 
   -- A namespace without an identity gets one now.
@@ -635,7 +636,7 @@ local function main(keys, argv)
   if created then
     -- The server's time to the microsecond makes it unique (math.random is seeded alike
     -- in every fresh Redis process; it only adds noise).
-    storeID = string.format('%08x%05x%06x%05x', tonumber(clock[1]) % 4294967296, tonumber(clock[2]),
+    storeID = string.format('%08x%05x%06x%05x', seconds % 4294967296, micros,
       math.random(0, 16777215), math.random(0, 1048575))
     epoch, base = nowMicros, current
     redis.call('HSET', K_ID, 'id', storeID, 'epoch', epoch, 'base', base, 'run', '', 'epochs', cmsgpack.pack({{base, epoch}}))
