@@ -69,9 +69,24 @@ final class CommandKeys: Sendable {
 
     func set(_ newTable: CommandKeyTable) { table.withLock { $0 = newTable } }
 
-    /// Reads `COMMAND` from `redis`; nil if Redis did not answer with a table.
-    static func read(from redis: any RedisCommandExecutor) async -> CommandKeyTable? {
-        guard let reply = try? await redis.send([Array("COMMAND".utf8)]) else { return nil }
-        return CommandKeyTable(reply: reply)
+    /// Reads `COMMAND` from `redis`: the table, or why not (`retry`: whether asking
+    /// again may help; not when the user may not run COMMAND).
+    static func read(from redis: any RedisCommandExecutor) async -> Result<CommandKeyTable, ReadFailure> {
+        do {
+            let reply = try await redis.send([Array("COMMAND".utf8)])
+            guard let table = CommandKeyTable(reply: reply) else {
+                return .failure(ReadFailure(reason: "Redis answered COMMAND without a command table", retry: false))
+            }
+            return .success(table)
+        } catch let error as RedisError where error.code == .noPermission {
+            return .failure(ReadFailure(reason: "\(error) (+command, for coordproxy's user)", retry: false))
+        } catch {
+            return .failure(ReadFailure(reason: "\(error)", retry: true))
+        }
+    }
+
+    struct ReadFailure: Error {
+        let reason: String
+        let retry: Bool
     }
 }

@@ -93,6 +93,28 @@ import Testing
         }
     }
 
+    @Test func withoutPermissionForCOMMANDPassThroughChecksEveryArgument() async throws {
+        // The store's user may run everything but COMMAND: the table cannot be read.
+        @Sendable func keeper(_ server: RedisServer) async throws -> String {
+            let admin = try await RedisConnection.connect(url: server.url)
+            _ = try await admin.send(["ACL", "SETUSER", "keeper", "on", ">keeper-pw", "~*", "&*", "+@all", "-command"].map { Array($0.utf8) })
+            await admin.close()
+            guard case .tcp(let host, let port) = server.configuration.endpoint else { throw RESPFrontEndTestError("not TCP") }
+            return "redis://keeper:keeper-pw@\(host):\(port)"
+        }
+        let refused = "ERR coordproxy refuses"
+        let answers = try await withRESPProxy(storeURL: keeper) { proxy -> [String] in
+            var answers: [String] = []
+            for arguments in [["SET", "note", "{coord}:rev"], ["PUBLISH", "chan", "{coord}"], ["SET", "note", "plain"], ["COORD.PUT", "k", "v"]] {
+                answers.append(try await redisCLIOutput(proxy.port, arguments))
+            }
+            return answers
+        }
+        #expect(answers.count == 4)
+        #expect(answers[0].hasPrefix(refused) && answers[1].hasPrefix(refused), "\(answers)")
+        #expect(answers[2] == "OK\n" && answers[3] == "revision\n2\n", "\(answers)")
+    }
+
     @Test func theCommandKeyTablePlacesKeysAsRedisDescribesThem() async throws {
         try await withRESPProxy { proxy in
             let direct = try await RedisConnection.connect(url: proxy.redis.url)

@@ -22,13 +22,15 @@ struct RESPProxy: Sendable {
 
 func withRESPProxy<Result: Sendable>(redisPassword: String? = nil, durable: Bool = false,
                                      configure: (inout RESPFrontEnd.Configuration) -> Void = { _ in },
+                                     storeURL: (RedisServer) async throws -> String = { $0.url },
                                      _ body: (RESPProxy) async throws -> Result) async throws -> Result {
+    // `storeURL`: how the store connects (as another user, say).
     // Over TCP, so that the tests can also talk to the backing Redis directly;
     // `durable`: every write fsynced to the append-only file, so that a killed Redis
     // comes back with everything it acknowledged.
     let options = RedisServer.Options(transport: .tcp(), password: redisPassword, appendOnly: durable, appendFsync: durable ? "always" : nil)
     return try await RedisServer.withServer(options) { server in
-        let store = try await CoordinationClient.connect(url: server.url)
+        let store = try await CoordinationClient.connect(url: try await storeURL(server))
         var logger = Logger(label: "coordproxy-resp-test")
         logger.logLevel = .warning
         var configuration = RESPFrontEnd.Configuration(listen: [.tcp(host: "127.0.0.1", port: 0)], redis: try RedisConfiguration(url: server.url), namespace: "coord")
