@@ -1,3 +1,4 @@
+import Logging
 import RedisClient
 import Synchronization
 
@@ -68,6 +69,23 @@ final class CommandKeys: Sendable {
     var current: CommandKeyTable? { table.withLock { $0 } }
 
     func set(_ newTable: CommandKeyTable) { table.withLock { $0 = newTable } }
+
+    /// Reads the table from `redis` and logs what a failure means (once, on the
+    /// `first` attempt, unless it cannot be helped by asking again); true when it is
+    /// worth asking again.
+    func load(from redis: any RedisCommandExecutor, first: Bool, logger: Logger) async -> Bool {
+        switch await Self.read(from: redis) {
+        case .success(let table):
+            set(table)
+            if !first { logger.info("read Redis's command table: pass-through now looks for the store's hash tag in the keys of commands only") }
+            return false
+        case .failure(let failure):
+            if first || !failure.retry {
+                logger.warning("could not read Redis's command table (COMMAND): \(failure.reason). Until it is read, pass-through refuses any command with the store's hash tag in any argument, values included\(failure.retry ? "; asking again every 5 s" : "")")
+            }
+            return failure.retry
+        }
+    }
 
     /// Reads `COMMAND` from `redis`: the table, or why not (`retry`: whether asking
     /// again may help; not when the user may not run COMMAND).

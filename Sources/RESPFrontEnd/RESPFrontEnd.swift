@@ -156,29 +156,14 @@ public final class RESPFrontEnd: Service, Sendable {
         // later read succeeds.
         let commandKeys = CommandKeys()
         var keyTableReader: Task<Void, Never>?
-        switch await CommandKeys.read(from: store.redis) {
-        case .success(let table):
-            commandKeys.set(table)
-        case .failure(let failure):
-            logger.warning("could not read Redis's command table (COMMAND): \(failure.reason). Until it is read, pass-through refuses any command with the store's hash tag in any argument, values included\(failure.retry ? "; asking again every 5 s" : "")")
-            if failure.retry {
-                let store = self.store
-                let logger = self.logger
-                keyTableReader = Task {
-                    while !Task.isCancelled {
-                        try? await Task.sleep(for: .seconds(5))
-                        switch await CommandKeys.read(from: store.redis) {
-                        case .success(let table):
-                            commandKeys.set(table)
-                            logger.info("read Redis's command table: pass-through now looks for the store's hash tag in the keys of commands only")
-                            return
-                        case .failure(let failure) where !failure.retry:
-                            logger.warning("could not read Redis's command table (COMMAND): \(failure.reason); pass-through goes on checking every argument")
-                            return
-                        case .failure:
-                            continue
-                        }
-                    }
+        if await commandKeys.load(from: store.redis, first: true, logger: logger) {
+            let store = self.store
+            let logger = self.logger
+            keyTableReader = Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(5))
+                    if Task.isCancelled { return }
+                    guard await commandKeys.load(from: store.redis, first: false, logger: logger) else { return }
                 }
             }
         }

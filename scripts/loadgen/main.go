@@ -217,6 +217,8 @@ type runner struct {
 	// again (see transportEvents).
 	transport      *transportEvents
 	transportNotes []string
+	// stopped: the server no longer answered after a failed workload; no more are run.
+	stopped bool
 }
 
 func runCommand(args []string) {
@@ -337,14 +339,11 @@ func runCommand(args []string) {
 	}
 
 	// A side whose server stopped answering runs no more workloads; the other goes on.
-	stopped := make([]bool, len(runners))
 	for _, name := range selected {
 		var active []*runner
-		var indices []int
-		for i, r := range runners {
-			if !stopped[i] {
+		for _, r := range runners {
+			if !r.stopped {
 				active = append(active, r)
-				indices = append(indices, i)
 			}
 		}
 		if len(active) == 0 {
@@ -367,7 +366,7 @@ func runCommand(args []string) {
 				r.mu.Unlock()
 				r.writeFile()
 				fmt.Fprintf(os.Stderr, "loadgen: %s: %v; the remaining workloads are not run against it\n", r.label, perr)
-				stopped[indices[k]] = true
+				r.stopped = true
 			}
 		}
 	}
