@@ -240,8 +240,19 @@ import Testing
                          or x.startswith("-ERR coordproxy cannot reach Redis") for x in replies)
                 print(len(replies), ok if ok else replies)
                 # The client is still connected: its next command is answered (Redis is gone).
+                # Gone means refusing connections: Redis's listening socket can outlive
+                # the reset of the shared connection by a moment, and a new connection
+                # accepted there and then reset is rightly answered "lost" instead
+                # (seen once in 20 runs of this sequence on a quiet machine).
+                for _ in range(200):
+                    try:
+                        socket.create_connection(("127.0.0.1", redis_port), timeout=1).close()
+                        time.sleep(0.05)
+                    except ConnectionRefusedError:
+                        break
                 s.sendall(command("GET", "a"))
-                print(r.next().startswith("-ERR coordproxy cannot reach Redis"))
+                last = r.next()
+                print(last.startswith("-ERR coordproxy cannot reach Redis") or (last, replies))
                 """#, proxy)
             #expect(output == "+OK 1\n5 True\nTrue\n", "\(output)")
         }
