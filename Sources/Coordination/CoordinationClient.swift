@@ -278,6 +278,7 @@ public final class CoordinationClient: Sendable {
             await connection.close()
             throw error
         }
+        await StoreFunction(kvScript).removeOtherVersions(on: connection)
         return client
     }
 

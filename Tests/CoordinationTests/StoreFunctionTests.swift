@@ -39,6 +39,42 @@ import Testing
         }
     }
 
+    /// An upgrade leaves no library behind: a client connecting deletes the libraries
+    /// of other script versions (and nobody else's), and a client of the other version,
+    /// still running, loads its own again at its next call.
+    @Test func connectingDeletesTheLibrariesOfOtherScriptVersions() async throws {
+        try await RedisServer.withServer { server in
+            let redis = try await RedisConnection.connect(server.configuration)
+            // Another version's library: the same script under another version name, with
+            // a client of its own; a user's library whose name only begins with "coordkv_".
+            let otherScript = RedisScript(CoordinationClient.kvScriptSource + "\n-- another version\n")
+            let other = StoreFunction(otherScript)
+            #expect(other.name != CoordinationClient.kvFunctionName && StoreFunction.isVersionName(other.name))
+            _ = try await redis.send("FUNCTION", "LOAD", other.library)
+            _ = try await redis.send("FUNCTION", "LOAD", "#!lua name=coordkv_tools\nredis.register_function('my_tool', function() return 1 end)")
+            let otherClient = try await RedisConnection.connect(server.configuration)
+            let keys = CoordinationClient.redisKeys("coord")
+            let put = CoordinationClient.encode(.put(key: Array("k".utf8), value: Array("v1".utf8), options: PutOptions())).encoded()
+            _ = try await other.run(on: otherClient, keys: keys, arguments: [put])
+
+            let store = try await CoordinationClient.connect(url: server.url)
+            let afterConnect = try await Self.libraries(redis).sorted()
+            #expect(afterConnect == [CoordinationClient.kvFunctionName, "coordkv_tools"].sorted())
+            #expect(try await store.get("k").kvs.first?.value == Array("v1".utf8))
+
+            // The other version's client: its library is loaded again, and its call runs.
+            _ = try await redis.send("CONFIG", "RESETSTAT")
+            _ = try await other.run(on: otherClient, keys: keys, arguments: [put])
+            let stats = try await redis.send("INFO", "commandstats").string ?? ""
+            #expect(Self.calls("function|load", stats) == 1 && Self.calls("evalsha", stats) == 0, "\(stats)")
+            #expect(try await Self.libraries(redis).sorted() == [CoordinationClient.kvFunctionName, other.name, "coordkv_tools"].sorted())
+            #expect(try await store.get("k").kvs.first?.version == 2)
+            await store.close()
+            await otherClient.close()
+            await redis.close()
+        }
+    }
+
     /// The same requests, one namespace through FCALL and one through EVALSHA, alone and
     /// batched: the same revisions, results and refusals.
     @Test func theFunctionAndTheScriptAnswerAlike() async throws {

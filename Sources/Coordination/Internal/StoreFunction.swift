@@ -112,6 +112,32 @@ final class StoreFunction: Sendable {
         }
     }
 
+    /// Deletes the libraries of other versions of the script (`coordkv_*` but this
+    /// one's name), which would otherwise stay in Redis (and its RDB, AOF and
+    /// replicas) after every upgrade. Run once when a client connects, not when a call
+    /// reloads a missing library: a process of another version still running (a
+    /// rolling upgrade) finds its library missing at its next call and loads it again,
+    /// and two versions never take turns deleting each other's library call after
+    /// call. Best effort: a server without functions or a user without `FUNCTION`
+    /// leaves them; a library that is not named after a script version is left too.
+    func removeOtherVersions(on redis: any RedisCommandExecutor) async {
+        guard let reply = try? await redis.send([Array("FUNCTION".utf8), Array("LIST".utf8), Array("LIBRARYNAME".utf8), Array("coordkv_*".utf8)], timeout: nil) else { return }
+        for library in reply.array ?? [] {
+            guard let fields = library.array,
+                  let index = fields.firstIndex(where: { $0.string == "library_name" }), index + 1 < fields.count,
+                  let other = fields[index + 1].string, other != name, Self.isVersionName(other) else { continue }
+            _ = try? await redis.send([Array("FUNCTION".utf8), Array("DELETE".utf8), Array(other.utf8)], timeout: nil)
+        }
+    }
+
+    /// `coordkv_` and 16 lowercase hexadecimal digits, as ``name(of:)`` makes them (a
+    /// user's `coordkv_tools`, also matched by the `coordkv_*` pattern, is not one).
+    static func isVersionName(_ library: String) -> Bool {
+        let digits = library.utf8.dropFirst("coordkv_".count)
+        return library.hasPrefix("coordkv_") && digits.count == 16
+            && digits.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0) }
+    }
+
     private func useScriptOnly() {
         scriptOnlyUntil.withLock { $0 = ContinuousClock.now + .seconds(60) }
     }
