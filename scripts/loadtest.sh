@@ -29,9 +29,10 @@
 #                         RESP listener in the same run, with the ratio and coordproxy's
 #                         CPU per request, COORD.PUT/COORD.GET from 16 clients, and
 #                         coordbench resp: COORD.PUT and COORD.LOCK/UNLOCK, uncontended
-#                         and handed off between 16 connections, beside etcd's v3lock
-#                         Lock/Unlock from the Go load generator against a private etcd
-#                         in the same run (skip etcd with LOADTEST_RESP_ETCD=0; skip the
+#                         and handed off between 16 connections; the uncontended lock
+#                         in alternating rounds with etcd's v3lock Lock/Unlock from the
+#                         Go load generator against a private etcd (etcd's round first
+#                         in odd rounds), both up (skip etcd with LOADTEST_RESP_ETCD=0; skip the
 #                         section with LOADTEST_RESP=0). The redis-benchmark runs go in
 #                         LOADTEST_RESP_ROUNDS rounds (3), each alternating direct and
 #                         through coordproxy, and the report gives each one's median
@@ -381,23 +382,7 @@ if [ "${LOADTEST_RESP:-1}" != 0 ]; then
     coord_requests=${LOADTEST_RESP_COORD_REQUESTS:-20000}
     resp_rounds=${LOADTEST_RESP_ROUNDS:-3}
 
-    # The reference for lock+unlock: etcd's own Lock service (v3lock), driven by the Go
-    # load generator from 16 workers with a lock each, as coordbench resp's "lock".
-    v3lock_json=$report_dir/resp-etcd-v3lock.json
-    rm -f "$v3lock_json"
-    if [ "${LOADTEST_RESP_ETCD:-1}" != 0 ]; then
-        coord_log "building the load generator (Go, clientv3)"
-        coord_build_go_loadgen "$(pwd)/.build/go/loadgen"
-        loadgen=$COORD_GO_LOADGEN
-        loadtest_start_etcd
-        coord_log "running: loadgen run -workloads v3lock against etcd (the reference for COORD.LOCK/UNLOCK)"
-        loadtest_loadgen run -endpoints "127.0.0.1:$etcd_port" -label "etcd 3.4" -workloads v3lock \
-            -pids "etcd=$etcd_pid" -out "$v3lock_json" -duration "${LOADTEST_DURATION:-3s}" -rounds "${LOADTEST_ROUNDS:-3}" \
-            -notes "etcd ${etcd_version:-?}, single member, fsync per write" \
-            || coord_log "loadgen v3lock against etcd failed; the report leaves the comparison out"
-        loadtest_stop_servers
-    fi
-
+    rm -f "$report_dir"/resp-lock-round-* "$report_dir/resp-etcd-v3lock.json"
     loadtest_free_port resp_redis_port
     redis-server --port "$resp_redis_port" --bind 127.0.0.1 --daemonize no \
         --appendonly yes --appendfsync everysec --save '' \
@@ -438,10 +423,61 @@ if [ "${LOADTEST_RESP:-1}" != 0 ]; then
         swift build -c release --product coordbench
         bin=$(swift build -c release --show-bin-path)
     fi
-    coord_log "running: coordbench resp (COORD.PUT, COORD.LOCK/UNLOCK uncontended and handed off between 16 connections)"
     resp_duration=${LOADTEST_DURATION:-3s}
+    lock_rounds=${LOADTEST_ROUNDS:-3}
+
+    # Lock + unlock, uncontended, 16 workers with a lock each: COORD.LOCK/UNLOCK
+    # through coordproxy (coordbench resp) against etcd's own Lock service (v3lock,
+    # the Go load generator, clientv3), in alternating rounds with both servers up
+    # (etcd's round first in odd rounds, coordproxy's in even ones), as section 4
+    # does: one after the other, the ratio followed the host's load on each half.
+    if [ "${LOADTEST_RESP_ETCD:-1}" != 0 ]; then
+        coord_log "building the load generator (Go, clientv3)"
+        coord_build_go_loadgen "$(pwd)/.build/go/loadgen"
+        loadgen=$COORD_GO_LOADGEN
+        loadtest_start_etcd
+    fi
+    # loadtest_v3lock_round <round>: one round of etcd's v3lock; its pairs/s and
+    # etcd's CPU per pair go to resp-lock-round-<round>.etcd.
+    loadtest_v3lock_round() {
+        local json=$report_dir/resp-lock-round-$1.etcd.json
+        coord_log "lock round $1 of $lock_rounds: loadgen v3lock against etcd"
+        if loadtest_loadgen run -endpoints "127.0.0.1:$etcd_port" -label "etcd 3.4" -workloads v3lock \
+            -pids "etcd=$etcd_pid" -out "$json" -duration "$resp_duration" -rounds 1 \
+            -notes "etcd ${etcd_version:-?}, single member, fsync per write; lock round $1" >/dev/null; then
+            python3 -c 'import json, sys
+for r in json.load(open(sys.argv[1]))["results"]:
+    if r["workload"] == "v3lock": print(round(r["ops_per_sec"]), r["cpu_us_per_op"].get("etcd", "-"))' "$json" >"$report_dir/resp-lock-round-$1.etcd"
+        else
+            coord_log "loadgen v3lock against etcd failed in round $1; the report leaves that round out"
+        fi
+    }
+    # loadtest_resp_lock_round <round>: one round of COORD.LOCK/UNLOCK; its pairs/s
+    # and coordproxy's and Redis's CPU per pair go to resp-lock-round-<round>.coordproxy.
+    loadtest_resp_lock_round() {
+        local proxy_before redis_before proxy_after redis_after pairs
+        coord_log "lock round $1 of $lock_rounds: coordbench resp lock through coordproxy"
+        proxy_before=$(loadtest_cpu_ticks "$resp_proxy_pid")
+        redis_before=$(loadtest_cpu_ticks "$resp_redis_pid")
+        "$bin/coordbench" resp --url "redis://127.0.0.1:$resp_port" --duration "${resp_duration%s}" --rounds 1 --workloads lock \
+            >"$report_dir/resp-lock-round-$1.coordbench.txt"
+        proxy_after=$(loadtest_cpu_ticks "$resp_proxy_pid")
+        redis_after=$(loadtest_cpu_ticks "$resp_redis_pid")
+        pairs=$(awk '$1 == "lock" { print $2 }' "$report_dir/resp-lock-round-$1.coordbench.txt")
+        [ -n "$pairs" ] || return 0
+        awk -v n="$pairs" -v s="${resp_duration%s}" -v p=$((proxy_after - proxy_before)) -v r=$((redis_after - redis_before)) \
+            -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%s %.0f %.0f\n", n, p * 1e6 / hz / (n * s), r * 1e6 / hz / (n * s) }' \
+            >"$report_dir/resp-lock-round-$1.coordproxy"
+    }
+    for round in $(seq 1 "$lock_rounds"); do
+        if [ "${LOADTEST_RESP_ETCD:-1}" != 0 ] && [ $((round % 2)) = 1 ]; then loadtest_v3lock_round "$round"; fi
+        loadtest_resp_lock_round "$round"
+        if [ "${LOADTEST_RESP_ETCD:-1}" != 0 ] && [ $((round % 2)) = 0 ]; then loadtest_v3lock_round "$round"; fi
+    done
+
+    coord_log "running: coordbench resp (COORD.PUT, COORD.LOCK/UNLOCK handed off between 16 connections)"
     "$bin/coordbench" resp --url "redis://127.0.0.1:$resp_port" --duration "${resp_duration%s}" --rounds "${LOADTEST_ROUNDS:-3}" \
-        | tee "$report_dir/resp-coordbench.txt"
+        --workloads put,lock-handoff | tee "$report_dir/resp-coordbench.txt"
     loadtest_stop_servers
 
     # loadtest_median <label>: the line of $resp_results for <label> whose requests/s
@@ -467,21 +503,32 @@ if [ "${LOADTEST_RESP:-1}" != 0 ]; then
         done
         echo "durability: Redis appendonly yes, appendfsync everysec; coordproxy's CPU from /proc/<pid>/stat over each run"
         cat "$report_dir/resp-coordbench.txt"
-        resp_lock=$(awk '$1 == "lock" { print $2 }' "$report_dir/resp-coordbench.txt")
-        etcd_lock=
-        if [ -f "$v3lock_json" ]; then
-            etcd_lock=$(python3 -c 'import json, sys
-for r in json.load(open(sys.argv[1]))["results"]:
-    if r["workload"] == "v3lock": print(round(r["ops_per_sec"]))' "$v3lock_json" 2>/dev/null || true)
-        fi
-        if [ -n "$resp_lock" ] && [ -n "$etcd_lock" ]; then
+        # The rounds' pairs/s, and each side's median round (the lower middle one
+        # for an even count), with its CPU per pair.
+        loadtest_lock_median() {
+            { cat "$report_dir"/resp-lock-round-*."$1" 2>/dev/null || true; } | sort -k1,1g |
+                awk '{ line[NR] = $0 } END { if (NR) print line[int((NR + 1) / 2)] }'
+        }
+        resp_lock=$(loadtest_lock_median coordproxy)
+        etcd_lock=$(loadtest_lock_median etcd)
+        if [ -n "$resp_lock" ]; then
             echo
-            echo "lock+unlock pairs/s, 16 workers with a lock each, same run (medians of ${LOADTEST_ROUNDS:-3} rounds):"
-            awk -v p="$resp_lock" -v e="$etcd_lock" 'BEGIN {
-                printf "  %-48s %8.0f\n  %-48s %8.0f\n  %-48s %8.2f  (target >= 3; %s)\n",
-                    "COORD.LOCK/UNLOCK through coordproxy (RESP)", p, "etcd v3lock Lock/Unlock (Go clientv3)", e,
-                    "ratio", p / e, (p / e >= 3 ? "met" : "not met") }'
+            echo "lock+unlock pairs/s, uncontended, 16 workers with a lock each; alternating rounds of ${resp_duration}, etcd's first in odd rounds:"
+            for round in $(seq 1 "$lock_rounds"); do
+                printf '  round %d: COORD.LOCK/UNLOCK %s pairs/s (coordproxy %s + Redis %s µs of CPU per pair)' "$round" \
+                    $(cat "$report_dir/resp-lock-round-$round.coordproxy" 2>/dev/null || echo "- - -")
+                if [ -f "$report_dir/resp-lock-round-$round.etcd" ]; then
+                    printf ', etcd v3lock %s pairs/s (etcd %s µs)' $(cat "$report_dir/resp-lock-round-$round.etcd")
+                fi
+                echo
+            done
+            echo "$resp_lock" | awk '{ printf "  %-48s %8.0f  (coordproxy %s + Redis %s µs of CPU per pair)\n", "COORD.LOCK/UNLOCK through coordproxy (RESP), median", $1, $2, $3 }'
+            if [ -n "$etcd_lock" ]; then
+                echo "$etcd_lock" | awk '{ printf "  %-48s %8.0f  (etcd %s µs of CPU per pair)\n", "etcd v3lock Lock/Unlock (Go clientv3), median", $1, $2 }'
+                awk -v p="${resp_lock%% *}" -v e="${etcd_lock%% *}" 'BEGIN {
+                    printf "  %-48s %8.2f  (target >= 3; %s)\n", "ratio of the medians", p / e, (p / e >= 3 ? "met" : "not met") }'
+            fi
         fi
     } | tee "$report_dir/resp-report.txt"
-    coord_log "results in $report_dir: resp-report.txt, resp.tsv, resp-coordbench.txt, resp-logs/"
+    coord_log "results in $report_dir: resp-report.txt, resp.tsv, resp-coordbench.txt, resp-lock-round-*, resp-logs/"
 fi
