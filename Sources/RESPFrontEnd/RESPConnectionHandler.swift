@@ -377,8 +377,16 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
         guard (1..<max(arguments.count, 1)).contains(where: refused) else { return nil }
         if keyTable == nil { keyTable = shared.commandKeys.current }
         let keys = keyTable?.keyIndices(name: name, subcommand: arguments.count > 1 ? command.text(1) : nil, count: arguments.count)
-        if keys?.contains(where: refused) ?? true {
-            return "ERR coordproxy refuses '\(command.text(0))' on the coordination store's keys (\(String(decoding: tag, as: UTF8.self))*): use COORD.* commands, which keep revisions, leases and watches consistent"
+        let advice = "use COORD.* commands, which keep revisions, leases and watches consistent"
+        guard let keys else {
+            // Which arguments are keys is not known: any argument with the tag may be one.
+            let why = keyTable == nil
+                ? "Redis's command table (COMMAND) has not been read yet"
+                : "Redis's command table does not say which of its arguments are keys"
+            return "ERR coordproxy refuses '\(command.text(0))': an argument carries the coordination store's hash tag (\(String(decoding: tag, as: UTF8.self))) and \(why), so it may touch the store's keys; \(advice)"
+        }
+        if keys.contains(where: refused) {
+            return "ERR coordproxy refuses '\(command.text(0))' on the coordination store's keys (\(String(decoding: tag, as: UTF8.self))*): \(advice)"
         }
         return nil
     }
