@@ -13,11 +13,7 @@ import Testing
     }
 
     static func libraries(_ connection: RedisConnection) async throws -> [String] {
-        let list = try await connection.send("FUNCTION", "LIST")
-        return (list.array ?? []).compactMap { library in
-            guard let fields = library.array, let index = fields.firstIndex(where: { $0.string == "library_name" }), index + 1 < fields.count else { return nil }
-            return fields[index + 1].string
-        }
+        StoreFunction.libraryNames(try await connection.send("FUNCTION", "LIST"))
     }
 
     @Test func requestsRunAsARedisFunctionLoadedWhenMissingAlsoAfterFUNCTIONFLUSH() async throws {

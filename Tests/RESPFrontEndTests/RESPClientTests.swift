@@ -121,41 +121,21 @@ import Testing
     /// argument is checked (a value with the tag is refused), and the table is read
     /// again every 5 s, so that once Redis is back the same value passes.
     @Test func withRedisDownAtTheStartTheCommandTableIsReadOnceRedisIsBack() async throws {
-        let options = RedisServer.Options(transport: .tcp(), appendOnly: true, appendFsync: "always")
-        try await RedisServer.withServer(options) { server in
-            let store = try await CoordinationClient.connect(url: server.url)
-            await server.kill()
-            var logger = Logger(label: "coordproxy-resp-test")
-            logger.logLevel = .critical
-            let configuration = RESPFrontEnd.Configuration(listen: [.tcp(host: "127.0.0.1", port: 0)], redis: try RedisConfiguration(url: server.url), namespace: "coord")
-            let frontEnd = RESPFrontEnd(store: store, configuration: configuration, logger: logger)
-            let group = ServiceGroup(services: [frontEnd], gracefulShutdownSignals: [], logger: logger)
-            let serving = Task { try await group.run() }
-            var answers: (down: String, refused: String, passed: Bool, plain: String) = ("", "", false, "")
-            do {
-                guard case .tcp(_, let port) = try #require(await frontEnd.boundAddresses().first) else { throw RESPFrontEndTestError("no TCP listener") }
-                answers.down = try await redisCLIOutput(port, ["SET", "note", "plain"])
-                // Refused before it is sent: every argument is checked.
-                answers.refused = try await redisCLIOutput(port, ["SET", "note", "{coord}:rev"])
-                try await server.restart()
-                answers.passed = await eventually(timeout: .seconds(30)) {
-                    (try? await redisCLI(port, ["SET", "note", "{coord}:rev"]).output) == "OK\n"
-                }
-                answers.plain = try await redisCLIOutput(port, ["GET", "note"])
-            } catch {
-                await group.triggerGracefulShutdown()
-                _ = await serving.result
-                await store.close()
-                throw error
+        // Redis stops once the store has connected, before the listener starts.
+        let answers = try await withRESPProxy(durable: true, beforeStart: { await $0.kill() }) { proxy -> (down: String, refused: String, passed: Bool, plain: String) in
+            let down = try await redisCLIOutput(proxy.port, ["SET", "note", "plain"])
+            // Refused before it is sent: every argument is checked.
+            let refused = try await redisCLIOutput(proxy.port, ["SET", "note", "{coord}:rev"])
+            try await proxy.redis.restart()
+            let passed = await eventually(timeout: .seconds(30)) {
+                (try? await redisCLI(proxy.port, ["SET", "note", "{coord}:rev"]).output) == "OK\n"
             }
-            await group.triggerGracefulShutdown()
-            _ = await serving.result
-            await store.close()
-            #expect(answers.down.hasPrefix("ERR coordproxy cannot reach Redis"), "\(answers.down)")
-            #expect(answers.refused.hasPrefix("ERR coordproxy refuses 'SET': an argument carries the coordination store's hash tag ({coord}) and Redis's command table (COMMAND) has not been read yet"), "\(answers.refused)")
-            #expect(answers.passed)
-            #expect(answers.plain == "{coord}:rev\n", "\(answers.plain)")
+            return (down, refused, passed, try await redisCLIOutput(proxy.port, ["GET", "note"]))
         }
+        #expect(answers.down.hasPrefix("ERR coordproxy cannot reach Redis"), "\(answers.down)")
+        #expect(answers.refused.hasPrefix("ERR coordproxy refuses 'SET': an argument carries the coordination store's hash tag ({coord}) and Redis's command table (COMMAND) has not been read yet"), "\(answers.refused)")
+        #expect(answers.passed)
+        #expect(answers.plain == "{coord}:rev\n", "\(answers.plain)")
     }
 
     @Test func theCommandKeyTablePlacesKeysAsRedisDescribesThem() async throws {

@@ -23,14 +23,20 @@ struct RESPProxy: Sendable {
 func withRESPProxy<Result: Sendable>(redisPassword: String? = nil, durable: Bool = false,
                                      configure: (inout RESPFrontEnd.Configuration) -> Void = { _ in },
                                      storeURL: (RedisServer) async throws -> String = { $0.url },
+                                     beforeStart: (RedisServer) async throws -> Void = { _ in },
                                      _ body: (RESPProxy) async throws -> Result) async throws -> Result {
-    // `storeURL`: how the store connects (as another user, say).
+    // `storeURL`: how the store connects (as another user, say); `beforeStart`: run
+    // once the store has connected, before the listener starts (to stop Redis, say).
     // Over TCP, so that the tests can also talk to the backing Redis directly;
     // `durable`: every write fsynced to the append-only file, so that a killed Redis
     // comes back with everything it acknowledged.
     let options = RedisServer.Options(transport: .tcp(), password: redisPassword, appendOnly: durable, appendFsync: durable ? "always" : nil)
     return try await RedisServer.withServer(options) { server in
         let store = try await CoordinationClient.connect(url: try await storeURL(server))
+        do { try await beforeStart(server) } catch {
+            await store.close()
+            throw error
+        }
         var logger = Logger(label: "coordproxy-resp-test")
         logger.logLevel = .warning
         var configuration = RESPFrontEnd.Configuration(listen: [.tcp(host: "127.0.0.1", port: 0)], redis: try RedisConfiguration(url: server.url), namespace: "coord")
@@ -63,7 +69,6 @@ struct RESPFrontEndTestError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// redis-cli (Debian's redis-tools) against `port`.
 /// redis-cli's output for `arguments` against `port`, expecting it to exit 0.
 func redisCLIOutput(_ port: Int, _ arguments: [String], sourceLocation: SourceLocation = #_sourceLocation) async throws -> String {
     let result = try await redisCLI(port, arguments)
@@ -71,6 +76,7 @@ func redisCLIOutput(_ port: Int, _ arguments: [String], sourceLocation: SourceLo
     return result.output
 }
 
+/// redis-cli (Debian's redis-tools) against `port`.
 func redisCLI(_ port: Int, _ arguments: [String], input: String = "") async throws -> ChildProcess.Finished {
     guard let executable = ChildProcess.locate("redis-cli") else {
         throw RedisError(.serverNotFound, "redis-cli was not found on PATH; install it (Debian: apt-get install redis-tools)")

@@ -122,11 +122,17 @@ final class StoreFunction: Sendable {
     /// leaves them; a library that is not named after a script version is left too.
     func removeOtherVersions(on redis: any RedisCommandExecutor) async {
         guard let reply = try? await redis.send([Array("FUNCTION".utf8), Array("LIST".utf8), Array("LIBRARYNAME".utf8), Array("coordkv_*".utf8)], timeout: nil) else { return }
-        for library in reply.array ?? [] {
-            guard let fields = library.array,
-                  let index = fields.firstIndex(where: { $0.string == "library_name" }), index + 1 < fields.count,
-                  let other = fields[index + 1].string, other != name, Self.isVersionName(other) else { continue }
+        for other in Self.libraryNames(reply) where other != name && Self.isVersionName(other) {
             _ = try? await redis.send([Array("FUNCTION".utf8), Array("DELETE".utf8), Array(other.utf8)], timeout: nil)
+        }
+    }
+
+    /// The library names in a `FUNCTION LIST` reply (RESP2: each library a flat array
+    /// of field, value).
+    static func libraryNames(_ reply: RedisReply) -> [String] {
+        (reply.array ?? []).compactMap { library in
+            guard let fields = library.array, let index = fields.firstIndex(where: { $0.string == "library_name" }), index + 1 < fields.count else { return nil }
+            return fields[index + 1].string
         }
     }
 
