@@ -126,4 +126,46 @@ import Testing
             await admin.close()
         }
     }
+    /// A caller cancelled while its request waits for a connect (Redis answers the
+    /// handshake slowly) gets `CancellationError` at once, and the request never runs:
+    /// the connect that completes later writes only the requests still waiting.
+    @Test func aCancelledRequestThatWaitsForAConnectIsWithdrawnAndNeverRuns() async throws {
+        try await RedisServer.withServer { server in
+            let hold = Atomic<Bool>(false)
+            let held = Atomic<Bool>(false)
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let connection = try await RedisConnection.connect(server.configuration, on: loop) { _ in
+                // On NIO's thread pool: the handshake of the next connect waits here.
+                guard hold.load(ordering: .relaxed) else { return }
+                held.store(true, ordering: .relaxed)
+                while hold.load(ordering: .relaxed) { usleep(1_000) }
+            }
+            let admin = try await RedisConnection.connect(server.configuration)
+            let id = try await connection.send("CLIENT", "ID").int ?? -1
+            hold.store(true, ordering: .relaxed)
+            #expect(try await admin.send("CLIENT", "KILL", "ID", id) == .integer(1))
+            // Until the engine has seen the loss, a request would go to the dead socket.
+            #expect(await eventually(timeout: .seconds(10)) { connection.engine.keepAliveEnabled() == nil })
+            let ended = Atomic<Bool>(false)
+            let cancelled = Task {
+                defer { ended.store(true, ordering: .relaxed) }
+                return try await connection.send("INCR", "n")
+            }
+            // Only that request exists yet: the connect it waits for has begun.
+            #expect(await eventually(timeout: .seconds(10)) { held.load(ordering: .relaxed) })
+            let untouched = Task { try await connection.send("INCR", "m") }
+            cancelled.cancel()
+            let endedWhileHeld = await eventually(timeout: .seconds(5)) { ended.load(ordering: .relaxed) }
+            hold.store(false, ordering: .relaxed)
+            #expect(endedWhileHeld, "the cancelled request waited for the connect")
+            let outcome = await cancelled.result
+            #expect(throws: CancellationError.self) { try outcome.get() }
+            // The other request that waited runs once the connect completes; the
+            // cancelled one never does.
+            #expect(try await untouched.value == .integer(1))
+            #expect(try await admin.send("GET", "n") == .null, "the cancelled INCR ran")
+            await admin.close()
+            await connection.close()
+        }
+    }
 }

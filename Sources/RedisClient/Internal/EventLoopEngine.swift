@@ -41,16 +41,19 @@ extension ConnectionEngine: RedisEngine {}
 /// their bytes were written, ``RedisError/Code/connectionLost`` when they were not,
 /// ``RedisError/Code/timeout`` past their deadline. Without Sentinel and with
 /// pipelining only (``RedisConnection`` uses the thread otherwise). Cancelling a
-/// caller does not withdraw its request: it is written at once, or as soon as the
-/// connect it waits for completes. A connection that dies while the requests that
-/// waited are being written leaves the rest waiting for the next connect (never sent,
-/// they run once).
+/// caller of ``send(_:timeout:)`` withdraws its request while it waits for a connect
+/// (it throws `CancellationError` and never runs, as on the thread); a request
+/// written is awaited. A connection that dies while the requests that waited are
+/// being written leaves the rest waiting for the next connect (never sent, they run
+/// once).
 final class EventLoopEngine: RedisEngine, @unchecked Sendable {
     let configuration: RedisConfiguration
     let eventLoop: any EventLoop
     private let setup: (@Sendable (BlockingHandshake) throws -> Void)?
 
     private struct Waiting {
+        /// For ``withdraw(_:)``; 0 for a request that cannot be withdrawn.
+        let id: UInt64
         let arguments: [[UInt8]]
         let continuation: ConnectionEngine.Completion
         let deadline: UInt64
@@ -87,6 +90,8 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
     private var timerDeadline: UInt64 = .max
     /// The socket of the current connection, for ``keepAliveEnabled()``.
     private let socket = Mutex<Int32>(-1)
+    /// Ids of the requests of ``send(_:timeout:)``, which cancelling withdraws.
+    private let nextID = Atomic<UInt64>(1)
 
     init(configuration: RedisConfiguration, eventLoop: any EventLoop, setup: (@Sendable (BlockingHandshake) throws -> Void)?) {
         precondition(configuration.sentinel == nil && configuration.pipelining, "an event loop engine serves a pipelined connection to one server")
@@ -110,20 +115,52 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
 
     @discardableResult
     func enqueue(_ arguments: [[UInt8]], deadline: UInt64, continuation: ConnectionEngine.Completion) -> UInt64 {
-        if eventLoop.inEventLoop {
-            submit(arguments, deadline: deadline, continuation: continuation)
-        } else {
-            eventLoop.execute { self.submit(arguments, deadline: deadline, continuation: continuation) }
-        }
+        enqueue(arguments, id: 0, deadline: deadline, continuation: continuation)
         return 0
     }
 
+    private func enqueue(_ arguments: [[UInt8]], id: UInt64, deadline: UInt64, continuation: ConnectionEngine.Completion) {
+        if eventLoop.inEventLoop {
+            submit(arguments, id: id, deadline: deadline, continuation: continuation)
+        } else {
+            eventLoop.execute { self.submit(arguments, id: id, deadline: deadline, continuation: continuation) }
+        }
+    }
+
+    /// Sends one command and waits for its reply. Cancelling the calling task withdraws
+    /// the request while it waits for a connect (it then throws `CancellationError` and
+    /// never runs); once written, the reply is awaited.
     func send(_ arguments: [[UInt8]], timeout: Duration?) async throws -> RedisReply {
         try Task.checkCancellation()
         let deadline = MonotonicClock.deadline(after: timeout ?? configuration.commandTimeout)
-        return try await withUnsafeThrowingContinuation { continuation in
-            enqueue(arguments, deadline: deadline, continuation: .continuation(continuation))
+        let id = nextID.add(1, ordering: .relaxed).oldValue
+        // The withdrawal runs on the loop after the request's submission (queued behind
+        // it, or after it on the loop), so it finds the request if it still waits.
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { continuation in
+                enqueue(arguments, id: id, deadline: deadline, continuation: .continuation(continuation))
+            }
+        } onCancel: {
+            withdraw(id)
         }
+    }
+
+    /// Fails the request `id` with `CancellationError` if it still waits for a connect;
+    /// does nothing once it is written (or done).
+    func withdraw(_ id: UInt64) {
+        guard id != 0 else { return }
+        if eventLoop.inEventLoop {
+            withdrawOnLoop(id)
+        } else {
+            eventLoop.execute { self.withdrawOnLoop(id) }
+        }
+    }
+
+    private func withdrawOnLoop(_ id: UInt64) {
+        guard let index = waiting.firstIndex(where: { $0.id == id }) else { return }
+        let request = waiting.remove(at: index)
+        request.continuation.resume(throwing: CancellationError())
+        finishIfDone()
     }
 
     func shutdown() {
@@ -159,26 +196,26 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
 
     // MARK: - Event loop
 
-    private func submit(_ arguments: [[UInt8]], deadline: UInt64, continuation: ConnectionEngine.Completion) {
+    private func submit(_ arguments: [[UInt8]], id: UInt64, deadline: UInt64, continuation: ConnectionEngine.Completion) {
         switch state {
         case .connected(let channel, _) where !closing:
-            write(arguments, deadline: deadline, continuation: continuation, on: channel)
+            write(arguments, id: id, deadline: deadline, continuation: continuation, on: channel)
         case .idle where !closing:
-            waiting.append(Waiting(arguments: arguments, continuation: continuation, deadline: deadline))
+            waiting.append(Waiting(id: id, arguments: arguments, continuation: continuation, deadline: deadline))
             connect(then: nil)
         case .connecting where !closing:
-            waiting.append(Waiting(arguments: arguments, continuation: continuation, deadline: deadline))
+            waiting.append(Waiting(id: id, arguments: arguments, continuation: continuation, deadline: deadline))
         default:
             continuation.resume(throwing: RedisError(.connectionClosed, "the connection to \(configuration.redactedURL) has been closed"))
         }
     }
 
-    private func write(_ arguments: [[UInt8]], deadline: UInt64, continuation: ConnectionEngine.Completion, on channel: any Channel) {
+    private func write(_ arguments: [[UInt8]], id: UInt64, deadline: UInt64, continuation: ConnectionEngine.Completion, on channel: any Channel) {
         // A write fails synchronously when the socket does (EPIPE): NIO closes the
         // channel inside it, and the connection is lost before the next write. Only
         // the current connection takes requests.
         guard case .connected(let current, _) = state, current === channel else {
-            submit(arguments, deadline: deadline, continuation: continuation)
+            submit(arguments, id: id, deadline: deadline, continuation: continuation)
             return
         }
         var size = 16
@@ -264,7 +301,7 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
             // In order; should the connection die meanwhile, the rest wait for the next
             // (never sent, they run once).
             for request in ready {
-                write(request.arguments, deadline: request.deadline, continuation: request.continuation, on: channel)
+                write(request.arguments, id: request.id, deadline: request.deadline, continuation: request.continuation, on: channel)
             }
             finishIfDone()
         }
