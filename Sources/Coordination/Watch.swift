@@ -296,27 +296,58 @@ final class WatchHub: Sendable {
 
     /// Reads the log after the position and hands entries out: a blocking `XREAD`
     /// (it returns as soon as an entry is written, or after a second without one) with
-    /// the store's identity check pipelined right behind it, so that one round trip
+    /// the store's identity check behind it in the same write, so that one round trip
     /// both waits for entries and checks, as soon as they are read, that they belong to
-    /// the history the position does.
+    /// the history the position does. The check is `MULTI`, `HMGET` of the identity,
+    /// `GET` of the revision, `EXEC` (about half a script's cost in Redis); where the
+    /// Redis user may not run `MULTI` or `EXEC`, a script reads the same.
     private func readLoop(_ connection: RedisConnection) async {
         // With durability, what a read saw counts as seen only once the replicas have it.
         let record = store.durability == nil
+        var checkByScript = false
         while !Task.isCancelled && !stopIfIdle() {
             let (position, generation) = state.withLock { ($0.position, $0.generation) }
             do {
                 // Entries read before (or with) a check that finds the history unchanged
                 // belong to it; otherwise they are never handed out.
-                let command: [[UInt8]] = [Array("XREAD".utf8), Array("COUNT".utf8), Array("512".utf8), Array("BLOCK".utf8), Array("1000".utf8),
-                                          Array("STREAMS".utf8), logKey, Array("\(position)-0".utf8)]
-                let read = ReadOutcome()
-                connection.send(command, timeout: .seconds(10)) { result in read.result.withLock { $0 = result } }
-                // Redis runs it once the read returns: replies come back in order.
-                let same = try await sameHistory(connection, position: position, generation: generation, record: record)
-                guard let result = read.result.withLock({ $0 }) else {
-                    throw CoordinationError(.protocolError, "the log read had no reply before the identity check sent behind it")
+                let read: [[UInt8]] = [Array("XREAD".utf8), Array("COUNT".utf8), Array("512".utf8), Array("BLOCK".utf8), Array("1000".utf8),
+                                       Array("STREAMS".utf8), logKey, Array("\(position)-0".utf8)]
+                let reply: RedisReply
+                let same: Bool
+                if checkByScript {
+                    let outcome = ReadOutcome()
+                    connection.send(read, timeout: .seconds(10)) { result in outcome.result.withLock { $0 = result } }
+                    // Redis runs it once the read returns: replies come back in order.
+                    let check = try await connection.run(Self.identityScript, keys: [idKey, revKey], timeout: .seconds(10))
+                    guard let result = outcome.result.withLock({ $0 }) else {
+                        throw CoordinationError(.protocolError, "the log read had no reply before the identity check sent behind it")
+                    }
+                    reply = try result.get()
+                    same = try checkHistory(Self.identityParts(check), position: position, generation: generation, record: record)
+                } else {
+                    let results = await connection.pipeline([
+                        read,
+                        [Array("MULTI".utf8)],
+                        [Array("HMGET".utf8), idKey, Array("id".utf8), Array("epoch".utf8), Array("base".utf8)],
+                        [Array("GET".utf8), revKey],
+                        [Array("EXEC".utf8)],
+                    ], timeout: .seconds(10))
+                    if results.contains(where: { outcome in
+                        if case .failure(let error as RedisError) = outcome { return error.code == .noPermission }
+                        return false
+                    }) {
+                        // The user may not run MULTI or EXEC: the script from now on.
+                        checkByScript = true
+                        continue
+                    }
+                    reply = try results[0].get()
+                    let exec = try results[4].get()
+                    guard let values = exec.array, values.count == 2, let identity = values[0].array, identity.count == 3 else {
+                        throw CoordinationError(.protocolError, "the identity check returned \(exec)")
+                    }
+                    // A missing revision (no write yet) reads as 1 in the check, as in the script.
+                    same = try checkHistory(identity + [values[1]], position: position, generation: generation, record: record)
                 }
-                let reply = try result.get()
                 guard same else { continue }
                 let entries = Self.parseXRead(reply)
                 guard let last = entries.last else { continue }
@@ -368,19 +399,19 @@ final class WatchHub: Sendable {
         let result = Mutex<Result<RedisReply, any Error>?>(nil)
     }
 
-    /// Reads the store's identity and revision and checks them against what the client
-    /// knows, with `position` as a revision already seen; false (and every watch
-    /// ended, by the client) when the store was reset.
-    private func sameHistory(_ connection: RedisConnection, position: Int64, generation: Int, record: Bool) async throws -> Bool {
-        let reply = try await connection.run(Self.identityScript, keys: [idKey, revKey], timeout: .seconds(10))
+    /// The identity script's reply as the check takes it: the store's ID, epoch and
+    /// base, and its revision.
+    private static func identityParts(_ reply: RedisReply) throws -> [RedisReply] {
         guard let parts = reply.array, parts.count == 4 else {
             throw CoordinationError(.protocolError, "the identity check returned \(reply)")
         }
-        return try checkHistory(parts, position: position, generation: generation, record: record)
+        return parts
     }
 
-    /// The check of ``sameHistory(_:position:generation:)`` on `parts`: the store's ID,
-    /// epoch, base and revision.
+    /// Checks the store's identity and revision read with the log (`parts`: its ID,
+    /// epoch, base and revision) against what the client knows, with `position` as a
+    /// revision already seen; false (and every watch ended, by the client) when the
+    /// store was reset.
     private func checkHistory(_ parts: [RedisReply], position: Int64, generation: Int, record: Bool) throws -> Bool {
         let revision = parts[3].int ?? 1
         let verdict = store.incarnation.withLock { incarnation -> StoreIncarnation.Verdict in
@@ -401,7 +432,8 @@ final class WatchHub: Sendable {
         }
     }
 
-    /// The store's ID, epoch and base, and its revision, in one round trip.
+    /// The store's ID, epoch and base, and its revision, in one round trip (for a Redis
+    /// user that may not run MULTI and EXEC).
     static let identityScript = RedisScript("local i = redis.call('HMGET', KEYS[1], 'id', 'epoch', 'base'); return {i[1], i[2], i[3], redis.call('GET', KEYS[2]) or '1'}")
 
     /// Hands live entries to a watcher, or buffers them while it replays history.

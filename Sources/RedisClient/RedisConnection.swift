@@ -1,4 +1,5 @@
 import NIOCore
+import Synchronization
 
 /// Something that runs Redis commands: a ``RedisConnection`` or a ``RedisConnectionPool``.
 public protocol RedisCommandExecutor: Sendable {
@@ -120,6 +121,23 @@ public final class RedisConnection: RedisCommandExecutor {
         engine.enqueue(arguments, deadline: deadline, continuation: .callback(completion))
     }
 
+    /// Sends several commands, in order, in one write where the connection's engine can
+    /// (an event loop's connection flushes once), and returns each one's outcome, a
+    /// server's error reply as a ``RedisError`` among them. For commands that belong
+    /// together, such as a blocking read with a `MULTI`/`EXEC` behind it: Redis runs
+    /// them one after another once the read returns.
+    package func pipeline(_ commands: [[[UInt8]]], timeout: Duration?) async -> [Result<RedisReply, any Error>] {
+        guard !commands.isEmpty else { return [] }
+        let deadline = MonotonicClock.deadline(after: timeout ?? configuration.commandTimeout)
+        let outcomes = PipelineOutcomes(count: commands.count)
+        return await withCheckedContinuation { (continuation: CheckedContinuation<[Result<RedisReply, any Error>], Never>) in
+            outcomes.whenDone { continuation.resume(returning: $0) }
+            engine.enqueueAll(commands.enumerated().map { index, arguments in
+                (arguments: arguments, continuation: .callback { result in outcomes.set(index, result) })
+            }, deadline: deadline)
+        }
+    }
+
     /// Finishes the requests already queued, then closes the socket and stops the thread.
     /// Requests sent after `close` fail with ``RedisError/Code/connectionClosed``.
     public func close() async {
@@ -141,5 +159,35 @@ package struct RedisSetupChannel {
     /// connection fails.
     package func send(_ arguments: [[UInt8]]) throws -> RedisReply {
         try handshake.rawCommand(arguments)
+    }
+}
+
+/// The outcomes of a ``RedisConnection/pipeline(_:timeout:)``, handed over from the
+/// connection's thread or loop as they come.
+private final class PipelineOutcomes: Sendable {
+    private struct State {
+        var results: [Result<RedisReply, any Error>?]
+        var left: Int
+        var done: (@Sendable ([Result<RedisReply, any Error>]) -> Void)?
+    }
+
+    private let state: Mutex<State>
+
+    init(count: Int) {
+        state = Mutex(State(results: Array(repeating: nil, count: count), left: count, done: nil))
+    }
+
+    func whenDone(_ done: @escaping @Sendable ([Result<RedisReply, any Error>]) -> Void) {
+        state.withLock { $0.done = done }
+    }
+
+    func set(_ index: Int, _ result: Result<RedisReply, any Error>) {
+        let finished = state.withLock { state -> (@Sendable ([Result<RedisReply, any Error>]) -> Void, [Result<RedisReply, any Error>])? in
+            state.results[index] = result
+            state.left -= 1
+            guard state.left == 0, let done = state.done else { return nil }
+            return (done, state.results.map { $0! })
+        }
+        if let (done, results) = finished { done(results) }
     }
 }

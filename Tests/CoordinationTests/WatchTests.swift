@@ -46,6 +46,49 @@ func collect(_ stream: AsyncThrowingStream<WatchResponse, any Error>, events cou
         }
     }
 
+    /// The log reader checks the store's identity behind each read with MULTI, HMGET,
+    /// GET and EXEC; a Redis user that may not run MULTI and EXEC gets the same events,
+    /// the check then run by a script (EVALSHA).
+    @Test(arguments: [false, true]) func theReaderChecksTheStoreWithMultiOrWhereRefusedWithAScript(multiRefused: Bool) async throws {
+        try await RedisServer.withServer { server in
+            let admin = try await RedisConnection.connect(server.configuration)
+            _ = try await admin.send(["ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all"].map { Array($0.utf8) })
+            if multiRefused { _ = try await admin.send(["ACL", "SETUSER", "app", "-multi", "-exec"].map { Array($0.utf8) }) }
+            var configuration = server.configuration
+            configuration.username = "app"
+            configuration.password = "pw"
+            let store = try await CoordinationClient.connect(configuration)
+            let start = try await store.get("w/").header.revision + 1
+            _ = try await admin.send("CONFIG", "RESETSTAT")
+            let stream = store.watch("w/", options: .prefix(Array("w/".utf8), startRevision: start))
+            // The first event may come from the watch's own catch-up read; once it is
+            // live, only the reader hands events out.
+            let writer = Task {
+                _ = try await store.put("w/1", "v")
+                try await Task.sleep(for: .milliseconds(500))
+                for index in 2...3 { _ = try await store.put("w/\(index)", "v") }
+            }
+            let events = try await collect(stream, events: 3).flatMap(\.events)
+            try await writer.value
+            #expect(events.map(\.kv.keyString) == ["w/1", "w/2", "w/3"])
+            #expect(events.map(\.kv.modRevision) == [start, start + 1, start + 2])
+            let stats = try await admin.send("INFO", "commandstats").string ?? ""
+            func calls(_ command: String) -> Int {
+                guard let line = stats.split(separator: "\r\n").first(where: { $0.hasPrefix("cmdstat_\(command):") }),
+                      let field = line.split(separator: ",").first(where: { $0.contains("calls=") }) else { return 0 }
+                return Int(field.split(separator: "=").last ?? "") ?? 0
+            }
+            if multiRefused {
+                #expect(calls("exec") == 0 && calls("evalsha") >= 1, "\(stats)")
+            } else {
+                // The requests go by FCALL: EVALSHA would be the identity script.
+                #expect(calls("exec") >= 1 && calls("evalsha") == 0, "\(stats)")
+            }
+            await store.close()
+            await admin.close()
+        }
+    }
+
     @Test func aWatchFromAnOldRevisionReplaysHistoryThenGoesLive() async throws {
         try await withStore { store, _ throws in
             for index in 1...5 { _ = try await store.put("k", "v\(index)") }   // revisions 2...6

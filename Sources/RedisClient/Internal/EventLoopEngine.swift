@@ -13,6 +13,9 @@ protocol RedisEngine: AnyObject, Sendable {
     /// for ``withdraw(_:)`` (0: the request cannot be withdrawn).
     @discardableResult
     func enqueue(_ arguments: [[UInt8]], deadline: UInt64, continuation: ConnectionEngine.Completion) -> UInt64
+    /// Queues several commands, in order, as one write where the engine can (their
+    /// replies resume the continuations in the same order).
+    func enqueueAll(_ commands: [(arguments: [[UInt8]], continuation: ConnectionEngine.Completion)], deadline: UInt64)
     func send(_ arguments: [[UInt8]], timeout: Duration?) async throws -> RedisReply
     func shutdown()
     func waitForTermination() async
@@ -20,7 +23,12 @@ protocol RedisEngine: AnyObject, Sendable {
     func keepAliveEnabled() -> Bool?
 }
 
-extension ConnectionEngine: RedisEngine {}
+extension ConnectionEngine: RedisEngine {
+    /// The thread writes what is queued together when it wakes.
+    func enqueueAll(_ commands: [(arguments: [[UInt8]], continuation: ConnectionEngine.Completion)], deadline: UInt64) {
+        for command in commands { enqueue(command.arguments, deadline: deadline, continuation: command.continuation) }
+    }
+}
 
 /// One Redis connection whose socket is served by a SwiftNIO event loop.
 ///
@@ -119,6 +127,26 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
         return 0
     }
 
+    /// Written with one flush when the connection is up; otherwise they wait for the
+    /// connect together, in order.
+    func enqueueAll(_ commands: [(arguments: [[UInt8]], continuation: ConnectionEngine.Completion)], deadline: UInt64) {
+        if eventLoop.inEventLoop {
+            submitAll(commands, deadline: deadline)
+        } else {
+            eventLoop.execute { self.submitAll(commands, deadline: deadline) }
+        }
+    }
+
+    private func submitAll(_ commands: [(arguments: [[UInt8]], continuation: ConnectionEngine.Completion)], deadline: UInt64) {
+        guard case .connected(let channel, _) = state, !closing else {
+            for command in commands { submit(command.arguments, id: 0, deadline: deadline, continuation: command.continuation) }
+            return
+        }
+        for (index, command) in commands.enumerated() {
+            write(command.arguments, id: 0, deadline: deadline, continuation: command.continuation, on: channel, flush: index == commands.count - 1)
+        }
+    }
+
     private func enqueue(_ arguments: [[UInt8]], id: UInt64, deadline: UInt64, continuation: ConnectionEngine.Completion) {
         if eventLoop.inEventLoop {
             submit(arguments, id: id, deadline: deadline, continuation: continuation)
@@ -210,7 +238,7 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
         }
     }
 
-    private func write(_ arguments: [[UInt8]], id: UInt64, deadline: UInt64, continuation: ConnectionEngine.Completion, on channel: any Channel) {
+    private func write(_ arguments: [[UInt8]], id: UInt64, deadline: UInt64, continuation: ConnectionEngine.Completion, on channel: any Channel, flush: Bool = true) {
         // A write fails synchronously when the socket does (EPIPE): NIO closes the
         // channel inside it, and the connection is lost before the next write. Only
         // the current connection takes requests.
@@ -239,7 +267,11 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
         written.futureResult.whenSuccess {
             if sequence > self.lastWritten { self.lastWritten = sequence }
         }
-        channel.writeAndFlush(buffer, promise: written)
+        if flush {
+            channel.writeAndFlush(buffer, promise: written)
+        } else {
+            channel.write(buffer, promise: written)
+        }
     }
 
     /// Opens a connection: the handshake on NIO's thread pool, then the loop adopts the
