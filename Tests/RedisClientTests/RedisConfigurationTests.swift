@@ -1,3 +1,4 @@
+import NIOCore
 import Testing
 @testable import RedisClient
 
@@ -134,5 +135,19 @@ import Testing
         buffer = []
         RESPEncoder.appendDecimal(1234567890, to: &buffer)
         #expect(String(decoding: buffer, as: UTF8.self) == "1234567890")
+        // The event loop's connection writes the same bytes into a ByteBuffer.
+        for arguments in [[Array("SET".utf8), [0, 1], []], [[UInt8](repeating: 7, count: 10)], [[UInt8](repeating: 1, count: 12_582_912), Array("x".utf8)]] {
+            var array: [UInt8] = []
+            RESPEncoder.encode(arguments, into: &array)
+            var bytes = ByteBuffer()
+            RESPEncoder.encode(arguments, into: &bytes)
+            #expect(Array(bytes.readableBytesView) == array)
+            #expect(bytes.readableBytes <= RESPEncoder.capacity(for: arguments))
+        }
+        for value in [0, 9, 10, 99, 100, 1_000_000, Int(Int32.max)] {
+            var bytes = ByteBuffer()
+            RESPEncoder.writeDecimal(value, to: &bytes)
+            #expect(String(buffer: bytes) == String(value))
+        }
     }
 }

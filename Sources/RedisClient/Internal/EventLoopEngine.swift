@@ -246,19 +246,8 @@ final class EventLoopEngine: RedisEngine, @unchecked Sendable {
             submit(arguments, id: id, deadline: deadline, continuation: continuation)
             return
         }
-        var size = 16
-        for argument in arguments { size += argument.count + 16 }
-        var buffer = channel.allocator.buffer(capacity: size)
-        buffer.writeStaticString("*")
-        buffer.writeString(String(arguments.count))
-        buffer.writeStaticString("\r\n")
-        for argument in arguments {
-            buffer.writeStaticString("$")
-            buffer.writeString(String(argument.count))
-            buffer.writeStaticString("\r\n")
-            buffer.writeBytes(argument)
-            buffer.writeStaticString("\r\n")
-        }
+        var buffer = channel.allocator.buffer(capacity: RESPEncoder.capacity(for: arguments))
+        RESPEncoder.encode(arguments, into: &buffer)
         let sequence = nextSequence
         nextSequence += 1
         inFlight.append(InFlight(continuation: continuation, deadline: deadline, queued: MonotonicClock.now(), sequence: sequence))
