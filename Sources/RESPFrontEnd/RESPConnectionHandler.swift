@@ -1295,8 +1295,11 @@ final class Backend {
 private final class BackendHandler<Owner: BackendOwner>: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     private let owner: NIOLoopBound<Owner>
-    /// The backend this channel serves (set once connected).
-    weak var backend: Backend?
+    /// The backend this channel serves (set once connected). Strong, not weak: a weak
+    /// reference gives the backend a side table, and every retain and release of it (a
+    /// few per forwarded command) takes the slow path. The cycle (backend, channel,
+    /// this handler) ends when the channel does.
+    var backend: Backend?
     private var buffer: ByteBuffer?
     private var scanner = RESPReplyScanner()
     private var failed = false
@@ -1324,12 +1327,18 @@ private final class BackendHandler<Owner: BackendOwner>: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         if !failed, let backend { owner.value.backendFailed(RedisError(.connectionClosed, "Redis closed the connection"), connected: true, from: backend) }
         failed = true
+        backend = nil
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if !failed, let backend { owner.value.backendFailed(error, connected: true, from: backend) }
         failed = true
+        backend = nil
         context.close(promise: nil)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        backend = nil
     }
 }
 
