@@ -30,6 +30,39 @@ import Testing
         }
     }
 
+    /// Commands sent together (the watch reader's blocking read with its check behind
+    /// it) run in order, each with its own outcome, a large one and an error among them,
+    /// and the commands behind a blocking read run once it returns.
+    @Test(arguments: Engine.allCases)
+    func aPipelineRunsItsCommandsInOrderWithAnOutcomeEach(engine: Engine) async throws {
+        try await withConnection(engine: engine) { server, connection in
+            let large = [UInt8](repeating: 120, count: 3 << 20)
+            let words: [[String]] = [["SET", "n", "1"], ["INCR", "n"], ["LPUSH", "n", "x"], ["MULTI"], ["INCR", "n"], ["GET", "n"], ["EXEC"]]
+            var commands = words.map { $0.map { Array($0.utf8) } }
+            commands.insert([Array("SET".utf8), Array("large".utf8), large], at: 2)
+            commands.append([Array("STRLEN".utf8), Array("large".utf8)])
+            let results = await connection.pipeline(commands, timeout: nil)
+            #expect(results.count == commands.count)
+            func reply(_ index: Int) -> RedisReply? { try? results[index].get() }
+            #expect(reply(0) == .status("OK") && reply(1) == .integer(2) && reply(2) == .status("OK"))
+            if case .failure(let error as RedisError) = results[3] { #expect(error.serverErrorPrefix == "WRONGTYPE") } else { Issue.record("LPUSH on a string: \(results[3])") }
+            #expect(reply(4) == .status("OK") && reply(5) == .status("QUEUED") && reply(6) == .status("QUEUED"))
+            #expect(reply(7) == .array([.integer(3), .bulkString(Array("3".utf8))]))
+            #expect(reply(8) == .integer(Int64(large.count)))
+            // Behind a blocking read: they run once it returns.
+            let writer = try await RedisConnection.connect(server.configuration)
+            let appended = Task {
+                try await Task.sleep(for: .milliseconds(300))
+                return try await writer.send("XADD", "log", "5-0", "f", "v")
+            }
+            let blocked = await connection.pipeline([["XREAD", "BLOCK", "5000", "STREAMS", "log", "0-0"], ["INCR", "n"]].map { $0.map { Array($0.utf8) } }, timeout: .seconds(10))
+            #expect(try await appended.value == .bulkString(Array("5-0".utf8)))
+            #expect((try? blocked[0].get())?.array?.count == 1, "\(blocked[0])")
+            #expect((try? blocked[1].get()) == .integer(4))
+            await writer.close()
+        }
+    }
+
     @Test(arguments: Engine.allCases)
     func binaryValuesWithNulBytesRoundTrip(engine: Engine) async throws {
         try await withConnection(engine: engine) { _, connection in

@@ -229,6 +229,65 @@ final class ConnectionEngine: @unchecked Sendable {
         return id
     }
 
+    /// Queues several commands, in order, written together: by the caller in one
+    /// `send` when the thread is parked (as ``enqueue(_:deadline:continuation:)`` writes
+    /// one), else by the thread with whatever else is queued.
+    func enqueueAll(_ commands: [(arguments: [[UInt8]], continuation: Completion)], deadline: UInt64) {
+        guard !commands.isEmpty else { return }
+        let outcome: Int = shared.withLock { state in
+            if state.closing { return -1 }
+            let before = state.pendingBytes.count
+            var requests: [Pending] = []
+            requests.reserveCapacity(commands.count)
+            for command in commands {
+                let start = state.pendingBytes.count
+                RESPEncoder.encode(command.arguments, into: &state.pendingBytes)
+                requests.append(Pending(id: state.nextID, continuation: command.continuation, deadline: deadline, length: state.pendingBytes.count - start))
+                state.nextID &+= 1
+            }
+            if state.parked && before == 0 && state.socket >= 0 {
+                let written = state.pendingBytes.withUnsafeBytes { raw in
+                    Glibc.send(state.socket, raw.baseAddress!, raw.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+                }
+                if written > 0 {
+                    // Each request's bytes in order: those the socket took are written.
+                    var left = written
+                    for index in requests.indices where left > 0 {
+                        let taken = min(left, requests[index].length)
+                        let request = requests[index]
+                        requests[index] = Pending(id: request.id, continuation: request.continuation, deadline: deadline,
+                                                  length: request.length - taken, written: taken)
+                        left -= taken
+                    }
+                    if written == state.pendingBytes.count {
+                        state.pendingBytes.removeAll(keepingCapacity: true)
+                    } else {
+                        state.pendingBytes.removeFirst(written)
+                    }
+                }
+                state.pending.append(contentsOf: requests)
+                if requests.last!.length == 0 && deadline &+ Self.deadlineSlackNanoseconds >= state.parkedUntil { return 0 }
+                state.parked = false
+                state.sleeping = false
+                return 1
+            }
+            state.pending.append(contentsOf: requests)
+            if state.sleeping {
+                state.sleeping = false
+                state.parked = false
+                return 1
+            }
+            return 0
+        }
+        if outcome < 0 {
+            for command in commands {
+                command.continuation.resume(throwing: RedisError(.connectionClosed, "the connection to \(configuration.redactedURL) has been closed"))
+            }
+        } else if outcome > 0 {
+            wake()
+        }
+    }
+
     /// Removes a request that has not been handed to the socket yet and fails it with
     /// `CancellationError`. Does nothing once the request is on its way.
     func withdraw(_ id: UInt64) {

@@ -23,12 +23,7 @@ protocol RedisEngine: AnyObject, Sendable {
     func keepAliveEnabled() -> Bool?
 }
 
-extension ConnectionEngine: RedisEngine {
-    /// The thread writes what is queued together when it wakes.
-    func enqueueAll(_ commands: [(arguments: [[UInt8]], continuation: ConnectionEngine.Completion)], deadline: UInt64) {
-        for command in commands { enqueue(command.arguments, deadline: deadline, continuation: command.continuation) }
-    }
-}
+extension ConnectionEngine: RedisEngine {}
 
 /// One Redis connection whose socket is served by a SwiftNIO event loop.
 ///
