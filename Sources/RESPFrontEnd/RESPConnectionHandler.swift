@@ -73,6 +73,10 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     private let shared: RESPFrontEndContext
     private var parser = RESPCommandParser()
     private var input: ByteBuffer?
+    /// The last command's name as sent, its lowercase form, and whether the shared
+    /// connection may carry it: a pipeline repeats one command, whose name is then
+    /// neither lowered nor looked up again.
+    private var lastName: (sent: [UInt8], lowered: String, shareable: Bool) = ([], "", false)
     private var slots = CircularBuffer<Slot>()
     /// The slots still owed backend replies, oldest first: the next backend reply
     /// belongs to the first (found without walking the pipeline's slots).
@@ -216,7 +220,11 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     // MARK: - Commands
 
     private func handle(_ command: RESPCommand, context: ChannelHandlerContext) {
-        let name = command.name
+        if let first = command.arguments.first, !first.readableBytesView.elementsEqual(lastName.sent) {
+            let lowered = command.name
+            lastName = (Array(first.readableBytesView), lowered, Self.shareable.contains(lowered))
+        }
+        let name = command.arguments.isEmpty ? "" : lastName.lowered
         if inWatchMode && !["coord.watch", "coord.observe", "coord.unwatch", "ping", "quit", "reset"].contains(name) {
             reply(.error("ERR Can't execute '\(name)': only COORD.WATCH / COORD.OBSERVE / COORD.UNWATCH / PING / QUIT / RESET are allowed in this context (RESP2 watch mode; HELLO 3 allows every command beside watches)"))
             return
@@ -817,7 +825,7 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     private func forward(_ command: RESPCommand, name: String) {
         guard let context else { return }
         if backend == nil, !inMulti, authenticationsInFlight == 0, let sharedBackends = shared.sharedBackends {
-            if Self.shareable.contains(name) {
+            if name == lastName.lowered ? lastName.shareable : Self.shareable.contains(name) {
                 share(command, on: sharedBackends)
                 return
             }
