@@ -1,5 +1,6 @@
 import Coordination
 import EventLoopExecution
+import Glibc
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -73,10 +74,27 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     private let shared: RESPFrontEndContext
     private var parser = RESPCommandParser()
     private var input: ByteBuffer?
-    /// The last command's name as sent, its lowercase form, and whether the shared
-    /// connection may carry it: a pipeline repeats one command, whose name is then
-    /// neither lowered nor looked up again.
-    private var lastName: (sent: [UInt8], lowered: String, shareable: Bool) = ([], "", false)
+    /// The last command's name as sent, its lowercase form, and what is decided from
+    /// the name alone: a pipeline repeats one command, whose name is then neither
+    /// lowered nor looked up again.
+    private var lastName: (sent: [UInt8], lowered: String, traits: NameTraits) = ([], "", NameTraits(""))
+
+    /// What is decided from a command's (lowercase) name alone.
+    private struct NameTraits {
+        /// COORD.*: served here.
+        let coordination: Bool
+        /// The shared connection may carry it (see ``shareable``).
+        let shareable: Bool
+        /// Looked at by name before it is passed through: QUIT, COMMAND, and those
+        /// ``refusal(_:name:special:)`` may refuse.
+        let special: Bool
+
+        init(_ name: String) {
+            coordination = name.hasPrefix("coord.")
+            shareable = RESPConnectionHandler.shareable.contains(name)
+            special = ["quit", "command", "flushall", "flushdb", "swapdb", "client", "config"].contains(name)
+        }
+    }
     private var slots = CircularBuffer<Slot>()
     /// The slots still owed backend replies, oldest first: the next backend reply
     /// belongs to the first (found without walking the pipeline's slots).
@@ -222,9 +240,10 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     private func handle(_ command: RESPCommand, context: ChannelHandlerContext) {
         if let first = command.arguments.first, !first.readableBytesView.elementsEqual(lastName.sent) {
             let lowered = command.name
-            lastName = (Array(first.readableBytesView), lowered, Self.shareable.contains(lowered))
+            lastName = (Array(first.readableBytesView), lowered, NameTraits(lowered))
         }
-        let name = command.arguments.isEmpty ? "" : lastName.lowered
+        let name = lastName.lowered
+        let traits = lastName.traits
         if inWatchMode && !["coord.watch", "coord.observe", "coord.unwatch", "ping", "quit", "reset"].contains(name) {
             reply(.error("ERR Can't execute '\(name)': only COORD.WATCH / COORD.OBSERVE / COORD.UNWATCH / PING / QUIT / RESET are allowed in this context (RESP2 watch mode; HELLO 3 allows every command beside watches)"))
             return
@@ -234,32 +253,34 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
             guard let admitted = locallyAuthenticated(command, name: name, password: password) else { return }
             command = admitted
         }
-        if name.hasPrefix("coord.") {
+        if traits.coordination {
             coordinationCommand(command, name: name)
             return
         }
-        switch name {
-        case "quit":
-            closing = true
-            reply(.simpleString("OK"), closeAfter: true)
-            return
-        case "command" where command.arguments.count >= 2:
-            if let answer = commandIntrospection(command) {
-                reply(answer)
+        if traits.special {
+            switch name {
+            case "quit":
+                closing = true
+                reply(.simpleString("OK"), closeAfter: true)
                 return
+            case "command" where command.arguments.count >= 2:
+                if let answer = commandIntrospection(command) {
+                    reply(answer)
+                    return
+                }
+            default:
+                break
             }
-        default:
-            break
         }
         guard shared.configuration.passthrough || ["auth", "hello", "ping", "echo", "select", "client", "command", "reset"].contains(name) else {
             reply(.error("ERR unknown command '\(command.text(0))': coordproxy runs with --no-passthrough and serves only COORD.* commands (and PING, HELLO, AUTH)"))
             return
         }
-        if let refusal = refusal(command, name: name) {
+        if let refusal = refusal(command, name: name, special: traits.special) {
             reply(.error(refusal))
             return
         }
-        forward(command, name: name)
+        forward(command, name: name, shareable: traits.shareable)
     }
 
     /// With coordproxy's own password (`--requirepass`): AUTH and HELLO's AUTH option
@@ -351,8 +372,9 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     private var keyTable: CommandKeyTable?
 
     /// Why pass-through will not forward a command, if it will not.
-    private func refusal(_ command: RESPCommand, name: String) -> String? {
-        switch name {
+    private func refusal(_ command: RESPCommand, name: String, special: Bool) -> String? {
+        // Only the names NameTraits marks special are refused by name.
+        switch special ? name : "" {
         case "flushall", "flushdb", "swapdb":
             // SWAPDB moves every key of a database, the store's with them, under another number.
             if !shared.configuration.allowFlush {
@@ -400,15 +422,21 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     }
 
     private static func contains(_ buffer: ByteBuffer, _ needle: [UInt8]) -> Bool {
-        let view = buffer.readableBytesView
-        guard let first = needle.first, view.count >= needle.count else { return false }
-        var index = view.startIndex
-        let last = view.endIndex - needle.count
-        while index <= last {
-            if view[index] == first, view[index..<(index + needle.count)].elementsEqual(needle) { return true }
-            index += 1
+        guard !needle.isEmpty, buffer.readableBytes >= needle.count else { return false }
+        return buffer.withUnsafeReadableBytes { haystack in
+            needle.withUnsafeBytes { pattern in
+                guard let base = haystack.baseAddress, let wanted = pattern.baseAddress else { return false }
+                // memchr finds each candidate first byte, memcmp checks the rest.
+                let last = haystack.count - pattern.count
+                var offset = 0
+                while offset <= last {
+                    guard let hit = memchr(base + offset, Int32(pattern[0]), last - offset + 1) else { return false }
+                    if memcmp(hit, wanted, pattern.count) == 0 { return true }
+                    offset = base.distance(to: UnsafeRawPointer(hit)) + 1
+                }
+                return false
+            }
         }
-        return false
     }
 
     private func coordinationCommand(_ command: RESPCommand, name: String) {
@@ -822,10 +850,10 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
         return (sub == "setinfo" && command.arguments.count == 4) || sub == "maint_notifications"
     }
 
-    private func forward(_ command: RESPCommand, name: String) {
+    private func forward(_ command: RESPCommand, name: String, shareable: Bool) {
         guard let context else { return }
         if backend == nil, !inMulti, authenticationsInFlight == 0, let sharedBackends = shared.sharedBackends {
-            if name == lastName.lowered ? lastName.shareable : Self.shareable.contains(name) {
+            if shareable {
                 share(command, on: sharedBackends)
                 return
             }

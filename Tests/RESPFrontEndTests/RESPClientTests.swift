@@ -72,6 +72,9 @@ import Testing
             // In a key, wherever the command has its keys, it is refused.
             #expect(try await cli("SET", "{coord}:rev", "1").hasPrefix(refused))
             #expect(try await cli("SET", "x{coord}", "1").hasPrefix(refused))
+            // The tag after other braces and near-misses: found wherever it is.
+            #expect(try await cli("SET", "{{co{coord{coord}", "1").hasPrefix(refused))
+            #expect(try await cli("SET", "{{co{coord{coor", "1") == "OK\n")
             #expect(try await cli("MSET", "a", "1", "{coord}:kv", "2").hasPrefix(refused))
             #expect(try await cli("RENAME", "note", "{coord}:kv").hasPrefix(refused))
             #expect(try await cli("COPY", "{coord}:kv", "mine").hasPrefix(refused))
