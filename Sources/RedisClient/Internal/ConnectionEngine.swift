@@ -183,43 +183,9 @@ final class ConnectionEngine: @unchecked Sendable {
     /// request's id, which ``withdraw(_:)`` accepts until the request is written.
     @discardableResult
     func enqueue(_ arguments: [[UInt8]], deadline: UInt64, continuation: Completion) -> UInt64 {
-        var id: UInt64 = 0
-        let outcome: Int = shared.withLock { state in
-            if state.closing { return -1 }
-            id = state.nextID
-            state.nextID &+= 1
-            let before = state.pendingBytes.count
-            RESPEncoder.encode(arguments, into: &state.pendingBytes)
-            var request = Pending(id: id, continuation: continuation, deadline: deadline, length: state.pendingBytes.count - before)
-            if state.parked && before == 0 && state.socket >= 0 {
-                // The thread waits in poll for the socket too: written here, the reply
-                // wakes it, and no eventfd wake-up is needed for the write.
-                let written = state.pendingBytes.withUnsafeBytes { raw in
-                    Glibc.send(state.socket, raw.baseAddress!, raw.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
-                }
-                if written > 0 {
-                    request = Pending(id: id, continuation: continuation, deadline: deadline, length: request.length - written, written: written)
-                    if written == state.pendingBytes.count {
-                        state.pendingBytes.removeAll(keepingCapacity: true)
-                    } else {
-                        state.pendingBytes.removeFirst(written)
-                    }
-                }
-                state.pending.append(request)
-                // The rest of a partial write, or a failed one (the thread finds out why),
-                // and a deadline before the thread's own wake-up need the thread.
-                if request.length == 0 && deadline &+ Self.deadlineSlackNanoseconds >= state.parkedUntil { return 0 }
-                state.parked = false
-                state.sleeping = false
-                return 1
-            }
-            state.pending.append(request)
-            if state.sleeping {
-                state.sleeping = false
-                state.parked = false
-                return 1
-            }
-            return 0
+        let (outcome, id) = queue(count: 1, deadline: deadline) { _, bytes in
+            RESPEncoder.encode(arguments, into: &bytes)
+            return continuation
         }
         if outcome < 0 {
             continuation.resume(throwing: RedisError(.connectionClosed, "the connection to \(configuration.redactedURL) has been closed"))
@@ -234,50 +200,9 @@ final class ConnectionEngine: @unchecked Sendable {
     /// one), else by the thread with whatever else is queued.
     func enqueueAll(_ commands: [(arguments: [[UInt8]], continuation: Completion)], deadline: UInt64) {
         guard !commands.isEmpty else { return }
-        let outcome: Int = shared.withLock { state in
-            if state.closing { return -1 }
-            let before = state.pendingBytes.count
-            var requests: [Pending] = []
-            requests.reserveCapacity(commands.count)
-            for command in commands {
-                let start = state.pendingBytes.count
-                RESPEncoder.encode(command.arguments, into: &state.pendingBytes)
-                requests.append(Pending(id: state.nextID, continuation: command.continuation, deadline: deadline, length: state.pendingBytes.count - start))
-                state.nextID &+= 1
-            }
-            if state.parked && before == 0 && state.socket >= 0 {
-                let written = state.pendingBytes.withUnsafeBytes { raw in
-                    Glibc.send(state.socket, raw.baseAddress!, raw.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
-                }
-                if written > 0 {
-                    // Each request's bytes in order: those the socket took are written.
-                    var left = written
-                    for index in requests.indices where left > 0 {
-                        let taken = min(left, requests[index].length)
-                        let request = requests[index]
-                        requests[index] = Pending(id: request.id, continuation: request.continuation, deadline: deadline,
-                                                  length: request.length - taken, written: taken)
-                        left -= taken
-                    }
-                    if written == state.pendingBytes.count {
-                        state.pendingBytes.removeAll(keepingCapacity: true)
-                    } else {
-                        state.pendingBytes.removeFirst(written)
-                    }
-                }
-                state.pending.append(contentsOf: requests)
-                if requests.last!.length == 0 && deadline &+ Self.deadlineSlackNanoseconds >= state.parkedUntil { return 0 }
-                state.parked = false
-                state.sleeping = false
-                return 1
-            }
-            state.pending.append(contentsOf: requests)
-            if state.sleeping {
-                state.sleeping = false
-                state.parked = false
-                return 1
-            }
-            return 0
+        let (outcome, _) = queue(count: commands.count, deadline: deadline) { index, bytes in
+            RESPEncoder.encode(commands[index].arguments, into: &bytes)
+            return commands[index].continuation
         }
         if outcome < 0 {
             for command in commands {
@@ -285,6 +210,61 @@ final class ConnectionEngine: @unchecked Sendable {
             }
         } else if outcome > 0 {
             wake()
+        }
+    }
+
+    /// Queues `count` requests, the `index`th encoded by `encode` (which returns its
+    /// continuation). Returns -1 when the connection is closing (nothing queued), 1
+    /// when the thread must be woken, else 0; and the first request's id.
+    private func queue(count: Int, deadline: UInt64, encode: (Int, inout [UInt8]) -> Completion) -> (outcome: Int, firstID: UInt64) {
+        shared.withLock { state -> (outcome: Int, firstID: UInt64) in
+            if state.closing { return (-1, 0) }
+            let firstID = state.nextID
+            let before = state.pendingBytes.count
+            let first = state.pending.count
+            for index in 0..<count {
+                let start = state.pendingBytes.count
+                let continuation = encode(index, &state.pendingBytes)
+                state.pending.append(Pending(id: state.nextID, continuation: continuation, deadline: deadline, length: state.pendingBytes.count - start))
+                state.nextID &+= 1
+            }
+            if state.parked && before == 0 && state.socket >= 0 {
+                // The thread waits in poll for the socket too: written here, the reply
+                // wakes it, and no eventfd wake-up is needed for the write.
+                let written = state.pendingBytes.withUnsafeBytes { raw in
+                    Glibc.send(state.socket, raw.baseAddress!, raw.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+                }
+                if written > 0 {
+                    // The requests' bytes in order: those the socket took are written.
+                    var left = written
+                    var index = first
+                    while left > 0 && index < state.pending.count {
+                        let request = state.pending[index]
+                        let taken = min(left, request.length)
+                        state.pending[index] = Pending(id: request.id, continuation: request.continuation, deadline: deadline,
+                                                       length: request.length - taken, written: taken)
+                        left -= taken
+                        index += 1
+                    }
+                    if written == state.pendingBytes.count {
+                        state.pendingBytes.removeAll(keepingCapacity: true)
+                    } else {
+                        state.pendingBytes.removeFirst(written)
+                    }
+                }
+                // The rest of a partial write, or a failed one (the thread finds out why),
+                // and a deadline before the thread's own wake-up need the thread.
+                if state.pending[state.pending.count - 1].length == 0 && deadline &+ Self.deadlineSlackNanoseconds >= state.parkedUntil { return (0, firstID) }
+                state.parked = false
+                state.sleeping = false
+                return (1, firstID)
+            }
+            if state.sleeping {
+                state.sleeping = false
+                state.parked = false
+                return (1, firstID)
+            }
+            return (0, firstID)
         }
     }
 
