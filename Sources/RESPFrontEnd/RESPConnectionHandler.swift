@@ -85,14 +85,27 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
         let coordination: Bool
         /// The shared connection may carry it (see ``shareable``).
         let shareable: Bool
-        /// Looked at by name before it is passed through: QUIT, COMMAND, and those
-        /// ``refusal(_:name:special:)`` may refuse.
-        let special: Bool
+        /// Looked at by name before it is passed through (nil for most commands).
+        let special: Special?
+
+        /// The commands handled or checked by name: QUIT and COMMAND in
+        /// ``handle(_:context:)``, the others in ``refusal(_:name:special:)``.
+        enum Special {
+            case quit, command, flush, client, config
+        }
 
         init(_ name: String) {
             coordination = name.hasPrefix("coord.")
             shareable = RESPConnectionHandler.shareable.contains(name)
-            special = ["quit", "command", "flushall", "flushdb", "swapdb", "client", "config"].contains(name)
+            switch name {
+            case "quit": special = .quit
+            case "command": special = .command
+            // SWAPDB moves every key of a database, the store's with them, under another number.
+            case "flushall", "flushdb", "swapdb": special = .flush
+            case "client": special = .client
+            case "config": special = .config
+            default: special = nil
+            }
         }
     }
     private var slots = CircularBuffer<Slot>()
@@ -257,20 +270,18 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
             coordinationCommand(command, name: name)
             return
         }
-        if traits.special {
-            switch name {
-            case "quit":
-                closing = true
-                reply(.simpleString("OK"), closeAfter: true)
+        switch traits.special {
+        case .quit?:
+            closing = true
+            reply(.simpleString("OK"), closeAfter: true)
+            return
+        case .command? where command.arguments.count >= 2:
+            if let answer = commandIntrospection(command) {
+                reply(answer)
                 return
-            case "command" where command.arguments.count >= 2:
-                if let answer = commandIntrospection(command) {
-                    reply(answer)
-                    return
-                }
-            default:
-                break
             }
+        default:
+            break
         }
         guard shared.configuration.passthrough || ["auth", "hello", "ping", "echo", "select", "client", "command", "reset"].contains(name) else {
             reply(.error("ERR unknown command '\(command.text(0))': coordproxy runs with --no-passthrough and serves only COORD.* commands (and PING, HELLO, AUTH)"))
@@ -372,20 +383,18 @@ final class RESPConnectionHandler: ChannelInboundHandler, BackendOwner {
     private var keyTable: CommandKeyTable?
 
     /// Why pass-through will not forward a command, if it will not.
-    private func refusal(_ command: RESPCommand, name: String, special: Bool) -> String? {
-        // Only the names NameTraits marks special are refused by name.
-        switch special ? name : "" {
-        case "flushall", "flushdb", "swapdb":
-            // SWAPDB moves every key of a database, the store's with them, under another number.
+    private func refusal(_ command: RESPCommand, name: String, special: NameTraits.Special?) -> String? {
+        switch special {
+        case .flush?:
             if !shared.configuration.allowFlush {
                 let effect = name == "swapdb" ? "move the coordination store's keys to another database" : "delete the coordination store's keys"
                 return "ERR coordproxy refuses \(name.uppercased()): it would \(effect); start coordproxy with --allow-flush to pass it through"
             }
-        case "client":
+        case .client?:
             if command.arguments.count >= 2, command.text(1).lowercased() == "reply" {
                 return "ERR coordproxy does not pass CLIENT REPLY through: replies must stay one per command"
             }
-        case "config":
+        case .config?:
             // An allkeys-* policy lets Redis evict the store's keys under memory pressure
             // (coordproxy refuses to start on such a Redis, see CoordinationClient.connect).
             if command.arguments.count >= 3, command.text(1).lowercased() == "set" {

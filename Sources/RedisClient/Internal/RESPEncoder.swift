@@ -24,14 +24,7 @@ enum RESPEncoder {
     }
 
     static func writeDecimal(_ value: Int, to buffer: inout ByteBuffer) {
-        var divisor = 1
-        while divisor <= value / 10 { divisor *= 10 }
-        var rest = value
-        while divisor > 0 {
-            buffer.writeInteger(UInt8(ascii: "0") &+ UInt8(rest / divisor))
-            rest %= divisor
-            divisor /= 10
-        }
+        forEachDigit(of: value) { buffer.writeInteger($0) }
     }
 
     static func encode(_ arguments: [[UInt8]], into buffer: inout [UInt8]) {
@@ -48,22 +41,18 @@ enum RESPEncoder {
     }
 
     static func appendDecimal(_ value: Int, to buffer: inout [UInt8]) {
-        if value < 10 {
-            buffer.append(UInt8(ascii: "0") &+ UInt8(value))
-            return
-        }
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var count = 0
+        forEachDigit(of: value) { buffer.append($0) }
+    }
+
+    /// The ASCII digits of a non-negative `value`, most significant first.
+    private static func forEachDigit(of value: Int, _ body: (UInt8) -> Void) {
+        var divisor = 1
+        while divisor <= value / 10 { divisor *= 10 }
         var rest = value
-        withUnsafeMutableBytes(of: &digits) { raw in
-            while rest > 0 {
-                raw[count] = UInt8(ascii: "0") &+ UInt8(rest % 10)
-                rest /= 10
-                count += 1
-            }
-            for index in stride(from: count - 1, through: 0, by: -1) { buffer.append(raw[index]) }
+        while divisor > 0 {
+            body(UInt8(ascii: "0") &+ UInt8(rest / divisor))
+            rest %= divisor
+            divisor /= 10
         }
     }
 }
